@@ -89,14 +89,30 @@ class RepflowConfig:
                 )
             kw[name] = sec.get_int(name)
         d = RepflowConfig.__dataclass_fields__
-        for name in ("n_dim", "e_dim", "a_dim", "nlayers", "a_compress_rate",
-                     "a_compress_e_rate", "n_multi_edge_message", "axis_neuron"):
+        for name in (
+            "n_dim",
+            "e_dim",
+            "a_dim",
+            "nlayers",
+            "a_compress_rate",
+            "a_compress_e_rate",
+            "n_multi_edge_message",
+            "axis_neuron",
+        ):
             kw[name] = sec.get_int(name, d[name].default)
         for name in ("fix_stat_std", "update_residual", "sel_reduce_factor"):
             kw[name] = sec.get_float(name, d[name].default)
-        for name in ("a_compress_use_split", "skip_stat", "update_angle", "optim_update",
-                     "smooth_edge_update", "edge_init_use_dist", "use_exp_switch",
-                     "use_dynamic_sel", "sequential_update"):
+        for name in (
+            "a_compress_use_split",
+            "skip_stat",
+            "update_angle",
+            "optim_update",
+            "smooth_edge_update",
+            "edge_init_use_dist",
+            "use_exp_switch",
+            "use_dynamic_sel",
+            "sequential_update",
+        ):
             kw[name] = sec.get_bool(name, d[name].default)
         kw["update_style"] = sec.choice(
             "update_style", ("res_residual", "res_avg", "res_incr"), "res_residual"
@@ -109,17 +125,30 @@ class RepflowConfig:
 
     def validate(self, path: str = "repflow") -> None:
         """Check the cross-field constraints DeePMD-kit asserts."""
+
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"'{path}': {msg}")
 
-        for name in ("n_dim", "e_dim", "a_dim", "nlayers", "e_sel", "a_sel", "axis_neuron",
-                     "n_multi_edge_message"):
+        for name in (
+            "n_dim",
+            "e_dim",
+            "a_dim",
+            "nlayers",
+            "e_sel",
+            "a_sel",
+            "axis_neuron",
+            "n_multi_edge_message",
+        ):
             if getattr(self, name) <= 0:
                 raise bad(f"{name} must be positive, got {getattr(self, name)}")
         if self.e_rcut_smth >= self.e_rcut:
-            raise bad(f"e_rcut_smth ({self.e_rcut_smth}) must be smaller than e_rcut ({self.e_rcut})")
+            raise bad(
+                f"e_rcut_smth ({self.e_rcut_smth}) must be smaller than e_rcut ({self.e_rcut})"
+            )
         if self.a_rcut_smth >= self.a_rcut:
-            raise bad(f"a_rcut_smth ({self.a_rcut_smth}) must be smaller than a_rcut ({self.a_rcut})")
+            raise bad(
+                f"a_rcut_smth ({self.a_rcut_smth}) must be smaller than a_rcut ({self.a_rcut})"
+            )
         if self.a_rcut > self.e_rcut:
             raise bad(f"a_rcut ({self.a_rcut}) must not exceed e_rcut ({self.e_rcut})")
         if self.a_sel > self.e_sel:
@@ -172,8 +201,9 @@ class DescriptorConfig:
                 f"'{sec.key('type')}' is {kind!r}: dpa3 implements only the 'dpa3' descriptor"
             )
         repflow = RepflowConfig.parse(sec.sub("repflow", _REPFLOW_ALIASES, required=True))
-        act, thr = parse_activation(sec.get_str("activation_function", "silu"),
-                                    sec.key("activation_function"))
+        act, thr = parse_activation(
+            sec.get_str("activation_function", "silu"), sec.key("activation_function")
+        )
         prec = parse_precision(sec.get_str("precision", "default"), sec.key("precision"))
         kw = dict(
             repflow=repflow,
@@ -219,8 +249,9 @@ class FittingConfig:
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in neuron
         ):
             raise ConfigError(f"'{sec.key('neuron')}' must be a list of positive integers")
-        act, thr = parse_activation(sec.get_str("activation_function", "tanh"),
-                                    sec.key("activation_function"))
+        act, thr = parse_activation(
+            sec.get_str("activation_function", "tanh"), sec.key("activation_function")
+        )
         prec = parse_precision(sec.get_str("precision", "default"), sec.key("precision"))
         trainable = sec.get("trainable", True)
         if isinstance(trainable, list):
@@ -236,9 +267,15 @@ class FittingConfig:
             trainable=bool(trainable),
             seed=sec.get("seed", None),
         )
-        for name, default in (("numb_fparam", 0), ("numb_aparam", 0), ("dim_case_embd", 0),
-                              ("atom_ener", []), ("use_aparam_as_mask", False),
-                              ("layer_name", None), ("default_fparam", None)):
+        for name, default in (
+            ("numb_fparam", 0),
+            ("numb_aparam", 0),
+            ("dim_case_embd", 0),
+            ("atom_ener", []),
+            ("use_aparam_as_mask", False),
+            ("layer_name", None),
+            ("default_fparam", None),
+        ):
             sec.reject_unless_default(name, default)
         sec.get("rcond")  # accepted and ignored, as DeePMD-kit's PyTorch backend does
         sec.finish()
@@ -267,10 +304,15 @@ class ModelConfig:
         sec = Section(data, path)
         kind = sec.get("type", "standard")
         if kind not in ("standard", "ener"):
-            raise ConfigError(f"'{sec.key('type')}' = {kind!r} is not supported (energy models only)")
+            raise ConfigError(
+                f"'{sec.key('type')}' = {kind!r} is not supported (energy models only)"
+            )
         type_map = sec.get("type_map", required=True)
-        if (not isinstance(type_map, list) or not type_map
-                or not all(isinstance(t, str) and t for t in type_map)):
+        if (
+            not isinstance(type_map, list)
+            or not type_map
+            or not all(isinstance(t, str) and t for t in type_map)
+        ):
             raise ConfigError(f"'{sec.key('type_map')}' must be a non-empty list of element names")
         if len(set(type_map)) != len(type_map):
             raise ConfigError(f"'{sec.key('type_map')}' has duplicate names: {type_map}")
@@ -287,8 +329,12 @@ class ModelConfig:
                     f"'{sec.key('preset_out_bias')}.energy' needs one value (or null) per type"
                 )
             preset_bias = tuple(None if v is None else float(v) for v in vals)
-        for name, default in (("pair_exclude_types", []), ("atom_exclude_types", []),
-                              ("srtab_add_bias", True), ("use_srtab", None)):
+        for name, default in (
+            ("pair_exclude_types", []),
+            ("atom_exclude_types", []),
+            ("srtab_add_bias", True),
+            ("use_srtab", None),
+        ):
             sec.reject_unless_default(name, default)
         sec.get("finetune_head")  # meaningful only to the trainer
         sec.get("bias_adjust_mode")
@@ -320,7 +366,8 @@ class ModelConfig:
             fitting=FittingConfig(**fit),
             data_stat_nbatch=d.get("data_stat_nbatch", 10),
             data_stat_protect=d.get("data_stat_protect", 1e-2),
-            preset_out_bias=None if d.get("preset_out_bias") is None
+            preset_out_bias=None
+            if d.get("preset_out_bias") is None
             else tuple(d["preset_out_bias"]),
         )
 

@@ -1,0 +1,138 @@
+"""Neighbour-list formatting and the flat edge/angle graph used by the RepFlow layers.
+
+DPA3 is defined on padded ``[nf, nloc, e_sel]`` edge and ``[nf, nloc, a_sel, a_sel]`` angle
+tensors, but padded entries never reach a physical output (every path into node features is
+multiplied by a switch or mask).  We therefore keep only the valid entries, flattened:
+
+- edges ``E``: every ``(frame, centre i, slot j)`` with a neighbour within ``e_rcut`` among the
+  ``e_sel`` nearest (row-major order);
+- angles ``A``: every ``(frame, i, j, k)`` where both ``j`` and ``k`` are among the first
+  ``a_sel`` slots and within ``a_rcut`` (strict ``<``), the diagonal ``j == k`` included.
+
+All functions are TorchScript-compatible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+def switch(r: torch.Tensor, rs: float, rc: float, use_exp: bool) -> torch.Tensor:
+    """Smooth cutoff function ``s(r)`` (spec 1.5).
+
+    Polynomial: ``u = (clamp(r, rs, rc) - rs)/(rc - rs)``, ``s = u^3(-6u^2 + 15u - 10) + 1``.
+    Exponential: ``s = exp(-exp(20 (min(r, rc) - rs) / rs))`` (not exactly 0 at ``rc``).
+    """
+    if use_exp:
+        rr = torch.clamp(r, 0.0, rc)
+        return torch.exp(-torch.exp(20.0 * (rr - rs) / rs))
+    u = (torch.clamp(r, rs, rc) - rs) / (rc - rs)
+    u3 = u * u * u
+    return u3 * (-6.0 * u * u + 15.0 * u - 10.0) + 1.0
+
+
+def format_nlist(
+    ext_coord: torch.Tensor, nlist: torch.Tensor, rcut: float, sel: int
+) -> torch.Tensor:
+    """Sort a raw neighbour list by distance, drop entries beyond ``rcut``, keep ``sel`` columns.
+
+    Parameters
+    ----------
+    ext_coord
+        ``[nf, nall, 3]`` extended coordinates (any float dtype; distances in this dtype).
+    nlist
+        ``[nf, nloc, nnei]`` int64 indices into the extended atoms, ``-1`` = empty; any order,
+        may include neighbours beyond ``rcut`` (LAMMPS skin).
+
+    Returns
+    -------
+    ``[nf, nloc, sel]`` int64: the ``min(sel, #within rcut)`` nearest, ascending, ``-1`` padded.
+    """
+    nf, nloc, nnei = nlist.shape
+    if nnei < sel:
+        pad = torch.full((nf, nloc, sel - nnei), -1, dtype=nlist.dtype, device=nlist.device)
+        nlist = torch.cat([nlist, pad], dim=-1)
+        nnei = sel
+    valid = nlist >= 0
+    idx = torch.where(valid, nlist, torch.zeros_like(nlist))
+    nall = ext_coord.shape[1]
+    flat = ext_coord.reshape(nf * nall, 3)
+    offs = (torch.arange(nf, device=nlist.device) * nall).view(nf, 1, 1)
+    nei = flat[(idx + offs).reshape(-1)].view(nf, nloc, nnei, 3)
+    cen = ext_coord[:, :nloc, :].unsqueeze(2)
+    dist = torch.linalg.norm(nei - cen, dim=-1)
+    dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
+    dist, order = torch.sort(dist, dim=-1)
+    out = torch.gather(nlist, 2, order)
+    out = torch.where(dist <= rcut, out, torch.full_like(out, -1))
+    return out[:, :, :sel]
+
+
+class EdgeGraph(NamedTuple):
+    """Flat edges and angles of one batch (index tensors are int64).
+
+    ``center [E]`` row of the centre in the flattened local atoms ``[nf*nloc]``;
+    ``nei_ext [E]`` row of the neighbour in the flattened extended atoms ``[nf*nall]``;
+    ``diff [E, 3]`` ``x_j - x_i`` (descriptor precision, differentiable);
+    ``dist [E]``; ``is_angle_edge [E]`` bool; ``a_center [A]``, ``a_eij [A]``, ``a_eik [A]``.
+    """
+
+    center: torch.Tensor
+    nei_ext: torch.Tensor
+    diff: torch.Tensor
+    dist: torch.Tensor
+    is_angle_edge: torch.Tensor
+    a_center: torch.Tensor
+    a_eij: torch.Tensor
+    a_eik: torch.Tensor
+
+
+def build_graph(
+    ext_coord: torch.Tensor, nlist: torch.Tensor, a_rcut: float, a_sel: int
+) -> EdgeGraph:
+    """Flatten a formatted (sorted, cut, ``e_sel`` wide) neighbour list into edges and angles.
+
+    ``ext_coord [nf, nall, 3]`` must already be in the descriptor precision (differences are
+    formed after the cast, as DeePMD-kit does).
+    """
+    nf, nloc, nnei = nlist.shape
+    nall = ext_coord.shape[1]
+    dev = nlist.device
+    flat_nlist = nlist.reshape(-1)
+    eid = torch.nonzero(flat_nlist >= 0).squeeze(1)
+    center = torch.div(eid, nnei, rounding_mode="floor")
+    slot = eid - center * nnei
+    frame = torch.div(center, nloc, rounding_mode="floor")
+    nei_ext = flat_nlist[eid] + frame * nall
+    cen_ext = center - frame * nloc + frame * nall
+    flat_coord = ext_coord.reshape(nf * nall, 3)
+    diff = flat_coord[nei_ext] - flat_coord[cen_ext]
+    dist = torch.linalg.norm(diff, dim=-1)
+    na = min(a_sel, nnei)
+    is_a = (slot < na) & (dist < a_rcut)
+    # dense [nf*nloc, na] table of angle-edge ids (-1 = none) to enumerate the (j, k) pairs
+    a_eid = torch.nonzero(is_a).squeeze(1)
+    table = torch.full((nf * nloc * na,), -1, dtype=torch.long, device=dev)
+    table[center[a_eid] * na + slot[a_eid]] = a_eid
+    table = table.view(nf * nloc, na)
+    present = table >= 0
+    pairs = torch.nonzero(present.unsqueeze(2) & present.unsqueeze(1))
+    a_center = pairs[:, 0]
+    a_eij = table[a_center, pairs[:, 1]]
+    a_eik = table[a_center, pairs[:, 2]]
+    return EdgeGraph(center, nei_ext, diff, dist, is_a, a_center, a_eij, a_eik)
+
+
+def angle_cosine(
+    diff: torch.Tensor, dist: torch.Tensor, eij: torch.Tensor, eik: torch.Tensor
+) -> torch.Tensor:
+    """Angle input ``c_ijk / sqrt(pi)`` with DeePMD-kit's ``1e-6`` guards, ``[A, 1]``.
+
+    ``u_ij = d_ij / (|d_ij| + 1e-6)``, ``c_ijk = (u_ij . u_ik) (1 - 1e-6)``.
+    """
+    unit = diff / (dist.unsqueeze(-1) + 1e-6)
+    cos = (unit[eij] * unit[eik]).sum(-1, keepdim=True) * (1.0 - 1e-6)
+    return cos / math.sqrt(math.pi)

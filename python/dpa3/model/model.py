@@ -1,0 +1,285 @@
+"""DPA3 energy model: descriptor + fitting + per-type bias; forces and virials by autograd.
+
+Conventions: Å, eV, eV/Å; float64 at the interface; cell rows are lattice vectors;
+virial ``W = sum_a F_a (x) X_a`` over extended atoms (eV, ``= -stress * volume``),
+flattened row-major (``3k + j`` <-> ``(k, j)``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config.model import ModelConfig, descriptor_dim_out
+from .descriptor import DescrptDPA3
+from .graph import format_nlist
+from .network import Activation, FittingNet, to_dtype
+
+SERIAL_VERSION = 1
+
+
+class EnergyModel(nn.Module):
+    """A DPA3 energy model (see ``docs/internals.md`` for the full contract)."""
+
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        seed = cfg.descriptor.seed
+        gen = torch.Generator().manual_seed(int(seed) if isinstance(seed, int) else 0)
+        ntypes = cfg.ntypes
+        self.type_map = list(cfg.type_map)
+        self.ntypes = ntypes
+        self.rcut = cfg.descriptor.repflow.e_rcut
+        self.sel = cfg.descriptor.repflow.e_sel
+        self.nlayers = cfg.descriptor.repflow.nlayers
+        self.n_dim = cfg.descriptor.repflow.n_dim
+        self.fitting_dtype = to_dtype(cfg.fitting.precision)
+        self.descriptor = DescrptDPA3(cfg.descriptor, ntypes, gen)
+        fseed = cfg.fitting.seed
+        fgen = torch.Generator().manual_seed(int(fseed) if isinstance(fseed, int) else 1)
+        self.fitting = FittingNet(
+            descriptor_dim_out(cfg.descriptor),
+            cfg.fitting.neuron,
+            Activation(cfg.fitting.activation, cfg.fitting.activation_threshold),
+            cfg.fitting.resnet_dt,
+            self.fitting_dtype,
+            fgen,
+        )
+        self.register_buffer("out_bias", torch.zeros(ntypes, dtype=torch.float64))
+        self.register_buffer("out_std", torch.ones(ntypes, dtype=torch.float64))
+        self.metadata = {
+            "dpa3_version": __version__,
+            "torch_version": torch.__version__,
+            "precision": cfg.descriptor.precision,
+            "fitting_precision": cfg.fitting.precision,
+            "type_map": json.dumps(list(cfg.type_map)),
+            "config": json.dumps(cfg.to_dict()),
+        }
+
+    # ------------------------------------------------------------------ getters
+    @torch.jit.export
+    def get_rcut(self) -> float:
+        """Edge cutoff (Å)."""
+        return self.rcut
+
+    @torch.jit.export
+    def get_sel(self) -> list[int]:
+        """Neighbour capacity ``[e_sel]``."""
+        return [self.sel]
+
+    @torch.jit.export
+    def get_type_map(self) -> list[str]:
+        """Element names in model type order."""
+        return self.type_map
+
+    @torch.jit.export
+    def get_ntypes(self) -> int:
+        """Number of types."""
+        return self.ntypes
+
+    @torch.jit.export
+    def get_num_layers(self) -> int:
+        """Number of message-passing layers (= exchanges per evaluation)."""
+        return self.nlayers
+
+    @torch.jit.export
+    def get_exchange_width(self) -> int:
+        """Width of the node features exchanged between ranks (``n_dim``)."""
+        return self.n_dim
+
+    @torch.jit.export
+    def has_message_passing(self) -> bool:
+        """DPA3 always passes messages between atoms."""
+        return True
+
+    @torch.jit.export
+    def get_metadata(self) -> dict[str, str]:
+        """Versions, precision, type map and the typed config (JSON strings)."""
+        return self.metadata
+
+    # ------------------------------------------------------------------ statistics
+    @torch.jit.ignore
+    def set_out_bias(self, bias: np.ndarray | torch.Tensor, std: np.ndarray | None = None) -> None:
+        """Set the per-type energy shift ``out_bias [ntypes]`` (eV)."""
+        b = torch.as_tensor(np.asarray(bias, dtype=np.float64)).reshape(self.ntypes)
+        self.out_bias.copy_(b)
+        if std is not None:
+            self.out_std.copy_(torch.as_tensor(np.asarray(std, dtype=np.float64)).reshape(-1))
+
+    # ------------------------------------------------------------------ core
+    def _atomic_energy(
+        self,
+        coord: torch.Tensor,
+        ext_atype: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: torch.Tensor | None,
+        comm_dict: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Atomic energies ``[nf, nloc]`` float64 (virtual atoms, type < 0, give 0)."""
+        nloc = nlist.shape[1]
+        d = self.descriptor(coord, ext_atype, nlist, mapping, comm_dict)
+        e_net = self.fitting(d.to(self.fitting_dtype)).squeeze(-1).to(torch.float64)
+        atype = ext_atype[:, :nloc]
+        e_atom = e_net + self.out_bias[atype.clamp(min=0)]
+        return torch.where(atype >= 0, e_atom, torch.zeros_like(e_atom))
+
+    @torch.jit.export
+    def forward_lower(
+        self,
+        extended_coord: torch.Tensor,
+        extended_atype: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: torch.Tensor | None = None,
+        do_atomic_virial: bool = False,
+        comm_dict: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Energy, extended forces and virials from extended coordinates and a raw list.
+
+        Parameters
+        ----------
+        extended_coord
+            ``[nf, nall, 3]`` float64 (Å), local atoms first.
+        extended_atype
+            ``[nf, nall]`` int64 model types.
+        nlist
+            ``[nf, nloc, nnei]`` int64, any order/width, may include neighbours beyond rcut.
+        mapping
+            ``[nf, nall]`` int64 owner index (single process) or None with ``comm_dict``.
+        do_atomic_virial
+            Also return ``extended_virial [nf, nall, 9]`` (three extra backward passes).
+        comm_dict
+            Exchange schedule for the LAMMPS path (``nf == 1``).
+
+        Returns
+        -------
+        ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``, ``extended_force [nf,nall,3]`` (eV/Å),
+        ``virial [nf,9]`` (eV) and optionally ``extended_virial [nf,nall,9]``.
+        """
+        nloc = nlist.shape[1]
+        coord = extended_coord.to(torch.float64).detach().requires_grad_(True)
+        with torch.no_grad():
+            nlist_f = format_nlist(coord.detach(), nlist, self.rcut, self.sel)
+        e_atom = self._atomic_energy(coord, extended_atype, nlist_f, mapping, comm_dict)
+        energy = e_atom.sum(dim=1, keepdim=True)
+        create_graph = self.training
+        grads = torch.autograd.grad(
+            [energy.sum()],
+            [coord],
+            create_graph=create_graph,
+            retain_graph=create_graph or do_atomic_virial,
+            allow_unused=True,
+        )
+        g0 = grads[0]
+        force = torch.zeros_like(coord) if g0 is None else -g0
+        ext_virial = (force.unsqueeze(-1) * coord.unsqueeze(-2)).reshape(
+            coord.shape[0], coord.shape[1], 9
+        )
+        out: dict[str, torch.Tensor] = {
+            "energy": energy,
+            "atom_energy": e_atom.unsqueeze(-1),
+            "extended_force": force,
+            "virial": ext_virial.sum(dim=1),
+        }
+        if do_atomic_virial:
+            # C_a[k][j] = sum_i X_ij dE_i/dX_ak, X_i of the local centres held constant
+            x_loc = coord[:, :nloc, :].detach()
+            cols: list[torch.Tensor] = []
+            for j in range(3):
+                gj = torch.autograd.grad(
+                    [(e_atom * x_loc[:, :, j]).sum()],
+                    [coord],
+                    create_graph=create_graph,
+                    retain_graph=True,
+                    allow_unused=True,
+                )[0]
+                cols.append(torch.zeros_like(coord) if gj is None else gj)
+            corr = torch.stack(cols, dim=-1)  # [nf, nall, 3(k), 3(j)]
+            out["extended_virial"] = ext_virial + corr.reshape(ext_virial.shape)
+        return out
+
+    @torch.jit.unused
+    def forward_extended(
+        self,
+        ext_coord: torch.Tensor,
+        atype: torch.Tensor,
+        mapping: torch.Tensor,
+        nlist: torch.Tensor,
+        do_atomic_virial: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Evaluate on precomputed neighbour data and fold results onto the local atoms.
+
+        ``ext_coord [nf,nall,3]``, ``atype [nf,nloc]``, ``mapping [nf,nall]``,
+        ``nlist [nf,nloc,nnei]``.  Returns ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``,
+        ``force [nf,nloc,3]``, ``virial [nf,9]`` and optionally ``atom_virial [nf,nloc,9]``.
+        """
+        nf, nloc = atype.shape
+        ext_atype = torch.gather(atype, 1, mapping)
+        low = self.forward_lower(ext_coord, ext_atype, nlist, mapping, do_atomic_virial, None)
+        idx = mapping.unsqueeze(-1)
+        force = torch.zeros(nf, nloc, 3, dtype=torch.float64, device=ext_coord.device)
+        force = force.scatter_add(1, idx.expand(-1, -1, 3), low["extended_force"])
+        out = {
+            "energy": low["energy"],
+            "atom_energy": low["atom_energy"],
+            "force": force,
+            "virial": low["virial"],
+        }
+        if do_atomic_virial:
+            av = torch.zeros(nf, nloc, 9, dtype=torch.float64, device=ext_coord.device)
+            out["atom_virial"] = av.scatter_add(1, idx.expand(-1, -1, 9), low["extended_virial"])
+        return out
+
+    @torch.jit.unused
+    def forward(
+        self,
+        coord: torch.Tensor,
+        atype: torch.Tensor,
+        box: torch.Tensor | None = None,
+        do_atomic_virial: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Energy, forces and virial of ``nf`` frames with the same atom count.
+
+        ``coord [nf,N,3]`` float64 Å, ``atype [nf,N]`` int64, ``box [nf,9]`` (rows a, b, c)
+        or None for non-periodic systems.  Returns ``energy [nf,1]``, ``atom_energy [nf,N,1]``,
+        ``force [nf,N,3]``, ``virial [nf,9]``, and ``atom_virial [nf,N,9]`` if requested.
+        """
+        from ..data.neighbor import build_neighbor_batch
+
+        dev = self.out_bias.device
+        coord = torch.as_tensor(coord, dtype=torch.float64)
+        nf = coord.shape[0]
+        coord = coord.reshape(nf, -1, 3)
+        atype = torch.as_tensor(atype, dtype=torch.long).reshape(nf, -1)
+        box_np = None if box is None else torch.as_tensor(box).detach().cpu().numpy().reshape(nf, 9)
+        nb = build_neighbor_batch(coord.detach().cpu().numpy(), box_np, self.rcut, self.sel)
+        return self.forward_extended(
+            nb.ext_coord.to(dev),
+            atype.to(dev),
+            nb.mapping.to(dev),
+            nb.nlist.to(dev),
+            do_atomic_virial,
+        )
+
+    # ------------------------------------------------------------------ state
+    @torch.jit.ignore
+    def serialize(self) -> dict:
+        """Versioned, backend-neutral state: typed config + tensors (numpy)."""
+        return {
+            "@version": SERIAL_VERSION,
+            "config": self.cfg.to_dict(),
+            "state": {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()},
+        }
+
+    @staticmethod
+    def deserialize(data: dict) -> EnergyModel:
+        """Inverse of :meth:`serialize`."""
+        if data.get("@version") != SERIAL_VERSION:
+            raise ValueError(f"unsupported dpa3 model serialization version {data.get('@version')}")
+        model = EnergyModel(ModelConfig.from_typed_dict(data["config"]))
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in data["state"].items()})
+        return model

@@ -1,0 +1,285 @@
+"""One RepFlow layer of DPA3 on the flat edge/angle graph (spec 2.3-2.8).
+
+Shapes (``Nn = nf*nloc`` local nodes, ``E`` valid edges, ``A`` valid angles):
+``n [Nn, n_dim]``, ``e [E, e_dim]``, ``a [A, a_dim]``; ``n_ext [*, n_dim]`` holds the node
+features gathered by ``nei [E]`` (local owners, or local + ghost rows after the exchange).
+
+Concatenated linears ``[x, y, z] W`` are evaluated as ``x W_x + y W_y + z W_z`` with the
+per-node products taken *before* gathering to edges/angles (DeePMD-kit's ``optim_update``;
+identical up to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config.model import RepflowConfig
+from .network import Activation, Linear
+
+
+def _residual_param(
+    count: int, dim: int, cfg: RepflowConfig, dtype: torch.dtype, generator: torch.Generator | None
+) -> nn.Parameter:
+    if cfg.update_residual_init == "norm":
+        init = torch.randn(count, dim, generator=generator, dtype=torch.float64)
+        init = init * cfg.update_residual
+    else:
+        init = torch.full((count, dim), cfg.update_residual, dtype=torch.float64)
+    return nn.Parameter(init.to(dtype))
+
+
+class RepFlowLayer(nn.Module):
+    """Node, edge and angle updates of one message-passing layer."""
+
+    def __init__(
+        self,
+        cfg: RepflowConfig,
+        activation: Activation,
+        dtype: torch.dtype,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        dn, de, da, nh = cfg.n_dim, cfg.e_dim, cfg.a_dim, cfg.n_multi_edge_message
+        ax = cfg.axis_neuron
+        self.n_dim, self.e_dim, self.a_dim, self.n_heads, self.axis = dn, de, da, nh, ax
+        self.e_norm = cfg.e_norm
+        self.a_norm = cfg.a_norm
+        self.update_angle = cfg.update_angle
+        self.smooth_edge_update = cfg.smooth_edge_update
+        self.sequential = cfg.sequential_update
+        self.update_style = cfg.update_style
+        self.compress_split = cfg.a_compress_rate > 0 and cfg.a_compress_use_split
+        self.nc_dim = cfg.n_comp_dim
+        self.ec_dim = cfg.e_comp_dim
+        self.act = activation
+
+        def lin(n_in: int, n_out: int, bias: bool = True) -> Linear:
+            return Linear(n_in, n_out, bias=bias, dtype=dtype, generator=generator)
+
+        self.node_self_mlp = lin(dn, dn)
+        self.node_sym_linear = lin(ax * (de + dn), dn)
+        self.node_edge_linear = lin(2 * dn + de, nh * dn)
+        self.edge_self_linear = lin(2 * dn + de, de)
+        res = cfg.update_style == "res_residual"
+        self.n_residual = _residual_param(2 + nh, dn, cfg, dtype, generator) if res else None
+        if self.update_angle:
+            a_in = da + self.nc_dim + 2 * self.ec_dim
+            linear_compress = cfg.a_compress_rate > 0 and not cfg.a_compress_use_split
+            self.a_compress_n_linear = lin(dn, self.nc_dim, False) if linear_compress else None
+            self.a_compress_e_linear = lin(de, self.ec_dim, False) if linear_compress else None
+            self.edge_angle_linear1 = lin(a_in, de)
+            self.edge_angle_linear2 = lin(de, de)
+            self.angle_self_linear = lin(a_in, da)
+            self.e_residual = _residual_param(2, de, cfg, dtype, generator) if res else None
+            self.a_residual = _residual_param(1, da, cfg, dtype, generator) if res else None
+        else:
+            self.a_compress_n_linear = None
+            self.a_compress_e_linear = None
+            self.edge_angle_linear1 = None
+            self.edge_angle_linear2 = None
+            self.angle_self_linear = None
+            self.e_residual = _residual_param(1, de, cfg, dtype, generator) if res else None
+            self.a_residual = None
+
+    # ----------------------------------------------------------------- helpers
+    def _combine(
+        self, x: torch.Tensor, updates: list[torch.Tensor], rho: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Residual update of ``x`` by ``updates`` in the configured ``update_style``."""
+        if self.update_style == "res_residual":
+            assert rho is not None
+            out = x
+            for k, u in enumerate(updates):
+                out = out + rho[k] * u
+            return out
+        total = updates[0]
+        for u in updates[1:]:
+            total = total + u
+        if self.update_style == "res_avg":
+            return (x + total) / math.sqrt(len(updates) + 1.0)
+        return x + total / math.sqrt(float(len(updates)))  # res_incr
+
+    def _pair_linear(
+        self,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        n: torch.Tensor,
+        n_ext: torch.Tensor,
+        e: torch.Tensor,
+        center: torch.Tensor,
+        nei: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[n_i, n_j, e_ij] W + b`` with ``W`` rows ordered ``n_i, n_j, e_ij``."""
+        dn = self.n_dim
+        out = (
+            torch.matmul(n, w[:dn])[center]
+            + torch.matmul(n_ext, w[dn : 2 * dn])[nei]
+            + torch.matmul(e, w[2 * dn :])
+        )
+        if b is not None:
+            out = out + b
+        return out
+
+    def _sym(
+        self, g: torch.Tensor, h2sw: torch.Tensor, center: torch.Tensor, nnode: int
+    ) -> torch.Tensor:
+        """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (spec 2.4)."""
+        d = g.shape[1]
+        t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
+        tt = torch.zeros(nnode, 3, d, dtype=g.dtype, device=g.device)
+        tt = tt.index_add(0, center, t) / math.sqrt(self.e_norm)
+        gg = torch.matmul(tt[:, :, : self.axis].transpose(1, 2), tt) / 3.0
+        return gg.reshape(nnode, self.axis * d)
+
+    def _angle_input(
+        self,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        a: torch.Tensor,
+        nc: torch.Tensor,
+        ec: torch.Tensor,
+        a_center: torch.Tensor,
+        a_eij: torch.Tensor,
+        a_eik: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles."""
+        da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
+        out = (
+            torch.matmul(a, w[:da])
+            + torch.matmul(nc, w[da : da + dnc])[a_center]
+            + torch.matmul(ec, w[da + dnc : da + dnc + dec])[a_eik]
+            + torch.matmul(ec, w[da + dnc + dec :])[a_eij]
+        )
+        if b is not None:
+            out = out + b
+        return out
+
+    def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (spec 2.5)."""
+        cn = self.a_compress_n_linear
+        ce = self.a_compress_e_linear
+        if cn is not None and ce is not None:
+            return torch.matmul(n, cn.matrix), torch.matmul(e, ce.matrix)
+        if self.compress_split:
+            return n[:, : self.nc_dim], e[:, : self.ec_dim]
+        return n, e
+
+    def _angle_to_edge(
+        self,
+        a: torch.Tensor,
+        nc: torch.Tensor,
+        ec: torch.Tensor,
+        e: torch.Tensor,
+        asw: torch.Tensor,
+        is_a: torch.Tensor,
+        a_center: torch.Tensor,
+        a_eij: torch.Tensor,
+        a_eik: torch.Tensor,
+    ) -> torch.Tensor:
+        """``V2 [E, e_dim]``: angle messages summed over ``k`` into edge ``ij``."""
+        lin1 = self.edge_angle_linear1
+        lin2 = self.edge_angle_linear2
+        assert lin1 is not None and lin2 is not None
+        p = self.act(self._angle_input(lin1.matrix, lin1.bias, a, nc, ec, a_center, a_eij, a_eik))
+        weight = (asw[a_eij] * asw[a_eik]).unsqueeze(-1) / math.sqrt(self.a_norm)
+        red = torch.zeros(e.shape[0], self.e_dim, dtype=e.dtype, device=e.device)
+        red = red.index_add(0, a_eij, weight * p)
+        if not self.smooth_edge_update:
+            red = torch.where(is_a.unsqueeze(-1), red, e)
+        return self.act(lin2(red))
+
+    def _angle_self(
+        self,
+        a: torch.Tensor,
+        nc: torch.Tensor,
+        ec: torch.Tensor,
+        a_center: torch.Tensor,
+        a_eij: torch.Tensor,
+        a_eik: torch.Tensor,
+    ) -> torch.Tensor:
+        lin = self.angle_self_linear
+        assert lin is not None
+        return self.act(self._angle_input(lin.matrix, lin.bias, a, nc, ec, a_center, a_eij, a_eik))
+
+    def _node_update(
+        self,
+        n: torch.Tensor,
+        n_ext: torch.Tensor,
+        n_j: torch.Tensor,
+        e: torch.Tensor,
+        center: torch.Tensor,
+        nei: torch.Tensor,
+        h2sw: torch.Tensor,
+        sw: torch.Tensor,
+    ) -> torch.Tensor:
+        nnode = n.shape[0]
+        u_self = self.act(self.node_self_mlp(n))
+        sym_in = torch.cat(
+            [self._sym(e, h2sw, center, nnode), self._sym(n_j, h2sw, center, nnode)], dim=-1
+        )
+        u_sym = self.act(self.node_sym_linear(sym_in))
+        q = self.act(
+            self._pair_linear(
+                self.node_edge_linear.matrix, self.node_edge_linear.bias, n, n_ext, e, center, nei
+            )
+        )
+        msg = torch.zeros(nnode, q.shape[1], dtype=q.dtype, device=q.device)
+        msg = msg.index_add(0, center, sw.unsqueeze(-1) * q) / self.e_norm
+        updates = [u_self, u_sym]
+        for h in range(self.n_heads):
+            updates.append(msg[:, h * self.n_dim : (h + 1) * self.n_dim])
+        return self._combine(n, updates, self.n_residual)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        n: torch.Tensor,
+        n_ext: torch.Tensor,
+        e: torch.Tensor,
+        a: torch.Tensor,
+        center: torch.Tensor,
+        nei: torch.Tensor,
+        h2sw: torch.Tensor,
+        sw: torch.Tensor,
+        asw: torch.Tensor,
+        is_a: torch.Tensor,
+        a_center: torch.Tensor,
+        a_eij: torch.Tensor,
+        a_eik: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return updated ``(n, e, a)``.
+
+        ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
+        ``sw [E]`` edge switch; ``asw [E]`` angle switch (0 for edges that are not angle edges).
+        """
+        n_j = n_ext[nei]
+        v_self = self.act(
+            self._pair_linear(
+                self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
+            )
+        )
+        if not self.update_angle:
+            e_new = self._combine(e, [v_self], self.e_residual)
+            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
+            return n_new, e_new, a
+        if self.sequential:
+            er = self.e_residual
+            ar = self.a_residual
+            assert er is not None and ar is not None
+            e1 = e + er[0] * v_self
+            nc, ec = self._compressed(n, e1)
+            a_new = a + ar[0] * self._angle_self(a, nc, ec, a_center, a_eij, a_eik)
+            v_ang = self._angle_to_edge(a_new, nc, ec, e1, asw, is_a, a_center, a_eij, a_eik)
+            e_new = e1 + er[1] * v_ang
+            n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw)
+            return n_new, e_new, a_new
+        nc, ec = self._compressed(n, e)
+        v_ang = self._angle_to_edge(a, nc, ec, e, asw, is_a, a_center, a_eij, a_eik)
+        w_ang = self._angle_self(a, nc, ec, a_center, a_eij, a_eik)
+        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
+        e_new = self._combine(e, [v_self, v_ang], self.e_residual)
+        a_new = self._combine(a, [w_ang], self.a_residual)
+        return n_new, e_new, a_new
