@@ -1,0 +1,1 @@
+"""Data handling: frames, file formats and neighbour search (``dpa3.data.neighbor``)."""
