@@ -238,6 +238,8 @@ class FittingConfig:
     trainable: bool = True
     seed: int | None = None
 
+    ALIASES = {"n_neuron": "neuron"}
+
     @staticmethod
     def parse(sec: Section) -> FittingConfig:
         """Parse the fitting section; options dpa3 does not implement are rejected by name."""
@@ -317,7 +319,8 @@ class ModelConfig:
         if len(set(type_map)) != len(type_map):
             raise ConfigError(f"'{sec.key('type_map')}' has duplicate names: {type_map}")
         descriptor = DescriptorConfig.parse(sec.sub("descriptor", required=True))
-        fitting = FittingConfig.parse(sec.sub("fitting_net", required=True))
+        fitting = FittingConfig.parse(
+            sec.sub("fitting_net", FittingConfig.ALIASES, required=True))
         preset = sec.get("preset_out_bias", None)
         preset_bias = None
         if preset is not None:
@@ -334,10 +337,20 @@ class ModelConfig:
             ("atom_exclude_types", []),
             ("srtab_add_bias", True),
             ("use_srtab", None),
+            ("smin_alpha", None),
+            ("sw_rmin", None),
+            ("sw_rmax", None),
+            ("type_embedding", None),
+            ("modifier", None),
+            ("compress", None),
+            ("spin", None),
+            ("bridging_method", "None"),
         ):
             sec.reject_unless_default(name, default)
-        sec.get("finetune_head")  # meaningful only to the trainer
-        sec.get("bias_adjust_mode")
+        # accepted; used by the trainer / multi-task bookkeeping, not by the model itself
+        for name in ("finetune_head", "bias_adjust_mode", "data_bias_nsample",
+                     "model_branch_alias", "info", "bridging_r_inner", "bridging_r_outer"):
+            sec.get(name)
         cfg = ModelConfig(
             type_map=tuple(type_map),
             descriptor=descriptor,

@@ -1,0 +1,160 @@
+"""Import DeePMD-kit DPA3 energy models (training checkpoints or frozen ``.pth`` files).
+
+``dpa3 convert-deepmd IN OUT`` reads a DeePMD-kit PyTorch checkpoint (``model.ckpt-*.pt``:
+a ``torch.save`` dict whose ``"model"`` entry is the trainer's state dict, keys prefixed
+``model.<head>.``, with the model parameters in ``_extra_state``) or a frozen TorchScript
+``.pth`` (parameters in its ``model_def_script`` attribute) and writes a dpa3 checkpoint.
+Only DeePMD-kit itself is *not* needed: the files are read with torch alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, ModelConfig
+from .model import EnergyModel
+
+# keys DeePMD-kit's normalisation adds to a model section that carry no model information
+_DEEPMD_INTERNAL_MODEL_KEYS = ("resuming", "ntypes", "srtab_add_bias", "spin", "type_embedding")
+
+
+def _clean_model_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop the DeePMD-kit bookkeeping keys our strict config parser would reject."""
+    params = json.loads(json.dumps(params))
+    for key in _DEEPMD_INTERNAL_MODEL_KEYS:
+        params.pop(key, None)
+    for sec in ("descriptor", "fitting_net"):
+        sub = params.get(sec, {})
+        for key in ("ntypes", "type_map", "dim_descrpt", "embedding_width", "mixed_types",
+                    "var_name", "dim_out", "type"):
+            if key == "type" and sec == "descriptor":
+                continue
+            if key == "type" and sub.get("type", "ener") == "ener":
+                continue
+            sub.pop(key, None)
+    return params
+
+
+def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Return ``(model_params, state)`` with state keys relative to the atomic model."""
+    if not path.is_file():
+        raise FileNotFoundError(f"DeePMD-kit model file not found: {path}")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception:
+        module = None
+    if module is not None:
+        if not hasattr(module, "model_def_script"):
+            raise ConfigError(f"{path}: a TorchScript file, but not a DeePMD-kit frozen model")
+        params = json.loads(module.model_def_script)
+        state = {k: v for k, v in module.state_dict().items()}
+        prefix = "atomic_model."
+    else:
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ConfigError(f"{path}: neither a DeePMD-kit checkpoint nor a frozen .pth "
+                              f"({type(exc).__name__}: {exc})") from None
+        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path}: no model state dict found")
+        extra = state.get("_extra_state", {})
+        params = extra.get("model_params") if isinstance(extra, dict) else None
+        if params is None:
+            raise ConfigError(f"{path}: checkpoint has no '_extra_state.model_params'")
+        heads = sorted({k.split(".")[1] for k in state if k.startswith("model.")})
+        if "model_dict" in params:
+            raise ConfigError(f"{path}: multi-task checkpoints are not supported by "
+                              "convert-deepmd yet (heads: " + ", ".join(heads) + ")")
+        if len(heads) != 1:
+            raise ConfigError(f"{path}: expected one model head, found {heads}")
+        prefix = f"model.{heads[0]}.atomic_model."
+    desc = params.get("descriptor", {})
+    if desc.get("type") != "dpa3":
+        raise ConfigError(
+            f"{path}: descriptor type is {desc.get('type')!r}; dpa3 converts only DPA3 models")
+    fit = params.get("fitting_net", {})
+    if fit.get("type", "ener") != "ener":
+        raise ConfigError(f"{path}: fitting type {fit.get('type')!r}; only energy models convert")
+    rel = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return params, rel
+
+
+def _map_state(rel: dict[str, torch.Tensor], model: EnergyModel) -> dict[str, torch.Tensor]:
+    """Translate DeePMD-kit state keys to ours; every DeePMD tensor must be accounted for."""
+    cfg = model.cfg
+    ntypes = cfg.ntypes
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in rel:
+            raise ConfigError(f"DeePMD-kit state lacks '{key}'")
+        used.add(key)
+        return rel[key].detach().to(torch.float64)
+
+    out: dict[str, torch.Tensor] = {}
+    target = model.state_dict()
+    d = "descriptor.repflows."
+    tebd = "descriptor.type_embedding.embedding.embedding_net.layers.0."
+    out["descriptor.type_embedding.layer.matrix"] = take(tebd + "matrix")
+    if "descriptor.type_embedding.layer.bias" in target:
+        out["descriptor.type_embedding.layer.bias"] = take(tebd + "bias")
+    for k in ("matrix", "bias"):
+        out[f"descriptor.edge_embd.{k}"] = take(f"{d}edge_embd.{k}")
+    out["descriptor.angle_embd.matrix"] = take(f"{d}angle_embd.matrix")
+    mean, std = take(d + "mean"), take(d + "stddev")
+    if mean.abs().max() != 0:
+        raise ConfigError("DeePMD-kit descriptor has a non-zero mean; DPA3 fixes it at 0")
+    std = std.reshape(ntypes, -1, 4)
+    if (std - std[:, :1, :]).abs().max() > 0:
+        raise ConfigError("DeePMD-kit descriptor std varies over neighbour slots")
+    out["descriptor.stddev"] = std[:, 0, :]
+    for name in target:
+        if not name.startswith("descriptor.layers."):
+            continue
+        parts = name.split(".")
+        layer, leaf = parts[2], ".".join(parts[3:])
+        src = f"{d}layers.{layer}.{leaf}"
+        if leaf.endswith("_residual"):
+            vecs = []
+            k = 0
+            while f"{src}.{k}" in rel:
+                vecs.append(take(f"{src}.{k}"))
+                k += 1
+            out[name] = torch.stack(vecs)
+        else:
+            out[name] = take(src)
+    nhidden = len(cfg.fitting.neuron)
+    f = "fitting_net.filter_layers.networks.0.layers."
+    for name in target:
+        if name.startswith("fitting.layers."):
+            _, _, k, leaf = name.split(".")
+            out[name] = take(f"{f}{k}.{leaf}")
+        elif name.startswith("fitting.out."):
+            out[name] = take(f"{f}{nhidden}.{name.split('.')[-1]}")
+    bias_atom_e = take("fitting_net.bias_atom_e").reshape(ntypes)
+    out["out_bias"] = take("out_bias").reshape(-1)[:ntypes] + bias_atom_e
+    out["out_std"] = take("out_std").reshape(-1)[:ntypes]
+    ignorable = ("fitting_net.filter_layers._networks.", "_extra_state", "fitting_net.case_embd",
+                 "fitting_net.fparam", "fitting_net.aparam")
+    left = [k for k in rel if k not in used and not k.startswith(ignorable)]
+    if left:
+        raise ConfigError(f"DeePMD-kit state has tensors dpa3 does not use: {left[:8]}")
+    missing = set(target) - set(out)
+    if missing:
+        raise ConfigError(f"internal: no DeePMD-kit source for {sorted(missing)}")
+    return {k: v.to(target[k].dtype).reshape(target[k].shape) for k, v in out.items()}
+
+
+def load_deepmd_model(path: str | Path) -> EnergyModel:
+    """Build an :class:`EnergyModel` with the weights of a DeePMD-kit DPA3 model file."""
+    path = Path(path)
+    params, rel = _read_deepmd_file(path)
+    cfg = ModelConfig.from_dict(_clean_model_params(params))
+    model = EnergyModel(cfg)
+    model.load_state_dict(_map_state(rel, model))
+    return model
