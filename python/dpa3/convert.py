@@ -10,6 +10,8 @@ Only DeePMD-kit itself is *not* needed: the files are read with torch alone.
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +41,78 @@ def _clean_model_params(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _is_torchscript_archive(path: Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/data.pkl") for n in zf.namelist()) and any(
+            "/code/__torch__/" in n for n in zf.namelist())
+
+
+def _read_torchscript_state(path: Path) -> dict[str, Any]:
+    """Tensors and string attributes of a TorchScript archive, without loading its code.
+
+    ``torch.jit.load`` of a DeePMD-kit frozen model needs DeePMD-kit's custom ops; reading the
+    pickled module state directly needs nothing but torch.  Returns ``{dotted.path: value}``
+    for tensors, plus the top-level ``model_def_script`` string.
+    """
+
+    class _State:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.state: Any = None
+
+        def __setstate__(self, state: Any) -> None:
+            self.state = state
+
+    with zipfile.ZipFile(path) as zf:
+        pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+        root = pkl[: -len("data.pkl")]
+
+        class _Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module.startswith("__torch__"):
+                    return _State
+                return super().find_class(module, name)
+
+            def persistent_load(self, pid: Any) -> Any:
+                _, storage_type, key, _, _ = pid
+                raw = zf.read(f"{root}data/{key}")
+                dtype = getattr(storage_type, "dtype", storage_type)
+                untyped = (torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
+                           if raw else torch.UntypedStorage(0))
+                return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
+                                                  _internal=True)
+
+        with zf.open(pkl) as fh:
+            top = _Unpickler(fh).load()
+
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        state = obj.state if isinstance(obj, _State) else None
+        if not isinstance(state, dict):
+            return
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                out[prefix + key] = value
+            elif isinstance(value, _State):
+                walk(value, f"{prefix}{key}.")
+    walk(top, "")
+    if isinstance(top, _State) and isinstance(top.state, dict):
+        script = top.state.get("model_def_script")
+        if isinstance(script, str):
+            out["model_def_script"] = script
+    return out
+
+
 def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Return ``(model_params, state)`` with state keys relative to the atomic model."""
     if not path.is_file():
         raise FileNotFoundError(f"DeePMD-kit model file not found: {path}")
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception:
-        module = None
-    if module is not None:
-        if not hasattr(module, "model_def_script"):
+    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+        top = _read_torchscript_state(path)
+        if "model_def_script" not in top:
             raise ConfigError(f"{path}: a TorchScript file, but not a DeePMD-kit frozen model")
-        params = json.loads(module.model_def_script)
-        state = {k: v for k, v in module.state_dict().items()}
+        params = json.loads(top.pop("model_def_script"))
+        state = top
         prefix = "atomic_model."
     else:
         try:
@@ -139,6 +200,9 @@ def _map_state(rel: dict[str, torch.Tensor], model: EnergyModel) -> dict[str, to
     bias_atom_e = take("fitting_net.bias_atom_e").reshape(ntypes)
     out["out_bias"] = take("out_bias").reshape(-1)[:ntypes] + bias_atom_e
     out["out_std"] = take("out_std").reshape(-1)[:ntypes]
+    for key in [k for k in rel if k.endswith("emask.type_mask")]:
+        if not bool(take(key).to(torch.bool).all()):  # exclusion masks of a frozen model
+            raise ConfigError(f"DeePMD-kit model excludes types ('{key}'); not supported by dpa3")
     ignorable = ("fitting_net.filter_layers._networks.", "_extra_state", "fitting_net.case_embd",
                  "fitting_net.fparam", "fitting_net.aparam")
     left = [k for k in rel if k not in used and not k.startswith(ignorable)]
@@ -158,3 +222,25 @@ def load_deepmd_model(path: str | Path) -> EnergyModel:
     model = EnergyModel(cfg)
     model.load_state_dict(_map_state(rel, model))
     return model
+
+
+def convert_main(args) -> int:
+    """``dpa3 convert-deepmd IN OUT``: write a dpa3 checkpoint with the DeePMD-kit weights."""
+    from .train.checkpoint import atomic_torch_save, make_checkpoint
+
+    src = Path(args.input)
+    params, _ = _read_deepmd_file(src)
+    model = load_deepmd_model(src)
+    ckpt = make_checkpoint(
+        step=0,
+        model_config=model.cfg.to_dict(),
+        input_config={"model": _clean_model_params(params), "converted_from": str(src)},
+        model_state=model.state_dict(),
+        optimizer_state=None,
+        rng_state=None,
+        sampler_state=None,
+    )
+    atomic_torch_save(ckpt, args.output)
+    print(f"dpa3: converted {src} ({len(model.type_map)} types: {' '.join(model.type_map)}, "
+          f"{model.nlayers} layers) -> {args.output}")
+    return 0
