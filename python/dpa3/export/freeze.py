@@ -1,0 +1,156 @@
+"""Freeze a model into the TorchScript file that LAMMPS (``pair_style dpa3``) loads.
+
+The frozen file holds one scripted module with ``forward_lower`` and the getters of the
+contract in ``docs/internals.md``, plus ``metadata.json`` as an extra file. It is scripted,
+not ``torch.jit.freeze``-d: freezing removes ``detach`` and so alters derivatives that
+``forward_lower`` computes with autograd.
+Freezing requires the op library: a message-passing model exchanges ghost features with
+``torch.ops.dpa3.border_exchange``, and a model scripted without it could not run on
+several ranks (there is deliberately no Python stand-in for the op).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .metadata import METADATA_FILE, build_metadata, parse_metadata
+
+#: Methods a frozen model must provide (``docs/internals.md``).
+EXPORTED_METHODS = (
+    "forward_lower",
+    "get_rcut",
+    "get_sel",
+    "get_type_map",
+    "get_ntypes",
+    "get_num_layers",
+    "get_exchange_width",
+    "has_message_passing",
+    "get_metadata",
+)
+
+_OP_NAME = "dpa3::border_exchange"
+
+
+def _require_ops() -> None:
+    """Load the op library through :mod:`dpa3._ops`, or raise a clear error."""
+    try:
+        from .. import _ops
+    except ImportError as exc:  # pragma: no cover - only in a broken installation
+        raise RuntimeError(f"dpa3: cannot import dpa3._ops ({exc})") from exc
+    if not _ops.load_ops():
+        raise RuntimeError(
+            "dpa3: the op library libdpa3_ops.so (torch.ops.dpa3.border_exchange) is not "
+            "available, so the model cannot be frozen for LAMMPS: a model scripted without it "
+            "could not exchange ghost features between MPI ranks. Build dpa3 with its C++ "
+            "extension (pip install --no-build-isolation .) against the installed torch."
+        )
+
+
+def _script(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.jit.script(model)
+
+
+def freeze(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Script and save ``model`` for LAMMPS and :func:`load_frozen`.
+
+    Parameters
+    ----------
+    model
+        An :class:`dpa3.model.EnergyModel` (or any module honouring the same contract:
+        ``forward_lower`` and the getters in :data:`EXPORTED_METHODS`). Left unchanged (its
+        training flag is restored).
+    path
+        Output file (conventionally ``*.pth``); written atomically (temporary file in the
+        same folder, then ``os.replace``).
+    metadata
+        Extra JSON-serialisable fields stored in ``metadata.json``.
+
+    Returns
+    -------
+    The path written.
+
+    Raises
+    ------
+    RuntimeError
+        If the op library is not loaded, or the model does not call the exchange op although
+        it declares message passing.
+    ValueError
+        If the model lacks one of the exported methods.
+    """
+    _require_ops()
+    path = Path(path)
+    was_training = model.training
+    model.eval()
+    try:
+        scripted = _script(model)
+        missing = [m for m in EXPORTED_METHODS if not hasattr(scripted, m)]
+        if missing:
+            raise ValueError(
+                "dpa3.export.freeze: the model lacks the @torch.jit.export method(s) "
+                f"{', '.join(missing)} required by LAMMPS (see docs/internals.md)"
+            )
+        if bool(scripted.has_message_passing()):
+            graph = str(scripted.forward_lower.inlined_graph)
+            if _OP_NAME not in graph:
+                raise RuntimeError(
+                    "dpa3.export.freeze: the model passes messages but its forward_lower never "
+                    f"calls torch.ops.{_OP_NAME.replace('::', '.')}, so it could not run on "
+                    "several MPI ranks"
+                )
+        meta = build_metadata(scripted, model, metadata)
+        # Deliberately not torch.jit.freeze: freezing assumes inference without autograd and
+        # drops aten::detach, which changes forward_lower's atomic virial (the correction term
+        # differentiates with the centre positions detached).
+        frozen = scripted
+    finally:
+        model.train(was_training)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.jit.save(
+            frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)}
+        )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_frozen(
+    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a model written by :func:`freeze`.
+
+    Returns the scripted module (methods ``forward_lower`` and the getters) and the parsed
+    ``metadata.json``. Loads the op library first, since the model refers to it.
+    """
+    _require_ops()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dpa3: no model file {path}")
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+        except RuntimeError as exc:
+            raise ValueError(f"dpa3: cannot load {path} as a frozen model: {exc}") from exc
+    meta = parse_metadata(extra[METADATA_FILE], str(path))
+    missing = [m for m in EXPORTED_METHODS if not hasattr(module, m)]
+    if missing:
+        raise ValueError(f"dpa3: {path} lacks method(s) {', '.join(missing)}")
+    return module, meta

@@ -1,0 +1,304 @@
+/* ----------------------------------------------------------------------
+   Dpa3Model: loads a frozen DPA3 model and calls its forward_lower
+   (contract: docs/internals.md).  The only file of the plugin that includes torch.
+------------------------------------------------------------------------- */
+
+#include "dpa3_model.h"
+
+#include "dpa3_neighbor.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <dlfcn.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+using namespace LAMMPS_NS;
+
+namespace {
+
+constexpr const char *OP_NAME = "dpa3::border_exchange";
+
+// Getters the plugin relies on, besides forward_lower (docs/internals.md).
+const char *const REQUIRED_METHODS[] = {"get_rcut", "get_type_map", "get_num_layers",
+                                        "get_exchange_width", "has_message_passing"};
+
+std::string first_lines(const std::string &msg, int nmax = 3)
+{
+  std::istringstream in(msg);
+  std::string line, out;
+  int n = 0;
+  while (n < nmax && std::getline(in, line)) {
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    if (!out.empty()) out += " | ";
+    out += line;
+    n++;
+  }
+  return out;
+}
+
+std::string what(const std::exception &e)
+{
+  if (auto ce = dynamic_cast<const c10::Error *>(&e)) return first_lines(ce->what_without_backtrace());
+  return first_lines(e.what());
+}
+
+bool ops_registered()
+{
+  return c10::Dispatcher::singleton().findSchema({OP_NAME, ""}).has_value();
+}
+
+std::string own_directory()
+{
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void *>(&ops_registered), &info) && info.dli_fname) {
+    std::string self(info.dli_fname);
+    auto pos = self.rfind('/');
+    if (pos != std::string::npos) return self.substr(0, pos);
+  }
+  return ".";
+}
+
+// The op library is normally a link dependency of the plugin (already loaded with it);
+// otherwise look next to the plugin and where the build put it.
+void ensure_ops_loaded()
+{
+  if (ops_registered()) return;
+  std::vector<std::string> candidates{own_directory() + "/libdpa3_ops.so"};
+#ifdef DPA3_OPS_LIBRARY
+  candidates.emplace_back(DPA3_OPS_LIBRARY);
+#endif
+  candidates.emplace_back("libdpa3_ops.so");
+  std::string errors;
+  for (const auto &path : candidates) {
+    void *handle = dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
+    if (handle && ops_registered()) return;
+    if (!handle) {
+      const char *err = dlerror();
+      errors += std::string("; ") + (err ? err : path);
+    }
+  }
+  throw std::runtime_error("the dpa3 op library libdpa3_ops.so (which registers " +
+                           std::string(OP_NAME) + ") could not be loaded" + errors);
+}
+
+at::Tensor get_output(const c10::Dict<c10::IValue, c10::IValue> &dict, const std::string &key)
+{
+  auto it = dict.find(c10::IValue(key));
+  if (it == dict.end() || !it->value().isTensor())
+    throw std::runtime_error("forward_lower returned no tensor '" + key + "'");
+  return it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+void check_numel(const at::Tensor &t, int64_t expect, const std::string &key,
+                 const std::string &shape)
+{
+  if (t.numel() != expect) {
+    std::ostringstream msg;
+    msg << "forward_lower returned '" << key << "' with shape " << t.sizes() << ", expected "
+        << shape;
+    throw std::runtime_error(msg.str());
+  }
+}
+
+}    // namespace
+
+struct Dpa3Model::Impl {
+  torch::jit::Module module;
+  torch::Device device{torch::kCPU};
+  double rcut = 0.0;
+  std::vector<std::string> type_map;
+  int num_layers = 0;
+  int exchange_width = 0;
+  bool message_passing = true;
+  std::string metadata;
+
+  // per re-neighbouring state
+  c10::Dict<std::string, at::Tensor> comm_dict;
+  at::Tensor nlist;
+  int nloc = 0;
+};
+
+Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int device_rank) :
+    impl(std::make_unique<Impl>())
+{
+  ensure_ops_loaded();
+
+  if (device == "cuda") {
+    const auto ndev = static_cast<int>(torch::cuda::device_count());
+    if (ndev == 0) throw std::runtime_error("device cuda requested, but no CUDA device is visible");
+    impl->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_rank % ndev));
+  } else if (device != "cpu") {
+    throw std::runtime_error("unknown device '" + device + "' (use cpu or cuda)");
+  }
+
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe.good()) throw std::runtime_error("cannot open model file '" + path + "'");
+  }
+
+  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
+  try {
+    impl->module = torch::jit::load(path, impl->device, extra);
+  } catch (const std::exception &e) {
+    throw std::runtime_error("cannot load '" + path +
+                             "' as a TorchScript model (corrupt file, or not frozen with "
+                             "dpa3.export.freeze): " +
+                             what(e));
+  }
+  impl->module.eval();
+
+  const std::string hint = " (is it a DPA3 model frozen with dpa3.export.freeze?)";
+  auto forward_lower = impl->module.find_method("forward_lower");
+  if (!forward_lower)
+    throw std::runtime_error("model '" + path + "' has no method forward_lower" + hint);
+  for (const char *name : REQUIRED_METHODS)
+    if (!impl->module.find_method(name))
+      throw std::runtime_error("model '" + path + "' has no method " + name + hint);
+  bool has_comm = false, has_virial_flag = false;
+  for (const auto &arg : forward_lower->function().getSchema().arguments()) {
+    if (arg.name() == "comm_dict") has_comm = true;
+    if (arg.name() == "do_atomic_virial") has_virial_flag = true;
+  }
+  if (!has_comm || !has_virial_flag)
+    throw std::runtime_error("forward_lower of '" + path +
+                             "' lacks the comm_dict / do_atomic_virial arguments" + hint);
+
+  impl->metadata = extra["metadata.json"];
+  if (impl->metadata.empty())
+    throw std::runtime_error("model '" + path + "' has no metadata.json" + hint);
+
+  try {
+    impl->rcut = impl->module.run_method("get_rcut").toDouble();
+    for (const auto &v : impl->module.run_method("get_type_map").toList())
+      impl->type_map.push_back(v.get().toStringRef());
+    impl->num_layers = static_cast<int>(impl->module.run_method("get_num_layers").toInt());
+    impl->exchange_width =
+        static_cast<int>(impl->module.run_method("get_exchange_width").toInt());
+    impl->message_passing = impl->module.run_method("has_message_passing").toBool();
+  } catch (const std::exception &e) {
+    throw std::runtime_error("model '" + path + "': calling its getters failed: " + what(e));
+  }
+  if (!(impl->rcut > 0.0)) throw std::runtime_error("model '" + path + "' has rcut <= 0");
+  if (impl->type_map.empty()) throw std::runtime_error("model '" + path + "' has an empty type map");
+}
+
+Dpa3Model::~Dpa3Model() = default;
+
+double Dpa3Model::rcut() const { return impl->rcut; }
+const std::vector<std::string> &Dpa3Model::type_map() const { return impl->type_map; }
+int Dpa3Model::num_layers() const { return impl->num_layers; }
+int Dpa3Model::exchange_width() const { return impl->exchange_width; }
+bool Dpa3Model::has_message_passing() const { return impl->message_passing; }
+const std::string &Dpa3Model::metadata_json() const { return impl->metadata; }
+std::string Dpa3Model::device_name() const { return impl->device.str(); }
+
+void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc,
+                          int nnei, int64_t comm, int rank)
+{
+  const int64_t nswap = sched.nswap();
+  const auto i32 = torch::TensorOptions().dtype(torch::kInt32);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  // from_blob(...).clone(): the tensors must own their memory, they outlive the vectors
+  auto wrap32 = [&](const std::vector<int32_t> &v) {
+    return torch::from_blob(const_cast<int32_t *>(v.data()), {(int64_t) v.size()}, i32).clone();
+  };
+  c10::Dict<std::string, at::Tensor> d;
+  d.insert("send_idx", wrap32(sched.send_idx).to(impl->device));
+  d.insert("send_off",
+           torch::from_blob(const_cast<int64_t *>(sched.send_off.data()), {nswap + 1}, i64).clone());
+  d.insert("send_num", wrap32(sched.send_num));
+  d.insert("recv_num", wrap32(sched.recv_num));
+  d.insert("send_proc", wrap32(sched.send_proc));
+  d.insert("recv_proc", wrap32(sched.recv_proc));
+  d.insert("comm", torch::full({1}, comm, i64));
+  d.insert("rank", torch::full({1}, rank, i32));
+  impl->comm_dict = d;
+  impl->nlist = torch::from_blob(const_cast<int64_t *>(nlist.data()), {1, nloc, nnei}, i64)
+                    .clone()
+                    .to(impl->device);
+  impl->nloc = nloc;
+}
+
+void Dpa3Model::compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,
+                        bool atomic_virial, Dpa3Result &out)
+{
+  const auto nall = static_cast<int64_t>(atype.size());
+  const int64_t nloc = impl->nloc;
+  try {
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    at::Tensor x = torch::from_blob(const_cast<double *>(coord.data()), {1, nall, 3}, f64)
+                       .clone()
+                       .to(impl->device);
+    at::Tensor t = torch::from_blob(const_cast<int64_t *>(atype.data()), {1, nall}, i64)
+                       .clone()
+                       .to(impl->device);
+    std::vector<c10::IValue> args{x, t, impl->nlist, c10::IValue()};
+    torch::jit::Kwargs kwargs{{"do_atomic_virial", c10::IValue(atomic_virial)},
+                              {"comm_dict", c10::IValue(impl->comm_dict)}};
+    c10::IValue ret = impl->module.get_method("forward_lower")(args, kwargs);
+    if (!ret.isGenericDict()) throw std::runtime_error("forward_lower did not return a dict");
+    auto dict = ret.toGenericDict();
+
+    at::Tensor energy = get_output(dict, "energy");
+    check_numel(energy, 1, "energy", "[1, 1]");
+    out.energy = energy.item<double>();
+
+    at::Tensor virial = get_output(dict, "virial");
+    check_numel(virial, 9, "virial", "[1, 9]");
+    std::copy(virial.data_ptr<double>(), virial.data_ptr<double>() + 9, out.virial);
+
+    at::Tensor force = get_output(dict, "extended_force");
+    check_numel(force, nall * 3, "extended_force", "[1, nall, 3]");
+    out.force.assign(force.data_ptr<double>(), force.data_ptr<double>() + nall * 3);
+
+    at::Tensor ae = get_output(dict, "atom_energy");
+    check_numel(ae, nloc, "atom_energy", "[1, nloc, 1]");
+    out.atom_energy.assign(ae.data_ptr<double>(), ae.data_ptr<double>() + nloc);
+
+    if (atomic_virial) {
+      at::Tensor av = get_output(dict, "extended_virial");
+      check_numel(av, nall * 9, "extended_virial", "[1, nall, 9]");
+      out.atom_virial.assign(av.data_ptr<double>(), av.data_ptr<double>() + nall * 9);
+    } else {
+      out.atom_virial.clear();
+    }
+  } catch (const std::runtime_error &) {
+    throw;
+  } catch (const std::exception &e) {
+    throw std::runtime_error("model evaluation failed: " + what(e));
+  }
+}
+
+std::vector<double> Dpa3Model::exchange(const std::vector<double> &g, int nall, int width)
+{
+  try {
+    torch::NoGradGuard no_grad;
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    at::Tensor x = torch::from_blob(const_cast<double *>(g.data()), {nall, width}, f64)
+                       .clone()
+                       .to(impl->device);
+    auto op = c10::Dispatcher::singleton().findSchemaOrThrow(OP_NAME, "");
+    const auto &d = impl->comm_dict;
+    torch::jit::Stack stack{x,
+                            d.at("send_idx"),
+                            d.at("send_off"),
+                            d.at("send_num"),
+                            d.at("recv_num"),
+                            d.at("send_proc"),
+                            d.at("recv_proc"),
+                            d.at("comm"),
+                            d.at("rank")};
+    op.callBoxed(&stack);
+    at::Tensor y = stack.at(0).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    return {y.data_ptr<double>(), y.data_ptr<double>() + y.numel()};
+  } catch (const std::exception &e) {
+    throw std::runtime_error("exchange check through " + std::string(OP_NAME) +
+                             " failed: " + what(e));
+  }
+}

@@ -1,0 +1,68 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   Dpa3Model: the frozen (TorchScript) DPA3 model behind a torch-free interface.
+
+   Everything that includes torch lives in dpa3_model.cpp, so pair_dpa3.cpp
+   stays a plain LAMMPS source and another loader (e.g. AOTInductor .pt2) can
+   be added later without touching it.  All methods report failures by
+   throwing std::runtime_error with a message meant for the user.
+------------------------------------------------------------------------- */
+
+#ifndef LMP_DPA3_MODEL_H
+#define LMP_DPA3_MODEL_H
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+struct Dpa3Schedule;
+
+// Outputs of one evaluation, in the model's units (eV, Angstrom), model indexing.
+struct Dpa3Result {
+  double energy = 0.0;               // sum of the local atomic energies
+  double virial[9] = {0.0};          // row-major 3x3, sum over local + ghost atoms
+  std::vector<double> force;         // [nall * 3], ghosts included
+  std::vector<double> atom_energy;   // [nloc]
+  std::vector<double> atom_virial;   // [nall * 9], only when requested
+};
+
+class Dpa3Model {
+ public:
+  // Loads the op library if needed, then the frozen model onto `device` ("cpu" or
+  // "cuda"; for cuda, GPU number `device_rank` modulo the visible device count).
+  Dpa3Model(const std::string &path, const std::string &device, int device_rank);
+  ~Dpa3Model();
+  Dpa3Model(const Dpa3Model &) = delete;
+  Dpa3Model &operator=(const Dpa3Model &) = delete;
+
+  double rcut() const;
+  const std::vector<std::string> &type_map() const;
+  int num_layers() const;
+  int exchange_width() const;
+  bool has_message_passing() const;
+  const std::string &metadata_json() const;    // contents of metadata.json
+  std::string device_name() const;
+
+  // Uploads the per-re-neighbouring state: the exchange schedule (model indexing),
+  // the padded neighbour matrix [nloc * nnei], the communicator handle and this rank.
+  void set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc,
+                 int nnei, int64_t comm, int rank);
+
+  // Evaluates the model on coord [nall * 3] (Angstrom) and atype [nall].
+  void compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,
+               bool atomic_virial, Dpa3Result &out);
+
+  // Pushes g [nall * width] (rows >= nloc ignored) through dpa3::border_exchange with the
+  // current schedule and returns the result; used to check the schedule.
+  std::vector<double> exchange(const std::vector<double> &g, int nall, int width);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

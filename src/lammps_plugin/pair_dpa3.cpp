@@ -1,0 +1,504 @@
+/* ----------------------------------------------------------------------
+   pair_style dpa3 model.pth [device cpu|cuda] [check on|off]
+   pair_coeff * * El1 El2 ...   (element per atom type, NULL = not handled)
+
+   Per step (all ranks, even those without atoms, because the model exchanges
+   ghost features with its neighbours layer by layer):
+     - at each re-neighbouring: capture LAMMPS's swap schedule, drop NULL-type
+       atoms, build the neighbour matrix and hand both to the model;
+     - call forward_lower on (x - boxlo) of local + ghost atoms;
+     - add forces to all nall rows (LAMMPS folds ghost forces home through its
+       reverse comm, hence newton pair on), local energy, and the virial.
+------------------------------------------------------------------------- */
+
+#include "pair_dpa3.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "json.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include "dpa3_model.h"
+#include "dpa3_neighbor.h"
+
+#include <cmath>
+#include <cstring>
+#include <exception>
+
+using namespace LAMMPS_NS;
+
+namespace {
+
+// Boltzmann constant in metal units (eV/K), as in LAMMPS's update.cpp: the ratio
+// force->boltz / BOLTZ_METAL converts eV into the current energy unit.
+constexpr double BOLTZ_METAL = 8.617343e-5;
+
+// model 3x3 row-major virial -> LAMMPS order xx, yy, zz, xy, xz, yz (, yx, zx, zy)
+constexpr int VIRIAL_ORDER[9] = {0, 4, 8, 3, 6, 7, 1, 2, 5};
+
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairDPA3::PairDPA3(LAMMPS *lmp) :
+    Pair(lmp), device("cpu"), check_flag(false), check_logged(false), coeff_positional(false),
+    ener_unit(1.0), dist_unit(1.0), comm_dup_done(false), comm_handle(0), dup_comm(nullptr),
+    cap(std::make_unique<Dpa3Capture>()), nloc_model(0), nall_model(0), have_graph(false),
+    cached_nlocal(-1), cached_nghost(-1), cached_ncalls(-1), cached_lastcall(-1),
+    cached_list(nullptr)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  no_virial_fdotr_compute = 1;
+  centroidstressflag = CENTROID_AVAIL;
+  writedata = 0;
+  // one double per atom while capturing the swap schedule; must be set before Comm::init
+  comm_forward = 1;
+  comm_reverse = 1;
+}
+
+PairDPA3::~PairDPA3()
+{
+  if (dup_comm) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    auto *c = static_cast<MPI_Comm *>(dup_comm);
+    if (!finalized) MPI_Comm_free(c);
+    delete c;
+  }
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairDPA3::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) setflag[i][j] = 0;
+}
+
+/* ----------------------------------------------------------------------
+   pair_style dpa3 model.pth [device cpu|cuda] [check on|off]
+------------------------------------------------------------------------- */
+
+void PairDPA3::settings(int narg, char **arg)
+{
+  if (narg < 1) error->all(FLERR, "Illegal pair_style dpa3 command: missing model file");
+  model_file = arg[0];
+  device = "cpu";
+  check_flag = false;
+  int iarg = 1;
+  while (iarg < narg) {
+    const std::string key = arg[iarg];
+    if (iarg + 1 >= narg) error->all(FLERR, "Illegal pair_style dpa3 command: missing value after keyword {}", key);
+    const std::string value = arg[iarg + 1];
+    if (key == "device") {
+      if (value != "cpu" && value != "cuda")
+        error->all(FLERR, "Illegal pair_style dpa3 keyword device: {} (use cpu or cuda)", value);
+#ifndef DPA3_USE_CUDA
+      if (value == "cuda")
+        error->all(FLERR, "pair_style dpa3 keyword device: this plugin was built without CUDA support");
+#endif
+      device = value;
+    } else if (key == "check") {
+      check_flag = utils::logical(FLERR, value, false, lmp) == 1;
+    } else {
+      error->all(FLERR, "Unknown pair_style dpa3 keyword: {}", key);
+    }
+    iarg += 2;
+  }
+  load_model();
+  have_graph = false;
+  // a redefined pair_style keeps previous pair_coeff names: re-match them with the new model
+  if (allocated && !coeff_names.empty()) update_type_map();
+}
+
+void PairDPA3::load_model()
+{
+  // GPU number = node-local rank (modulo the visible devices, chosen by the model)
+  int device_rank = 0;
+  if (device == "cuda") {
+    MPI_Comm node;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &device_rank);
+    MPI_Comm_free(&node);
+  }
+
+  model.reset();
+  std::string msg;
+  try {
+    model = std::make_unique<Dpa3Model>(model_file, device, device_rank);
+  } catch (const std::exception &e) {
+    msg = e.what();
+    if (msg.empty()) msg = "unknown error";
+  }
+
+  // agree on failure on all ranks so that every rank stops with the same message
+  int fail_rank = msg.empty() ? comm->nprocs : comm->me;
+  int first_fail = comm->nprocs;
+  MPI_Allreduce(&fail_rank, &first_fail, 1, MPI_INT, MPI_MIN, world);
+  if (first_fail < comm->nprocs) {
+    int len = static_cast<int>(msg.size());
+    MPI_Bcast(&len, 1, MPI_INT, first_fail, world);
+    msg.resize(len);
+    MPI_Bcast(msg.data(), len, MPI_CHAR, first_fail, world);
+    error->all(FLERR, "pair_style dpa3: {}", msg);
+  }
+
+  // metadata written by dpa3.export.freeze
+  std::string precision = "?", version = "?", torch_version = "?";
+  try {
+    auto meta = json::parse(model->metadata_json());
+    const int format = meta.value("format_version", -1);
+    if (format != 1)
+      error->all(FLERR, "pair_style dpa3: model '{}' has metadata format_version {}, this plugin reads version 1", model_file, format);
+    precision = meta.value("precision", std::string("?"));
+    version = meta.value("dpa3_version", std::string("?"));
+    torch_version = meta.value("torch_version", std::string("?"));
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style dpa3: model '{}' has unreadable metadata.json: {}", model_file, e.what());
+  }
+
+  if (comm->me == 0) {
+    const auto &tm = model->type_map();
+    utils::logmesg(lmp,
+                   "dpa3: loaded {} on {} (dpa3 {}, torch {}, {})\n"
+                   "dpa3:   type map {}, rcut {} A, {} layers, exchange width {}\n",
+                   model_file, model->device_name(), version, torch_version, precision,
+                   "[" + utils::join_words(tm, ", ") + "]", model->rcut(), model->num_layers(),
+                   model->exchange_width());
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ... (NULL = type not handled); bare * * maps type i to model type i-1
+------------------------------------------------------------------------- */
+
+void PairDPA3::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  if (!model) error->all(FLERR, "pair_coeff for dpa3 before pair_style dpa3 loaded a model");
+  const int ntypes = atom->ntypes;
+  if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "Incorrect args for pair coefficients: pair_style dpa3 needs pair_coeff * * followed by one element name (or NULL) per atom type");
+
+  coeff_names.assign(ntypes + 1, "");
+  coeff_positional = (narg == 2);
+  const auto &tm = model->type_map();
+  if (coeff_positional) {
+    if (ntypes > (int) tm.size())
+      error->all(FLERR, "pair_coeff * * without element names maps atom type i to model type i-1, but there are {} atom types and the model has {} ({}): give one element name per type", ntypes, tm.size(), utils::join_words(tm, " "));
+    for (int t = 1; t <= ntypes; t++) coeff_names[t] = tm[t - 1];
+    if (comm->me == 0)
+      error->warning(FLERR, "pair_coeff * * for dpa3 without element names: atom type i is the model's type i-1 ({}); name the elements to be explicit", utils::join_words(std::vector<std::string>(coeff_names.begin() + 1, coeff_names.end()), " "));
+  } else {
+    if (narg != 2 + ntypes)
+      error->all(FLERR, "Incorrect args for pair coefficients: pair_coeff * * for dpa3 needs {} element names (one per atom type, NULL to skip a type), got {}", ntypes, narg - 2);
+    for (int t = 1; t <= ntypes; t++) coeff_names[t] = arg[1 + t];
+  }
+  update_type_map();
+
+  // all pairs are "set", also those with NULL types: dpa3 then just ignores those atoms
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = 1; j <= ntypes; j++) setflag[i][j] = 1;
+  have_graph = false;
+}
+
+void PairDPA3::update_type_map()
+{
+  const auto &tm = model->type_map();
+  const int ntypes = static_cast<int>(coeff_names.size()) - 1;
+  type_map.assign(ntypes + 1, -1);
+  int nmapped = 0;
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string &name = coeff_names[t];
+    if (name == "NULL") continue;
+    int found = -1;
+    for (size_t k = 0; k < tm.size(); k++)
+      if (tm[k] == name) found = static_cast<int>(k);
+    if (found < 0)
+      error->all(FLERR, "pair_coeff for dpa3: element {} (atom type {}) is not in the model's type map: {}", name, t, utils::join_words(tm, " "));
+    type_map[t] = found;
+    nmapped++;
+  }
+  if (nmapped == 0) error->all(FLERR, "pair_coeff for dpa3: all atom types are NULL");
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairDPA3::init_style()
+{
+  if (!model) error->all(FLERR, "pair_style dpa3 has no model loaded");
+  if (coeff_names.empty() || (int) coeff_names.size() != atom->ntypes + 1)
+    error->all(FLERR, "pair_style dpa3 needs pair_coeff * * with one element name per atom type");
+  if (force->newton_pair == 0)
+    error->all(FLERR, "pair_style dpa3 requires newton pair on (ghost forces are summed into their owners by LAMMPS's reverse communication)");
+  if (comm->style != Comm::BRICK)
+    error->all(FLERR, "pair_style dpa3 requires comm_style brick (the ghost exchange replays the brick swap schedule)");
+  if (strcmp(update->unit_style, "lj") == 0)
+    error->all(FLERR, "pair_style dpa3 does not support units lj (the model works in eV and Angstrom)");
+  if (domain->dimension != 3) error->all(FLERR, "pair_style dpa3 requires a 3d system");
+  if (check_flag && !atom->tag_enable)
+    error->all(FLERR, "pair_style dpa3 check on requires atom IDs");
+
+  ener_unit = force->boltz / BOLTZ_METAL;
+  dist_unit = force->angstrom;
+
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+
+  if (!comm_dup_done) {
+    auto *c = new MPI_Comm;
+    MPI_Comm_dup(world, c);
+    dup_comm = c;
+    comm_handle = static_cast<long long>(MPI_Comm_c2f(*c));
+    comm_dup_done = true;
+  }
+  // the next compute() recaptures the schedule and rebuilds the model inputs
+  have_graph = false;
+}
+
+double PairDPA3::init_one(int, int)
+{
+  return model->rcut() * dist_unit;
+}
+
+/* ---------------------------------------------------------------------- */
+
+bool PairDPA3::need_rebuild()
+{
+  const int local = (!have_graph || neighbor->ago == 0 || neighbor->ncalls != cached_ncalls ||
+                     neighbor->lastcall != cached_lastcall || list != cached_list ||
+                     atom->nlocal != cached_nlocal || atom->nghost != cached_nghost)
+      ? 1
+      : 0;
+  // collective: the capture replays LAMMPS's halo exchange on all ranks
+  int global = 0;
+  MPI_Allreduce(&local, &global, 1, MPI_INT, MPI_MAX, world);
+  return global != 0;
+}
+
+void PairDPA3::rebuild()
+{
+  const int nlocal = atom->nlocal;
+  const int nghost = atom->nghost;
+  const int nall = nlocal + nghost;
+  const int *type = atom->type;
+
+  capture_schedule();
+
+  // drop atoms of NULL types
+  fwd_map.assign(nall, -1);
+  bkw_map.clear();
+  nloc_model = 0;
+  for (int i = 0; i < nall; i++) {
+    if (type_map[type[i]] < 0) continue;
+    fwd_map[i] = static_cast<int>(bkw_map.size());
+    bkw_map.push_back(i);
+    if (i < nlocal) nloc_model++;
+  }
+  nall_model = static_cast<int>(bkw_map.size());
+
+  Dpa3Schedule sched;
+  dpa3_remap_schedule(*cap, fwd_map, sched);
+  for (int s = 0; s < sched.nswap(); s++)
+    if (sched.send_proc[s] == comm->me && sched.recv_proc[s] == comm->me &&
+        sched.send_num[s] != sched.recv_num[s])
+      error->one(FLERR, "pair_style dpa3: self swap {} sends {} and receives {} atoms after dropping NULL types", s, sched.send_num[s], sched.recv_num[s]);
+
+  std::vector<int64_t> nlist;
+  const int nnei = dpa3_build_nlist(list->inum, list->ilist, list->numneigh, list->firstneigh,
+                                    nlocal, fwd_map, nloc_model, nlist);
+  try {
+    model->set_graph(sched, nlist, nloc_model, nnei, comm_handle, comm->me);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style dpa3: {}", e.what());
+  }
+
+  have_graph = true;
+  cached_nlocal = nlocal;
+  cached_nghost = nghost;
+  cached_ncalls = neighbor->ncalls;
+  cached_lastcall = neighbor->lastcall;
+  cached_list = list;
+
+  if (check_flag) check_exchange();
+}
+
+/* ----------------------------------------------------------------------
+   Capture of the swap schedule through the public Comm API (design note 0.1):
+   forward_comm(this) calls pack/unpack_forward_comm for every swap in order
+   with sendlist/sendnum and firstrecv/recvnum; the packer writes its rank into
+   the payload, so the receiver learns recvproc.  reverse_comm(this) walks the
+   swaps backwards; the ghost side writes its rank, so the owner learns sendproc.
+------------------------------------------------------------------------- */
+
+void PairDPA3::capture_schedule()
+{
+  cap->reset(comm->me);
+  cap->phase = Dpa3Capture::FORWARD;
+  comm->forward_comm(this, 1);
+  cap->phase = Dpa3Capture::REVERSE;
+  cap->cursor = cap->nswap() - 1;
+  comm->reverse_comm(this, 1);
+  cap->phase = Dpa3Capture::IDLE;
+  if (cap->error.empty() && cap->cursor != -1) cap->error = "reverse replay did not visit every swap";
+
+  // every rank must see the same number of swaps
+  int minmax[2] = {cap->nswap(), -cap->nswap()}, global[2];
+  MPI_Allreduce(minmax, global, 2, MPI_INT, MPI_MIN, world);
+  if (global[0] != -global[1])
+    error->all(FLERR, "pair_style dpa3: ranks replayed different numbers of swaps ({} to {})", global[0], -global[1]);
+
+  dpa3_resolve_peers(*cap);
+  const std::string problem = dpa3_check_capture(*cap, atom->nlocal, atom->nghost);
+  if (!problem.empty())
+    error->one(FLERR, "pair_style dpa3: unexpected halo exchange schedule on rank {}: {}", comm->me, problem);
+}
+
+int PairDPA3::pack_forward_comm(int n, int *list, double *buf, int, int *)
+{
+  if (cap->phase != Dpa3Capture::FORWARD) return 0;
+  cap->sendlist.emplace_back(list, list + n);
+  cap->sendnum.push_back(n);
+  cap->sendproc.push_back(DPA3_UNKNOWN_PEER);
+  cap->recvnum.push_back(0);
+  cap->firstrecv.push_back(0);
+  cap->recvproc.push_back(DPA3_UNKNOWN_PEER);
+  for (int k = 0; k < n; k++) buf[k] = cap->me;
+  return n;
+}
+
+void PairDPA3::unpack_forward_comm(int n, int first, double *buf)
+{
+  if (cap->phase != Dpa3Capture::FORWARD) return;
+  if (cap->sendnum.empty()) {
+    if (cap->error.empty()) cap->error = "unpack_forward_comm before pack_forward_comm";
+    return;
+  }
+  const size_t s = cap->sendnum.size() - 1;
+  cap->recvnum[s] = n;
+  cap->firstrecv[s] = first;
+  if (n > 0) {
+    const int peer = static_cast<int>(buf[0]);
+    for (int k = 1; k < n; k++)
+      if (static_cast<int>(buf[k]) != peer && cap->error.empty())
+        cap->error = "swap " + std::to_string(s) + " received atoms from several ranks";
+    cap->recvproc[s] = peer;
+  }
+}
+
+int PairDPA3::pack_reverse_comm(int n, int first, double *buf)
+{
+  if (cap->phase != Dpa3Capture::REVERSE) return 0;
+  const int s = cap->cursor;
+  if (s < 0 || cap->recvnum[s] != n || (n > 0 && cap->firstrecv[s] != first)) {
+    if (cap->error.empty())
+      cap->error = "reverse replay of swap " + std::to_string(s) + " does not match the forward one";
+    return n;
+  }
+  for (int k = 0; k < n; k++) buf[k] = cap->me;
+  return n;
+}
+
+void PairDPA3::unpack_reverse_comm(int n, int *, double *buf)
+{
+  if (cap->phase != Dpa3Capture::REVERSE) return;
+  const int s = cap->cursor--;
+  if (s < 0 || cap->sendnum[s] != n) {
+    if (cap->error.empty())
+      cap->error = "reverse replay of swap " + std::to_string(s) + " does not match the forward one";
+    return;
+  }
+  if (n > 0) cap->sendproc[s] = static_cast<int>(buf[0]);
+}
+
+/* ----------------------------------------------------------------------
+   check on: push atom IDs through the exchange op; every ghost must receive the ID of
+   the atom it is an image of
+------------------------------------------------------------------------- */
+
+void PairDPA3::check_exchange()
+{
+  const tagint *tag = atom->tag;
+  std::vector<double> g(nall_model, 0.0);
+  for (int k = 0; k < nloc_model; k++) g[k] = static_cast<double>(tag[bkw_map[k]]);
+  std::vector<double> y;
+  try {
+    y = model->exchange(g, nall_model, 1);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style dpa3: {}", e.what());
+  }
+  for (int k = 0; k < nall_model; k++)
+    if (y[k] != static_cast<double>(tag[bkw_map[k]]))
+      error->one(FLERR, "pair_style dpa3 check: atom {} (ID {}) received ID {} from the exchange", bkw_map[k], tag[bkw_map[k]], y[k]);
+  if (comm->me == 0 && !check_logged)
+    utils::logmesg(lmp, "dpa3: exchange check passed ({} swaps)\n", cap->nswap());
+  check_logged = true;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairDPA3::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  if (need_rebuild()) rebuild();
+
+  double **x = atom->x;
+  double **f = atom->f;
+  const int *type = atom->type;
+  const double *boxlo = domain->boxlo;
+
+  coord_buf.resize(3 * static_cast<size_t>(nall_model));
+  atype_buf.resize(nall_model);
+  for (int k = 0; k < nall_model; k++) {
+    const int i = bkw_map[k];
+    const int t = type_map[type[i]];
+    if (t < 0) error->one(FLERR, "pair_style dpa3: atom {} changed to a NULL type without re-neighbouring", i);
+    atype_buf[k] = t;
+    for (int d = 0; d < 3; d++) coord_buf[3 * k + d] = (x[i][d] - boxlo[d]) / dist_unit;
+  }
+
+  const bool atomic_virial = (vflag_atom || cvflag_atom);
+  Dpa3Result res;
+  try {
+    model->compute(coord_buf, atype_buf, atomic_virial, res);
+  } catch (const std::exception &e) {
+    // abort the whole job: returning would leave the other ranks blocked in an exchange
+    error->one(FLERR, "pair_style dpa3: {}", e.what());
+  }
+
+  const double force_unit = ener_unit / dist_unit;
+  for (int k = 0; k < nall_model; k++) {
+    const int i = bkw_map[k];
+    for (int d = 0; d < 3; d++) f[i][d] += res.force[3 * k + d] * force_unit;
+  }
+  if (eflag_global) eng_vdwl += res.energy * ener_unit;
+  if (eflag_atom)
+    for (int k = 0; k < nloc_model; k++) eatom[bkw_map[k]] += res.atom_energy[k] * ener_unit;
+  if (vflag_global)
+    for (int c = 0; c < 6; c++) virial[c] += res.virial[VIRIAL_ORDER[c]] * ener_unit;
+  if (vflag_atom)
+    for (int k = 0; k < nall_model; k++)
+      for (int c = 0; c < 6; c++)
+        vatom[bkw_map[k]][c] += res.atom_virial[9 * k + VIRIAL_ORDER[c]] * ener_unit;
+  if (cvflag_atom)
+    for (int k = 0; k < nall_model; k++)
+      for (int c = 0; c < 9; c++)
+        cvatom[bkw_map[k]][c] += res.atom_virial[9 * k + VIRIAL_ORDER[c]] * ener_unit;
+}

@@ -1,0 +1,92 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style dpa3: the DPA3 message-passing potential as a LAMMPS plugin.
+
+   One TorchScript model per rank.  Ghost atoms only need geometry within one
+   cutoff of the local atoms: node features of ghosts are refreshed inside the
+   model, layer by layer, by the dpa3::border_exchange op, which replays
+   LAMMPS's own swap schedule (captured here at every re-neighbouring through
+   the public pack/unpack callbacks of Comm::forward_comm / reverse_comm).
+------------------------------------------------------------------------- */
+
+#ifdef PAIR_CLASS
+// clang-format off
+PairStyle(dpa3,PairDPA3);
+// clang-format on
+#else
+
+#ifndef LMP_PAIR_DPA3_H
+#define LMP_PAIR_DPA3_H
+
+#include "pair.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class Dpa3Model;
+struct Dpa3Schedule;
+struct Dpa3Capture;
+
+class PairDPA3 : public Pair {
+ public:
+  PairDPA3(class LAMMPS *);
+  ~PairDPA3() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+  // only used while capturing the swap schedule (see capture_schedule())
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+ protected:
+  void allocate();
+  void load_model();
+  void update_type_map();
+  bool need_rebuild();
+  void rebuild();
+  void capture_schedule();
+  void check_exchange();
+
+  std::string model_file;
+  std::string device;      // "cpu" or "cuda"
+  bool check_flag;         // push atom tags through the exchange op at each rebuild
+  bool check_logged;
+  std::unique_ptr<Dpa3Model> model;
+
+  std::vector<std::string> coeff_names;    // element per LAMMPS type (1-based); "NULL" = ignored
+  bool coeff_positional;                    // pair_coeff * * without names
+  std::vector<int> type_map;               // LAMMPS type -> model type, -1 = NULL
+
+  // unit conversion from the model's eV / Angstrom
+  double ener_unit, dist_unit;
+
+  // duplicated communicator handed to the exchange op (Fortran handle)
+  bool comm_dup_done;
+  long long comm_handle;
+  void *dup_comm;    // MPI_Comm*, kept opaque so this header needs no mpi.h
+
+  // per re-neighbouring state
+  std::unique_ptr<Dpa3Capture> cap;
+  std::vector<int> fwd_map;     // LAMMPS index -> model index, -1 for NULL-type atoms
+  std::vector<int> bkw_map;     // model index -> LAMMPS index
+  int nloc_model, nall_model;
+  bool have_graph;
+  int cached_nlocal, cached_nghost;
+  bigint cached_ncalls, cached_lastcall;
+  class NeighList *cached_list;
+  std::vector<double> coord_buf;
+  std::vector<int64_t> atype_buf;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
+#endif
