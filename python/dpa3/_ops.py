@@ -1,0 +1,132 @@
+"""Loading of the compiled op library ``dpa3/lib/libdpa3_ops.so``.
+
+The library registers, in the ``torch.ops.dpa3`` namespace:
+
+- ``border_exchange(g, send_idx, send_off, send_num, recv_num, send_proc, recv_proc, comm, rank)``
+  and ``border_exchange_backward(...)``: the ghost-row exchange over a LAMMPS swap schedule
+  (see ``docs/internals.md``), differentiable in eager mode and in TorchScript;
+- ``enable_mpi() -> bool``: whether the library was built with MPI;
+- ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``.
+
+Only this module loads the library; model code calls ``torch.ops.dpa3.border_exchange`` after
+:func:`load_ops`. In a process where the LAMMPS plugin has already loaded the library (the plugin
+links it), loading is skipped: registering the ``dpa3`` namespace twice aborts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import torch
+
+LIBRARY_NAME = "libdpa3_ops.so"
+BUILD_INFO_NAME = "dpa3_ops_build.json"
+
+_lock = threading.Lock()
+_loaded_from: Path | None = None
+
+
+def _registered() -> bool:
+    """Whether the ``dpa3`` ops are registered in this process (by us or by the plugin)."""
+    try:
+        return hasattr(torch.ops.dpa3, "enable_mpi")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def library_path() -> Path | None:
+    """Path of the installed ``libdpa3_ops.so``, or None if it was not built.
+
+    Searched in ``lib/`` of every folder of the ``dpa3`` package: with an editable install
+    (scikit-build-core redirect mode) ``dpa3.__path__`` holds both the source folder and the
+    folder in site-packages where the built library is installed.
+    """
+    import dpa3
+
+    for folder in list(getattr(dpa3, "__path__", [])):
+        candidate = Path(folder) / "lib" / LIBRARY_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _build_info(path: Path) -> dict:
+    try:
+        return json.loads((path.parent / BUILD_INFO_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _diagnose(path: Path, exc: BaseException) -> str:
+    """Explain a failed ``torch.ops.load_library``."""
+    msg = str(exc)
+    info = _build_info(path)
+    lines = [f"dpa3: cannot load the op library {path}:", f"  {msg}"]
+    built_torch = info.get("torch_version")
+    if built_torch and built_torch != torch.__version__:
+        lines.append(
+            f"  It was built against torch {built_torch} but torch {torch.__version__} is "
+            "imported: rebuild with `pip install --no-build-isolation .` in this environment."
+        )
+    built_abi = info.get("cxx11_abi")
+    if built_abi is not None and bool(built_abi) != torch.compiled_with_cxx11_abi():
+        lines.append(
+            f"  _GLIBCXX_USE_CXX11_ABI={int(built_abi)} at build time, but this torch uses "
+            f"{int(torch.compiled_with_cxx11_abi())}: rebuild against this torch."
+        )
+    if "undefined symbol" in msg and len(lines) == 2:
+        lines.append(
+            "  An undefined symbol usually means a different torch (or C++ ABI) than the one "
+            "the library was built with: rebuild with `pip install --no-build-isolation .`."
+        )
+    if "libmpi" in msg:
+        lines.append(
+            f"  The library was built with MPI ({info.get('mpi_library', '?')}); install the "
+            "same MPI in this environment (`pip install mpich`) or rebuild with "
+            "DPA3_ENABLE_MPI=OFF."
+        )
+    return "\n".join(lines)
+
+
+def load_ops() -> bool:
+    """Register the ``torch.ops.dpa3`` ops in this process (once).
+
+    Returns
+    -------
+    bool
+        True if the ops are registered (now or before, e.g. by the LAMMPS plugin), False if the
+        library was not built (a source tree without an installed build).
+
+    Raises
+    ------
+    RuntimeError
+        If the library exists but cannot be loaded, with a diagnosis (torch version or C++ ABI
+        mismatch, missing libmpi).
+    """
+    global _loaded_from
+    if _registered():
+        return True
+    with _lock:
+        if _registered():
+            return True
+        path = library_path()
+        if path is None:
+            return False
+        try:
+            torch.ops.load_library(str(path))
+        except OSError as exc:
+            raise RuntimeError(_diagnose(path, exc)) from exc
+        if not _registered():
+            raise RuntimeError(f"dpa3: loaded {path} but torch.ops.dpa3 has no ops")
+        _loaded_from = path
+        return True
+
+
+def ops_available() -> bool:
+    """Whether ``torch.ops.dpa3.border_exchange`` can be called (loads the library if needed)."""
+    try:
+        return load_ops()
+    except RuntimeError:
+        return False
