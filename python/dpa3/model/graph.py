@@ -109,7 +109,7 @@ def build_graph(
     nei_ext = flat_nlist[eid] + frame * nall
     cen_ext = center - frame * nloc + frame * nall
     flat_coord = ext_coord.reshape(nf * nall, 3)
-    diff = flat_coord[nei_ext] - flat_coord[cen_ext]
+    diff = torch.index_select(flat_coord, 0, nei_ext) - torch.index_select(flat_coord, 0, cen_ext)
     dist = torch.linalg.norm(diff, dim=-1)
     na = min(a_sel, nnei)
     is_a = (slot < na) & (dist < a_rcut)
@@ -134,5 +134,5 @@ def angle_cosine(
     ``u_ij = d_ij / (|d_ij| + 1e-6)``, ``c_ijk = (u_ij . u_ik) (1 - 1e-6)``.
     """
     unit = diff / (dist.unsqueeze(-1) + 1e-6)
-    cos = (unit[eij] * unit[eik]).sum(-1, keepdim=True) * (1.0 - 1e-6)
+    cos = (torch.index_select(unit, 0, eij) * torch.index_select(unit, 0, eik)).sum(-1, keepdim=True) * (1.0 - 1e-6)
     return cos / math.sqrt(math.pi)

@@ -115,8 +115,8 @@ class RepFlowLayer(nn.Module):
         """``[n_i, n_j, e_ij] W + b`` with ``W`` rows ordered ``n_i, n_j, e_ij``."""
         dn = self.n_dim
         out = (
-            torch.matmul(n, w[:dn])[center]
-            + torch.matmul(n_ext, w[dn : 2 * dn])[nei]
+            torch.index_select(torch.matmul(n, w[:dn]), 0, center)
+            + torch.index_select(torch.matmul(n_ext, w[dn : 2 * dn]), 0, nei)
             + torch.matmul(e, w[2 * dn :])
         )
         if b is not None:
@@ -149,9 +149,9 @@ class RepFlowLayer(nn.Module):
         da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
         out = (
             torch.matmul(a, w[:da])
-            + torch.matmul(nc, w[da : da + dnc])[a_center]
-            + torch.matmul(ec, w[da + dnc : da + dnc + dec])[a_eik]
-            + torch.matmul(ec, w[da + dnc + dec :])[a_eij]
+            + torch.index_select(torch.matmul(nc, w[da : da + dnc]), 0, a_center)
+            + torch.index_select(torch.matmul(ec, w[da + dnc : da + dnc + dec]), 0, a_eik)
+            + torch.index_select(torch.matmul(ec, w[da + dnc + dec :]), 0, a_eij)
         )
         if b is not None:
             out = out + b
@@ -184,7 +184,7 @@ class RepFlowLayer(nn.Module):
         lin2 = self.edge_angle_linear2
         assert lin1 is not None and lin2 is not None
         p = self.act(self._angle_input(lin1.matrix, lin1.bias, a, nc, ec, a_center, a_eij, a_eik))
-        weight = (asw[a_eij] * asw[a_eik]).unsqueeze(-1) / math.sqrt(self.a_norm)
+        weight = (torch.index_select(asw, 0, a_eij) * torch.index_select(asw, 0, a_eik)).unsqueeze(-1) / math.sqrt(self.a_norm)
         red = torch.zeros(e.shape[0], self.e_dim, dtype=e.dtype, device=e.device)
         red = red.index_add(0, a_eij, weight * p)
         if not self.smooth_edge_update:
@@ -255,7 +255,7 @@ class RepFlowLayer(nn.Module):
         ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
         ``sw [E]`` edge switch; ``asw [E]`` angle switch (0 for edges that are not angle edges).
         """
-        n_j = n_ext[nei]
+        n_j = torch.index_select(n_ext, 0, nei)
         v_self = self.act(
             self._pair_linear(
                 self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
