@@ -1,0 +1,1 @@
+"""Command line interface: ``dpa3 <subcommand>`` (one module per subcommand)."""

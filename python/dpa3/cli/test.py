@@ -1,0 +1,78 @@
+"""``dpa3 test -m MODEL -s SYSTEMS [-n N]``: errors of a model on labelled data, as ``dp test``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``test``."""
+    p = sub.add_parser("test", help="MAE/RMSE of energy, force and virial on labelled systems")
+    p.add_argument(
+        "-m",
+        "--model",
+        default="model.pth",
+        help="frozen model (.pth) or dpa3 checkpoint (.pt) (default model.pth)",
+    )
+    p.add_argument(
+        "-s",
+        "--system",
+        "--systems",
+        dest="systems",
+        nargs="+",
+        default=["."],
+        help="system folders or parent folders searched for systems (default .)",
+    )
+    p.add_argument(
+        "-n", "--numb-test", type=int, default=0, help="frames per system to test (default 0 = all)"
+    )
+    p.add_argument("--set-prefix", default="set", help="set folder prefix (default set)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+
+
+def _report(title: str, res) -> None:  # noqa: ANN001 - SystemErrors
+    s = res.stats
+    log.info("# ---------------%s---------------", title)
+    log.info("# number of test data : %d", res.nframes)
+    rows = [
+        ("Energy MAE        ", s["e"].mae, "eV"),
+        ("Energy RMSE       ", s["e"].rmse, "eV"),
+        ("Energy MAE/Natoms ", s["ea"].mae, "eV"),
+        ("Energy RMSE/Natoms", s["ea"].rmse, "eV"),
+        ("Force  MAE        ", s["f"].mae, "eV/A"),
+        ("Force  RMSE       ", s["f"].rmse, "eV/A"),
+    ]
+    if s["v"].count:
+        rows += [
+            ("Virial MAE        ", s["v"].mae, "eV"),
+            ("Virial RMSE       ", s["v"].rmse, "eV"),
+            ("Virial MAE/Natoms ", s["va"].mae, "eV"),
+            ("Virial RMSE/Natoms", s["va"].rmse, "eV"),
+        ]
+    for name, v, unit in rows:
+        log.info("%s : %e %s", name, v, unit)
+    log.info("# -----------------------------------------------")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dpa3 test``."""
+    from ..data.system import find_systems, load_system
+    from ..train.evaluate import SystemErrors, evaluate_system, load_model
+
+    model = load_model(args.model, args.device)
+    type_map = list(model.get_type_map())
+    paths = find_systems(args.systems, where="-s")
+    total = SystemErrors()
+    for path in paths:
+        system = load_system(path, type_map, args.set_prefix)
+        log.info("# testing system : %s", path)
+        res = evaluate_system(model, system, args.numb_test)
+        _report("output of dpa3 test", res)
+        total.merge(res)
+    if len(paths) > 1:
+        _report("weighted average of errors", total)
+    return 0

@@ -1,0 +1,79 @@
+"""``dpa3 train input.json [--restart CKPT | --init-model CKPT | --finetune CKPT]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ._common import CLIError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``train``."""
+    p = sub.add_parser(
+        "train",
+        help="train a model from a DeePMD-kit style input.json",
+        description="Train a DPA3 model. Data paths and outputs (lcurve.out, "
+        "model.ckpt-*.pt, checkpoint) are relative to the working directory.",
+    )
+    p.add_argument("input", help="DeePMD-kit input.json")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "-r",
+        "--restart",
+        metavar="CKPT",
+        help="continue a run (optimizer, step and RNG states included)",
+    )
+    g.add_argument(
+        "-i",
+        "--init-model",
+        metavar="CKPT",
+        help="start a new run from these weights and statistics",
+    )
+    g.add_argument(
+        "-t",
+        "--finetune",
+        metavar="CKPT",
+        help="fine-tune a pretrained model (type maps may differ; the energy bias is re-fitted)",
+    )
+    p.add_argument(
+        "--use-pretrain-script",
+        action="store_true",
+        help="with --finetune: take the descriptor/fitting of the pretrained model",
+    )
+    p.add_argument(
+        "--skip-neighbor-stat",
+        action="store_true",
+        help="do not scan the data for neighbour counts (e_sel 'auto' needs it)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dpa3 train``."""
+    from ..train.trainer import Trainer
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise CLIError(f"input file '{path}' does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CLIError(f"'{path}' is not valid JSON: {err}") from None
+    trainer = Trainer(
+        data,
+        restart=args.restart,
+        init_model=args.init_model,
+        finetune=args.finetune,
+        use_pretrain_script=args.use_pretrain_script,
+        skip_neighbor_stat=args.skip_neighbor_stat,
+        device=args.device,
+    )
+    ckpt = trainer.run()
+    log.info("final checkpoint: %s", ckpt)
+    return 0

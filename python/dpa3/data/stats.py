@@ -1,0 +1,340 @@
+"""Data statistics: per-type energy bias (spec 4.2) and neighbour counts (``e_sel: "auto"``).
+
+The energy bias solves ``min_b sum_f (E_f - sum_t c_ft b_t)^2`` with ``numpy.linalg.lstsq``
+(``rcond=None``), ``c_ft`` being the number of atoms of type ``t`` in frame ``f``; types absent
+from the data get the minimum-norm value 0.  ``preset_out_bias`` entries are fixed and taken
+out of the regression.  Results can be cached in ``training.stat_file`` (an ``.npz`` file,
+keyed by element name so that a different type map can reuse it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .system import System
+
+log = logging.getLogger(__name__)
+
+STAT_FILE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------
+# energy bias
+# --------------------------------------------------------------------------------------
+def fit_energy_bias(
+    energy: np.ndarray, counts: np.ndarray, preset: Sequence[float | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares per-type energy bias.
+
+    Parameters
+    ----------
+    energy
+        (nframes,) float64 total energies (or residuals).
+    counts
+        (nframes, ntypes) atoms of each type per frame.
+    preset
+        Per type a fixed value or ``None`` (fitted).
+
+    Returns
+    -------
+    bias
+        (ntypes,) float64.
+    std
+        (ntypes,) float64, the std over frames of the residual, broadcast to every type.
+    """
+    energy = np.asarray(energy, dtype=np.float64).reshape(-1)
+    counts = np.asarray(counts, dtype=np.float64)
+    nt = counts.shape[1]
+    if energy.shape[0] != counts.shape[0]:
+        raise ValueError("energy and counts have different numbers of frames")
+    bias = np.zeros(nt, dtype=np.float64)
+    fixed = np.zeros(nt, dtype=bool)
+    if preset is not None:
+        if len(preset) != nt:
+            raise ValueError(f"preset_out_bias has {len(preset)} entries for {nt} types")
+        for t, v in enumerate(preset):
+            if v is not None:
+                bias[t] = float(v)
+                fixed[t] = True
+    target = energy - counts[:, fixed] @ bias[fixed]
+    free = ~fixed
+    if free.any() and energy.size:
+        sol, *_ = np.linalg.lstsq(counts[:, free], target, rcond=None)
+        bias[free] = sol
+    resid = energy - counts @ bias
+    std = np.full(nt, float(np.std(resid)) if energy.size else 0.0)
+    return bias, std
+
+
+def stat_frames(batches: Sequence[Sequence], ntypes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Energies and type counts of the labelled frames of sampled batches.
+
+    ``batches`` is a list (per system) of lists of :class:`dpa3.data.loader.Batch`.
+    """
+    es, cs = [], []
+    for per_sys in batches:
+        for b in per_sys:
+            keep = b.find_energy.numpy() > 0
+            if not keep.any():
+                continue
+            at = b.atype.numpy()[keep]
+            c = np.stack([(at == t).sum(axis=1) for t in range(ntypes)], axis=1)
+            es.append(b.energy.numpy()[keep, 0])
+            cs.append(c)
+    if not es:
+        return np.zeros(0), np.zeros((0, ntypes))
+    return np.concatenate(es), np.concatenate(cs).astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# stat file
+# --------------------------------------------------------------------------------------
+def stat_file_path(stat_file: str | os.PathLike) -> Path:
+    """Where the cache really lives: DeePMD-kit's ``*.hdf5`` names become ``*.npz``."""
+    p = Path(stat_file)
+    if p.suffix.lower() in (".hdf5", ".h5"):
+        return p.with_suffix(".npz")
+    if p.suffix.lower() != ".npz":
+        return p.with_name(p.name + ".npz")
+    return p
+
+
+@dataclass
+class EnergyStat:
+    """Per-element energy bias and residual std."""
+
+    type_map: tuple[str, ...]
+    bias: np.ndarray
+    std: np.ndarray
+
+    def for_type_map(self, type_map: Sequence[str]) -> EnergyStat | None:
+        """The same statistics for another type map (``None`` if an element is missing)."""
+        if any(t not in self.type_map for t in type_map):
+            return None
+        idx = [self.type_map.index(t) for t in type_map]
+        return EnergyStat(tuple(type_map), self.bias[idx].copy(), self.std[idx].copy())
+
+
+def save_stat(path: str | os.PathLike, stat: EnergyStat) -> Path:
+    """Write ``stat`` atomically to the ``.npz`` cache; returns the real path."""
+    p = stat_file_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        version=np.int64(STAT_FILE_VERSION),
+        type_map=np.array(stat.type_map),
+        energy_bias=stat.bias,
+        energy_std=stat.std,
+    )
+    os.replace(tmp, p)
+    return p
+
+
+def load_stat(path: str | os.PathLike) -> EnergyStat | None:
+    """Read the cache, or ``None`` if there is none."""
+    p = stat_file_path(path)
+    if not p.is_file():
+        return None
+    with np.load(p, allow_pickle=False) as z:
+        if int(z["version"]) != STAT_FILE_VERSION:
+            log.warning("ignoring stat file %s of another version", p)
+            return None
+        return EnergyStat(
+            tuple(str(s) for s in z["type_map"]),
+            np.array(z["energy_bias"], dtype=np.float64),
+            np.array(z["energy_std"], dtype=np.float64),
+        )
+
+
+def compute_or_load_energy_stat(
+    batches: Sequence[Sequence],
+    type_map: Sequence[str],
+    preset: Sequence[float | None] | None = None,
+    stat_file: str | os.PathLike | None = None,
+) -> EnergyStat:
+    """Energy statistics from sampled batches, or from ``stat_file`` if it covers ``type_map``.
+
+    A preset bias always overrides the cached value of its type.
+    """
+    if stat_file is not None:
+        cached = load_stat(stat_file)
+        if cached is not None:
+            sub = cached.for_type_map(type_map)
+            if sub is not None:
+                log.info("energy bias read from %s", stat_file_path(stat_file))
+                if preset is not None:
+                    for t, v in enumerate(preset):
+                        if v is not None:
+                            sub.bias[t] = float(v)
+                return sub
+    e, c = stat_frames(batches, len(type_map))
+    if e.size == 0:
+        log.warning("no energy labels in the statistics sample: the energy bias stays 0")
+    bias, std = fit_energy_bias(e, c, preset)
+    stat = EnergyStat(tuple(type_map), bias, std)
+    if stat_file is not None:
+        where = save_stat(stat_file, stat)
+        log.info("energy bias written to %s", where)
+    return stat
+
+
+# --------------------------------------------------------------------------------------
+# neighbour statistics
+# --------------------------------------------------------------------------------------
+def _image_shifts(box: np.ndarray, rcut: float) -> np.ndarray:
+    """Integer image shifts (nshift, 3) covering every image within ``rcut`` of the cell."""
+    cell = box.reshape(3, 3)
+    vol = abs(np.linalg.det(cell))
+    n = []
+    for i in range(3):
+        cross = np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])
+        n.append(int(np.ceil(rcut * np.linalg.norm(cross) / vol)))
+    r = [np.arange(-k, k + 1) for k in n]
+    return np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def frame_neighbor_counts(
+    coord: np.ndarray,
+    box: np.ndarray | None,
+    rcut: float,
+    atype: np.ndarray | None = None,
+    ntypes: int = 0,
+    chunk: int = 256,
+) -> tuple[np.ndarray, float]:
+    """Neighbours within ``rcut`` (``r <= rcut``, self excluded, periodic images included).
+
+    Returns ``counts`` (natoms,) — or (natoms, ntypes) per neighbour type when ``atype`` is
+    given — and the smallest interatomic distance of the frame.
+    """
+    coord = np.asarray(coord, dtype=np.float64).reshape(-1, 3)
+    nat = coord.shape[0]
+    img_type = None if atype is None else np.asarray(atype)
+    if box is not None:
+        cell = np.asarray(box, dtype=np.float64).reshape(3, 3)
+        frac = coord @ np.linalg.inv(cell)
+        frac = frac - np.floor(frac)
+        coord = frac @ cell
+        ishift = _image_shifts(cell, rcut)
+        # keep only images within rcut of the cell: fractional margin rcut / face distance
+        vol = abs(np.linalg.det(cell))
+        margin = np.array(
+            [
+                rcut * np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) / vol
+                for i in range(3)
+            ]
+        )
+        ifrac = (frac[None, :, :] + ishift[:, None, :]).reshape(-1, 3)
+        keep = np.all((ifrac >= -margin - 1e-9) & (ifrac <= 1 + margin + 1e-9), axis=1)
+        zero = int(np.argmin(np.abs(ishift).sum(axis=1)))
+        keep[zero * nat : (zero + 1) * nat] = True
+        src = np.tile(np.arange(nat), ishift.shape[0])[keep]
+        images = ifrac[keep] @ cell
+        # position of each local atom's own (zero-shift) copy among the kept images
+        self_pos = np.cumsum(keep)[zero * nat + np.arange(nat)] - 1
+        if img_type is not None:
+            img_type = img_type[src]
+    else:
+        images = coord
+        self_pos = np.arange(nat)
+    per_type = atype is not None
+    if per_type:
+        onehot = np.zeros((images.shape[0], ntypes))
+        onehot[np.arange(images.shape[0]), img_type] = 1.0
+    counts = np.zeros((nat, ntypes) if per_type else nat, dtype=np.int64)
+    dmin = np.inf
+    img_sq = (images * images).sum(axis=1)
+    for s in range(0, nat, chunk):
+        c = coord[s : s + chunk]
+        # |x - y|^2 = |x|^2 + |y|^2 - 2 x.y (a matrix product); exact distances are only
+        # needed near rcut, so the candidates close to it are recomputed directly below.
+        d2 = (c * c).sum(axis=1)[:, None] + img_sq[None, :] - 2.0 * (c @ images.T)
+        rows = np.arange(c.shape[0])
+        d2[rows, self_pos[s : s + chunk]] = np.inf
+        near = np.abs(d2 - rcut * rcut) < 1e-6 * max(1.0, rcut * rcut)
+        if near.any():
+            ii, jj = np.nonzero(near)
+            d2[ii, jj] = ((c[ii] - images[jj]) ** 2).sum(axis=1)
+        m = d2.min(axis=1)
+        if m.size:
+            small = m < 1.0  # exact value for the smallest distances too
+            if small.any():
+                jj = d2[small].argmin(axis=1)
+                m[small] = ((c[small] - images[jj]) ** 2).sum(axis=1)
+            dmin = min(dmin, float(np.sqrt(max(m.min(), 0.0))))
+        within = d2 <= rcut * rcut
+        if per_type:
+            counts[s : s + chunk] = np.rint(within.astype(np.float64) @ onehot).astype(np.int64)
+        else:
+            counts[s : s + chunk] = within.sum(axis=1)
+    return counts, dmin
+
+
+@dataclass
+class NeighborStat:
+    """Result of :func:`neighbor_stat`."""
+
+    min_nbor_dist: float
+    max_nbor_size: int
+    max_nbor_size_per_type: np.ndarray  # (ntypes,) max neighbours of each neighbour type
+
+
+def neighbor_stat(
+    systems: Sequence[System], rcut: float, ntypes: int | None = None
+) -> NeighborStat:
+    """Largest neighbour count within ``rcut`` and smallest distance over all frames."""
+    nt = ntypes if ntypes is not None else max(len(s.type_map) for s in systems)
+    max_tot, max_pt, dmin = 0, np.zeros(nt, dtype=np.int64), np.inf
+    for s in systems:
+        for f in range(s.nframes):
+            counts, d = frame_neighbor_counts(
+                s.coord[f], None if s.box is None else s.box[f], rcut, s.atype[f], nt
+            )
+            dmin = min(dmin, d)
+            if counts.size:
+                max_tot = max(max_tot, int(counts.sum(axis=1).max()))
+                max_pt = np.maximum(max_pt, counts.max(axis=0))
+    return NeighborStat(float(dmin), max_tot, max_pt)
+
+
+def auto_sel(max_count: int, factor: float = 1.1) -> int:
+    """DeePMD-kit's ``"auto:factor"``: ``max_count * factor`` rounded up to a multiple of 4."""
+    return 4 * ((int(max_count * factor) + 3) // 4)
+
+
+def parse_auto_sel(value: str, where: str) -> float:
+    """The factor of ``"auto"`` (1.1) or ``"auto:f"``; raises ``ValueError`` otherwise."""
+    kind, _, f = value.partition(":")
+    if kind != "auto":
+        raise ValueError(f"'{where}' = {value!r}: expected an integer, 'auto' or 'auto:factor'")
+    if not f:
+        return 1.1
+    try:
+        factor = float(f)
+    except ValueError:
+        raise ValueError(f"'{where}' = {value!r}: bad factor") from None
+    if factor <= 0:
+        raise ValueError(f"'{where}' = {value!r}: the factor must be positive")
+    return factor
+
+
+__all__ = [
+    "EnergyStat",
+    "NeighborStat",
+    "auto_sel",
+    "compute_or_load_energy_stat",
+    "fit_energy_bias",
+    "frame_neighbor_counts",
+    "load_stat",
+    "neighbor_stat",
+    "parse_auto_sel",
+    "save_stat",
+    "stat_file_path",
+    "stat_frames",
+]

@@ -1,0 +1,1 @@
+"""Training: energy loss, learning-rate schedule, optimizer, checkpoints and the training loop."""

@@ -1,0 +1,149 @@
+"""Checkpoints: atomic writes, DeePMD-kit style names and the ``checkpoint`` pointer file.
+
+``<save_ckpt>-<step>.pt`` holds a dict (see :func:`make_checkpoint`); ``<save_ckpt>.pt`` is
+a symlink to the newest one and the text file ``checkpoint`` (next to it) names it, as
+DeePMD-kit does.  Every file is written to a temporary name in the same folder and moved
+into place with ``os.replace``, so a crash during a save leaves the previous checkpoint and
+pointer intact.  Only the newest ``max_ckpt_keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "dpa3.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or is not a dpa3 checkpoint."""
+
+
+def make_checkpoint(
+    *,
+    step: int,
+    model_config: dict[str, Any],
+    input_config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    rng_state: dict[str, Any] | None,
+    sampler_state: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The checkpoint dict (plain types and tensors only, so ``weights_only`` loading works)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "dpa3_version": __version__,
+        "torch_version": str(torch.__version__),
+        "step": int(step),
+        "model_config": model_config,
+        "input": input_config,
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "rng": rng_state,
+        "sampler": sampler_state,
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_symlink(target: str, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError:  # file systems without symlinks: the pointer file is enough
+        if tmp.is_symlink():
+            tmp.unlink()
+
+
+def save_checkpoint(ckpt: dict[str, Any], prefix: str, max_keep: int) -> Path:
+    """Write ``<prefix>-<step>.pt``, update ``<prefix>.pt`` and ``checkpoint``, prune old ones."""
+    pre = Path(prefix)
+    pre.parent.mkdir(parents=True, exist_ok=True)
+    path = pre.with_name(f"{pre.name}-{ckpt['step']}.pt")
+    atomic_torch_save(ckpt, path)
+    _atomic_symlink(path.name, pre.with_name(f"{pre.name}.pt"))
+    _atomic_write_text(pre.parent / "checkpoint", path.name + "\n")
+    pattern = re.compile(re.escape(pre.name) + r"-(\d+)\.pt$")
+    olds = sorted(
+        (int(m.group(1)), p) for p in pre.parent.iterdir() if (m := pattern.match(p.name))
+    )
+    for _, p in olds[:-max_keep] if max_keep > 0 else []:
+        if p != path:
+            p.unlink(missing_ok=True)
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Accept a checkpoint file, the ``checkpoint`` pointer file, or a folder holding one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint"
+    if p.name == "checkpoint" and p.is_file():
+        name = p.read_text().strip()
+        p = p.parent / name
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    return p
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load and check a dpa3 checkpoint (``weights_only``: it holds no pickled objects)."""
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - name the file in the message
+        raise CheckpointError(f"cannot read checkpoint '{p}': {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"'{p}' is not a dpa3 checkpoint (DeePMD-kit checkpoints need "
+            "'dpa3 convert-deepmd' first)"
+        )
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"'{p}' was written by a newer dpa3 (format {ckpt['version']})")
+    return ckpt
+
+
+__all__ = [
+    "CheckpointError",
+    "atomic_torch_save",
+    "load_checkpoint",
+    "make_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,103 @@
+"""DeePMD-kit's ``ener`` loss (spec 5.1) with prefactors tied to the learning rate.
+
+``p_X(t) = limit_pref_X + (start_pref_X - limit_pref_X) * lr(t) / start_lr``.  Per frame
+``f`` with ``N_f`` atoms: energy ``(dE)^2 / N_f`` (``1/N_f^2`` with
+``intensive_ener_virial``), force the mean squared component error, virial
+``mean_c (dW_c)^2 / N_f`` (again ``1/N_f^2`` if intensive).  Each term is averaged over the
+batch with the per-frame ``find_*`` flag, so frames without a label contribute nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config.train import LossConfig
+from ..data.loader import Batch
+
+
+class EnergyLoss:
+    """The ``ener`` loss and its RMSE metrics.
+
+    Parameters
+    ----------
+    cfg
+        The ``loss`` section.
+    start_lr
+        ``learning_rate.start_lr`` (the prefactors interpolate with ``lr / start_lr``).
+    """
+
+    def __init__(self, cfg: LossConfig, start_lr: float) -> None:
+        self.cfg = cfg
+        self.start_lr = start_lr
+
+    def prefactors(self, lr: float) -> tuple[float, float, float]:
+        """``(p_e, p_f, p_v)`` at learning rate ``lr`` (0 for inactive terms)."""
+        c = self.cfg
+        g = lr / self.start_lr
+
+        def p(start: float, limit: float, active: bool) -> float:
+            return limit + (start - limit) * g if active else 0.0
+
+        return (
+            p(c.start_pref_e, c.limit_pref_e, c.has_e),
+            p(c.start_pref_f, c.limit_pref_f, c.has_f),
+            p(c.start_pref_v, c.limit_pref_v, c.has_v),
+        )
+
+    def metric_names(self) -> list[str]:
+        """Names of the metrics :meth:`__call__` returns, in ``lcurve.out`` order."""
+        names = ["rmse"]
+        if self.cfg.has_e:
+            names.append("rmse_e")
+        if self.cfg.has_f:
+            names.append("rmse_f")
+        if self.cfg.has_v:
+            names.append("rmse_v")
+        return names
+
+    def __call__(
+        self, pred: dict[str, torch.Tensor], batch: Batch, lr: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss (a scalar tensor with graph) and detached metrics (``nan`` if no label).
+
+        ``pred`` holds ``energy`` (nf, 1), ``force`` (nf, N, 3) and ``virial`` (nf, 9).
+        """
+        pe, pf, pv = self.prefactors(lr)
+        n = float(batch.natoms)
+        norm = 1.0 / (n * n) if self.cfg.intensive_ener_virial else 1.0 / n
+        nf = batch.nframes
+        dev = batch.coord.device
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
+        metrics: dict[str, float] = {}
+
+        def masked(err: torch.Tensor, find: torch.Tensor) -> tuple[torch.Tensor, float]:
+            """Batch mean of ``find * err`` and the mean over labelled frames (for RMSE)."""
+            total = (err * find).sum()
+            cnt = float(find.sum())
+            per_label = float(total.detach()) / cnt if cnt > 0 else math.nan
+            return total / nf, per_label
+
+        if self.cfg.has_e:
+            de = (pred["energy"].reshape(nf) - batch.energy.reshape(nf)).to(torch.float64)
+            term, mse = masked(de * de, batch.find_energy)
+            loss = loss + pe * norm * term
+            metrics["rmse_e"] = math.sqrt(mse) / n if mse == mse else math.nan
+        if self.cfg.has_f:
+            df = (pred["force"] - batch.force).to(torch.float64)
+            err = (df * df).reshape(nf, -1).mean(dim=1)
+            term, mse = masked(err, batch.find_force)
+            loss = loss + pf * term
+            metrics["rmse_f"] = math.sqrt(mse) if mse == mse else math.nan
+        if self.cfg.has_v:
+            dv = (pred["virial"].reshape(nf, 9) - batch.virial).to(torch.float64)
+            err = (dv * dv).mean(dim=1)
+            term, mse = masked(err, batch.find_virial)
+            loss = loss + pv * norm * term
+            metrics["rmse_v"] = math.sqrt(mse) / n if mse == mse else math.nan
+        metrics["rmse"] = math.sqrt(max(float(loss.detach()), 0.0))
+        return loss, {k: metrics[k] for k in self.metric_names()}
+
+
+__all__ = ["EnergyLoss"]

@@ -1,0 +1,101 @@
+"""Energy bias least squares, the stat file cache, and neighbour statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpa3.data.stats import (
+    EnergyStat,
+    auto_sel,
+    fit_energy_bias,
+    frame_neighbor_counts,
+    load_stat,
+    neighbor_stat,
+    parse_auto_sel,
+    save_stat,
+    stat_file_path,
+)
+from dpa3.data.system import load_system
+
+DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+
+def test_lstsq_recovers_bias_and_absent_type_is_zero():
+    rng = np.random.default_rng(0)
+    counts = np.zeros((20, 3))
+    counts[:, 0] = rng.integers(1, 6, 20)
+    counts[:, 2] = rng.integers(1, 6, 20)  # type 1 never appears
+    true = np.array([-3.0, 0.0, -7.5])
+    e = counts @ true
+    bias, std = fit_energy_bias(e, counts)
+    np.testing.assert_allclose(bias, true, atol=1e-10)
+    assert bias[1] == 0.0
+    np.testing.assert_allclose(std, 0.0, atol=1e-10)
+    # identical to numpy.linalg.lstsq(rcond=None) including the rank-deficient case
+    c = np.tile([[64.0, 128.0]], (5, 1))
+    e = rng.normal(size=5) - 500
+    bias, _ = fit_energy_bias(e, c)
+    want = np.linalg.lstsq(c, e, rcond=None)[0]
+    np.testing.assert_allclose(bias, want)
+
+
+def test_preset_bias_removed_from_regression():
+    rng = np.random.default_rng(1)
+    counts = rng.integers(1, 5, size=(30, 2)).astype(float)
+    e = counts @ np.array([-2.0, -5.0]) + 0.01 * rng.normal(size=30)
+    bias, _ = fit_energy_bias(e, counts, preset=[None, -4.0])
+    assert bias[1] == -4.0
+    want = np.linalg.lstsq(counts[:, :1], e - counts[:, 1] * -4.0, rcond=None)[0][0]
+    assert bias[0] == pytest.approx(want)
+
+
+def test_stat_file_roundtrip_and_subset(tmp_path):
+    assert stat_file_path(tmp_path / "dpa3.hdf5") == tmp_path / "dpa3.npz"
+    st = EnergyStat(("O", "H", "C"), np.array([1.0, 2.0, 3.0]), np.ones(3))
+    p = save_stat(tmp_path / "dpa3.hdf5", st)
+    assert p.is_file()
+    back = load_stat(tmp_path / "dpa3.hdf5")
+    sub = back.for_type_map(["H", "O"])
+    np.testing.assert_array_equal(sub.bias, [2.0, 1.0])
+    assert back.for_type_map(["N"]) is None
+    assert load_stat(tmp_path / "other.npz") is None
+
+
+def brute_counts(coord, box, rcut):
+    cell = box.reshape(3, 3)
+    out = np.zeros(len(coord), dtype=int)
+    shifts = (
+        np.array([[i, j, k] for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)])
+        @ cell
+    )
+    for i, x in enumerate(coord):
+        d = np.linalg.norm(coord[None, :, :] + shifts[:, None, :] - x, axis=-1)
+        out[i] = int((d <= rcut).sum()) - 1
+    return out
+
+
+def test_neighbor_counts_match_brute_force():
+    s = load_system(DATA / "alloy-emt-CuAlNi" / "natoms_31", ["Cu", "Al", "Ni"])
+    counts, dmin = frame_neighbor_counts(s.coord[0], s.box[0], 6.0)
+    np.testing.assert_array_equal(counts, brute_counts(s.coord[0], s.box[0], 6.0))
+    per_type, _ = frame_neighbor_counts(s.coord[0], s.box[0], 6.0, s.atype[0], 3)
+    np.testing.assert_array_equal(per_type.sum(axis=1), counts)
+    assert 1.5 < dmin < 3.0
+    try:
+        from dpa3.data.neighbor import neighbor_counts
+    except ImportError:
+        return
+    np.testing.assert_array_equal(counts, neighbor_counts(s.coord[0], s.box[0], 6.0))
+
+
+def test_neighbor_stat_and_auto_sel():
+    mol = load_system(DATA / "molecules-nopbc" / "C1H4O2", ["C", "H", "O"])
+    st = neighbor_stat([mol], 10.0)
+    assert st.max_nbor_size == 6  # every other atom
+    assert auto_sel(108) == 120 and auto_sel(6) == 8 and auto_sel(100, 1.0) == 100
+    assert parse_auto_sel("auto", "x") == 1.1 and parse_auto_sel("auto:1.5", "x") == 1.5
+    with pytest.raises(ValueError, match="x"):
+        parse_auto_sel("automatic", "x")
