@@ -17,12 +17,22 @@ from .network import Activation, Linear, TypeEmbedding, to_dtype
 from .repflow import RepFlowLayer
 
 
+@torch.jit.unused
+def _load_ops_for_eager() -> None:
+    from .. import _ops
+
+    if not _ops.load_ops():
+        raise RuntimeError("dpa3: the exchange path needs the op library libdpa3_ops.so")
+
+
 def exchange_ghosts(n: torch.Tensor, nall: int, comm_dict: dict[str, torch.Tensor]) -> torch.Tensor:
     """Rows ``[0, nloc)`` are ``n``; ghost rows ``[nloc, nall)`` are filled from their owners.
 
     ``n [nloc, d]`` -> ``[nall, d]`` through ``torch.ops.dpa3.border_exchange`` (autograd
     sends ghost gradients back to the owners in the backward pass).
     """
+    if not torch.jit.is_scripting():
+        _load_ops_for_eager()
     pad = torch.zeros(nall - n.shape[0], n.shape[1], dtype=n.dtype, device=n.device)
     g = torch.cat([n, pad], dim=0)
     return torch.ops.dpa3.border_exchange(
