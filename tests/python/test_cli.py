@@ -90,3 +90,19 @@ def test_test_reports_virial(tmp_path, capsys, monkeypatch):
     assert main(["test", "-m", ".", "-s", alloy, "-n", "2"]) == 0
     out = capsys.readouterr().out
     assert "Virial RMSE/Natoms" in out
+
+
+def test_test_on_frozen_model(tmp_path, capsys, monkeypatch):
+    from test_train import tiny_input
+
+    monkeypatch.chdir(tmp_path)
+    Path("input.json").write_text(json.dumps(tiny_input(steps=1)))
+    assert main(["train", "input.json", "--skip-neighbor-stat"]) == 0
+    if main(["freeze", "-c", ".", "-o", "model.pth"]) != 0:
+        pytest.skip("freezing is not available here (ops library not built)")
+    capsys.readouterr()
+    assert main(["test", "-m", "model.ckpt.pt", "-s", MOLECULE, "-n", "3"]) == 0
+    eager = [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln]
+    assert main(["test", "-m", "model.pth", "-s", MOLECULE, "-n", "3"]) == 0
+    frozen = [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln]
+    assert eager == frozen and len(eager) == 3

@@ -359,7 +359,7 @@ def test_example_inputs_are_accepted_unchanged(tmp_path, monkeypatch, name):
         assert isinstance(rf.e_sel, int) and isinstance(rf.a_sel, int)
 
 
-@pytest.mark.parametrize("name", ["alloy", "molecule"])
+@pytest.mark.parametrize("name", [pytest.param("alloy", marks=pytest.mark.slow), "molecule"])
 def test_small_examples_train_one_step(tmp_path, monkeypatch, name):
     wd = _example_dir(tmp_path, name)
     monkeypatch.chdir(wd)
@@ -378,3 +378,62 @@ def test_water_recipe_trains_one_step(tmp_path, monkeypatch):
     t = Trainer(json.loads((wd / "input.json").read_text()), skip_neighbor_stat=True)
     loss, _, _ = t.train_step(0)
     assert math.isfinite(loss)
+
+
+def test_precomputed_neighbor_hook_gives_same_loss(tmp_path, monkeypatch):
+    from dpa3.data.loader import make_batch
+    from dpa3.data.neighbor import build_neighbor_batch
+
+    monkeypatch.chdir(tmp_path)
+    t = Trainer(tiny_input(steps=1))
+    rc, sel = t.model_cfg.descriptor.repflow.e_rcut, t.model_cfg.descriptor.repflow.e_sel
+
+    def nfn(coord, box):
+        nb = build_neighbor_batch(coord, box, rc, sel)
+        return nb.ext_coord, nb.mapping, nb.nlist
+
+    system = t.train_data.systems[0]
+    plain = make_batch(system, np.array([0, 5]))
+    pre = make_batch(system, np.array([0, 5]), neighbor_fn=nfn)
+    assert pre.nlist is not None and plain.nlist is None
+    t.model.eval()
+    a = model_forward(t.model, plain)
+    b = model_forward(t.model, pre)
+    for k in ("energy", "force", "virial"):
+        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+
+
+def test_numb_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = tiny_input()
+    del d["training"]["numb_steps"]
+    d["training"]["numb_epoch"] = 0.01
+    t = Trainer(d)
+    assert t.numb_steps == math.ceil(0.01 * t.train_data.total_batches)  # 781 batches
+
+
+def test_change_bias_after_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = Trainer(tiny_input(steps=2, change_bias_after_training=True))
+    t.run()
+    from dpa3.data.stats import fit_energy_bias, stat_frames
+    from dpa3.train.finetune import predict_energies
+
+    batches = t._stat_batches()
+    preds = predict_energies(t.model, batches, model_forward)
+    e, c = stat_frames(batches, 3)
+    resid = e - np.concatenate([p for per in preds for p in per])
+    delta, _ = fit_energy_bias(resid, c)
+    np.testing.assert_allclose(delta, 0.0, atol=1e-6)  # bias already re-fitted
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_virial_loss_on_alloy_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    alloy = str(DATA / "alloy-emt-CuAlNi" / "natoms_31")
+    d = tiny_input([alloy], ("Cu", "Al", "Ni"), steps=1)
+    d["loss"].update(start_pref_v=0.02, limit_pref_v=1)
+    t = Trainer(d, skip_neighbor_stat=True)
+    loss, metrics, _ = t.train_step(0)
+    assert list(metrics) == ["rmse", "rmse_e", "rmse_f", "rmse_v"]
+    assert math.isfinite(metrics["rmse_v"]) and metrics["rmse_v"] > 0

@@ -64,7 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level, args.log_path)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, CLIError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        CLIError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as err:
         log.error("%s", err)
         return 1
     except KeyboardInterrupt:

@@ -31,7 +31,6 @@ _IGNORED_TRAINING_KEYS = (
     "tensorboard",
     "tensorboard_log_dir",
     "tensorboard_freq",
-    "change_bias_after_training",
     "mixed_precision_off",
 )
 
@@ -370,6 +369,7 @@ class TrainingConfig:
     max_ckpt_keep: int = 5
     stat_file: str | None = None
     gradient_max_norm: float = 0.0
+    change_bias_after_training: bool = False
 
     @staticmethod
     def parse(sec: Section) -> TrainingConfig:
@@ -403,6 +403,7 @@ class TrainingConfig:
             max_ckpt_keep=sec.get_int("max_ckpt_keep", 5),
             stat_file=sec.get_str("stat_file", None),
             gradient_max_norm=sec.get_float("gradient_max_norm", 0.0) or 0.0,
+            change_bias_after_training=sec.get_bool("change_bias_after_training", False),
         )
         for name in ("disp_freq", "save_freq", "max_ckpt_keep"):
             if kw[name] <= 0:

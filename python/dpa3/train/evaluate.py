@@ -8,6 +8,7 @@ TorchScript file follow one code path.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,14 @@ import torch
 
 from ..data.system import System
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, resolve_checkpoint
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``*/constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") for n in zf.namelist())
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -29,10 +38,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     if not p.is_file():
         raise CheckpointError(f"model file '{path}' does not exist")
     load_err: Exception | None = None
-    try:
-        obj: Any = torch.load(p, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - not a plain torch.save file: try TorchScript
-        obj, load_err = None, err
+    obj: Any = None
+    if not _is_torchscript(p):
+        try:
+            obj = torch.load(p, map_location=device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - reported below with the TorchScript error
+            load_err = err
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         from ..model import EnergyModel
 

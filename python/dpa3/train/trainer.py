@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -263,8 +264,6 @@ class Trainer:
             resolved = resolve_sel(raw_model, self.train_data, skip_neighbor_stat, fallback=pre_cfg)
             mcfg = ModelConfig.from_dict(resolved)
             if finetune and use_pretrain_script:
-                from dataclasses import replace
-
                 mcfg = replace(
                     pre_cfg,
                     type_map=mcfg.type_map,
@@ -444,6 +443,12 @@ class Trainer:
         batch = self.train_data.next().to(self.device)
         pred = model_forward(self.model, batch)
         loss, metrics = self.loss(pred, batch, lr)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss is {float(loss)} at step {step} (system "
+                f"{self.train_data.systems[batch.system].path}); lower learning_rate.start_lr "
+                "or check the data"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.training.gradient_max_norm
@@ -506,7 +511,10 @@ class Trainer:
                 self.save(step)
                 log.warning("interrupted at step %d; checkpoint %s", step, self.last_checkpoint)
                 raise
-        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{step}.pt"):
+        if t.change_bias_after_training:
+            self._refit_bias("change-by-statistic")
+            self.save(step)
+        elif self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{step}.pt"):
             self.save(step)
         if self.step_times:
             log.info(
