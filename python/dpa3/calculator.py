@@ -1,0 +1,103 @@
+"""ASE calculator for DPA3 models (frozen ``.pth`` files or dpa3 training checkpoints).
+
+    from dpa3.calculator import DPA3Calculator
+    atoms.calc = DPA3Calculator("model.pth")
+
+Implements ``energy``, ``free_energy``, ``forces`` (eV/Å), ``stress`` (eV/Å^3, ASE's Voigt
+order xx yy zz yz xz xy, ``= -virial / volume``) and per-atom ``energies``.  Both periodic
+(all three directions) and non-periodic systems are supported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from .data.neighbor import build_neighbor_data
+
+
+def _load(model: str | Path | torch.nn.Module, device: str) -> torch.nn.Module:
+    if isinstance(model, torch.nn.Module):
+        return model
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"dpa3: no model file {path}")
+    if path.suffix == ".pth":
+        from .export.freeze import load_frozen
+
+        module, _ = load_frozen(path, map_location=device)
+        return module
+    from .train.evaluate import load_model
+
+    return load_model(path, device=device)
+
+
+class DPA3Calculator(Calculator):
+    """ASE calculator running a DPA3 model through its ``forward_lower`` method.
+
+    Parameters
+    ----------
+    model
+        A frozen model (``.pth`` from ``dpa3 freeze``), a dpa3 checkpoint (``.pt``), or an
+        :class:`dpa3.model.EnergyModel` instance.
+    device
+        Torch device (``"cpu"`` or ``"cuda"``).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model: str | Path | torch.nn.Module, device: str = "cpu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.device = torch.device(device)
+        self.model = _load(model, device)
+        self.model.eval()
+        self.type_map = list(self.model.get_type_map())
+        self.rcut = float(self.model.get_rcut())
+        self.sel = int(self.model.get_sel()[0])
+
+    def _types(self, symbols: list[str]) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.type_map)}
+        missing = sorted(set(symbols) - set(index))
+        if missing:
+            raise ValueError(
+                f"dpa3: element(s) {missing} are not in the model's type map {self.type_map}"
+            )
+        return np.array([index[s] for s in symbols], dtype=np.int64)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        """Compute the requested properties for ``atoms``."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        pbc = atoms.get_pbc()
+        if pbc.any() and not pbc.all():
+            raise NotImplementedError(
+                "dpa3: mixed periodic boundaries are not supported by the ASE calculator; "
+                "use a fully periodic cell (with vacuum) or no periodicity"
+            )
+        coord = atoms.get_positions().astype(np.float64)
+        box = atoms.get_cell().array.reshape(9).astype(np.float64) if pbc.all() else None
+        atype = self._types(atoms.get_chemical_symbols())
+        nd = build_neighbor_data(coord, box, self.rcut, self.sel)
+        nloc = len(atype)
+        dev = self.device
+        mapping = torch.as_tensor(nd.mapping, device=dev)[None]
+        ext_atype = torch.as_tensor(atype, device=dev)[mapping]
+        out = self.model.forward_lower(
+            torch.as_tensor(nd.ext_coord, device=dev)[None], ext_atype,
+            torch.as_tensor(nd.nlist, device=dev)[None], mapping, False, None,
+        )
+        ext_force = out["extended_force"][0].detach().cpu().numpy()
+        force = np.zeros((nloc, 3))
+        np.add.at(force, nd.mapping, ext_force)
+        energy = float(out["energy"].item())
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = force
+        self.results["energies"] = out["atom_energy"][0, :, 0].detach().cpu().numpy().copy()
+        if pbc.all():
+            virial = out["virial"][0].detach().cpu().numpy().reshape(3, 3)
+            stress = -0.5 * (virial + virial.T) / atoms.get_volume()
+            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]

@@ -1,0 +1,69 @@
+"""ASE calculator: same numbers as the model, numerical stress, frozen model, MD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TYPE_MAP, alloy_frame, evaluate, make_model, molecule_frame
+
+from ase import Atoms
+
+
+def _atoms(frame):
+    coord, atype, box = frame
+    symbols = [TYPE_MAP[t] for t in atype]
+    if box is None:
+        return Atoms(symbols, positions=coord, pbc=False)
+    return Atoms(symbols, positions=coord, cell=box.reshape(3, 3), pbc=True)
+
+
+@pytest.mark.parametrize("frame", [alloy_frame(), molecule_frame()], ids=["alloy", "molecule"])
+def test_calculator_matches_model(frame):
+    from dpa3.calculator import DPA3Calculator
+
+    model = make_model(seed=31)
+    atoms = _atoms(frame)
+    atoms.calc = DPA3Calculator(model)
+    ref = evaluate(model, *frame)
+    assert abs(atoms.get_potential_energy() - ref["energy"][0]) < 1e-10
+    assert np.abs(atoms.get_forces() - ref["force"]).max() < 1e-10
+    assert abs(atoms.get_potential_energies().sum() - ref["energy"][0]) < 1e-10
+
+
+def test_stress_matches_numerical_stress():
+    from dpa3.calculator import DPA3Calculator
+
+    atoms = _atoms(alloy_frame())
+    atoms.calc = DPA3Calculator(make_model(seed=32))
+    analytic = atoms.get_stress()
+    numeric = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    assert np.abs(analytic - numeric).max() < 1e-7
+    assert np.abs(analytic).max() > 1e-5
+
+
+def test_frozen_model_in_calculator_and_md(tmp_path):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+    from dpa3.calculator import DPA3Calculator
+    from dpa3.export.freeze import freeze
+
+    model = make_model(seed=33)
+    path = freeze(model, tmp_path / "model.pth")
+    atoms = _atoms(alloy_frame())
+    atoms.calc = DPA3Calculator(path)
+    ref = evaluate(model, *alloy_frame())
+    assert abs(atoms.get_potential_energy() - ref["energy"][0]) < 1e-10
+    rng = np.random.default_rng(0)
+    atoms.set_velocities(rng.normal(scale=0.01, size=(len(atoms), 3)))
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, 0.5 * units.fs).run(20)
+    assert abs(atoms.get_total_energy() - e0) < 1e-3 * len(atoms)
+
+
+def test_unknown_element_is_named():
+    from dpa3.calculator import DPA3Calculator
+
+    atoms = Atoms("XeO", positions=[[0, 0, 0], [1.5, 0, 0]])
+    atoms.calc = DPA3Calculator(make_model(seed=34))
+    with pytest.raises(ValueError, match="Xe"):
+        atoms.get_potential_energy()
