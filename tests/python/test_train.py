@@ -437,3 +437,22 @@ def test_virial_loss_on_alloy_data(tmp_path, monkeypatch):
     loss, metrics, _ = t.train_step(0)
     assert list(metrics) == ["rmse", "rmse_e", "rmse_f", "rmse_v"]
     assert math.isfinite(metrics["rmse_v"]) and metrics["rmse_v"] > 0
+
+
+def test_ctrl_c_stops_cleanly_after_the_step(tmp_path, monkeypatch):
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+    t = Trainer(tiny_input(steps=10, save_freq=100))
+    real = t.train_step
+
+    def step(i):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: deferred
+        return real(i)
+
+    t.train_step = step
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    assert load_checkpoint(tmp_path)["step"] == 2  # the interrupted step completed
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
