@@ -8,6 +8,7 @@
 #include "dpa3_neighbor.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -63,8 +64,9 @@ std::string own_directory()
   return ".";
 }
 
-// The op library is normally a link dependency of the plugin (already loaded with it);
-// otherwise look next to the plugin and where the build put it.
+// Registers the ops unless some library already did (Python's dpa3._ops in the same process,
+// or an earlier plugin instance): next to the plugin when installed, else where the build
+// put it.  Never loads a second copy: a second TORCH_LIBRARY(dpa3) would abort the process.
 void ensure_ops_loaded()
 {
   if (ops_registered()) return;
@@ -135,6 +137,11 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
   } else if (device != "cpu") {
     throw std::runtime_error("unknown device '" + device + "' (use cpu or cuda)");
   }
+
+  // The profiling graph executor re-profiles and re-optimises when shapes change (nall
+  // and nnei change at every re-neighbouring) and made no step faster on the CPU; run the
+  // scripted graphs as they are.  (Process-wide torch setting.)
+  torch::jit::setGraphExecutorOptimize(false);
 
   {
     std::ifstream probe(path, std::ios::binary);

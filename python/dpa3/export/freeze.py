@@ -12,6 +12,7 @@ several ranks (there is deliberately no Python stand-in for the op).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -58,6 +59,19 @@ def _script(model: torch.nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.script(model)
 
 
+def _inlined_graph(method: Any) -> str:
+    """The method's graph with every call inlined (the inliner only runs while the graph
+    executor optimisation is enabled, so enable it for the duration)."""
+    before = torch._C._get_graph_executor_optimize()
+    torch._C._set_graph_executor_optimize(True)
+    try:
+        graph = method.graph.copy()
+        torch._C._jit_pass_inline(graph)
+        return str(graph)
+    finally:
+        torch._C._set_graph_executor_optimize(before)
+
+
 def freeze(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -102,8 +116,7 @@ def freeze(
                 f"{', '.join(missing)} required by LAMMPS (see docs/internals.md)"
             )
         if bool(scripted.has_message_passing()):
-            graph = str(scripted.forward_lower.inlined_graph)
-            if _OP_NAME not in graph:
+            if _OP_NAME not in _inlined_graph(scripted.forward_lower):
                 raise RuntimeError(
                     "dpa3.export.freeze: the model passes messages but its forward_lower never "
                     f"calls torch.ops.{_OP_NAME.replace('::', '.')}, so it could not run on "
@@ -154,3 +167,34 @@ def load_frozen(
     if missing:
         raise ValueError(f"dpa3: {path} lacks method(s) {', '.join(missing)}")
     return module, meta
+
+
+def freeze_main(args: Any) -> int:
+    """``dpa3 freeze -c CHECKPOINT -o model.pth``: freeze a training checkpoint."""
+    from ..cli._common import CLIError
+    from ..config.model import ModelConfig
+    from ..model import EnergyModel
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+
+    source = resolve_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(source)
+    model = EnergyModel(ModelConfig.from_typed_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    try:
+        out = freeze(
+            model,
+            args.output,
+            metadata={"checkpoint": str(source), "step": int(ckpt.get("step", -1))},
+        )
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    _, meta = load_frozen(out)
+    logging.getLogger(__name__).info(
+        "wrote %s (type map %s, rcut %s A, %d layers, %s)",
+        out,
+        " ".join(meta["type_map"]),
+        meta["rcut"],
+        meta["n_layers"],
+        meta["precision"],
+    )
+    return 0
