@@ -8,6 +8,8 @@ the ghost-feature exchange op (``comm_dict``, one frame, LAMMPS swap schedule).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -61,6 +63,7 @@ class DescrptDPA3(nn.Module):
         self.n_dim, self.e_dim, self.a_dim = rf.n_dim, rf.e_dim, rf.a_dim
         self.e_rcut, self.e_rcut_smth, self.e_sel = rf.e_rcut, rf.e_rcut_smth, rf.e_sel
         self.a_rcut, self.a_rcut_smth, self.a_sel = rf.a_rcut, rf.a_rcut_smth, rf.a_sel
+        self.a_norm = rf.a_norm
         self.use_exp_switch = rf.use_exp_switch
         self.edge_init_use_dist = rf.edge_init_use_dist
         self.env_protection = cfg.env_protection
@@ -122,6 +125,9 @@ class DescrptDPA3(nn.Module):
         h2sw = h2 * sw.unsqueeze(-1)
         asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
         asw = torch.where(g.is_angle_edge, asw, torch.zeros_like(asw))
+        a_weight = (
+            torch.index_select(asw, 0, g.a_eij) * torch.index_select(asw, 0, g.a_eik)
+        ).unsqueeze(-1) / math.sqrt(self.a_norm)
 
         if self.edge_init_use_dist:
             e = self.edge_embd(r.unsqueeze(-1))
@@ -150,19 +156,7 @@ class DescrptDPA3(nn.Module):
             else:
                 n_ext = exchange_ghosts(n, nall, comm_dict)
             n, e, a = layer(
-                n,
-                n_ext,
-                e,
-                a,
-                g.center,
-                nei,
-                h2sw,
-                sw,
-                asw,
-                g.is_angle_edge,
-                g.a_center,
-                g.a_eij,
-                g.a_eik,
+                n, n_ext, e, a, g.center, nei, h2sw, sw, a_weight, g.is_angle_edge, g.a_eij, g.a_eik
             )
         if self.concat_output_tebd:
             n = torch.cat([n, tebd], dim=-1)

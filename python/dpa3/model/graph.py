@@ -134,5 +134,7 @@ def angle_cosine(
     ``u_ij = d_ij / (|d_ij| + 1e-6)``, ``c_ijk = (u_ij . u_ik) (1 - 1e-6)``.
     """
     unit = diff / (dist.unsqueeze(-1) + 1e-6)
-    cos = (torch.index_select(unit, 0, eij) * torch.index_select(unit, 0, eik)).sum(-1, keepdim=True) * (1.0 - 1e-6)
+    cos = (torch.index_select(unit, 0, eij) * torch.index_select(unit, 0, eik)).sum(
+        -1, keepdim=True
+    ) * (1.0 - 1e-6)
     return cos / math.sqrt(math.pi)

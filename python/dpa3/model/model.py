@@ -25,7 +25,6 @@ SERIAL_VERSION = 1
 class EnergyModel(nn.Module):
     """A DPA3 energy model (see ``docs/internals.md`` for the full contract)."""
 
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -39,11 +39,13 @@ class Activation(nn.Module):
         if self.name == "silu":
             return torch.nn.functional.silu(x)
         if self.name == "silut":
-            return torch.where(
-                x < self.threshold,
-                torch.nn.functional.silu(x),
-                torch.tanh(self.slope * (x - self.threshold)) + self.silu_t,
-            )
+            y = torch.nn.functional.silu(x)
+            high = x >= self.threshold
+            if bool(high.any()):  # rare: skip the tanh branch (and its backward) when unused
+                y = torch.where(
+                    high, torch.tanh(self.slope * (x - self.threshold)) + self.silu_t, y
+                )
+            return y
         if self.name == "tanh":
             return torch.tanh(x)
         if self.name == "relu":

@@ -141,21 +141,26 @@ class RepFlowLayer(nn.Module):
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
-        a_center: torch.Tensor,
+        center: torch.Tensor,
         a_eij: torch.Tensor,
         a_eik: torch.Tensor,
     ) -> torch.Tensor:
-        """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles."""
+        """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles ``[A, out]``.
+
+        The ``n~_i`` and ``e~_ij`` terms (and the bias) are constant over ``k``: they are summed
+        per edge first and gathered once.
+        """
         da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
-        out = (
-            torch.matmul(a, w[:da])
-            + torch.index_select(torch.matmul(nc, w[da : da + dnc]), 0, a_center)
-            + torch.index_select(torch.matmul(ec, w[da + dnc : da + dnc + dec]), 0, a_eik)
-            + torch.index_select(torch.matmul(ec, w[da + dnc + dec :]), 0, a_eij)
+        per_edge = torch.index_select(torch.matmul(nc, w[da : da + dnc]), 0, center) + torch.matmul(
+            ec, w[da + dnc + dec :]
         )
         if b is not None:
-            out = out + b
-        return out
+            per_edge = per_edge + b
+        return (
+            torch.matmul(a, w[:da])
+            + torch.index_select(per_edge, 0, a_eij)
+            + torch.index_select(torch.matmul(ec, w[da + dnc : da + dnc + dec]), 0, a_eik)
+        )
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (spec 2.5)."""
@@ -167,42 +172,56 @@ class RepFlowLayer(nn.Module):
             return n[:, : self.nc_dim], e[:, : self.ec_dim]
         return n, e
 
-    def _angle_to_edge(
+    def _reduce_to_edges(
         self,
-        a: torch.Tensor,
-        nc: torch.Tensor,
-        ec: torch.Tensor,
+        p: torch.Tensor,
         e: torch.Tensor,
-        asw: torch.Tensor,
+        a_weight: torch.Tensor,
         is_a: torch.Tensor,
-        a_center: torch.Tensor,
         a_eij: torch.Tensor,
-        a_eik: torch.Tensor,
     ) -> torch.Tensor:
-        """``V2 [E, e_dim]``: angle messages summed over ``k`` into edge ``ij``."""
-        lin1 = self.edge_angle_linear1
+        """``V2 [E, e_dim]`` from the angle messages ``p [A, e_dim]``: ``sum_k w_ijk p_ijk``."""
         lin2 = self.edge_angle_linear2
-        assert lin1 is not None and lin2 is not None
-        p = self.act(self._angle_input(lin1.matrix, lin1.bias, a, nc, ec, a_center, a_eij, a_eik))
-        weight = (torch.index_select(asw, 0, a_eij) * torch.index_select(asw, 0, a_eik)).unsqueeze(-1) / math.sqrt(self.a_norm)
+        assert lin2 is not None
         red = torch.zeros(e.shape[0], self.e_dim, dtype=e.dtype, device=e.device)
-        red = red.index_add(0, a_eij, weight * p)
+        red = red.index_add(0, a_eij, a_weight * p)
         if not self.smooth_edge_update:
             red = torch.where(is_a.unsqueeze(-1), red, e)
         return self.act(lin2(red))
 
-    def _angle_self(
+    def _angle_both(
         self,
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
-        a_center: torch.Tensor,
+        center: torch.Tensor,
+        a_eij: torch.Tensor,
+        a_eik: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edge messages ``p [A, e_dim]`` and angle updates ``[A, a_dim]`` from one fused linear."""
+        lin1 = self.edge_angle_linear1
+        lin_a = self.angle_self_linear
+        assert lin1 is not None and lin_a is not None
+        b1 = lin1.bias
+        ba = lin_a.bias
+        assert b1 is not None and ba is not None
+        w = torch.cat([lin1.matrix, lin_a.matrix], dim=1)
+        b = torch.cat([b1, ba], dim=0)
+        out = self.act(self._angle_input(w, b, a, nc, ec, center, a_eij, a_eik))
+        return out[:, : self.e_dim], out[:, self.e_dim :]
+
+    def _angle_one(
+        self,
+        lin: Linear | None,
+        a: torch.Tensor,
+        nc: torch.Tensor,
+        ec: torch.Tensor,
+        center: torch.Tensor,
         a_eij: torch.Tensor,
         a_eik: torch.Tensor,
     ) -> torch.Tensor:
-        lin = self.angle_self_linear
         assert lin is not None
-        return self.act(self._angle_input(lin.matrix, lin.bias, a, nc, ec, a_center, a_eij, a_eik))
+        return self.act(self._angle_input(lin.matrix, lin.bias, a, nc, ec, center, a_eij, a_eik))
 
     def _node_update(
         self,
@@ -244,16 +263,16 @@ class RepFlowLayer(nn.Module):
         nei: torch.Tensor,
         h2sw: torch.Tensor,
         sw: torch.Tensor,
-        asw: torch.Tensor,
+        a_weight: torch.Tensor,
         is_a: torch.Tensor,
-        a_center: torch.Tensor,
         a_eij: torch.Tensor,
         a_eik: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
         ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
-        ``sw [E]`` edge switch; ``asw [E]`` angle switch (0 for edges that are not angle edges).
+        ``sw [E]`` edge switch; ``a_weight [A, 1]`` is ``asw_ij asw_ik / sqrt(a_norm)``;
+        ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle.
         """
         n_j = torch.index_select(n_ext, 0, nei)
         v_self = self.act(
@@ -271,14 +290,15 @@ class RepFlowLayer(nn.Module):
             assert er is not None and ar is not None
             e1 = e + er[0] * v_self
             nc, ec = self._compressed(n, e1)
-            a_new = a + ar[0] * self._angle_self(a, nc, ec, a_center, a_eij, a_eik)
-            v_ang = self._angle_to_edge(a_new, nc, ec, e1, asw, is_a, a_center, a_eij, a_eik)
-            e_new = e1 + er[1] * v_ang
+            w_ang = self._angle_one(self.angle_self_linear, a, nc, ec, center, a_eij, a_eik)
+            a_new = a + ar[0] * w_ang
+            p = self._angle_one(self.edge_angle_linear1, a_new, nc, ec, center, a_eij, a_eik)
+            e_new = e1 + er[1] * self._reduce_to_edges(p, e1, a_weight, is_a, a_eij)
             n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
-        v_ang = self._angle_to_edge(a, nc, ec, e, asw, is_a, a_center, a_eij, a_eik)
-        w_ang = self._angle_self(a, nc, ec, a_center, a_eij, a_eik)
+        p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
+        v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
         n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
         e_new = self._combine(e, [v_self, v_ang], self.e_residual)
         a_new = self._combine(a, [w_ang], self.a_residual)
