@@ -44,7 +44,8 @@ std::string first_lines(const std::string &msg, int nmax = 3)
 
 std::string what(const std::exception &e)
 {
-  if (auto ce = dynamic_cast<const c10::Error *>(&e)) return first_lines(ce->what_without_backtrace());
+  if (auto ce = dynamic_cast<const c10::Error *>(&e))
+    return first_lines(ce->what_without_backtrace());
   return first_lines(e.what());
 }
 
@@ -191,7 +192,8 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
     throw std::runtime_error("model '" + path + "': calling its getters failed: " + what(e));
   }
   if (!(impl->rcut > 0.0)) throw std::runtime_error("model '" + path + "' has rcut <= 0");
-  if (impl->type_map.empty()) throw std::runtime_error("model '" + path + "' has an empty type map");
+  if (impl->type_map.empty())
+    throw std::runtime_error("model '" + path + "' has an empty type map");
 }
 
 Dpa3Model::~Dpa3Model() = default;
@@ -216,8 +218,8 @@ void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> 
   };
   c10::Dict<std::string, at::Tensor> d;
   d.insert("send_idx", wrap32(sched.send_idx).to(impl->device));
-  d.insert("send_off",
-           torch::from_blob(const_cast<int64_t *>(sched.send_off.data()), {nswap + 1}, i64).clone());
+  auto *off = const_cast<int64_t *>(sched.send_off.data());
+  d.insert("send_off", torch::from_blob(off, {nswap + 1}, i64).clone());
   d.insert("send_num", wrap32(sched.send_num));
   d.insert("recv_num", wrap32(sched.recv_num));
   d.insert("send_proc", wrap32(sched.send_proc));

@@ -106,14 +106,16 @@ void PairDPA3::settings(int narg, char **arg)
   int iarg = 1;
   while (iarg < narg) {
     const std::string key = arg[iarg];
-    if (iarg + 1 >= narg) error->all(FLERR, "Illegal pair_style dpa3 command: missing value after keyword {}", key);
+    if (iarg + 1 >= narg)
+      error->all(FLERR, "Illegal pair_style dpa3 command: missing value after keyword {}", key);
     const std::string value = arg[iarg + 1];
     if (key == "device") {
       if (value != "cpu" && value != "cuda")
         error->all(FLERR, "Illegal pair_style dpa3 keyword device: {} (use cpu or cuda)", value);
 #ifndef DPA3_USE_CUDA
       if (value == "cuda")
-        error->all(FLERR, "pair_style dpa3 keyword device: this plugin was built without CUDA support");
+        error->all(FLERR,
+                   "pair_style dpa3 keyword device: this plugin was built without CUDA support");
 #endif
       device = value;
     } else if (key == "check") {
@@ -167,12 +169,17 @@ void PairDPA3::load_model()
     auto meta = json::parse(model->metadata_json());
     const int format = meta.value("format_version", -1);
     if (format != 1)
-      error->all(FLERR, "pair_style dpa3: model '{}' has metadata format_version {}, this plugin reads version 1", model_file, format);
+      error->all(FLERR,
+                 "pair_style dpa3: model '{}' has metadata format_version {}, this plugin reads "
+                 "version 1",
+                 model_file, format);
     precision = meta.value("precision", std::string("?"));
     version = meta.value("dpa3_version", std::string("?"));
     torch_version = meta.value("torch_version", std::string("?"));
   } catch (const std::exception &e) {
-    error->all(FLERR, "pair_style dpa3: model '{}' has unreadable metadata.json: {}", model_file, e.what());
+    error->all(FLERR,
+               "pair_style dpa3: model '{}' has unreadable metadata.json: {}",
+               model_file, e.what());
   }
 
   if (comm->me == 0) {
@@ -196,20 +203,33 @@ void PairDPA3::coeff(int narg, char **arg)
   if (!model) error->all(FLERR, "pair_coeff for dpa3 before pair_style dpa3 loaded a model");
   const int ntypes = atom->ntypes;
   if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
-    error->all(FLERR, "Incorrect args for pair coefficients: pair_style dpa3 needs pair_coeff * * followed by one element name (or NULL) per atom type");
+    error->all(FLERR,
+               "Incorrect args for pair coefficients: pair_style dpa3 needs pair_coeff * * "
+               "followed by one element name (or NULL) per atom type");
 
   coeff_names.assign(ntypes + 1, "");
   coeff_positional = (narg == 2);
   const auto &tm = model->type_map();
   if (coeff_positional) {
     if (ntypes > (int) tm.size())
-      error->all(FLERR, "pair_coeff * * without element names maps atom type i to model type i-1, but there are {} atom types and the model has {} ({}): give one element name per type", ntypes, tm.size(), utils::join_words(tm, " "));
+      error->all(FLERR,
+                 "pair_coeff * * without element names maps atom type i to model type i-1, but "
+                 "there are {} atom types and the model has {} ({}): give one element name per "
+                 "type",
+                 ntypes, tm.size(), utils::join_words(tm, " "));
     for (int t = 1; t <= ntypes; t++) coeff_names[t] = tm[t - 1];
+    const std::vector<std::string> used(coeff_names.begin() + 1, coeff_names.end());
     if (comm->me == 0)
-      error->warning(FLERR, "pair_coeff * * for dpa3 without element names: atom type i is the model's type i-1 ({}); name the elements to be explicit", utils::join_words(std::vector<std::string>(coeff_names.begin() + 1, coeff_names.end()), " "));
+      error->warning(FLERR,
+                     "pair_coeff * * for dpa3 without element names: atom type i is the model's "
+                     "type i-1 ({}); name the elements to be explicit",
+                     utils::join_words(used, " "));
   } else {
     if (narg != 2 + ntypes)
-      error->all(FLERR, "Incorrect args for pair coefficients: pair_coeff * * for dpa3 needs {} element names (one per atom type, NULL to skip a type), got {}", ntypes, narg - 2);
+      error->all(FLERR,
+                 "Incorrect args for pair coefficients: pair_coeff * * for dpa3 needs {} element "
+                 "names (one per atom type, NULL to skip a type), got {}",
+                 ntypes, narg - 2);
     for (int t = 1; t <= ntypes; t++) coeff_names[t] = arg[1 + t];
   }
   update_type_map();
@@ -233,7 +253,10 @@ void PairDPA3::update_type_map()
     for (size_t k = 0; k < tm.size(); k++)
       if (tm[k] == name) found = static_cast<int>(k);
     if (found < 0)
-      error->all(FLERR, "pair_coeff for dpa3: element {} (atom type {}) is not in the model's type map: {}", name, t, utils::join_words(tm, " "));
+      error->all(FLERR,
+                 "pair_coeff for dpa3: element {} (atom type {}) is not in the model's type map: "
+                 "{}",
+                 name, t, utils::join_words(tm, " "));
     type_map[t] = found;
     nmapped++;
   }
@@ -248,11 +271,16 @@ void PairDPA3::init_style()
   if (coeff_names.empty() || (int) coeff_names.size() != atom->ntypes + 1)
     error->all(FLERR, "pair_style dpa3 needs pair_coeff * * with one element name per atom type");
   if (force->newton_pair == 0)
-    error->all(FLERR, "pair_style dpa3 requires newton pair on (ghost forces are summed into their owners by LAMMPS's reverse communication)");
+    error->all(FLERR,
+               "pair_style dpa3 requires newton pair on (ghost forces are summed into their "
+               "owners by LAMMPS's reverse communication)");
   if (comm->style != Comm::BRICK)
-    error->all(FLERR, "pair_style dpa3 requires comm_style brick (the ghost exchange replays the brick swap schedule)");
+    error->all(FLERR,
+               "pair_style dpa3 requires comm_style brick (the ghost exchange replays the brick "
+               "swap schedule)");
   if (strcmp(update->unit_style, "lj") == 0)
-    error->all(FLERR, "pair_style dpa3 does not support units lj (the model works in eV and Angstrom)");
+    error->all(FLERR,
+               "pair_style dpa3 does not support units lj (the model works in eV and Angstrom)");
   if (domain->dimension != 3) error->all(FLERR, "pair_style dpa3 requires a 3d system");
   if (check_flag && !atom->tag_enable)
     error->all(FLERR, "pair_style dpa3 check on requires atom IDs");
@@ -319,7 +347,10 @@ void PairDPA3::rebuild()
   for (int s = 0; s < sched.nswap(); s++)
     if (sched.send_proc[s] == comm->me && sched.recv_proc[s] == comm->me &&
         sched.send_num[s] != sched.recv_num[s])
-      error->one(FLERR, "pair_style dpa3: self swap {} sends {} and receives {} atoms after dropping NULL types", s, sched.send_num[s], sched.recv_num[s]);
+      error->one(FLERR,
+                 "pair_style dpa3: self swap {} sends {} and receives {} atoms after dropping "
+                 "NULL types",
+                 s, sched.send_num[s], sched.recv_num[s]);
 
   std::vector<int64_t> nlist;
   const int nnei = dpa3_build_nlist(list->inum, list->ilist, list->numneigh, list->firstneigh,
@@ -357,18 +388,23 @@ void PairDPA3::capture_schedule()
   cap->cursor = cap->nswap() - 1;
   comm->reverse_comm(this, 1);
   cap->phase = Dpa3Capture::IDLE;
-  if (cap->error.empty() && cap->cursor != -1) cap->error = "reverse replay did not visit every swap";
+  if (cap->error.empty() && cap->cursor != -1)
+    cap->error = "reverse replay did not visit every swap";
 
   // every rank must see the same number of swaps
   int minmax[2] = {cap->nswap(), -cap->nswap()}, global[2];
   MPI_Allreduce(minmax, global, 2, MPI_INT, MPI_MIN, world);
   if (global[0] != -global[1])
-    error->all(FLERR, "pair_style dpa3: ranks replayed different numbers of swaps ({} to {})", global[0], -global[1]);
+    error->all(FLERR,
+               "pair_style dpa3: ranks replayed different numbers of swaps ({} to {})",
+               global[0], -global[1]);
 
   dpa3_resolve_peers(*cap);
   const std::string problem = dpa3_check_capture(*cap, atom->nlocal, atom->nghost);
   if (!problem.empty())
-    error->one(FLERR, "pair_style dpa3: unexpected halo exchange schedule on rank {}: {}", comm->me, problem);
+    error->one(FLERR,
+               "pair_style dpa3: unexpected halo exchange schedule on rank {}: {}",
+               comm->me, problem);
 }
 
 int PairDPA3::pack_forward_comm(int n, int *list, double *buf, int, int *)
@@ -409,7 +445,8 @@ int PairDPA3::pack_reverse_comm(int n, int first, double *buf)
   const int s = cap->cursor;
   if (s < 0 || cap->recvnum[s] != n || (n > 0 && cap->firstrecv[s] != first)) {
     if (cap->error.empty())
-      cap->error = "reverse replay of swap " + std::to_string(s) + " does not match the forward one";
+      cap->error =
+          "reverse replay of swap " + std::to_string(s) + " does not match the forward one";
     return n;
   }
   for (int k = 0; k < n; k++) buf[k] = cap->me;
@@ -422,7 +459,8 @@ void PairDPA3::unpack_reverse_comm(int n, int *, double *buf)
   const int s = cap->cursor--;
   if (s < 0 || cap->sendnum[s] != n) {
     if (cap->error.empty())
-      cap->error = "reverse replay of swap " + std::to_string(s) + " does not match the forward one";
+      cap->error =
+          "reverse replay of swap " + std::to_string(s) + " does not match the forward one";
     return;
   }
   if (n > 0) cap->sendproc[s] = static_cast<int>(buf[0]);
@@ -446,7 +484,9 @@ void PairDPA3::check_exchange()
   }
   for (int k = 0; k < nall_model; k++)
     if (y[k] != static_cast<double>(tag[bkw_map[k]]))
-      error->one(FLERR, "pair_style dpa3 check: atom {} (ID {}) received ID {} from the exchange", bkw_map[k], tag[bkw_map[k]], y[k]);
+      error->one(FLERR,
+                 "pair_style dpa3 check: atom {} (ID {}) received ID {} from the exchange",
+                 bkw_map[k], tag[bkw_map[k]], y[k]);
   if (comm->me == 0 && !check_logged)
     utils::logmesg(lmp, "dpa3: exchange check passed ({} swaps)\n", cap->nswap());
   check_logged = true;
@@ -469,7 +509,9 @@ void PairDPA3::compute(int eflag, int vflag)
   for (int k = 0; k < nall_model; k++) {
     const int i = bkw_map[k];
     const int t = type_map[type[i]];
-    if (t < 0) error->one(FLERR, "pair_style dpa3: atom {} changed to a NULL type without re-neighbouring", i);
+    if (t < 0)
+      error->one(FLERR, "pair_style dpa3: atom {} changed to a NULL type without re-neighbouring",
+                 i);
     atype_buf[k] = t;
     for (int d = 0; d < 3; d++) coord_buf[3 * k + d] = (x[i][d] - boxlo[d]) / dist_unit;
   }

@@ -101,6 +101,14 @@ def make_system(frame) -> System:
     return System(c, np.asarray(atype), cell, elements, (True,) * 3)
 
 
+def slab(frame, vacuum: float = 20.0) -> System:
+    """The frame periodic in x and y only, with vacuum above it (boundary p p f)."""
+    s = make_system(frame)
+    cell = s.cell.copy()
+    cell[2, 2] += vacuum
+    return System(s.coord, s.atype, cell, s.elements, (True, True, False))
+
+
 def assert_matches(res: L.LammpsResult, ref: reference.Result, atol: float = 1e-9) -> None:
     """LAMMPS results equal the reference (energies relative to their size)."""
     scale = max(1.0, abs(ref.energy))

@@ -119,3 +119,53 @@ def test_load_in_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("O ")
     assert np.isfinite(float(proc.stdout.split()[1]))
+
+
+def test_dpa3_freeze_command(tmp_path):
+    """``dpa3 freeze -c CHECKPOINT -o model.pth`` on a training checkpoint."""
+    from dpa3.export import load_frozen
+    from dpa3.train.checkpoint import make_checkpoint, save_checkpoint
+
+    model = make_model(seed=6)
+    ckpt = make_checkpoint(
+        step=12,
+        model_config=model.cfg.to_dict(),
+        input_config={},
+        model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        optimizer_state=None,
+        rng_state=None,
+        sampler_state=None,
+    )
+    save_checkpoint(ckpt, str(tmp_path / "model.ckpt"), 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpa3", "freeze", "-c", str(tmp_path), "-o", "frozen.pth"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    frozen, meta = load_frozen(tmp_path / "frozen.pth")
+    assert meta["step"] == 12 and meta["type_map"] == TYPE_MAP
+    x = torch.tensor([[[0.0, 0.0, 0.0], [1.2, 0.3, 0.0], [0.1, 1.4, 0.2]]], dtype=torch.float64)
+    t = torch.tensor([[0, 1, 1]])
+    nl = torch.tensor([[[1, 2], [0, 2], [0, 1]]])
+    m = torch.tensor([[0, 1, 2]])
+    a = frozen.forward_lower(x, t, nl, m, True, None)
+    b = model.forward_lower(x, t, nl, m, True, None)
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-12)
+
+
+def test_dpa3_freeze_command_reports_bad_checkpoint(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"nothing")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpa3", "freeze", "-c", "bad.pt", "-o", "frozen.pth"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    assert "bad.pt" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from conftest import evaluate, make_model
 
 import lmp_driver as L
 import reference
-from lmp_helpers import assert_matches, make_system, mpirun, plugin  # noqa: F401
+from lmp_helpers import assert_matches, make_system, mpirun, plugin, slab  # noqa: F401
 
 pytestmark = pytest.mark.lammps
 
@@ -91,3 +91,17 @@ def test_brute_force_reference_agrees_with_model_forward(real, frames):
     assert abs(brute.energy - ref.energy) < 1e-10
     np.testing.assert_allclose(brute.force, ref.force, atol=1e-10)
     np.testing.assert_allclose(brute.atom_virial, ref.atom_virial, atol=1e-10)
+
+
+@pytest.mark.mpi
+def test_slab_with_empty_ranks(tmp_path, plugin, mpirun, real, frames):
+    """p p f water slab on 4 ranks along z: the top ranks own no atoms and no ghosts, yet
+    run the model (and its exchanges) every step; brute-force reference (mixed boundaries)."""
+    model, path = real
+    system = slab(frames["water"])
+    system.write(tmp_path / "data.lmp")
+    script = L.make_script(
+        plugin, path, "* * O H", boundary=system.boundary, processors="1 1 4", run="run 2"
+    )
+    res = L.run_lammps(tmp_path, script, nprocs=4)
+    assert_matches(res, system.reference(model), atol=1e-8)

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 
 import lmp_driver as L
-from lmp_helpers import TYPE_MAP, System, assert_matches, make_system, mpirun, plugin  # noqa: F401
+from lmp_helpers import (  # noqa: F401
+    TYPE_MAP,
+    System,
+    assert_matches,
+    make_system,
+    mpirun,
+    plugin,
+    slab,
+)
 from toy_model import ToyMessagePassing
 
 pytestmark = pytest.mark.lammps
@@ -31,14 +39,6 @@ def toy(tmp_path_factory) -> tuple[ToyMessagePassing, Path]:
     model = ToyMessagePassing(TYPE_MAP, rcut=TOY_RCUT, n_dim=3, n_layers=2, seed=7).eval()
     path = freeze(model, tmp_path_factory.mktemp("toy") / "toy.pth")
     return model, path
-
-
-def slab(frame, vacuum: float = 20.0) -> System:
-    """The frame periodic in x and y only, with vacuum above it (boundary p p f)."""
-    s = make_system(frame)
-    cell = s.cell.copy()
-    cell[2, 2] += vacuum
-    return System(s.coord, s.atype, cell, s.elements, (True, True, False))
 
 
 def run_case(workdir, plugin, toy, system, nprocs=1, processors=None, **kw) -> L.LammpsResult:
