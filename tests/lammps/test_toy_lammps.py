@@ -281,3 +281,29 @@ def test_hybrid_overlay_with_null(tmp_path, plugin, mpirun, toy, frames):
     np.testing.assert_allclose(res.force[:n], ref.force, atol=1e-9)
     np.testing.assert_allclose(res.force[n:], 0.0, atol=0)
     np.testing.assert_allclose(res.virial, ref.virial[[0, 4, 8, 3, 6, 7]], atol=1e-9)
+
+
+@pytest.mark.mpi
+def test_minimize_one_vs_two_ranks(tmp_path, plugin, mpirun, toy, frames):
+    """A few conjugate-gradient steps (energy/force evaluations without a time step, and
+    re-neighbouring decided by the minimiser) give the same path on 1 and 2 ranks."""
+    system = make_system(frames["alloy"])
+    results = []
+    for nprocs in (1, 2):
+        work = tmp_path / f"np{nprocs}"
+        work.mkdir()
+        system.write(work / "data.lmp")
+        script = L.make_script(
+            plugin,
+            toy[1],
+            "* * " + " ".join(system.elements),
+            processors="2 1 1" if nprocs == 2 else None,
+            run="min_style cg\nminimize 0.0 1.0e-12 15 100",
+        )
+        results.append(L.run_lammps(work, script, nprocs=nprocs))
+    one, two = results
+    assert np.abs(one.position - system.coord).max() > 1e-3  # the atoms moved
+    assert abs(one.energy - two.energy) < 1e-9
+    np.testing.assert_allclose(two.position, one.position, atol=1e-9)
+    final = System(one.position, system.atype, system.cell, system.elements, system.pbc)
+    assert_matches(two, final.reference(toy[0]))
