@@ -20,6 +20,13 @@ from .repflow import RepFlowLayer
 
 
 @torch.jit.unused
+def _ops_loaded() -> bool:
+    from .. import _ops
+
+    return _ops.load_ops()
+
+
+@torch.jit.unused
 def _load_ops_for_eager() -> None:
     from .. import _ops
 
@@ -64,6 +71,7 @@ class DescrptDPA3(nn.Module):
         self.e_rcut, self.e_rcut_smth, self.e_sel = rf.e_rcut, rf.e_rcut_smth, rf.e_sel
         self.a_rcut, self.a_rcut_smth, self.a_sel = rf.a_rcut, rf.a_rcut_smth, rf.a_sel
         self.a_norm = rf.a_norm
+        self.update_angle = rf.update_angle
         self.use_exp_switch = rf.use_exp_switch
         self.edge_init_use_dist = rf.edge_init_use_dist
         self.env_protection = cfg.env_protection
@@ -150,13 +158,36 @@ class DescrptDPA3(nn.Module):
                 raise RuntimeError("dpa3: the exchange path handles one frame at a time")
             nei = g.nei_ext
 
+        # Evaluation (first derivatives only) runs the angle block through the fused C++ kernel;
+        # training (create_graph for force losses) uses the composite, twice-differentiable path.
+        a_ptr: torch.Tensor | None = None
+        fused = not self.training and self.layers[0].act_code >= 0 and self.update_angle
+        if not torch.jit.is_scripting():
+            fused = fused and _ops_loaded()
+        if fused:
+            counts = torch.bincount(g.a_eij, minlength=g.center.shape[0])
+            a_ptr = torch.cat(
+                [torch.zeros(1, dtype=torch.long, device=counts.device), torch.cumsum(counts, 0)]
+            )
         for layer in self.layers:
             if comm_dict is None:
                 n_ext = n
             else:
                 n_ext = exchange_ghosts(n, nall, comm_dict)
             n, e, a = layer(
-                n, n_ext, e, a, g.center, nei, h2sw, sw, a_weight, g.is_angle_edge, g.a_eij, g.a_eik
+                n,
+                n_ext,
+                e,
+                a,
+                g.center,
+                nei,
+                h2sw,
+                sw,
+                a_weight,
+                g.is_angle_edge,
+                g.a_eij,
+                g.a_eik,
+                a_ptr,
             )
         if self.concat_output_tebd:
             n = torch.cat([n, tebd], dim=-1)

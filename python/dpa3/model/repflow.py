@@ -55,6 +55,8 @@ class RepFlowLayer(nn.Module):
         self.nc_dim = cfg.n_comp_dim
         self.ec_dim = cfg.e_comp_dim
         self.act = activation
+        # activations the fused C++ angle kernel implements (-1: composite path only)
+        self.act_code = {"silu": 0, "silut": 1, "tanh": 2}.get(activation.name, -1)
 
         def lin(n_in: int, n_out: int, bias: bool = True) -> Linear:
             return Linear(n_in, n_out, bias=bias, dtype=dtype, generator=generator)
@@ -172,6 +174,14 @@ class RepFlowLayer(nn.Module):
             return n[:, : self.nc_dim], e[:, : self.ec_dim]
         return n, e
 
+    def _finish_edges(self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor) -> torch.Tensor:
+        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]`` (spec 2.3.6)."""
+        lin2 = self.edge_angle_linear2
+        assert lin2 is not None
+        if not self.smooth_edge_update:
+            red = torch.where(is_a.unsqueeze(-1), red, e)
+        return self.act(lin2(red))
+
     def _reduce_to_edges(
         self,
         p: torch.Tensor,
@@ -181,13 +191,44 @@ class RepFlowLayer(nn.Module):
         a_eij: torch.Tensor,
     ) -> torch.Tensor:
         """``V2 [E, e_dim]`` from the angle messages ``p [A, e_dim]``: ``sum_k w_ijk p_ijk``."""
-        lin2 = self.edge_angle_linear2
-        assert lin2 is not None
         red = torch.zeros(e.shape[0], self.e_dim, dtype=e.dtype, device=e.device)
         red = red.index_add(0, a_eij, a_weight * p)
-        if not self.smooth_edge_update:
-            red = torch.where(is_a.unsqueeze(-1), red, e)
-        return self.act(lin2(red))
+        return self._finish_edges(red, e, is_a)
+
+    def _angle_fused(
+        self,
+        w: torch.Tensor,
+        b: torch.Tensor,
+        n_red: int,
+        a: torch.Tensor,
+        nc: torch.Tensor,
+        ec: torch.Tensor,
+        center: torch.Tensor,
+        a_eij: torch.Tensor,
+        a_eik: torch.Tensor,
+        a_weight: torch.Tensor,
+        a_ptr: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the C++ kernel: reduced edge messages ``[E, n_red]`` and per-angle rest.
+
+        Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` (first
+        derivatives only; used in evaluation mode).
+        """
+        da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
+        per_edge = torch.index_select(torch.matmul(nc, w[da : da + dnc]), 0, center)
+        per_edge = per_edge + torch.matmul(ec, w[da + dnc + dec :]) + b
+        out = torch.ops.dpa3.angle_message(
+            torch.matmul(a, w[:da]),
+            per_edge,
+            torch.matmul(ec, w[da + dnc : da + dnc + dec]),
+            a_weight.reshape(-1),
+            a_eik,
+            a_ptr,
+            n_red,
+            self.act_code,
+            self.act.threshold,
+        )
+        return out[0], out[1]
 
     def _angle_both(
         self,
@@ -212,7 +253,8 @@ class RepFlowLayer(nn.Module):
 
     def _angle_one(
         self,
-        lin: Linear | None,
+        w: torch.Tensor,
+        b: torch.Tensor,
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
@@ -220,8 +262,7 @@ class RepFlowLayer(nn.Module):
         a_eij: torch.Tensor,
         a_eik: torch.Tensor,
     ) -> torch.Tensor:
-        assert lin is not None
-        return self.act(self._angle_input(lin.matrix, lin.bias, a, nc, ec, center, a_eij, a_eik))
+        return self.act(self._angle_input(w, b, a, nc, ec, center, a_eij, a_eik))
 
     def _node_update(
         self,
@@ -267,12 +308,14 @@ class RepFlowLayer(nn.Module):
         is_a: torch.Tensor,
         a_eij: torch.Tensor,
         a_eik: torch.Tensor,
+        a_ptr: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
         ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
         ``sw [E]`` edge switch; ``a_weight [A, 1]`` is ``asw_ij asw_ik / sqrt(a_norm)``;
-        ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle.
+        ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle;
+        ``a_ptr [E+1]`` (CSR offsets of the angles of each edge) selects the fused C++ kernel.
         """
         n_j = torch.index_select(n_ext, 0, nei)
         v_self = self.act(
@@ -290,15 +333,64 @@ class RepFlowLayer(nn.Module):
             assert er is not None and ar is not None
             e1 = e + er[0] * v_self
             nc, ec = self._compressed(n, e1)
-            w_ang = self._angle_one(self.angle_self_linear, a, nc, ec, center, a_eij, a_eik)
-            a_new = a + ar[0] * w_ang
-            p = self._angle_one(self.edge_angle_linear1, a_new, nc, ec, center, a_eij, a_eik)
-            e_new = e1 + er[1] * self._reduce_to_edges(p, e1, a_weight, is_a, a_eij)
+            lin1 = self.edge_angle_linear1
+            lin_a = self.angle_self_linear
+            assert lin1 is not None and lin_a is not None
+            b1 = lin1.bias
+            ba = lin_a.bias
+            assert b1 is not None and ba is not None
+            if a_ptr is not None:
+                _, w_ang = self._angle_fused(
+                    lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight, a_ptr
+                )
+                a_new = a + ar[0] * w_ang
+                red, _ = self._angle_fused(
+                    lin1.matrix,
+                    b1,
+                    self.e_dim,
+                    a_new,
+                    nc,
+                    ec,
+                    center,
+                    a_eij,
+                    a_eik,
+                    a_weight,
+                    a_ptr,
+                )
+                v_ang = self._finish_edges(red, e1, is_a)
+            else:
+                w_ang = self._angle_one(lin_a.matrix, ba, a, nc, ec, center, a_eij, a_eik)
+                a_new = a + ar[0] * w_ang
+                p = self._angle_one(lin1.matrix, b1, a_new, nc, ec, center, a_eij, a_eik)
+                v_ang = self._reduce_to_edges(p, e1, a_weight, is_a, a_eij)
+            e_new = e1 + er[1] * v_ang
             n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
-        p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
-        v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
+        if a_ptr is not None:
+            lin1 = self.edge_angle_linear1
+            lin_a = self.angle_self_linear
+            assert lin1 is not None and lin_a is not None
+            b1 = lin1.bias
+            ba = lin_a.bias
+            assert b1 is not None and ba is not None
+            red, w_ang = self._angle_fused(
+                torch.cat([lin1.matrix, lin_a.matrix], dim=1),
+                torch.cat([b1, ba], dim=0),
+                self.e_dim,
+                a,
+                nc,
+                ec,
+                center,
+                a_eij,
+                a_eik,
+                a_weight,
+                a_ptr,
+            )
+            v_ang = self._finish_edges(red, e, is_a)
+        else:
+            p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
+            v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
         n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
         e_new = self._combine(e, [v_self, v_ang], self.e_residual)
         a_new = self._combine(a, [w_ang], self.a_residual)
