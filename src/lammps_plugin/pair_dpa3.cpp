@@ -164,23 +164,25 @@ void PairDPA3::load_model()
   }
 
   // metadata written by dpa3.export.freeze
-  std::string precision = "?", version = "?", torch_version = "?";
+  std::string precision = "?", version = "?", torch_version = "?", problem;
+  int format = -1;
   try {
     auto meta = json::parse(model->metadata_json());
-    const int format = meta.value("format_version", -1);
-    if (format != 1)
-      error->all(FLERR,
-                 "pair_style dpa3: model '{}' has metadata format_version {}, this plugin reads "
-                 "version 1",
-                 model_file, format);
+    format = meta.value("format_version", -1);
     precision = meta.value("precision", std::string("?"));
     version = meta.value("dpa3_version", std::string("?"));
     torch_version = meta.value("torch_version", std::string("?"));
   } catch (const std::exception &e) {
-    error->all(FLERR,
-               "pair_style dpa3: model '{}' has unreadable metadata.json: {}",
-               model_file, e.what());
+    problem = e.what();
   }
+  if (!problem.empty())
+    error->all(FLERR, "pair_style dpa3: model '{}' has unreadable metadata.json: {}", model_file,
+               problem);
+  if (format != 1)
+    error->all(FLERR,
+               "pair_style dpa3: model '{}' has metadata format_version {}, this plugin reads "
+               "version 1",
+               model_file, format);
 
   if (comm->me == 0) {
     const auto &tm = model->type_map();

@@ -128,6 +128,14 @@ def test_model_saved_without_freeze(tmp_path, plugin, water):
 
 
 @pytest.mark.lammps
+def test_model_from_a_newer_format(tmp_path, plugin, water):
+    model = torch.jit.script(ToyMessagePassing(TYPE_MAP, rcut=3.0).eval())
+    path = tmp_path / "future.pth"
+    torch.jit.save(model, str(path), _extra_files={"metadata.json": '{"format_version": 99}'})
+    _fails(tmp_path, _model_script(plugin, path), "has metadata format_version 99")
+
+
+@pytest.mark.lammps
 @pytest.mark.mpi
 @pytest.mark.parametrize("nprocs", [1, 2])
 def test_model_failing_at_run_time_aborts(tmp_path, plugin, mpirun, water, nprocs):
