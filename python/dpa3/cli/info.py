@@ -9,8 +9,17 @@ from ._common import delegate
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``info``."""
-    p = sub.add_parser("info", help="show type map, cutoffs, sizes and metadata of a model")
-    p.add_argument("model", help="frozen model (.pth) or checkpoint (.pt)")
+    p = sub.add_parser(
+        "info",
+        help="versions, op library, MPI/CUDA, LAMMPS plugin; with a model also its metadata",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="optional frozen model (.pth) or checkpoint (.pt): also show its type map, "
+        "cutoffs, sizes and precision",
+    )
     p.set_defaults(func=run)
 
 

