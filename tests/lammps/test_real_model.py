@@ -96,12 +96,12 @@ def test_brute_force_reference_agrees_with_model_forward(real, frames):
 @pytest.mark.mpi
 def test_slab_with_empty_ranks(tmp_path, plugin, mpirun, real, frames):
     """p p f water slab on 4 ranks along z: the top ranks own no atoms and no ghosts, yet
-    run the model (and its exchanges) every step; brute-force reference (mixed boundaries)."""
+    run the model and its exchanges; brute-force reference (mixed boundaries)."""
     model, path = real
     system = slab(frames["water"])
     system.write(tmp_path / "data.lmp")
     script = L.make_script(
-        plugin, path, "* * O H", boundary=system.boundary, processors="1 1 4", run="run 2"
+        plugin, path, "* * O H", boundary=system.boundary, processors="1 1 4"
     )
     res = L.run_lammps(tmp_path, script, nprocs=4)
     assert_matches(res, system.reference(model), atol=1e-8)

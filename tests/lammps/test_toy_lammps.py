@@ -298,7 +298,7 @@ def test_minimize_one_vs_two_ranks(tmp_path, plugin, mpirun, toy, frames):
             toy[1],
             "* * " + " ".join(system.elements),
             processors="2 1 1" if nprocs == 2 else None,
-            run="min_style cg\nminimize 0.0 1.0e-12 15 100",
+            run="min_style cg\nminimize 0.0 1.0e-12 8 50",
         )
         results.append(L.run_lammps(work, script, nprocs=nprocs))
     one, two = results
