@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--set-prefix", default="set", help="set folder prefix (default set)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--head", default=None, help="multi-task checkpoint: the head (task) to test")
     p.add_argument(
         "--plot",
         metavar="IMAGE",
@@ -68,9 +69,10 @@ def _report(title: str, res) -> None:  # noqa: ANN001 - SystemErrors
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 test``."""
     from ..data.system import find_systems, load_system
-    from ..train.evaluate import SystemErrors, evaluate_system, load_model
+    from ..train.evaluate import SystemErrors, evaluate_system
+    from ..train.multitask import load_model_head
 
-    model = load_model(args.model, args.device)
+    model = load_model_head(args.model, args.device, args.head)
     type_map = list(model.get_type_map())
     paths = find_systems(args.systems, where="-s")
     total = SystemErrors()

@@ -1,4 +1,10 @@
-"""``dpa3 train input.json [--restart CKPT | --init-model CKPT | --finetune CKPT]``."""
+"""``dpa3 train input.json [--restart CKPT | --init-model CKPT | --finetune CKPT]``.
+
+A multi-task input (``model.model_dict``) trains one head per task on a shared descriptor
+(:mod:`dpa3.train.multitask_trainer`).  Started by ``torchrun`` (``RANK``/``WORLD_SIZE``
+set, more than one rank) it trains data-parallel (:mod:`dpa3.train.distributed`); only rank
+0 logs below WARNING and writes files.
+"""
 
 from __future__ import annotations
 
@@ -46,17 +52,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --finetune: take the descriptor/fitting of the pretrained model",
     )
     p.add_argument(
+        "--model-branch",
+        metavar="HEAD",
+        default=None,
+        help="with --finetune from a multi-task checkpoint: the head to start from "
+        "(descriptor + its fitting net); RANDOM keeps only the descriptor",
+    )
+    p.add_argument(
         "--skip-neighbor-stat",
         action="store_true",
         help="do not scan the data for neighbour counts (e_sel 'auto' needs it)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device (default cpu; under torchrun 'cuda' means cuda:LOCAL_RANK)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 train``."""
-    from ..train.trainer import Trainer
+    from ..config.multitask import is_multitask_input
+    from ..train.distributed import init_distributed, shutdown_distributed
 
     path = Path(args.input)
     if not path.is_file():
@@ -65,15 +83,26 @@ def run(args: argparse.Namespace) -> int:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CLIError(f"'{path}' is not valid JSON: {err}") from None
-    trainer = Trainer(
-        data,
-        restart=args.restart,
-        init_model=args.init_model,
-        finetune=args.finetune,
-        use_pretrain_script=args.use_pretrain_script,
-        skip_neighbor_stat=args.skip_neighbor_stat,
-        device=args.device,
-    )
-    ckpt = trainer.run()
+    if is_multitask_input(data):
+        from ..train.multitask_trainer import MultiTaskTrainer as TrainerClass
+    else:
+        from ..train.trainer import Trainer as TrainerClass
+    ctx, device = init_distributed(args.device)
+    if not ctx.is_main:
+        logging.getLogger("dpa3").setLevel(logging.WARNING)
+    try:
+        trainer = TrainerClass(
+            data,
+            restart=args.restart,
+            init_model=args.init_model,
+            finetune=args.finetune,
+            use_pretrain_script=args.use_pretrain_script,
+            model_branch=args.model_branch,
+            skip_neighbor_stat=args.skip_neighbor_stat,
+            device=device,
+        )
+        ckpt = trainer.run()
+    finally:
+        shutdown_distributed()
     log.info("final checkpoint: %s", ckpt)
     return 0

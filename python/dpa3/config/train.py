@@ -375,7 +375,10 @@ class TrainingConfig:
     def parse(sec: Section) -> TrainingConfig:
         """Parse the loop options; learning-rate and optimizer keys here are read elsewhere."""
         if sec.has("data_dict") or sec.has("model_prob"):
-            raise ConfigError(f"'{sec.path}': multi-task training is not supported by dpa3")
+            raise ConfigError(
+                f"'{sec.path}.data_dict'/'model_prob' belong to a multi-task input, which needs "
+                "'model.shared_dict' and 'model.model_dict' (see examples/multitask)"
+            )
         train = DataConfig.parse(sec.sub("training_data", _DATA_ALIASES, required=True))
         valid = None
         if sec.get("validation_data") is not None:
@@ -450,8 +453,17 @@ class InputConfig:
         model = top.get("model", required=True)
         if not isinstance(model, dict):
             raise ConfigError("'model' must be a JSON object")
-        if "model_dict" in model or top.has("loss_dict") or top.has("learning_rate_dict"):
-            raise ConfigError("multi-task inputs (model_dict/loss_dict) are not supported by dpa3")
+        if "model_dict" in model:
+            raise ConfigError(
+                "a multi-task input (model.model_dict) is parsed by "
+                "dpa3.config.multitask.MultiTaskConfig and trained by "
+                "dpa3.train.multitask_trainer.MultiTaskTrainer (dpa3 train picks it)"
+            )
+        if top.has("loss_dict") or top.has("learning_rate_dict"):
+            raise ConfigError(
+                "'loss_dict'/'learning_rate_dict' belong to a multi-task input, which needs "
+                "'model.shared_dict' and 'model.model_dict' (see examples/multitask)"
+            )
         if top.get("nvnmd") is not None:
             raise ConfigError("'nvnmd' is not supported by dpa3")
         tr = top.sub("training", _NUMB_STEPS_ALIASES, required=True)

@@ -1,10 +1,15 @@
-"""The training loop behind ``dpa3 train`` (plain PyTorch, single process).
+"""The training loop behind ``dpa3 train`` (plain PyTorch; one process or data-parallel ranks).
 
 Order of work: parse ``input.json`` -> load the data into memory -> resolve ``e_sel``/``a_sel``
 ``"auto"`` from the neighbour statistics -> build the model -> energy bias (statistics, or
 from the checkpoint) -> loop.  The step ``t`` is 0-based; ``lr(t)`` and the loss prefactors are
 pure functions of ``t``; the data sampler's generator and pass positions, the torch RNG and the
 optimizer state are checkpointed, so ``--restart`` continues bit-identically on CPU.
+
+Under ``torchrun`` (see :mod:`dpa3.train.distributed`) every rank draws its own batches and
+the gradients are averaged after the backward pass; rank 0 computes the statistics, writes
+``lcurve.out`` and the checkpoints.  Multi-task training lives in
+:mod:`dpa3.train.multitask_trainer` and reuses this loop.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ import torch
 
 from ..config._base import ConfigError
 from ..config.model import ModelConfig
+from ..config.multitask import RANDOM_BRANCH
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..data.stats import (
@@ -34,9 +41,11 @@ from ..data.stats import (
     parse_auto_sel,
 )
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .distributed import DistContext
 from .finetune import refit_bias_delta, transfer_state, type_dims
 from .loss import EnergyLoss
 from .lr import ExpLR
+from .multitask import branch_checkpoint
 from .optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -161,7 +170,7 @@ class _DeferredInterrupt:
         self.requested = True
         log.warning("interrupt: stopping after this step (Ctrl-C again to abort at once)")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 
@@ -192,6 +201,10 @@ class Trainer:
         re-fitted on the new data (``model.bias_adjust_mode``, default change-by-statistic).
     use_pretrain_script
         With ``finetune``: take the descriptor/fitting sections of the pretrained model.
+    model_branch
+        With ``finetune``: the head of a multi-task checkpoint to start from (its descriptor
+        and fitting net), or ``"RANDOM"`` for the descriptor with a fresh fitting net (also
+        from a single-task checkpoint).  Default: ``model.finetune_head`` of the input.
     skip_neighbor_stat
         Do not scan the data for neighbour counts (then ``e_sel: "auto"`` is an error).
     model_factory
@@ -208,16 +221,20 @@ class Trainer:
         init_model: str | None = None,
         finetune: str | None = None,
         use_pretrain_script: bool = False,
+        model_branch: str | None = None,
         skip_neighbor_stat: bool = False,
         model_factory: ModelFactory | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if sum(x is not None for x in (restart, init_model, finetune)) > 1:
             raise ConfigError("give only one of --restart, --init-model and --finetune")
+        if model_branch is not None and finetune is None:
+            raise ConfigError("--model-branch needs --finetune")
         self.input_dict = copy.deepcopy(input_dict)
         self.cfg = InputConfig.from_dict(self.input_dict)
         self.device = torch.device(device)
         self.factory = model_factory or default_model_factory
+        self.dist = DistContext.current()
         tcfg = self.cfg.training
         seed = tcfg.seed
 
@@ -231,6 +248,11 @@ class Trainer:
                 src,
                 ckpt["step"],
             )
+            if finetune:
+                branch = model_branch or self.cfg.model.get("finetune_head")
+                ckpt = branch_checkpoint(ckpt, branch, src)
+            else:
+                branch_checkpoint(ckpt, None, src, finetune=False)  # rejects multi-task ones
         pre_cfg = ModelConfig.from_typed_dict(ckpt["model_config"]) if ckpt else None
 
         # --- type map and data ------------------------------------------------------------
@@ -248,7 +270,9 @@ class Trainer:
             type_map = raw_model.get("type_map")
             if not isinstance(type_map, list) or not type_map:
                 raise ConfigError("'model.type_map' must be a non-empty list of element names")
-        self.train_data = DataSampler.from_config(tcfg.training_data, type_map, seed)
+        self.train_data = DataSampler.from_config(
+            tcfg.training_data, type_map, self.dist.rank_seed(seed)
+        )
         self.valid_data = None
         if tcfg.validation_data is not None:
             vseed = None if seed is None else seed + 1
@@ -261,7 +285,9 @@ class Trainer:
             mcfg = pre_cfg
             resolved = copy.deepcopy(ckpt["input"].get("model", raw_model))
         else:
-            resolved = resolve_sel(raw_model, self.train_data, skip_neighbor_stat, fallback=pre_cfg)
+            resolved = self.dist.run_on_main(
+                lambda: resolve_sel(raw_model, self.train_data, skip_neighbor_stat, pre_cfg)
+            )
             mcfg = ModelConfig.from_dict(resolved)
             if finetune and use_pretrain_script:
                 mcfg = replace(
@@ -291,14 +317,18 @@ class Trainer:
         elif finetune:
             dims = type_dims(self.factory, mcfg)
             fresh = transfer_state(ckpt["model"], pre_cfg.type_map, self.model, mcfg.type_map, dims)
-            if fresh:
+            if ckpt.get("random_fitting"):
+                log.info("fine-tuning with a freshly initialised fitting net (%s)", RANDOM_BRANCH)
+            elif fresh:
                 log.warning("not in the pretrained model, left at initial values: %s", fresh)
             new = [t for t in mcfg.type_map if t not in pre_cfg.type_map]
             if new:
                 log.info("fine-tuning adds new element(s) %s", new)
-            self._refit_bias(raw_model.get("bias_adjust_mode", "change-by-statistic"))
+            mode = raw_model.get("bias_adjust_mode", "change-by-statistic")
+            self.dist.run_on_main(lambda: self._refit_bias(mode))
         else:
-            self._compute_stat()
+            self.dist.run_on_main(self._compute_stat)
+        self.dist.broadcast_module(self.model)  # statistics were computed on rank 0
 
         # --- schedule, loss, optimizer ----------------------------------------------------
         if tcfg.numb_steps is not None:
@@ -315,8 +345,9 @@ class Trainer:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             _set_rng_state(ckpt.get("rng"))
             smp = ckpt.get("sampler") or {}
-            if "train" in smp:
-                self.train_data.load_state_dict(smp["train"])
+            train_state = self._rank_sampler_state(smp, "train")
+            if train_state is not None:
+                self.train_data.load_state_dict(train_state)
             if self.valid_data is not None and smp.get("valid") is not None:
                 self.valid_data.load_state_dict(smp["valid"])
         self.restarted = restart is not None
@@ -365,6 +396,30 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ checkpoints
+    def _sampler_states(self, train: Any, valid: Any) -> dict[str, Any]:
+        """Sampler part of a checkpoint; with several ranks every rank's training stream.
+
+        A collective when distributed: every rank must call it.
+        """
+        out = {"train": train, "valid": valid}
+        if self.dist.enabled:
+            out["train_ranks"] = self.dist.all_gather_object(train)
+        return out
+
+    def _rank_sampler_state(self, smp: dict[str, Any], key: str = "train") -> Any:
+        """This rank's training-sampler state from a checkpoint (``None``: keep the fresh one)."""
+        ranks = smp.get(f"{key}_ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
+        if ranks is not None or self.dist.enabled:
+            log.warning(
+                "the checkpoint was written by %d rank(s), this run has %d: rank 0 continues "
+                "the checkpoint's data stream, the other ranks start new ones",
+                len(ranks) if ranks is not None else 1,
+                self.dist.world_size,
+            )
+        return smp.get(key) if self.dist.is_main else None
+
     def checkpoint_dict(self, step: int) -> dict[str, Any]:
         """Everything needed to restart at ``step`` (completed steps)."""
         return make_checkpoint(
@@ -374,40 +429,60 @@ class Trainer:
             model_state={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             optimizer_state=self.optimizer.state_dict(),
             rng_state=_rng_state(),
-            sampler_state={
-                "train": self.train_data.state_dict(),
-                "valid": None if self.valid_data is None else self.valid_data.state_dict(),
-            },
+            sampler_state=self._sampler_states(
+                self.train_data.state_dict(),
+                None if self.valid_data is None else self.valid_data.state_dict(),
+            ),
         )
 
     def save(self, step: int) -> Path:
-        """Write the checkpoint of ``step`` completed steps."""
+        """Write the checkpoint of ``step`` completed steps (rank 0 writes; all ranks call)."""
         t = self.cfg.training
-        self.last_checkpoint = save_checkpoint(
-            self.checkpoint_dict(step), t.save_ckpt, t.max_ckpt_keep
-        )
+        ckpt = self.checkpoint_dict(step)
+        if self.dist.is_main:
+            self.last_checkpoint = save_checkpoint(ckpt, t.save_ckpt, t.max_ckpt_keep)
+        else:
+            pre = Path(t.save_ckpt)
+            self.last_checkpoint = pre.with_name(f"{pre.name}-{step}.pt")
         return self.last_checkpoint
 
     # ------------------------------------------------------------------ evaluation
     def _validate(self, lr: float) -> dict[str, float] | None:
         if self.valid_data is None:
             return None
-        self.model.eval()
+        nb = self.cfg.training.validation_data.numb_btch
+        return self._validate_with(self.model, self.loss, self.valid_data, nb, lr)
+
+    def _validate_with(
+        self, model: torch.nn.Module, loss: EnergyLoss, data: DataSampler, numb_btch: int, lr: float
+    ) -> dict[str, float]:
+        """Atom-weighted mean metrics of ``model`` over ``numb_btch`` batches of ``data``."""
+        model.eval()
         sums: dict[str, float] = {}
         wsum: dict[str, float] = {}
         try:
-            for _ in range(self.cfg.training.validation_data.numb_btch):
-                b = self.valid_data.next().to(self.device)
-                _, m = self.loss(model_forward(self.model, b), b, lr)
+            for _ in range(numb_btch):
+                b = data.next().to(self.device)
+                _, m = loss(model_forward(model, b), b, lr)
                 for k, v in m.items():
                     if v == v:  # skip nan (label absent)
                         sums[k] = sums.get(k, 0.0) + v * b.natoms
                         wsum[k] = wsum.get(k, 0.0) + b.natoms
         finally:
-            self.model.train()
-        return {
-            k: (sums[k] / wsum[k] if wsum.get(k) else math.nan) for k in self.loss.metric_names()
-        }
+            model.train()
+        return {k: (sums[k] / wsum[k] if wsum.get(k) else math.nan) for k in loss.metric_names()}
+
+    def _describe_data(self) -> str:
+        return (
+            f"{len(self.train_data.systems)} systems, "
+            f"{self.train_data.total_batches} batches per pass"
+        )
+
+    def _format_metrics(self, trn: dict[str, float], val: dict[str, float] | None) -> str:
+        parts = " ".join(f"{k}_trn {v:.3e}" for k, v in trn.items())
+        if val is not None:
+            parts += " " + " ".join(f"{k}_val {v:.3e}" for k, v in val.items())
+        return parts
 
     def _lcurve_header(self) -> str:
         cols = ["# step".ljust(7)]
@@ -443,37 +518,57 @@ class Trainer:
         batch = self.train_data.next().to(self.device)
         pred = model_forward(self.model, batch)
         loss, metrics = self.loss(pred, batch, lr)
-        if not torch.isfinite(loss):
+        self._optimize(loss, step, f"system {self.train_data.systems[batch.system].path}")
+        return float(loss.detach()), metrics, lr
+
+    def _optimize(self, loss: torch.Tensor, step: int, where: str) -> None:
+        """Backward, average the gradients over the ranks, clip, optimizer step."""
+        finite = bool(torch.isfinite(loss))
+        if not finite and not self.dist.enabled:
             raise FloatingPointError(
-                f"the loss is {float(loss)} at step {step} (system "
-                f"{self.train_data.systems[batch.system].path}); lower learning_rate.start_lr "
-                "or check the data"
+                f"the loss is {float(loss)} at step {step} ({where}); lower "
+                "learning_rate.start_lr or check the data"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if finite:
+            loss.backward()
+        if self.dist.enabled:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if not self.dist.average_gradients(params, finite):
+                raise FloatingPointError(
+                    f"the loss is not finite at step {step} on "
+                    f"{'this rank (' + where + ')' if not finite else 'another rank'}; lower "
+                    "learning_rate.start_lr or check the data"
+                )
         clip = self.cfg.training.gradient_max_norm
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, error_if_nonfinite=True)
         self.optimizer.step()
-        return float(loss.detach()), metrics, lr
 
     def run(self) -> Path:
-        """Train to ``numb_steps``; returns the last checkpoint written."""
+        """Train to ``numb_steps``; returns the last checkpoint written.
+
+        With several ranks every rank runs this loop; rank 0 alone validates and writes
+        ``lcurve.out`` and the log, and an interrupt on any rank stops all after the step.
+        """
         t = self.cfg.training
+        main = self.dist.is_main
         disp = Path(t.disp_file)
         mode = "a" if self.restarted and disp.exists() else "w"
         self.model.train()
         n_total = self.numb_steps
         step = self.start_step
         log.info(
-            "training %d steps (from %d), %d systems, %d batches per pass",
+            "training %d steps (from %d), %s%s",
             n_total,
             step,
-            len(self.train_data.systems),
-            self.train_data.total_batches,
+            self._describe_data(),
+            f", {self.dist.world_size} ranks" if self.dist.enabled else "",
         )
-        with open(disp, mode, buffering=1) as fout, _DeferredInterrupt() as intr:
-            if mode == "w":
+        with ExitStack() as stack:
+            fout = stack.enter_context(open(disp, mode, buffering=1)) if main else None
+            intr = stack.enter_context(_DeferredInterrupt())
+            if fout is not None and mode == "w":
                 fout.write(self._lcurve_header())
             t0 = time.perf_counter()
             last_disp_t, last_disp_step = t0, step
@@ -483,21 +578,18 @@ class Trainer:
                     loss, trn, lr = self.train_step(step)
                     self.step_times.append(time.perf_counter() - ts)
                     done = step + 1
-                    if done % t.disp_freq == 0 or step == self.start_step:
+                    if main and (done % t.disp_freq == 0 or step == self.start_step):
                         val = self._validate(lr)
                         fout.write(self._lcurve_line(done, trn, val, lr))
                         now = time.perf_counter()
                         rate = (done - last_disp_step) / max(now - last_disp_t, 1e-9)
                         last_disp_t, last_disp_step = now, done
-                        parts = " ".join(f"{k}_trn {v:.3e}" for k, v in trn.items())
-                        if val is not None:
-                            parts += " " + " ".join(f"{k}_val {v:.3e}" for k, v in val.items())
                         log.info(
                             "step %d/%d  loss %.4e  %s  lr %.2e  %.2f steps/s  ETA %s",
                             done,
                             n_total,
                             loss,
-                            parts,
+                            self._format_metrics(trn, val),
                             lr,
                             rate,
                             _fmt_eta((n_total - done) / rate),
@@ -505,14 +597,15 @@ class Trainer:
                     step = done
                     if step % t.save_freq == 0:
                         self.save(step)
-                    if intr.requested:
+                    if self.dist.any(intr.requested):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 self.save(step)
                 log.warning("interrupted at step %d; checkpoint %s", step, self.last_checkpoint)
                 raise
         if t.change_bias_after_training:
-            self._refit_bias("change-by-statistic")
+            self.dist.run_on_main(lambda: self._refit_bias("change-by-statistic"))
+            self.dist.broadcast_module(self.model)
             self.save(step)
         elif self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{step}.pt"):
             self.save(step)
