@@ -461,3 +461,24 @@ def test_example_input_is_accepted(tmp_path, monkeypatch):
     t = MultiTaskTrainer(d, skip_neighbor_stat=True)
     assert t.names == ["water", "alloy"]
     assert t.mt.type_map == ("O", "H", "Cu", "Al", "Ni")
+
+
+def test_cli_stat_files_and_change_bias_after_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    d = tiny_multitask(steps=2, disp_freq=1, change_bias_after_training=True)
+    for n in ("water", "alloy"):
+        d["training"]["data_dict"][n]["stat_file"] = f"stat_{n}.hdf5"
+    Path("input.json").write_text(json.dumps(d))
+    assert main(["train", "input.json", "--skip-neighbor-stat"]) == 0
+    assert Path("stat_water.npz").is_file() and Path("stat_alloy.npz").is_file()
+    assert "[water] energy bias changed by" in capsys.readouterr().out
+    ck = load_checkpoint(tmp_path / "model.ckpt-2.pt")
+    assert ck["step"] == 2 and ck["multitask"]["heads"] == ["water", "alloy"]
+    # a multi-task checkpoint is not a single model: clear errors where one is expected
+    from dpa3.train.checkpoint import CheckpointError
+    from dpa3.train.evaluate import load_model
+
+    with pytest.raises(CheckpointError, match=r"multi-task checkpoint \(heads: water, alloy\)"):
+        load_model(tmp_path / "model.ckpt-2.pt")
+    assert main(["train", "input.json", "--finetune", "model.ckpt-2.pt"]) == 1
+    assert "fine-tuning into a multi-task input is not supported" in capsys.readouterr().out

@@ -47,6 +47,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         from ..model import EnergyModel
 
+        if isinstance(obj.get("multitask"), dict):
+            raise CheckpointError(
+                f"'{p}' is a multi-task checkpoint (heads: {', '.join(obj['multitask']['heads'])})"
+                ": freeze one head with 'dpa3 freeze --head HEAD' (or use "
+                "dpa3.train.multitask.head_model)"
+            )
         model = EnergyModel(ModelConfig.from_typed_dict(obj["model_config"]))
         model.load_state_dict(obj["model"])
         return model.to(device).eval()
