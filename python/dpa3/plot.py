@@ -320,7 +320,7 @@ def parity_figure(
     if not panels:
         raise PlotError("nothing to plot: no labelled energies, forces or virials")
 
-    fig = Figure(figsize=(4.2 * len(panels), 4.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(panels), 4.6), layout="compressed")  # for equal aspect
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     rng = np.random.default_rng(0)
     for ax, (name, unit, pred, ref) in zip(axes, panels, strict=True):
@@ -350,6 +350,8 @@ def parity_figure(
         # absolute energies (-156.04 eV/atom) must not turn into an offset above the title
         ax.ticklabel_format(useOffset=False)
         ax.locator_params(nbins=5)
+        if max(abs(lim[0]), abs(lim[1])) > 100 * (lim[1] - lim[0]):  # long labels: -155.9525
+            ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(f"reference ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
         note = f", {MAX_PARITY_POINTS} of {n} shown" if n > MAX_PARITY_POINTS else f", n={n}"
