@@ -184,6 +184,30 @@ std::vector<at::Tensor> backward_kernel(const at::Tensor &pre, const at::Tensor 
   return {gpre, gpe, gw};
 }
 
+// out[r] = sum of rows perm[ptr[r]:ptr[r+1]] of y (the adjoint of a gather), parallel over r
+at::Tensor segment_sum(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
+{
+  const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
+  const int64_t nrows = ptr.numel() - 1, width = y.size(1);
+  at::Tensor out = at::empty({nrows, width}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_angle_segment_sum", [&] {
+    const scalar_t *src = y.data_ptr<scalar_t>();
+    scalar_t *dst = out.data_ptr<scalar_t>();
+    const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
+    at::parallel_for(0, nrows, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t *d = dst + r * width;
+        for (int64_t c = 0; c < width; ++c) d[c] = 0;
+        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
+          const scalar_t *s = src + pm[t] * width;
+          for (int64_t c = 0; c < width; ++c) d[c] += s[c];
+        }
+      }
+    });
+  });
+  return out;
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -191,15 +215,15 @@ class AngleMessage : public torch::autograd::Function<AngleMessage> {
  public:
   static variable_list forward(AutogradContext *ctx, const at::Tensor &aw, const at::Tensor &pe,
                                const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
-                               const at::Tensor &ptr, int64_t de, int64_t act, double thr)
+                               const at::Tensor &ptr, const at::Tensor &kperm,
+                               const at::Tensor &kptr, int64_t de, int64_t act, double thr)
   {
     auto out = forward_kernel(aw, pe, vk, w, eik, ptr, de, act, thr);
-    ctx->save_for_backward({out[2], w, eik, ptr});
+    ctx->save_for_backward({out[2], w, kperm, ptr, kptr});
     ctx->saved_data["de"] = de;
     ctx->saved_data["act"] = act;
     ctx->saved_data["thr"] = thr;
     ctx->saved_data["w_shape"] = w.sizes().vec();
-    ctx->saved_data["nedge"] = pe.size(0);
     ctx->mark_non_differentiable({out[2]});
     return {out[0], out[1]};
   }
@@ -213,21 +237,22 @@ class AngleMessage : public torch::autograd::Function<AngleMessage> {
     const int64_t de = ctx->saved_data["de"].toInt();
     auto g = backward_kernel(saved[0], saved[1], saved[3], grads[0], grads[1], de,
                              ctx->saved_data["act"].toInt(), ctx->saved_data["thr"].toDouble());
-    const int64_t nedge = ctx->saved_data["nedge"].toInt();
-    at::Tensor gvk = at::zeros({nedge, saved[0].size(1)}, saved[0].options());
-    gvk.index_add_(0, saved[2], g[0]);
+    at::Tensor gvk = segment_sum(g[0], saved[2], saved[4]);
     at::Tensor gw = g[2].reshape(ctx->saved_data["w_shape"].toIntVector());
-    return {g[0], g[1], gvk, gw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return {g[0],         g[1],         gvk,          gw,           at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 std::vector<at::Tensor> angle_message(const at::Tensor &aw, const at::Tensor &pe,
                                       const at::Tensor &vk, const at::Tensor &w,
-                                      const at::Tensor &eik, const at::Tensor &ptr, int64_t de,
+                                      const at::Tensor &eik, const at::Tensor &ptr,
+                                      const at::Tensor &kperm, const at::Tensor &kptr, int64_t de,
                                       int64_t act, double thr)
 {
-  auto out = AngleMessage::apply(aw, pe, vk, w, eik, ptr, de, act, thr);
+  TORCH_CHECK(kperm.numel() == eik.numel() && kptr.numel() == pe.size(0) + 1,
+              "dpa3::angle_message: bad inverse index of eik");
+  auto out = AngleMessage::apply(aw, pe, vk, w, eik, ptr, kperm, kptr, de, act, thr);
   return {out[0], out[1]};
 }
 
@@ -238,7 +263,7 @@ std::vector<at::Tensor> angle_message(const at::Tensor &aw, const at::Tensor &pe
 TORCH_LIBRARY_FRAGMENT(dpa3, m)
 {
   m.def("angle_message(Tensor aw, Tensor pe, Tensor vk, Tensor w, Tensor eik, Tensor ptr, "
-        "int de, int act, float thr) -> Tensor[]");
+        "Tensor kperm, Tensor kptr, int de, int act, float thr) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)

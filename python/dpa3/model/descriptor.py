@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
-from .graph import angle_cosine, build_graph, switch
+from .graph import angle_cosine, build_graph, make_rows, switch
 from .network import Activation, Linear, TypeEmbedding, to_dtype
 from .repflow import RepFlowLayer
 
@@ -158,36 +158,27 @@ class DescrptDPA3(nn.Module):
                 raise RuntimeError("dpa3: the exchange path handles one frame at a time")
             nei = g.nei_ext
 
-        # Evaluation (first derivatives only) runs the angle block through the fused C++ kernel;
-        # training (create_graph for force losses) uses the composite, twice-differentiable path.
-        a_ptr: torch.Tensor | None = None
-        fused = not self.training and self.layers[0].act_code >= 0 and self.update_angle
+        # With the op library, gathers and their adjoint scatters use precomputed inverse
+        # indices (fast in any derivative order), and evaluation (first derivatives only) runs
+        # the angle block in the fused C++ kernel; training (create_graph for force losses)
+        # keeps the composite, twice-differentiable path.
+        use_ops = True
         if not torch.jit.is_scripting():
-            fused = fused and _ops_loaded()
-        if fused:
-            counts = torch.bincount(g.a_eij, minlength=g.center.shape[0])
-            a_ptr = torch.cat(
-                [torch.zeros(1, dtype=torch.long, device=counts.device), torch.cumsum(counts, 0)]
-            )
+            use_ops = _ops_loaded()
+        nnode = nf * nloc
+        nedge = g.center.shape[0]
+        rc = make_rows(g.center, nnode, use_ops)
+        rn = make_rows(nei, nnode if comm_dict is None else nall, use_ops)
+        rij = make_rows(g.a_eij, nedge, use_ops)
+        rik = make_rows(g.a_eik, nedge, use_ops)
+        fused = use_ops and not self.training and self.layers[0].act_code >= 0
         for layer in self.layers:
             if comm_dict is None:
                 n_ext = n
             else:
                 n_ext = exchange_ghosts(n, nall, comm_dict)
             n, e, a = layer(
-                n,
-                n_ext,
-                e,
-                a,
-                g.center,
-                nei,
-                h2sw,
-                sw,
-                a_weight,
-                g.is_angle_edge,
-                g.a_eij,
-                g.a_eik,
-                a_ptr,
+                n, n_ext, e, a, rc, rn, h2sw, sw, a_weight, g.is_angle_edge, rij, rik, fused
             )
         if self.concat_output_tebd:
             n = torch.cat([n, tebd], dim=-1)

@@ -15,7 +15,7 @@ All functions are TorchScript-compatible.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -138,3 +138,45 @@ def angle_cosine(
         -1, keepdim=True
     ) * (1.0 - 1e-6)
     return cos / math.sqrt(math.pi)
+
+
+class Rows(NamedTuple):
+    """An index ``idx [M]`` into ``n`` rows, with its inverse in CSR form for fast scatters.
+
+    ``perm = argsort(idx)`` and ``ptr [n+1]``: the entries of ``idx`` equal to ``r`` are
+    ``perm[ptr[r]:ptr[r+1]]``.  Without the op library ``perm``/``ptr`` are None and the plain
+    ``index_select``/``index_add`` are used.
+    """
+
+    idx: torch.Tensor
+    perm: Optional[torch.Tensor]  # noqa: UP045 (TorchScript needs typing.Optional here)
+    ptr: Optional[torch.Tensor]  # noqa: UP045
+
+
+def make_rows(idx: torch.Tensor, n: int, use_ops: bool) -> Rows:
+    """Index ``idx`` into ``n`` rows (with the inverse index when the op library is used)."""
+    if not use_ops:
+        return Rows(idx, None, None)
+    perm = torch.argsort(idx, stable=True)
+    counts = torch.bincount(idx, minlength=n)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=idx.device), torch.cumsum(counts, 0)])
+    return Rows(idx, perm, ptr)
+
+
+def gather(x: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """``x[idx]`` (any order of derivatives)."""
+    perm = rows.perm
+    ptr = rows.ptr
+    if perm is None or ptr is None:
+        return torch.index_select(x, 0, rows.idx)
+    return torch.ops.dpa3.gather_rows(x, rows.idx, perm, ptr)
+
+
+def scatter(y: torch.Tensor, rows: Rows, n: int) -> torch.Tensor:
+    """``out[r] = sum of y[q] with idx[q] == r``, ``out`` with ``n`` rows."""
+    perm = rows.perm
+    ptr = rows.ptr
+    if perm is None or ptr is None:
+        shape = [n] + list(y.shape[1:])
+        return torch.zeros(shape, dtype=y.dtype, device=y.device).index_add(0, rows.idx, y)
+    return torch.ops.dpa3.scatter_rows(y, rows.idx, perm, ptr)

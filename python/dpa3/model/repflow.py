@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config.model import RepflowConfig
+from .graph import Rows, gather, scatter
 from .network import Activation, Linear
 
 
@@ -111,14 +112,14 @@ class RepFlowLayer(nn.Module):
         n: torch.Tensor,
         n_ext: torch.Tensor,
         e: torch.Tensor,
-        center: torch.Tensor,
-        nei: torch.Tensor,
+        center: Rows,
+        nei: Rows,
     ) -> torch.Tensor:
         """``[n_i, n_j, e_ij] W + b`` with ``W`` rows ordered ``n_i, n_j, e_ij``."""
         dn = self.n_dim
         out = (
-            torch.index_select(torch.matmul(n, w[:dn]), 0, center)
-            + torch.index_select(torch.matmul(n_ext, w[dn : 2 * dn]), 0, nei)
+            gather(torch.matmul(n, w[:dn]), center)
+            + gather(torch.matmul(n_ext, w[dn : 2 * dn]), nei)
             + torch.matmul(e, w[2 * dn :])
         )
         if b is not None:
@@ -126,13 +127,13 @@ class RepFlowLayer(nn.Module):
         return out
 
     def _sym(
-        self, g: torch.Tensor, h2sw: torch.Tensor, center: torch.Tensor, nnode: int
+        self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int
     ) -> torch.Tensor:
         """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (spec 2.4)."""
         d = g.shape[1]
         t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
-        tt = torch.zeros(nnode, 3, d, dtype=g.dtype, device=g.device)
-        tt = tt.index_add(0, center, t) / math.sqrt(self.e_norm)
+        tt = scatter(t.reshape(t.shape[0], 3 * d), center, nnode).view(nnode, 3, d)
+        tt = tt / math.sqrt(self.e_norm)
         gg = torch.matmul(tt[:, :, : self.axis].transpose(1, 2), tt) / 3.0
         return gg.reshape(nnode, self.axis * d)
 
@@ -143,9 +144,9 @@ class RepFlowLayer(nn.Module):
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
-        center: torch.Tensor,
-        a_eij: torch.Tensor,
-        a_eik: torch.Tensor,
+        center: Rows,
+        a_eij: Rows,
+        a_eik: Rows,
     ) -> torch.Tensor:
         """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles ``[A, out]``.
 
@@ -153,15 +154,15 @@ class RepFlowLayer(nn.Module):
         per edge first and gathered once.
         """
         da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
-        per_edge = torch.index_select(torch.matmul(nc, w[da : da + dnc]), 0, center) + torch.matmul(
+        per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center) + torch.matmul(
             ec, w[da + dnc + dec :]
         )
         if b is not None:
             per_edge = per_edge + b
         return (
             torch.matmul(a, w[:da])
-            + torch.index_select(per_edge, 0, a_eij)
-            + torch.index_select(torch.matmul(ec, w[da + dnc : da + dnc + dec]), 0, a_eik)
+            + gather(per_edge, a_eij)
+            + gather(torch.matmul(ec, w[da + dnc : da + dnc + dec]), a_eik)
         )
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,11 +189,10 @@ class RepFlowLayer(nn.Module):
         e: torch.Tensor,
         a_weight: torch.Tensor,
         is_a: torch.Tensor,
-        a_eij: torch.Tensor,
+        a_eij: Rows,
     ) -> torch.Tensor:
         """``V2 [E, e_dim]`` from the angle messages ``p [A, e_dim]``: ``sum_k w_ijk p_ijk``."""
-        red = torch.zeros(e.shape[0], self.e_dim, dtype=e.dtype, device=e.device)
-        red = red.index_add(0, a_eij, a_weight * p)
+        red = scatter(a_weight * p, a_eij, e.shape[0])
         return self._finish_edges(red, e, is_a)
 
     def _angle_fused(
@@ -203,27 +203,32 @@ class RepFlowLayer(nn.Module):
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
-        center: torch.Tensor,
-        a_eij: torch.Tensor,
-        a_eik: torch.Tensor,
+        center: Rows,
+        a_eij: Rows,
+        a_eik: Rows,
         a_weight: torch.Tensor,
-        a_ptr: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of the C++ kernel: reduced edge messages ``[E, n_red]`` and per-angle rest.
 
         Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` (first
-        derivatives only; used in evaluation mode).
+        derivatives only; used in evaluation mode, with the op library's inverse indices).
         """
         da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
-        per_edge = torch.index_select(torch.matmul(nc, w[da : da + dnc]), 0, center)
+        ptr = a_eij.ptr
+        kperm = a_eik.perm
+        kptr = a_eik.ptr
+        assert ptr is not None and kperm is not None and kptr is not None
+        per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center)
         per_edge = per_edge + torch.matmul(ec, w[da + dnc + dec :]) + b
         out = torch.ops.dpa3.angle_message(
             torch.matmul(a, w[:da]),
             per_edge,
             torch.matmul(ec, w[da + dnc : da + dnc + dec]),
             a_weight.reshape(-1),
-            a_eik,
-            a_ptr,
+            a_eik.idx,
+            ptr,
+            kperm,
+            kptr,
             n_red,
             self.act_code,
             self.act.threshold,
@@ -235,9 +240,9 @@ class RepFlowLayer(nn.Module):
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
-        center: torch.Tensor,
-        a_eij: torch.Tensor,
-        a_eik: torch.Tensor,
+        center: Rows,
+        a_eij: Rows,
+        a_eik: Rows,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edge messages ``p [A, e_dim]`` and angle updates ``[A, a_dim]`` from one fused linear."""
         lin1 = self.edge_angle_linear1
@@ -258,9 +263,9 @@ class RepFlowLayer(nn.Module):
         a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
-        center: torch.Tensor,
-        a_eij: torch.Tensor,
-        a_eik: torch.Tensor,
+        center: Rows,
+        a_eij: Rows,
+        a_eik: Rows,
     ) -> torch.Tensor:
         return self.act(self._angle_input(w, b, a, nc, ec, center, a_eij, a_eik))
 
@@ -270,8 +275,8 @@ class RepFlowLayer(nn.Module):
         n_ext: torch.Tensor,
         n_j: torch.Tensor,
         e: torch.Tensor,
-        center: torch.Tensor,
-        nei: torch.Tensor,
+        center: Rows,
+        nei: Rows,
         h2sw: torch.Tensor,
         sw: torch.Tensor,
     ) -> torch.Tensor:
@@ -286,8 +291,7 @@ class RepFlowLayer(nn.Module):
                 self.node_edge_linear.matrix, self.node_edge_linear.bias, n, n_ext, e, center, nei
             )
         )
-        msg = torch.zeros(nnode, q.shape[1], dtype=q.dtype, device=q.device)
-        msg = msg.index_add(0, center, sw.unsqueeze(-1) * q) / self.e_norm
+        msg = scatter(sw.unsqueeze(-1) * q, center, nnode) / self.e_norm
         updates = [u_self, u_sym]
         for h in range(self.n_heads):
             updates.append(msg[:, h * self.n_dim : (h + 1) * self.n_dim])
@@ -300,24 +304,25 @@ class RepFlowLayer(nn.Module):
         n_ext: torch.Tensor,
         e: torch.Tensor,
         a: torch.Tensor,
-        center: torch.Tensor,
-        nei: torch.Tensor,
+        center: Rows,
+        nei: Rows,
         h2sw: torch.Tensor,
         sw: torch.Tensor,
         a_weight: torch.Tensor,
         is_a: torch.Tensor,
-        a_eij: torch.Tensor,
-        a_eik: torch.Tensor,
-        a_ptr: torch.Tensor | None = None,
+        a_eij: Rows,
+        a_eik: Rows,
+        fused: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
         ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
         ``sw [E]`` edge switch; ``a_weight [A, 1]`` is ``asw_ij asw_ik / sqrt(a_norm)``;
         ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle;
-        ``a_ptr [E+1]`` (CSR offsets of the angles of each edge) selects the fused C++ kernel.
+        ``fused`` runs the angle block in the C++ kernel (evaluation only; needs the inverse
+        indices of the op library in the ``Rows``).
         """
-        n_j = torch.index_select(n_ext, 0, nei)
+        n_j = gather(n_ext, nei)
         v_self = self.act(
             self._pair_linear(
                 self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
@@ -339,9 +344,9 @@ class RepFlowLayer(nn.Module):
             b1 = lin1.bias
             ba = lin_a.bias
             assert b1 is not None and ba is not None
-            if a_ptr is not None:
+            if fused:
                 _, w_ang = self._angle_fused(
-                    lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight, a_ptr
+                    lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight
                 )
                 a_new = a + ar[0] * w_ang
                 red, _ = self._angle_fused(
@@ -355,7 +360,6 @@ class RepFlowLayer(nn.Module):
                     a_eij,
                     a_eik,
                     a_weight,
-                    a_ptr,
                 )
                 v_ang = self._finish_edges(red, e1, is_a)
             else:
@@ -367,7 +371,7 @@ class RepFlowLayer(nn.Module):
             n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
-        if a_ptr is not None:
+        if fused:
             lin1 = self.edge_angle_linear1
             lin_a = self.angle_self_linear
             assert lin1 is not None and lin_a is not None
@@ -385,7 +389,6 @@ class RepFlowLayer(nn.Module):
                 a_eij,
                 a_eik,
                 a_weight,
-                a_ptr,
             )
             v_ang = self._finish_edges(red, e, is_a)
         else:

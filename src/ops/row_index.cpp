@@ -1,0 +1,151 @@
+/* ----------------------------------------------------------------------
+   dpa3: row gather / scatter-sum with a precomputed inverse index.
+
+   gather_rows(x, idx, perm, ptr)  = x[idx]                        [M, d]
+   scatter_rows(y, idx, perm, ptr) = out[r] = sum_{q: idx[q] == r} y[q]   [n, d]
+
+   perm = argsort(idx) and ptr [n + 1] are the CSR form of the inverse index
+   (rows r's entries are perm[ptr[r]:ptr[r+1]]). Each op is the other's
+   adjoint, so their autograd Functions call each other: derivatives of any
+   order stay on these kernels. The scatter runs in parallel over destination
+   rows without atomics; torch's index_add (index_select's backward) is
+   serial or, with several threads, slow for the narrow rows DPA3 uses.
+------------------------------------------------------------------------- */
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace dpa3 {
+
+namespace {
+
+void check(const at::Tensor &v, const at::Tensor &idx, const at::Tensor &perm,
+           const at::Tensor &ptr, const char *who)
+{
+  TORCH_CHECK(v.dim() >= 1, who, ": values need at least one dimension");
+  TORCH_CHECK(idx.scalar_type() == at::kLong && perm.scalar_type() == at::kLong &&
+                  ptr.scalar_type() == at::kLong,
+              who, ": idx, perm and ptr must be int64");
+  TORCH_CHECK(idx.numel() == perm.numel(), who, ": perm must have one entry per index");
+  TORCH_CHECK(ptr.numel() >= 1, who, ": ptr needs n + 1 offsets");
+  TORCH_CHECK(v.device().is_cpu(), who, ": CPU tensors only");
+}
+
+at::Tensor gather_kernel(const at::Tensor &x_, const at::Tensor &idx_, int64_t nrows)
+{
+  const at::Tensor x = x_.contiguous(), idx = idx_.contiguous();
+  TORCH_CHECK(x.size(0) == nrows, "dpa3::gather_rows: x has ", x.size(0), " rows, ptr says ",
+              nrows);
+  auto sizes = x.sizes().vec();
+  sizes[0] = idx.numel();
+  at::Tensor y = at::empty(sizes, x.options());
+  const int64_t width = x.numel() / std::max<int64_t>(x.size(0), 1);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpa3_gather_rows", [&] {
+    const scalar_t *src = x.data_ptr<scalar_t>();
+    scalar_t *dst = y.data_ptr<scalar_t>();
+    const int64_t *ix = idx.data_ptr<int64_t>();
+    at::parallel_for(0, idx.numel(), 1024, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const scalar_t *s = src + ix[q] * width;
+        scalar_t *d = dst + q * width;
+        for (int64_t c = 0; c < width; ++c) d[c] = s[c];
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor scatter_kernel(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
+{
+  const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
+  const int64_t nrows = ptr.numel() - 1;
+  TORCH_CHECK(y.size(0) == perm.numel(), "dpa3::scatter_rows: one value row per index needed");
+  auto sizes = y.sizes().vec();
+  sizes[0] = nrows;
+  at::Tensor out = at::empty(sizes, y.options());
+  const int64_t width = y.size(0) ? y.numel() / y.size(0) : (out.numel() / std::max<int64_t>(nrows, 1));
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_scatter_rows", [&] {
+    const scalar_t *src = y.data_ptr<scalar_t>();
+    scalar_t *dst = out.data_ptr<scalar_t>();
+    const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
+    at::parallel_for(0, nrows, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t *d = dst + r * width;
+        for (int64_t c = 0; c < width; ++c) d[c] = 0;
+        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
+          const scalar_t *s = src + pm[t] * width;
+          for (int64_t c = 0; c < width; ++c) d[c] += s[c];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor scatter_rows(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
+                        const at::Tensor &ptr);
+
+class GatherRows : public torch::autograd::Function<GatherRows> {
+ public:
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &idx,
+                            const at::Tensor &perm, const at::Tensor &ptr)
+  {
+    ctx->save_for_backward({idx, perm, ptr});
+    return gather_kernel(x, idx, ptr.numel() - 1);
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list g)
+  {
+    auto s = ctx->get_saved_variables();
+    return {scatter_rows(g[0], s[0], s[1], s[2]), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class ScatterRows : public torch::autograd::Function<ScatterRows> {
+ public:
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &y, const at::Tensor &idx,
+                            const at::Tensor &perm, const at::Tensor &ptr)
+  {
+    ctx->save_for_backward({idx, perm, ptr});
+    return scatter_kernel(y, perm, ptr);
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list g)
+  {
+    auto s = ctx->get_saved_variables();
+    return {GatherRows::apply(g[0], s[0], s[1], s[2]), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor scatter_rows(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
+                        const at::Tensor &ptr)
+{
+  check(y, idx, perm, ptr, "dpa3::scatter_rows");
+  return ScatterRows::apply(y, idx, perm, ptr);
+}
+
+at::Tensor gather_rows(const at::Tensor &x, const at::Tensor &idx, const at::Tensor &perm,
+                       const at::Tensor &ptr)
+{
+  check(x, idx, perm, ptr, "dpa3::gather_rows");
+  return GatherRows::apply(x, idx, perm, ptr);
+}
+
+}    // namespace
+
+}    // namespace dpa3
+
+TORCH_LIBRARY_FRAGMENT(dpa3, m)
+{
+  m.def("gather_rows(Tensor x, Tensor idx, Tensor perm, Tensor ptr) -> Tensor");
+  m.def("scatter_rows(Tensor y, Tensor idx, Tensor perm, Tensor ptr) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
+{
+  m.impl("gather_rows", &dpa3::gather_rows);
+  m.impl("scatter_rows", &dpa3::scatter_rows);
+}
