@@ -11,6 +11,7 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <ATen/Parallel.h>
 
 #include <dlfcn.h>
 
@@ -205,6 +206,11 @@ int Dpa3Model::exchange_width() const { return impl->exchange_width; }
 bool Dpa3Model::has_message_passing() const { return impl->message_passing; }
 const std::string &Dpa3Model::metadata_json() const { return impl->metadata; }
 std::string Dpa3Model::device_name() const { return impl->device.str(); }
+
+void Dpa3Model::set_num_threads(int n)
+{
+  if (n > 0) at::set_num_threads(n);
+}
 
 void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc,
                           int nnei, int64_t comm, int rank)

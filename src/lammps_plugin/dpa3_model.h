@@ -45,6 +45,9 @@ class Dpa3Model {
   const std::string &metadata_json() const;    // contents of metadata.json
   std::string device_name() const;
 
+  // Sets libtorch's intra-op thread count for this process (one LAMMPS rank).
+  static void set_num_threads(int n);
+
   // Uploads the per-re-neighbouring state: the exchange schedule (model indexing),
   // the padded neighbour matrix [nloc * nnei], the communicator handle and this rank.
   void set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc,

@@ -28,7 +28,10 @@
 #include "dpa3_model.h"
 #include "dpa3_neighbor.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <thread>
 #include <cstring>
 #include <exception>
 
@@ -141,6 +144,27 @@ void PairDPA3::load_model()
     MPI_Comm_rank(node, &device_rank);
     MPI_Comm_free(&node);
   }
+
+  // libtorch threads per rank: OMP_NUM_THREADS if set (the usual LAMMPS convention), otherwise
+  // the node's cores shared by the ranks on the node. torch's own default (all cores in every
+  // rank) oversubscribes the cores under mpirun and is many times slower.
+  int nthreads = 0;
+  const char *omp = std::getenv("OMP_NUM_THREADS");
+  if (omp && std::atoi(omp) > 0) {
+    nthreads = std::atoi(omp);
+  } else {
+    MPI_Comm node;
+    int ranks_on_node = 1;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &ranks_on_node);
+    MPI_Comm_free(&node);
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    nthreads = std::max(1, cores / std::max(1, ranks_on_node));
+  }
+  Dpa3Model::set_num_threads(nthreads);
+  if (comm->me == 0)
+    utils::logmesg(lmp, "dpa3: {} torch thread(s) per MPI rank{}\n", nthreads,
+                   (omp && std::atoi(omp) > 0) ? " (OMP_NUM_THREADS)" : "");
 
   model.reset();
   std::string msg;
