@@ -20,6 +20,8 @@
    composite PyTorch path instead).
 ------------------------------------------------------------------------- */
 
+#include "row_index.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
@@ -184,30 +186,6 @@ std::vector<at::Tensor> backward_kernel(const at::Tensor &pre, const at::Tensor 
   return {gpre, gpe, gw};
 }
 
-// out[r] = sum of rows perm[ptr[r]:ptr[r+1]] of y (the adjoint of a gather), parallel over r
-at::Tensor segment_sum(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
-{
-  const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
-  const int64_t nrows = ptr.numel() - 1, width = y.size(1);
-  at::Tensor out = at::empty({nrows, width}, y.options());
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_angle_segment_sum", [&] {
-    const scalar_t *src = y.data_ptr<scalar_t>();
-    scalar_t *dst = out.data_ptr<scalar_t>();
-    const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
-    at::parallel_for(0, nrows, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t *d = dst + r * width;
-        for (int64_t c = 0; c < width; ++c) d[c] = 0;
-        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
-          const scalar_t *s = src + pm[t] * width;
-          for (int64_t c = 0; c < width; ++c) d[c] += s[c];
-        }
-      }
-    });
-  });
-  return out;
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -237,7 +215,7 @@ class AngleMessage : public torch::autograd::Function<AngleMessage> {
     const int64_t de = ctx->saved_data["de"].toInt();
     auto g = backward_kernel(saved[0], saved[1], saved[3], grads[0], grads[1], de,
                              ctx->saved_data["act"].toInt(), ctx->saved_data["thr"].toDouble());
-    at::Tensor gvk = segment_sum(g[0], saved[2], saved[4]);
+    at::Tensor gvk = segment_sum_kernel(g[0], saved[2], saved[4]);
     at::Tensor gw = g[2].reshape(ctx->saved_data["w_shape"].toIntVector());
     return {g[0],         g[1],         gvk,          gw,           at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

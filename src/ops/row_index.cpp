@@ -12,12 +12,41 @@
    serial or, with several threads, slow for the narrow rows DPA3 uses.
 ------------------------------------------------------------------------- */
 
+#include "row_index.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 namespace dpa3 {
+
+at::Tensor segment_sum_kernel(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
+{
+  const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
+  const int64_t nrows = ptr.numel() - 1;
+  TORCH_CHECK(y.size(0) == perm.numel(), "dpa3::scatter_rows: one value row per index needed");
+  auto sizes = y.sizes().vec();
+  sizes[0] = nrows;
+  at::Tensor out = at::empty(sizes, y.options());
+  const int64_t width = y.size(0) ? y.numel() / y.size(0) : (out.numel() / std::max<int64_t>(nrows, 1));
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_scatter_rows", [&] {
+    const scalar_t *src = y.data_ptr<scalar_t>();
+    scalar_t *dst = out.data_ptr<scalar_t>();
+    const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
+    at::parallel_for(0, nrows, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t *d = dst + r * width;
+        for (int64_t c = 0; c < width; ++c) d[c] = 0;
+        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
+          const scalar_t *s = src + pm[t] * width;
+          for (int64_t c = 0; c < width; ++c) d[c] += s[c];
+        }
+      }
+    });
+  });
+  return out;
+}
 
 namespace {
 
@@ -57,33 +86,6 @@ at::Tensor gather_kernel(const at::Tensor &x_, const at::Tensor &idx_, int64_t n
   return y;
 }
 
-at::Tensor scatter_kernel(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
-{
-  const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
-  const int64_t nrows = ptr.numel() - 1;
-  TORCH_CHECK(y.size(0) == perm.numel(), "dpa3::scatter_rows: one value row per index needed");
-  auto sizes = y.sizes().vec();
-  sizes[0] = nrows;
-  at::Tensor out = at::empty(sizes, y.options());
-  const int64_t width = y.size(0) ? y.numel() / y.size(0) : (out.numel() / std::max<int64_t>(nrows, 1));
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_scatter_rows", [&] {
-    const scalar_t *src = y.data_ptr<scalar_t>();
-    scalar_t *dst = out.data_ptr<scalar_t>();
-    const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
-    at::parallel_for(0, nrows, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t *d = dst + r * width;
-        for (int64_t c = 0; c < width; ++c) d[c] = 0;
-        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
-          const scalar_t *s = src + pm[t] * width;
-          for (int64_t c = 0; c < width; ++c) d[c] += s[c];
-        }
-      }
-    });
-  });
-  return out;
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -111,7 +113,7 @@ class ScatterRows : public torch::autograd::Function<ScatterRows> {
                             const at::Tensor &perm, const at::Tensor &ptr)
   {
     ctx->save_for_backward({idx, perm, ptr});
-    return scatter_kernel(y, perm, ptr);
+    return segment_sum_kernel(y, perm, ptr);
   }
   static variable_list backward(AutogradContext *ctx, variable_list g)
   {

@@ -126,9 +126,7 @@ class RepFlowLayer(nn.Module):
             out = out + b
         return out
 
-    def _sym(
-        self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int
-    ) -> torch.Tensor:
+    def _sym(self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int) -> torch.Tensor:
         """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (spec 2.4)."""
         d = g.shape[1]
         t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
@@ -136,6 +134,28 @@ class RepFlowLayer(nn.Module):
         tt = tt / math.sqrt(self.e_norm)
         gg = torch.matmul(tt[:, :, : self.axis].transpose(1, 2), tt) / 3.0
         return gg.reshape(nnode, self.axis * d)
+
+    def _angle_terms(
+        self,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        a: torch.Tensor,
+        nc: torch.Tensor,
+        ec: torch.Tensor,
+        center: Rows,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three parts of ``[a, n~_i, e~_ik, e~_ij] W + b``.
+
+        Returns ``a W_a [A, out]``, the ``k``-independent per-edge part
+        ``(n~ W_n)[i] + e~_ij W_j + b [E, out]`` and ``e~ W_k [E, out]`` (gathered by ``ik``).
+        """
+        da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
+        per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center) + torch.matmul(
+            ec, w[da + dnc + dec :]
+        )
+        if b is not None:
+            per_edge = per_edge + b
+        return torch.matmul(a, w[:da]), per_edge, torch.matmul(ec, w[da + dnc : da + dnc + dec])
 
     def _angle_input(
         self,
@@ -148,22 +168,9 @@ class RepFlowLayer(nn.Module):
         a_eij: Rows,
         a_eik: Rows,
     ) -> torch.Tensor:
-        """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles ``[A, out]``.
-
-        The ``n~_i`` and ``e~_ij`` terms (and the bias) are constant over ``k``: they are summed
-        per edge first and gathered once.
-        """
-        da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
-        per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center) + torch.matmul(
-            ec, w[da + dnc + dec :]
-        )
-        if b is not None:
-            per_edge = per_edge + b
-        return (
-            torch.matmul(a, w[:da])
-            + gather(per_edge, a_eij)
-            + gather(torch.matmul(ec, w[da + dnc : da + dnc + dec]), a_eik)
-        )
+        """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles ``[A, out]``."""
+        aw, per_edge, vk = self._angle_terms(w, b, a, nc, ec, center)
+        return aw + gather(per_edge, a_eij) + gather(vk, a_eik)
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (spec 2.5)."""
@@ -213,17 +220,15 @@ class RepFlowLayer(nn.Module):
         Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` (first
         derivatives only; used in evaluation mode, with the op library's inverse indices).
         """
-        da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
         ptr = a_eij.ptr
         kperm = a_eik.perm
         kptr = a_eik.ptr
         assert ptr is not None and kperm is not None and kptr is not None
-        per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center)
-        per_edge = per_edge + torch.matmul(ec, w[da + dnc + dec :]) + b
+        aw, per_edge, vk = self._angle_terms(w, b, a, nc, ec, center)
         out = torch.ops.dpa3.angle_message(
-            torch.matmul(a, w[:da]),
+            aw,
             per_edge,
-            torch.matmul(ec, w[da + dnc : da + dnc + dec]),
+            vk,
             a_weight.reshape(-1),
             a_eik.idx,
             ptr,
