@@ -117,3 +117,71 @@ def assert_matches(res: L.LammpsResult, ref: reference.Result, atol: float = 1e-
     np.testing.assert_allclose(res.virial, ref.virial[[0, 4, 8, 3, 6, 7]], rtol=0, atol=atol * scale)
     np.testing.assert_allclose(res.atom_energy, ref.atom_energy, rtol=0, atol=atol)
     np.testing.assert_allclose(res.atom_virial, ref.atom_virial, rtol=0, atol=atol)
+
+
+# a cheap DPA3 for MD runs (small cutoffs and widths); e_sel/a_sel far above any neighbour
+# count, so no neighbour is ever truncated (truncation makes the energy discontinuous)
+MD_REPFLOW = {
+    "nlayers": 2,
+    "n_dim": 8,
+    "e_dim": 4,
+    "a_dim": 4,
+    "e_rcut": 3.0,
+    "e_rcut_smth": 2.5,
+    "e_sel": 120,
+    "a_rcut": 2.5,
+    "a_rcut_smth": 2.0,
+    "a_sel": 60,
+}
+
+
+def md_model(seed: int = 2, scale: float = -30.0, fitting: tuple[int, ...] = (16,), **repflow):
+    """A small float64 DPA3 EnergyModel for MD tests (random parameters as conftest.make_model).
+
+    The output layer of the fitting net is multiplied by ``scale``: with the defaults the
+    forces on the bundled water are about 0.7 eV/Å rms, and the model is repulsive at short
+    range (a dimer's energy rises as it is compressed), so that water does not collapse
+    during a picosecond of NVE.
+    """
+    import torch
+    from conftest import TYPE_MAP as MODEL_TYPES
+    from conftest import small_model_dict
+    from dpa3.config import ModelConfig
+    from dpa3.model import EnergyModel
+
+    cfg = small_model_dict(**{**MD_REPFLOW, **repflow})
+    cfg["fitting_net"]["neuron"] = list(fitting)
+    torch.manual_seed(seed)
+    model = EnergyModel(ModelConfig.from_dict(cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.fitting.out.matrix.mul_(scale)
+    model.set_out_bias(np.linspace(-3.0, 2.0, len(MODEL_TYPES)))
+    return model.eval()
+
+
+def thermo_table(log: str) -> tuple[list[str], np.ndarray]:
+    """Column names and rows of the thermo table of the last run in a LAMMPS log."""
+    lines = log.rsplit("Loop time", 1)[0].splitlines()
+    start = max(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
+    names = lines[start].split()
+    rows = []
+    for line in lines[start + 1 :]:
+        fields = line.split()
+        if len(fields) != len(names):
+            continue
+        try:
+            rows.append([float(x) for x in fields])
+        except ValueError:
+            continue
+    return names, np.array(rows)
+
+
+def exchange_swaps(log: str) -> int:
+    """Number of swaps reported by ``pair_style dpa3 ... check on`` (rank 0)."""
+    import re
+
+    m = re.search(r"dpa3: exchange check passed \((\d+) swaps\)", log)
+    assert m is not None, log[-3000:]
+    return int(m.group(1))
