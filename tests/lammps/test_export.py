@@ -21,7 +21,7 @@ def _ops():
     from dpa3 import _ops
 
     if not _ops.load_ops():
-        pytest.skip("dpa3 is not built (no libdpa3_ops.so)")
+        pytest.fail("dpa3 is not built (no libdpa3_ops.so)")
 
 
 def _models():

@@ -65,7 +65,7 @@ def test_info_plugin_rows():
     plugin = plugin_path()
     if plugin is None:
         assert rep["LAMMPS plugin"] == "not built"
-        pytest.skip("the LAMMPS plugin is not built")
+        pytest.fail("the LAMMPS plugin is not built")
     assert rep["LAMMPS plugin"] == str(plugin)
     assert rep["LAMMPS_PLUGIN_PATH"] == plugin_dir() == str(plugin.parent)
     date, _ = plugin_lammps_version(plugin)
@@ -110,7 +110,7 @@ def test_info_with_checkpoint_and_frozen_model(tmp_path, capsys, monkeypatch):
     assert "step 1" in rows["model"]
 
     if not _ops.ops_available():
-        pytest.skip("freezing needs the op library")
+        pytest.fail("freezing needs the op library")
     assert main(["freeze", "-c", str(ckpt), "-o", "model.pth"]) == 0
     capsys.readouterr()
     assert main(["info", "model.pth"]) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
+import matplotlib  # noqa: E402,F401  (a test dependency installed by scripts/setup.sh)
 
 from dpa3.cli.main import main
 from dpa3.plot import (
