@@ -154,10 +154,22 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
   try {
     impl->module = torch::jit::load(path, impl->device, extra);
   } catch (const std::exception &e) {
+    const std::string msg = what(e);
+    // a model frozen by another dpa3 version whose ops had different signatures
+    const bool schema = msg.find("dpa3::") != std::string::npos &&
+        (msg.find("Expected a value of type") != std::string::npos ||
+         msg.find("Unknown builtin op") != std::string::npos ||
+         msg.find("Arguments for call are not valid") != std::string::npos);
+    if (schema)
+      throw std::runtime_error("cannot load '" + path +
+                               "': it calls dpa3 ops with signatures this dpa3 does not have, "
+                               "so it was frozen by another dpa3 version; re-freeze it with "
+                               "this version ('dpa3 freeze -c CHECKPOINT -o model.pth'): " +
+                               msg);
     throw std::runtime_error("cannot load '" + path +
                              "' as a TorchScript model (corrupt file, or not frozen with "
                              "dpa3.export.freeze): " +
-                             what(e));
+                             msg);
   }
   impl->module.eval();
 

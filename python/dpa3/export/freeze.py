@@ -161,6 +161,14 @@ def load_frozen(
         try:
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
         except RuntimeError as exc:
+            text = str(exc)
+            if "dpa3::" in text and ("Expected a value of type" in text
+                                     or "Unknown builtin op" in text):
+                raise ValueError(
+                    f"dpa3: {path} calls dpa3 ops with signatures this dpa3 does not have: it "
+                    "was frozen by another dpa3 version; re-freeze it with this one "
+                    f"(dpa3 freeze -c CHECKPOINT -o model.pth). Details: {exc}"
+                ) from exc
             raise ValueError(f"dpa3: cannot load {path} as a frozen model: {exc}") from exc
     meta = parse_metadata(extra[METADATA_FILE], str(path))
     missing = [m for m in EXPORTED_METHODS if not hasattr(module, m)]
