@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 #include <cstring>
@@ -547,7 +548,11 @@ void PairDPA3::compute(int eflag, int vflag)
   try {
     model->compute(coord_buf, atype_buf, atomic_virial, res);
   } catch (const std::exception &e) {
-    // abort the whole job: returning would leave the other ranks blocked in an exchange
+    // abort the whole job: returning would leave the other ranks blocked in an exchange.
+    // Write the reason to stderr first: when several ranks fail at once, the first MPI_Abort
+    // can end the job before mpirun has forwarded the other ranks' (buffered) screen output.
+    std::fprintf(stderr, "ERROR on proc %d: pair_style dpa3: %s\n", comm->me, e.what());
+    std::fflush(stderr);
     error->one(FLERR, "pair_style dpa3: {}", e.what());
   }
 
