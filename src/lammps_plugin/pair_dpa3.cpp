@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -553,6 +554,8 @@ void PairDPA3::compute(int eflag, int vflag)
     // can end the job before mpirun has forwarded the other ranks' (buffered) screen output.
     std::fprintf(stderr, "ERROR on proc %d: pair_style dpa3: %s\n", comm->me, e.what());
     std::fflush(stderr);
+    // give mpirun a moment to forward it: the job is being aborted anyway
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     error->one(FLERR, "pair_style dpa3: {}", e.what());
   }
 
