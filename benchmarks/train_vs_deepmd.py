@@ -1,16 +1,17 @@
 """Training speed and accuracy: ``dp --pt train`` (DeePMD-kit) vs ``dpa3 train``, same input.json.
 
-    python benchmarks/train_vs_deepmd.py [--configs small recipe] [--threads 2 1]
+    python benchmarks/train_vs_deepmd.py [--configs small recipe] [--threads 1 2]
                                          [--recipe-steps 30] [--small-steps 200]
-                                         [--recipe-disp 5] [--small-disp 20]
-                                         [--out benchmarks/results_training.md]
+                                         [--recipe-disp 5] [--small-disp 20] [--test-frames K]
+                                         [--timeout 900] [--workdir DIR] [--out FILE [--append]]
+    python benchmarks/train_vs_deepmd.py --reparse DIR      # table from kept run folders
 
-Needs deepmd-kit (``bash scripts/install_deepmd.sh``) in the same venv as dpa3.  For each config
-(``recipe``: examples/water/input.json, the DeePMD-kit DPA3 water recipe; ``small``:
-examples/quickstart/input.json) and each thread count, both tools train the *same* input.json
-(data paths made absolute, ``numb_steps``/``disp_freq``/``save_freq`` set here, seeds unchanged)
-in separate temporary folders, one after the other (DeePMD-kit first, then dpa3, so that both see
-about the same background load), each as its own process with
+Needs deepmd-kit (``bash scripts/install_deepmd.sh``) in the same venv as dpa3.  For each thread
+count and each config (``recipe``: examples/water/input.json, the DeePMD-kit DPA3 water recipe;
+``small``: examples/quickstart/input.json), both tools train the *same* input.json (data paths
+made absolute, ``numb_steps``/``disp_freq``/``save_freq`` set here, seeds unchanged) in separate
+folders (a temporary one unless ``--workdir``), one right after the other (DeePMD-kit, then dpa3,
+so that both see about the same background load), each as its own process with
 
 * ``LD_PRELOAD`` = tcmalloc (``--preload``; '' for glibc malloc),
 * ``OMP_NUM_THREADS`` = ``MKL_NUM_THREADS`` = ``DP_INTRA_OP_PARALLELISM_THREADS`` = threads
@@ -23,10 +24,17 @@ output statistics, the first step): DeePMD-kit logs ``Batch N: total wall time =
 display interval, dpa3 writes a time stamp on each ``step N/M`` line of its log file (``-l``); both
 tools display at step 1 and every ``disp_freq`` steps, so the s/step is (time from the step-1 line
 to the step-N line) / (N - 1), the same span in both, validation on the display steps included.
+The median over the display intervals is printed too: on a shared machine single intervals can be
+many times slower than the rest (torch's OpenMP threads wait for a descheduled thread), and the
+median is less sensitive to that.  A run that exceeds ``--timeout`` is killed and reported from
+the part of its log written so far (marked "timeout" in the table).
+
 The rmse columns are the validation columns (``rmse_e_val``: per atom, ``rmse_f_val``) of the last
 ``lcurve.out`` line (step N) of each tool: one validation frame each (``numb_btch`` 1, as in the
-recipes), so they are noisy; ``--test-frames K`` additionally runs ``dp test`` / ``dpa3 test`` on
-the first K frames of the validation system with each tool's final checkpoint.
+recipes), so they are noisy, and after a few steps they mostly reflect the random initial
+per-atom energy offset of the fitting net (different random streams in the two tools);
+``--test-frames K`` additionally runs ``dp test`` / ``dpa3 test`` on the first K frames of the
+validation system with each tool's final checkpoint.
 
 Prints (and writes to ``--out``) a markdown table with the exact command and the load average.
 """
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import re
@@ -114,17 +123,17 @@ def deepmd_intervals(log: str) -> list[tuple[int, int, float]]:
     """(from step, to step, seconds) of DeePMD-kit's 'Batch N: total wall time = T s' lines."""
     pts = [(int(m.group(1)), float(m.group(2)))
            for m in re.finditer(r"Batch\s+(\d+): total wall time = ([0-9.eE+-]+) s", log)]
-    return [(a, b, t) for (a, _), (b, t) in zip(pts, pts[1:])]
+    return [(a, b, t) for (a, _), (b, t) in itertools.pairwise(pts)]
 
 
 def dpa3_intervals(log: str) -> list[tuple[int, int, float]]:
     """(from step, to step, seconds) between the time stamps of dpa3's 'step N/M' lines."""
     pts = []
     for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DPA3 INFO\s+step (\d+)/\d+",
-                         log, re.M):
+                         log, re.MULTILINE):
         ts = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         pts.append((int(m.group(2)), ts))
-    return [(a, b, tb - ta) for (a, ta), (b, tb) in zip(pts, pts[1:])]
+    return [(a, b, tb - ta) for (a, ta), (b, tb) in itertools.pairwise(pts)]
 
 
 def seconds_per_step(intervals: list[tuple[int, int, float]]) -> dict:
@@ -177,6 +186,7 @@ def run_tool(tool: str, cfg: dict, workdir: Path, env: dict, timeout: float) -> 
     with open(workdir / "out.log", "w") as out:
         try:
             rc = subprocess.run(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                check=False,
                                 timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = f"timeout after {timeout:.0f} s"
@@ -198,13 +208,13 @@ def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict) -> d
         ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
         cmd = [str(bindir / "dpa3"), "test", "-m", str(ckpts[-1]), "-s", system,
                "-n", str(frames)]
-    p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     text = p.stdout + p.stderr
     (workdir / "test.log").write_text(text)
     out = {}
     for key, pat in (("e", r"Energy RMSE/Natoms\s*:\s*([0-9.eE+-]+)"),
                      ("f", r"Force\s+RMSE\s*:\s*([0-9.eE+-]+)")):
-        m = re.findall(pat, text, re.I)
+        m = re.findall(pat, text, re.IGNORECASE)
         out[key] = float(m[-1]) if m else float("nan")
     return out
 
@@ -314,9 +324,9 @@ def main() -> None:
         return v
 
     lines = [
-        "| config | steps | threads | DeePMD-kit s/step | dpa3 s/step | dpa3 / DeePMD-kit "
+        ("| config | steps | threads | DeePMD-kit s/step | dpa3 s/step | dpa3 / DeePMD-kit "
         "| same, median interval | rmse_e_val DeePMD-kit | rmse_e_val dpa3 "
-        "| rmse_f_val DeePMD-kit | rmse_f_val dpa3 | load (1/5/15 min) before DeePMD-kit ; dpa3 |",
+        "| rmse_f_val DeePMD-kit | rmse_f_val dpa3 | load (1/5/15 min) before DeePMD-kit ; dpa3 |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -332,10 +342,10 @@ def main() -> None:
             f"| {f(o, 'rmse_f_val', '.2e')} | {d['load_before']} ; {o['load_before']} |"
         )
     if args.test_frames > 0:
-        lines += ["", f"`dp test` / `dpa3 test` on the first {args.test_frames} frames of the "
-                  "validation system (final checkpoints):", "",
-                  "| config | threads | rmse_e/atom DeePMD-kit | rmse_e/atom dpa3 "
-                  "| rmse_f DeePMD-kit | rmse_f dpa3 |", "|---|---|---|---|---|---|"]
+        lines += ["", (f"`dp test` / `dpa3 test` on the first {args.test_frames} frames of the "
+                  "validation system (final checkpoints):"), "",
+                  ("| config | threads | rmse_e/atom DeePMD-kit | rmse_e/atom dpa3 "
+                  "| rmse_f DeePMD-kit | rmse_f dpa3 |"), "|---|---|---|---|---|---|"]
         for r in rows:
             d, o = r["deepmd"].get("test", {}), r["dpa3"].get("test", {})
             lines.append(f"| {r['config']} | {r['threads']} | {d.get('e', float('nan')):.2e} "
