@@ -40,10 +40,13 @@ class Activation(nn.Module):
             return torch.nn.functional.silu(x)
         if self.name == "silut":
             y = torch.nn.functional.silu(x)
-            high = x >= self.threshold
-            if bool(high.any()):  # rare: skip the tanh branch (and its backward) when unused
+            # rare: skip the tanh branch (and its backward) when no entry reaches T; one
+            # reduction is much cheaper than building the boolean mask first
+            if x.numel() > 0 and bool(torch.amax(x.detach()) >= self.threshold):
                 y = torch.where(
-                    high, torch.tanh(self.slope * (x - self.threshold)) + self.silu_t, y
+                    x >= self.threshold,
+                    torch.tanh(self.slope * (x - self.threshold)) + self.silu_t,
+                    y,
                 )
             return y
         if self.name == "tanh":

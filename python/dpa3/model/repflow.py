@@ -129,25 +129,29 @@ class RepFlowLayer(nn.Module):
     def _sym(self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int) -> torch.Tensor:
         """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (spec 2.4)."""
         d = g.shape[1]
-        t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
-        tt = scatter(t.reshape(t.shape[0], 3 * d), center, nnode).view(nnode, 3, d)
+        perm = center.perm
+        ptr = center.ptr
+        if perm is not None and ptr is not None:  # op library: no [E, 3, d] intermediate
+            tt = torch.ops.dpa3.center_outer(h2sw, g, center.idx, perm, ptr)
+        else:
+            t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
+            tt = scatter(t.reshape(t.shape[0], 3 * d), center, nnode).view(nnode, 3, d)
         tt = tt / math.sqrt(self.e_norm)
         gg = torch.matmul(tt[:, :, : self.axis].transpose(1, 2), tt) / 3.0
         return gg.reshape(nnode, self.axis * d)
 
-    def _angle_terms(
+    def _edge_terms(
         self,
         w: torch.Tensor,
         b: torch.Tensor | None,
-        a: torch.Tensor,
         nc: torch.Tensor,
         ec: torch.Tensor,
         center: Rows,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three parts of ``[a, n~_i, e~_ik, e~_ij] W + b``.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-edge parts of ``[a, n~_i, e~_ik, e~_ij] W + b`` (``W`` rows in that order).
 
-        Returns ``a W_a [A, out]``, the ``k``-independent per-edge part
-        ``(n~ W_n)[i] + e~_ij W_j + b [E, out]`` and ``e~ W_k [E, out]`` (gathered by ``ik``).
+        Returns the ``k``-independent part ``(n~ W_n)[i] + e~_ij W_j + b [E, out]`` (gathered
+        by ``ij``) and ``e~ W_k [E, out]`` (gathered by ``ik``); ``a W_a`` is the rest.
         """
         da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
         per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center) + torch.matmul(
@@ -155,7 +159,7 @@ class RepFlowLayer(nn.Module):
         )
         if b is not None:
             per_edge = per_edge + b
-        return torch.matmul(a, w[:da]), per_edge, torch.matmul(ec, w[da + dnc : da + dnc + dec])
+        return per_edge, torch.matmul(ec, w[da + dnc : da + dnc + dec])
 
     def _angle_input(
         self,
@@ -169,8 +173,8 @@ class RepFlowLayer(nn.Module):
         a_eik: Rows,
     ) -> torch.Tensor:
         """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles ``[A, out]``."""
-        aw, per_edge, vk = self._angle_terms(w, b, a, nc, ec, center)
-        return aw + gather(per_edge, a_eij) + gather(vk, a_eik)
+        per_edge, vk = self._edge_terms(w, b, nc, ec, center)
+        return torch.matmul(a, w[: self.a_dim]) + gather(per_edge, a_eij) + gather(vk, a_eik)
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (spec 2.5)."""
@@ -215,30 +219,50 @@ class RepFlowLayer(nn.Module):
         a_eik: Rows,
         a_weight: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass of the C++ kernel: reduced edge messages ``[E, n_red]`` and per-angle rest.
+        """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
 
-        Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` (first
-        derivatives only; used in evaluation mode, with the op library's inverse indices).
+        Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` and the
+        residual update of ``a`` by the remaining ``D - n_red`` columns (first derivatives only;
+        evaluation mode, with the op library's inverse indices).  ``a W_a`` is formed block by
+        block inside the kernel, so no ``[A, D]`` tensor is materialised.
         """
         ptr = a_eij.ptr
-        kperm = a_eik.perm
-        kptr = a_eik.ptr
-        assert ptr is not None and kperm is not None and kptr is not None
-        aw, per_edge, vk = self._angle_terms(w, b, a, nc, ec, center)
-        out = torch.ops.dpa3.angle_message(
-            aw,
+        nptr = center.ptr
+        assert ptr is not None and nptr is not None
+        per_edge, vk = self._edge_terms(w, b, nc, ec, center)
+        alpha, beta = self._angle_residual(w.shape[1] - n_red, a)
+        out = torch.ops.dpa3.angle_block(
+            a,
+            w[: self.a_dim],
             per_edge,
             vk,
             a_weight.reshape(-1),
             a_eik.idx,
             ptr,
-            kperm,
-            kptr,
+            nptr,
             n_red,
             self.act_code,
             self.act.threshold,
+            alpha,
+            beta,
         )
         return out[0], out[1]
+
+    def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``(alpha, beta [width])`` with ``a_new = alpha a + beta * u`` for one update ``u``.
+
+        The same update as :meth:`_combine` with a single term (``width == 0``: no angle output).
+        """
+        if width == 0:
+            return 1.0, torch.zeros(0, dtype=a.dtype, device=a.device)
+        if self.update_style == "res_residual":
+            ar = self.a_residual
+            assert ar is not None
+            return 1.0, ar[0]
+        if self.update_style == "res_avg":
+            s = 1.0 / math.sqrt(2.0)
+            return s, torch.full((width,), s, dtype=a.dtype, device=a.device)
+        return 1.0, torch.ones(width, dtype=a.dtype, device=a.device)  # res_incr
 
     def _angle_both(
         self,
@@ -350,10 +374,9 @@ class RepFlowLayer(nn.Module):
             ba = lin_a.bias
             assert b1 is not None and ba is not None
             if fused:
-                _, w_ang = self._angle_fused(
+                _, a_new = self._angle_fused(
                     lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight
                 )
-                a_new = a + ar[0] * w_ang
                 red, _ = self._angle_fused(
                     lin1.matrix,
                     b1,
@@ -383,7 +406,7 @@ class RepFlowLayer(nn.Module):
             b1 = lin1.bias
             ba = lin_a.bias
             assert b1 is not None and ba is not None
-            red, w_ang = self._angle_fused(
+            red, a_new = self._angle_fused(
                 torch.cat([lin1.matrix, lin_a.matrix], dim=1),
                 torch.cat([b1, ba], dim=0),
                 self.e_dim,
@@ -399,7 +422,7 @@ class RepFlowLayer(nn.Module):
         else:
             p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
             v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
+            a_new = self._combine(a, [w_ang], self.a_residual)
         n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
         e_new = self._combine(e, [v_self, v_ang], self.e_residual)
-        a_new = self._combine(a, [w_ang], self.a_residual)
         return n_new, e_new, a_new

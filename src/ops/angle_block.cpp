@@ -1,0 +1,406 @@
+/* ----------------------------------------------------------------------
+   dpa3: the angle block of a RepFlow layer in one pass (inference kernel).
+
+   Angles q = (i, j, k) are stored grouped by their edge ij (CSR offsets
+   aptr[E+1]) and edges grouped by their centre i (CSR offsets nptr[N+1]);
+   both edges of an angle belong to the same centre. With the angle
+   features a [A, da], the first da rows of the layer's weight wa [da, D],
+   the per-edge part pe [E, D] (centre and ij terms plus bias), the
+   k-edge part vk [E, D] and the angle weight w [A]:
+
+     y[q]     = act(a[q] wa + pe[ij] + vk[ik])                   (D columns)
+     red[ij]  = sum_q w[q] y[q, :de]                   edge messages [E, de]
+     aout[q]  = alpha a[q] + beta * y[q, de:]   updated angles [A, D - de]
+
+   Work is split by centres, so every row an angle reads or accumulates
+   (pe, vk, red and their gradients) belongs to the chunk's own centres: no
+   atomics, and results do not depend on the number of threads. Within a
+   chunk, blocks of consecutive centres (about kBlockAngles angles) are
+   processed at a time: a[block] wa is one small GEMM into a buffer that
+   stays in cache, and the [A, D] intermediate is never written to memory.
+   The backward recomputes it the same way. This is what makes the kernel
+   fast: the composite formulation is bound by memory traffic of [A, D]
+   tensors, not by arithmetic.
+
+   First derivatives only (the backward refuses to run with grad mode on;
+   training with force losses uses the composite PyTorch path).
+------------------------------------------------------------------------- */
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+// The element-wise loops are compiled for several instruction sets and picked at load time
+// (GCC function multi-versioning); the file is built with -O3 -ffast-math so that exp/tanh
+// vectorise through the SIMD math library.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define DPA3_MULTIVERSION __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define DPA3_MULTIVERSION
+#endif
+#define DPA3_INLINE inline __attribute__((always_inline))
+
+namespace dpa3 {
+
+namespace {
+
+constexpr int64_t kBlockAngles = 1024;
+
+enum Act : int64_t { SILU = 0, SILUT = 1, TANH = 2 };
+
+template <typename T> struct ActParams {
+  int64_t kind;
+  T thr, slope, silu_t;
+};
+
+template <typename T> ActParams<T> act_params(int64_t kind, double threshold)
+{
+  const double s = 1.0 / (1.0 + std::exp(-threshold));
+  return {kind, T(threshold), T(s * (1.0 + threshold * (1.0 - s))), T(threshold * s)};
+}
+
+// y = act(x), dy = act'(x) for n values (dy may be null)
+template <typename T>
+DPA3_INLINE void activate(const ActParams<T> &f, const T *x, T *y, T *dy, int64_t n)
+{
+  if (f.kind == TANH) {
+    for (int64_t d = 0; d < n; ++d) y[d] = std::tanh(x[d]);
+    if (dy)
+      for (int64_t d = 0; d < n; ++d) dy[d] = T(1) - y[d] * y[d];
+    return;
+  }
+  for (int64_t d = 0; d < n; ++d) {
+    const T s = T(1) / (T(1) + std::exp(-x[d]));
+    y[d] = x[d] * s;
+    if (dy) dy[d] = s * (T(1) + x[d] * (T(1) - s));
+  }
+  if (f.kind == SILUT) {
+    for (int64_t d = 0; d < n; ++d) {
+      if (x[d] >= f.thr) {    // rare: the tanh tail above the threshold
+        const T t = std::tanh(f.slope * (x[d] - f.thr));
+        y[d] = t + f.silu_t;
+        if (dy) dy[d] = f.slope * (T(1) - t * t);
+      }
+    }
+  }
+}
+
+// Everything one block needs; rows are absolute (angle q, edge e), buffers are block-relative.
+template <typename T> struct Block {
+  int64_t e0, e1, q0, width, de;
+  const int64_t *aptr, *eik;
+  const T *a, *pe, *vk, *w, *beta;
+  int64_t da_in;
+  T alpha;
+  ActParams<T> f;
+  T *buf;    // [angles of the block, width]: a wa on entry
+  T *y, *dy; // scratch [width]
+  // forward outputs
+  T *red, *aout;
+  // backward inputs / outputs
+  const T *gred, *gaout;
+  T *gpe, *gvk, *gw, *gbeta;
+};
+
+template <typename T> DPA3_INLINE void forward_body(const Block<T> &b)
+{
+  const int64_t width = b.width, de = b.de, da = width - de;
+  for (int64_t e = b.e0; e < b.e1; ++e) {
+    const T *pe_e = b.pe + e * width;
+    T *r_e = b.red + e * de;
+    for (int64_t q = b.aptr[e]; q < b.aptr[e + 1]; ++q) {
+      T *x = b.buf + (q - b.q0) * width;
+      const T *v_k = b.vk + b.eik[q] * width;
+      for (int64_t d = 0; d < width; ++d) x[d] += pe_e[d] + v_k[d];
+      activate(b.f, x, b.y, static_cast<T *>(nullptr), width);
+      const T wq = b.w[q];
+      for (int64_t d = 0; d < de; ++d) r_e[d] += wq * b.y[d];
+      if (da > 0) {
+        const T *a_q = b.a + q * b.da_in;
+        T *o_q = b.aout + q * da;
+        for (int64_t d = 0; d < da; ++d) o_q[d] = b.alpha * a_q[d] + b.beta[d] * b.y[de + d];
+      }
+    }
+  }
+}
+
+// On return buf holds g_pre (the gradient of the pre-activation) of every angle of the block.
+template <typename T> DPA3_INLINE void backward_body(const Block<T> &b)
+{
+  const int64_t width = b.width, de = b.de, da = width - de;
+  for (int64_t e = b.e0; e < b.e1; ++e) {
+    const T *pe_e = b.pe + e * width, *gr_e = b.gred + e * de;
+    T *gpe_e = b.gpe + e * width;
+    for (int64_t q = b.aptr[e]; q < b.aptr[e + 1]; ++q) {
+      T *x = b.buf + (q - b.q0) * width;
+      const int64_t k = b.eik[q];
+      const T *v_k = b.vk + k * width;
+      T *gvk_k = b.gvk + k * width;
+      for (int64_t d = 0; d < width; ++d) x[d] += pe_e[d] + v_k[d];
+      activate(b.f, x, b.y, b.dy, width);
+      const T wq = b.w[q];
+      T acc = 0;
+      for (int64_t d = 0; d < de; ++d) {
+        acc += b.y[d] * gr_e[d];
+        x[d] = wq * gr_e[d] * b.dy[d];
+      }
+      if (da > 0) {
+        const T *ga_q = b.gaout + q * da;
+        for (int64_t d = 0; d < da; ++d) x[de + d] = b.beta[d] * ga_q[d] * b.dy[de + d];
+        if (b.gbeta)
+          for (int64_t d = 0; d < da; ++d) b.gbeta[d] += ga_q[d] * b.y[de + d];
+      }
+      for (int64_t d = 0; d < width; ++d) {
+        gpe_e[d] += x[d];
+        gvk_k[d] += x[d];
+      }
+      b.gw[q] = acc;
+    }
+  }
+}
+
+DPA3_MULTIVERSION void forward_block(const Block<float> &b) { forward_body(b); }
+DPA3_MULTIVERSION void forward_block(const Block<double> &b) { forward_body(b); }
+DPA3_MULTIVERSION void backward_block(const Block<float> &b) { backward_body(b); }
+DPA3_MULTIVERSION void backward_block(const Block<double> &b) { backward_body(b); }
+
+struct Inputs {
+  at::Tensor a, wa, pe, vk, w, eik, aptr, nptr, beta;
+  int64_t de, act;
+  double thr, alpha;
+};
+
+Inputs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
+               const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
+               const at::Tensor &aptr, const at::Tensor &nptr, int64_t de, int64_t act,
+               double thr, double alpha, const at::Tensor &beta)
+{
+  const char *op = "dpa3::angle_block: ";
+  TORCH_CHECK(a.dim() == 2 && wa.dim() == 2 && pe.dim() == 2 && vk.dim() == 2, op,
+              "a, wa, pe and vk must be 2-D");
+  const int64_t width = wa.size(1), nedge = pe.size(0), nangle = a.size(0);
+  TORCH_CHECK(wa.size(0) == a.size(1), op, "wa needs one row per column of a");
+  TORCH_CHECK(pe.size(1) == width && vk.size(1) == width, op, "pe and vk need wa's width");
+  TORCH_CHECK(vk.size(0) == nedge, op, "pe and vk need one row per edge");
+  TORCH_CHECK(w.numel() == nangle && eik.numel() == nangle, op,
+              "w and eik need one entry per angle");
+  TORCH_CHECK(aptr.numel() == nedge + 1, op, "aptr needs E + 1 offsets");
+  TORCH_CHECK(nptr.dim() == 1 && nptr.numel() >= 1, op, "nptr needs N + 1 offsets");
+  TORCH_CHECK(de >= 0 && de <= width, op, "bad split width");
+  TORCH_CHECK(de == width || a.size(1) == width - de, op,
+              "the angle output needs a's width (", a.size(1), " != ", width - de, ")");
+  TORCH_CHECK(beta.numel() == width - de, op, "beta needs one entry per angle column");
+  for (const auto *t : {&wa, &pe, &vk, &w, &beta})
+    TORCH_CHECK(t->scalar_type() == a.scalar_type(), op, "floating inputs need one dtype");
+  TORCH_CHECK(eik.scalar_type() == at::kLong && aptr.scalar_type() == at::kLong &&
+                  nptr.scalar_type() == at::kLong,
+              op, "eik, aptr and nptr must be int64");
+  TORCH_CHECK(a.device().is_cpu(), op, "CPU tensors only");
+  return {a.contiguous(),   wa.contiguous(),    pe.contiguous(),
+          vk.contiguous(),  w.reshape({-1}).contiguous(), eik.contiguous(),
+          aptr.contiguous(), nptr.contiguous(), beta.reshape({-1}).contiguous(),
+          de,               act,                thr,
+          alpha};
+}
+
+// Calls fn(c0, c1) on ranges of centres in parallel; each range is then cut into blocks of
+// about kBlockAngles angles (at least one centre) and block(first edge, end edge) is called.
+template <typename F> void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
+{
+  const int64_t ncenter = in.nptr.numel() - 1;
+  const int64_t *np = in.nptr.data_ptr<int64_t>(), *ap = in.aptr.data_ptr<int64_t>(),
+                *ek = in.eik.data_ptr<int64_t>();
+  const int64_t nedge = in.pe.size(0);
+  if (np[ncenter] != nedge || ap[nedge] != in.a.size(0)) {
+    bad = true;
+    return;
+  }
+  at::parallel_for(0, ncenter, 1, [&](int64_t c0, int64_t c1) {
+    int64_t c = c0;
+    while (c < c1) {
+      const int64_t e0 = np[c], q0 = ap[e0];
+      int64_t cend = c + 1;
+      while (cend < c1 && ap[np[cend + 1]] - q0 <= kBlockAngles) ++cend;
+      for (int64_t i = c; i < cend; ++i)    // every k-edge must belong to the angle's centre
+        for (int64_t q = ap[np[i]]; q < ap[np[i + 1]]; ++q)
+          if (ek[q] < np[i] || ek[q] >= np[i + 1]) bad = true;
+      if (bad) return;
+      block(c, e0, np[cend]);
+      c = cend;
+    }
+  });
+}
+
+// {red [E, de], aout [A, D - de]}
+std::vector<at::Tensor> forward_kernel(const Inputs &in)
+{
+  const int64_t width = in.wa.size(1), de = in.de, da = width - de, nedge = in.pe.size(0);
+  at::Tensor red = at::zeros({nedge, de}, in.a.options());
+  at::Tensor aout = at::empty({in.a.size(0), da}, in.a.options());
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_fwd", [&] {
+    const int64_t *ap = in.aptr.data_ptr<int64_t>();
+    for_each_block(in, bad, [&](int64_t, int64_t e0, int64_t e1) {
+      const int64_t q0 = ap[e0], nq = ap[e1] - q0;
+      at::Tensor buf = at::mm(in.a.narrow(0, q0, nq), in.wa);    // [nq, width], in cache
+      std::vector<scalar_t> scratch(width);
+      Block<scalar_t> b{};
+      b.e0 = e0, b.e1 = e1, b.q0 = q0, b.width = width, b.de = de, b.da_in = in.a.size(1);
+      b.aptr = ap, b.eik = in.eik.data_ptr<int64_t>();
+      b.a = in.a.data_ptr<scalar_t>(), b.pe = in.pe.data_ptr<scalar_t>();
+      b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
+      b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
+      b.f = act_params<scalar_t>(in.act, in.thr);
+      b.buf = buf.data_ptr<scalar_t>(), b.y = scratch.data();
+      b.red = red.data_ptr<scalar_t>(), b.aout = aout.data_ptr<scalar_t>();
+      forward_block(b);
+    });
+  });
+  TORCH_CHECK(!bad, "dpa3::angle_block: the angles do not follow the edge/centre layout "
+                    "(an angle's two edges must belong to one centre, aptr/nptr must cover all)");
+  return {red, aout};
+}
+
+struct Grads {
+  at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
+};
+
+Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tensor &gaout_,
+                      bool need_wa, bool need_beta)
+{
+  const int64_t width = in.wa.size(1), de = in.de, da = width - de;
+  const int64_t nedge = in.pe.size(0), nangle = in.a.size(0), da_in = in.a.size(1);
+  const auto opt = in.a.options();
+  const at::Tensor gred = gred_.defined() ? gred_.contiguous() : at::zeros({nedge, de}, opt);
+  const at::Tensor gaout =
+      gaout_.defined() ? gaout_.contiguous() : at::zeros({nangle, da}, opt);
+  Grads g;
+  g.ga = at::empty({nangle, da_in}, opt);
+  g.gpe = at::zeros({nedge, width}, opt);
+  g.gvk = at::zeros({nedge, width}, opt);
+  g.gw = at::empty({nangle}, opt);
+  // per-thread partial sums of the weight gradients (summed in a fixed order below)
+  const int64_t nthreads = at::get_num_threads();
+  at::Tensor gwa_part = need_wa ? at::zeros({nthreads, da_in, width}, opt) : at::Tensor();
+  at::Tensor gbeta_part = need_beta ? at::zeros({nthreads, da}, opt) : at::Tensor();
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_bwd", [&] {
+    const int64_t *ap = in.aptr.data_ptr<int64_t>();
+    for_each_block(in, bad, [&](int64_t, int64_t e0, int64_t e1) {
+      const int64_t q0 = ap[e0], nq = ap[e1] - q0, tid = at::get_thread_num();
+      const at::Tensor a_blk = in.a.narrow(0, q0, nq);
+      at::Tensor buf = at::mm(a_blk, in.wa);
+      std::vector<scalar_t> scratch(2 * width);
+      Block<scalar_t> b{};
+      b.e0 = e0, b.e1 = e1, b.q0 = q0, b.width = width, b.de = de, b.da_in = da_in;
+      b.aptr = ap, b.eik = in.eik.data_ptr<int64_t>();
+      b.a = in.a.data_ptr<scalar_t>(), b.pe = in.pe.data_ptr<scalar_t>();
+      b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
+      b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
+      b.f = act_params<scalar_t>(in.act, in.thr);
+      b.buf = buf.data_ptr<scalar_t>(), b.y = scratch.data(), b.dy = scratch.data() + width;
+      b.gred = gred.data_ptr<scalar_t>(), b.gaout = gaout.data_ptr<scalar_t>();
+      b.gpe = g.gpe.data_ptr<scalar_t>(), b.gvk = g.gvk.data_ptr<scalar_t>();
+      b.gw = g.gw.data_ptr<scalar_t>();
+      b.gbeta = need_beta ? gbeta_part[tid].data_ptr<scalar_t>() : nullptr;
+      backward_block(b);
+      // g_a = alpha g_aout + g_pre wa^T; g_wa += a^T g_pre
+      at::Tensor ga_blk = g.ga.narrow(0, q0, nq);
+      if (da > 0 && in.alpha != 0.0)
+        at::addmm_out(ga_blk, gaout.narrow(0, q0, nq), buf, in.wa.t(), in.alpha, 1.0);
+      else
+        at::mm_out(ga_blk, buf, in.wa.t());
+      if (need_wa) gwa_part[tid].addmm_(a_blk.t(), buf);
+    });
+  });
+  TORCH_CHECK(!bad, "dpa3::angle_block: the angles do not follow the edge/centre layout");
+  if (need_wa) g.gwa = gwa_part.sum(0);
+  if (need_beta) g.gbeta = gbeta_part.sum(0);
+  return g;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class AngleBlock : public torch::autograd::Function<AngleBlock> {
+ public:
+  static variable_list forward(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
+                               const at::Tensor &pe, const at::Tensor &vk, const at::Tensor &w,
+                               const at::Tensor &eik, const at::Tensor &aptr,
+                               const at::Tensor &nptr, int64_t de, int64_t act, double thr,
+                               double alpha, const at::Tensor &beta)
+  {
+    Inputs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    auto out = forward_kernel(in);
+    ctx->save_for_backward({in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.beta});
+    ctx->saved_data["de"] = de;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["thr"] = thr;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["w_shape"] = w.sizes().vec();
+    ctx->saved_data["beta_shape"] = beta.sizes().vec();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads)
+  {
+    TORCH_CHECK(!c10::GradMode::is_enabled(),
+                "dpa3::angle_block supports first derivatives only (no create_graph); "
+                "train with the model in training mode, which uses the composite path");
+    auto s = ctx->get_saved_variables();
+    Inputs in{s[0],
+              s[1],
+              s[2],
+              s[3],
+              s[4],
+              s[5],
+              s[6],
+              s[7],
+              s[8],
+              ctx->saved_data["de"].toInt(),
+              ctx->saved_data["act"].toInt(),
+              ctx->saved_data["thr"].toDouble(),
+              ctx->saved_data["alpha"].toDouble()};
+    Grads g = backward_kernel(in, grads[0], grads[1], ctx->needs_input_grad(1),
+                              ctx->needs_input_grad(8));
+    at::Tensor gw = g.gw.reshape(ctx->saved_data["w_shape"].toIntVector());
+    at::Tensor gbeta =
+        g.gbeta.defined() ? g.gbeta.reshape(ctx->saved_data["beta_shape"].toIntVector())
+                          : at::Tensor();
+    return {g.ga,         g.gwa,        g.gpe,        g.gvk,        gw,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), gbeta};
+  }
+};
+
+std::vector<at::Tensor> angle_block(const at::Tensor &a, const at::Tensor &wa,
+                                    const at::Tensor &pe, const at::Tensor &vk,
+                                    const at::Tensor &w, const at::Tensor &eik,
+                                    const at::Tensor &aptr, const at::Tensor &nptr, int64_t de,
+                                    int64_t act, double thr, double alpha, const at::Tensor &beta)
+{
+  return AngleBlock::apply(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+}
+
+}    // namespace
+
+}    // namespace dpa3
+
+TORCH_LIBRARY_FRAGMENT(dpa3, m)
+{
+  m.def("angle_block(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta) "
+        "-> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
+{
+  m.impl("angle_block", &dpa3::angle_block);
+}

@@ -1,0 +1,215 @@
+"""The compute kernels of the op library against plain PyTorch formulas written here.
+
+``dpa3::angle_block`` (the fused angle block, evaluation only) and ``dpa3::center_outer`` (the
+per-centre outer-product sums of the symmetrisation, any derivative order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dpa3 import _ops
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ops() -> None:
+    assert _ops.load_ops(), "libdpa3_ops.so not built (pip install --no-build-isolation -e .)"
+
+
+def csr(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.argsort(idx, stable=True)
+    ptr = torch.zeros(n + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(torch.bincount(idx, minlength=n), 0)
+    return perm, ptr
+
+
+# --------------------------------------------------------------------------- center_outer
+def outer_reference(h: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    t = h.unsqueeze(-1) * g.unsqueeze(1)
+    return torch.zeros(n, *t.shape[1:], dtype=g.dtype).index_add(0, idx, t)
+
+
+def outer_case(dtype=torch.float64, seed=0, nedge=40, n=7, k=3, d=5):
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n - 1, (nedge,), generator=gen)  # unsorted; the last centre is empty
+    h = torch.randn(nedge, k, dtype=dtype, generator=gen, requires_grad=True)
+    g = torch.randn(nedge, d, dtype=dtype, generator=gen, requires_grad=True)
+    perm, ptr = csr(idx, n)
+    return h, g, idx, perm, ptr, n
+
+
+def test_center_outer_matches_scatter_of_outer_products() -> None:
+    h, g, idx, perm, ptr, n = outer_case()
+    out = torch.ops.dpa3.center_outer(h, g, idx, perm, ptr)
+    ref = outer_reference(h, g, idx, n)
+    assert out.shape == (n, 3, 5)
+    assert torch.allclose(out, ref, atol=1e-13)
+    assert out[-1].abs().max() == 0  # a centre without edges
+
+
+def test_center_outer_first_and_second_derivatives() -> None:
+    h, g, idx, perm, ptr, _ = outer_case(nedge=12, n=4, k=2, d=3)
+
+    def f(h_, g_):
+        return torch.ops.dpa3.center_outer(h_, g_, idx, perm, ptr)
+
+    assert torch.autograd.gradcheck(f, (h, g))
+    assert torch.autograd.gradgradcheck(f, (h, g))
+
+
+def test_center_outer_third_order_matches_reference() -> None:
+    """Training differentiates forces: derivatives through a nonlinear loss, several orders."""
+    h, g, idx, perm, ptr, n = outer_case(seed=3)
+
+    def loss(fn):
+        y = fn(h, g)
+        (gh,) = torch.autograd.grad((y**2).sum(), h, create_graph=True)
+        (ggh,) = torch.autograd.grad((gh**2).sum(), g, create_graph=True)
+        return torch.autograd.grad(ggh.sum(), h)[0]
+
+    ours = loss(lambda a, b: torch.ops.dpa3.center_outer(a, b, idx, perm, ptr))
+    ref = loss(lambda a, b: outer_reference(a, b, idx, n))
+    assert torch.allclose(ours, ref, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- angle_block
+def angle_graph(seed: int, ncenter=5):
+    """Edges grouped by centre (some without angles), angles (i, j, k) over each centre's
+    first edges, grouped by ij (edges beyond them have no angles); returns eij, eik, aptr [E+1], nptr [N+1]."""
+    gen = torch.Generator().manual_seed(seed)
+    nptr, eij, eik = [0], [], []
+    for c in range(ncenter):  # centre 1 has no edges, every other one at least one angle
+        ne = 0 if c == 1 else int(torch.randint(1, 6, (1,), generator=gen))
+        na = 0 if c == 1 else int(torch.randint(1, ne + 1, (1,), generator=gen))
+        e0 = nptr[-1]
+        for j in range(na):
+            for k in range(na):
+                eij.append(e0 + j)
+                eik.append(e0 + k)
+        nptr.append(e0 + ne)
+    nedge = nptr[-1]
+    eij_t = torch.tensor(eij, dtype=torch.long)
+    aptr = torch.zeros(nedge + 1, dtype=torch.long)
+    aptr[1:] = torch.cumsum(torch.bincount(eij_t, minlength=nedge), 0)
+    return eij_t, torch.tensor(eik, dtype=torch.long), aptr, torch.tensor(nptr), nedge
+
+
+def activation(x: torch.Tensor, act: int, thr: float) -> torch.Tensor:
+    if act == 2:
+        return torch.tanh(x)
+    y = x * torch.sigmoid(x)
+    if act == 1:  # silut: tanh tail above the threshold, continuous with slope silu'(thr)
+        s = 1.0 / (1.0 + math.exp(-thr))
+        slope = s * (1.0 + thr * (1.0 - s))
+        y = torch.where(x >= thr, torch.tanh(slope * (x - thr)) + thr * s, y)
+    return y
+
+
+def block_reference(a, wa, pe, vk, w, eij, eik, de, act, thr, alpha, beta, nedge):
+    y = activation(a @ wa + pe[eij] + vk[eik], act, thr)
+    red = torch.zeros(nedge, de, dtype=a.dtype).index_add(0, eij, w.unsqueeze(-1) * y[:, :de])
+    aout = alpha * a + beta * y[:, de:] if y.shape[1] > de else y[:, de:]
+    return red, aout
+
+
+def block_case(seed, de, da, dtype=torch.float64, scale=1.0):
+    eij, eik, aptr, nptr, nedge = angle_graph(seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    width = de + da
+    da_in = da if da > 0 else 3
+
+    def rnd(*shape):
+        return (scale * torch.randn(*shape, dtype=dtype, generator=gen)).requires_grad_(True)
+
+    t = dict(
+        a=rnd(len(eij), da_in),
+        wa=rnd(da_in, width),
+        pe=rnd(nedge, width),
+        vk=rnd(nedge, width),
+        w=torch.rand(len(eij), dtype=dtype, generator=gen).requires_grad_(True),
+        beta=rnd(da),
+    )
+    return t, eij, eik, aptr, nptr, nedge
+
+
+def run_block(t, eik, aptr, nptr, de, act, thr, alpha):
+    return torch.ops.dpa3.angle_block(
+        t["a"], t["wa"], t["pe"], t["vk"], t["w"], eik, aptr, nptr, de, act, thr, alpha, t["beta"]
+    )
+
+
+@pytest.mark.parametrize("act,thr", [(0, 0.0), (1, 0.5), (2, 0.0)])
+@pytest.mark.parametrize("de,da", [(4, 3), (0, 3), (4, 0)])
+def test_angle_block_matches_formula_and_gradients(act, thr, de, da) -> None:
+    t, eij, eik, aptr, nptr, nedge = block_case(1, de, da)
+    alpha = 0.7
+    red, aout = run_block(t, eik, aptr, nptr, de, act, thr, alpha)
+    ref_red, ref_a = block_reference(
+        t["a"], t["wa"], t["pe"], t["vk"], t["w"], eij, eik, de, act, thr, alpha, t["beta"], nedge
+    )
+    assert red.shape == ref_red.shape and aout.shape == (len(eij), da)
+    assert torch.allclose(red, ref_red, atol=1e-12)
+    if da:
+        assert torch.allclose(aout, ref_a, atol=1e-12)
+    # every first derivative, the weights and the residual scale included
+    gen = torch.Generator().manual_seed(7)
+    g_red = torch.randn(red.shape, dtype=red.dtype, generator=gen)
+    g_a = torch.randn(aout.shape, dtype=aout.dtype, generator=gen)
+    keys = ["a", "wa", "pe", "vk", "w"] + (["beta"] if da else [])
+    outs = [red, aout] if da else [red]
+    grads_out = [g_red, g_a] if da else [g_red]
+    ours = torch.autograd.grad(outs, [t[k] for k in keys], grads_out)
+    refs_out = [ref_red, ref_a] if da else [ref_red]
+    refs = torch.autograd.grad(refs_out, [t[k] for k in keys], grads_out)
+    for k, x, y in zip(keys, ours, refs):
+        assert torch.allclose(x, y, atol=1e-11), k
+
+
+def test_angle_block_silut_tail_is_exercised() -> None:
+    """Large inputs push pre-activations above the silut threshold on both branches."""
+    t, eij, eik, aptr, nptr, nedge = block_case(2, 4, 3, scale=3.0)
+    red, aout = run_block(t, eik, aptr, nptr, 4, 1, 0.5, 1.0)
+    pre = t["a"] @ t["wa"] + t["pe"][eij] + t["vk"][eik]
+    assert (pre >= 0.5).any() and (pre < 0.5).any()
+    ref_red, ref_a = block_reference(
+        t["a"], t["wa"], t["pe"], t["vk"], t["w"], eij, eik, 4, 1, 0.5, 1.0, t["beta"], nedge
+    )
+    assert torch.allclose(red, ref_red, atol=1e-11) and torch.allclose(aout, ref_a, atol=1e-11)
+
+
+def test_angle_block_same_result_for_any_thread_count() -> None:
+    t, eij, eik, aptr, nptr, nedge = block_case(4, 8, 4, dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        res = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            red, aout = run_block(t, eik, aptr, nptr, 8, 0, 0.0, 1.0)
+            g = torch.autograd.grad([red.sum() + aout.square().sum()], [t["a"], t["vk"]])
+            res.append([red, aout, *g])
+    finally:
+        torch.set_num_threads(before)
+    for other in res[1:]:
+        for x, y in zip(res[0], other):
+            assert torch.equal(x, y)
+
+
+def test_angle_block_refuses_second_derivatives_and_bad_layout() -> None:
+    t, eij, eik, aptr, nptr, _ = block_case(5, 4, 3)
+    red, _ = run_block(t, eik, aptr, nptr, 4, 0, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(red.sum(), t["a"], create_graph=True)
+    # point the last angle's k-edge at an edge of another centre
+    centre_of_edge = torch.repeat_interleave(torch.arange(len(nptr) - 1), nptr.diff())
+    last_centre = int(centre_of_edge[eij[-1]])
+    other = int(torch.nonzero(centre_of_edge != last_centre)[0])
+    bad = eik.clone()
+    bad[-1] = other
+    with pytest.raises(RuntimeError, match="edge/centre layout"):
+        run_block(t, bad, aptr, nptr, 4, 0, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="beta needs one entry"):
+        t2 = dict(t, beta=t["beta"][:1])
+        run_block(t2, eik, aptr, nptr, 4, 0, 0.0, 1.0)
