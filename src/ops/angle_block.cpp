@@ -33,25 +33,66 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <vector>
 
-// The element-wise loops are compiled for several instruction sets and picked at load time
-// (GCC function multi-versioning); the file is built with -O3 -ffast-math so that exp/tanh
-// vectorise through the SIMD math library.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define DPA3_MULTIVERSION __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define DPA3_MULTIVERSION
-#endif
-#define DPA3_INLINE inline __attribute__((always_inline))
+#include "simd.h"
+
+// BLAS of the torch build (MKL or OpenBLAS export the Fortran symbols); weak, so that a torch
+// build without them falls back to at::mm. Calling BLAS directly on the block buffers avoids the
+// per-call cost of at::mm (allocation, dispatch), which dominates at these sizes.
+extern "C" {
+void sgemm_(const char *, const char *, const int *, const int *, const int *, const float *,
+            const float *, const int *, const float *, const int *, const float *, float *,
+            const int *) __attribute__((weak));
+void dgemm_(const char *, const char *, const int *, const int *, const int *, const double *,
+            const double *, const int *, const double *, const int *, const double *, double *,
+            const int *) __attribute__((weak));
+}
 
 namespace dpa3 {
 
 namespace {
 
 constexpr int64_t kBlockAngles = 1024;
+
+template <typename T> struct Blas;
+template <> struct Blas<float> {
+  static constexpr auto gemm = &sgemm_;
+};
+template <> struct Blas<double> {
+  static constexpr auto gemm = &dgemm_;
+};
+
+// Row-major C [M, N] = op(A) op(B) + beta C, op(X) = X or X^T (tA/tB), leading dimensions in
+// elements. Column-major BLAS computes C^T = op(B)^T op(A)^T.
+template <typename T>
+void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
+               const T *b, int64_t ldb, T beta, T *c, int64_t ldc)
+{
+  if (m == 0 || n == 0) return;
+  if (Blas<T>::gemm != nullptr) {
+    const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
+    const int M = int(m), N = int(n), K = int(k), la = int(lda), lb = int(ldb), lc = int(ldc);
+    const T one = 1;
+    Blas<T>::gemm(&opb, &opa, &N, &M, &K, &one, b, &lb, a, &la, &beta, c, &lc);
+    return;
+  }
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor A = at::from_blob(const_cast<T *>(a), ta ? at::IntArrayRef{k, m} : at::IntArrayRef{m, k},
+                               {lda, 1}, opt);
+  at::Tensor B = at::from_blob(const_cast<T *>(b), tb ? at::IntArrayRef{n, k} : at::IntArrayRef{k, n},
+                               {ldb, 1}, opt);
+  at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, opt);
+  if (ta) A = A.t();
+  if (tb) B = B.t();
+  if (beta == T(0))
+    at::mm_out(C, A, B);
+  else
+    C.mul_(beta).add_(at::mm(A, B));
+}
 
 enum Act : int64_t { SILU = 0, SILUT = 1, TANH = 2 };
 
@@ -248,9 +289,10 @@ std::vector<at::Tensor> forward_kernel(const Inputs &in)
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_fwd", [&] {
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
     for_each_block(in, bad, [&](int64_t, int64_t e0, int64_t e1) {
-      const int64_t q0 = ap[e0], nq = ap[e1] - q0;
-      at::Tensor buf = at::mm(in.a.narrow(0, q0, nq), in.wa);    // [nq, width], in cache
-      std::vector<scalar_t> scratch(width);
+      const int64_t q0 = ap[e0], nq = ap[e1] - q0, da_in = in.a.size(1);
+      std::vector<scalar_t> bufv(nq * width), scratch(width);    // [nq, width], in cache
+      gemm_rows(false, false, nq, width, da_in, in.a.data_ptr<scalar_t>() + q0 * da_in, da_in,
+                in.wa.data_ptr<scalar_t>(), width, scalar_t(0), bufv.data(), width);
       Block<scalar_t> b{};
       b.e0 = e0, b.e1 = e1, b.q0 = q0, b.width = width, b.de = de, b.da_in = in.a.size(1);
       b.aptr = ap, b.eik = in.eik.data_ptr<int64_t>();
@@ -258,7 +300,7 @@ std::vector<at::Tensor> forward_kernel(const Inputs &in)
       b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
       b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
       b.f = act_params<scalar_t>(in.act, in.thr);
-      b.buf = buf.data_ptr<scalar_t>(), b.y = scratch.data();
+      b.buf = bufv.data(), b.y = scratch.data();
       b.red = red.data_ptr<scalar_t>(), b.aout = aout.data_ptr<scalar_t>();
       forward_block(b);
     });
@@ -295,9 +337,11 @@ Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tenso
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
     for_each_block(in, bad, [&](int64_t, int64_t e0, int64_t e1) {
       const int64_t q0 = ap[e0], nq = ap[e1] - q0, tid = at::get_thread_num();
-      const at::Tensor a_blk = in.a.narrow(0, q0, nq);
-      at::Tensor buf = at::mm(a_blk, in.wa);
-      std::vector<scalar_t> scratch(2 * width);
+      const scalar_t *a_blk = in.a.data_ptr<scalar_t>() + q0 * da_in;
+      const scalar_t *wa = in.wa.data_ptr<scalar_t>();
+      std::vector<scalar_t> bufv(nq * width), scratch(2 * width);
+      gemm_rows(false, false, nq, width, da_in, a_blk, da_in, wa, width, scalar_t(0), bufv.data(),
+                width);
       Block<scalar_t> b{};
       b.e0 = e0, b.e1 = e1, b.q0 = q0, b.width = width, b.de = de, b.da_in = da_in;
       b.aptr = ap, b.eik = in.eik.data_ptr<int64_t>();
@@ -305,19 +349,24 @@ Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tenso
       b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
       b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
       b.f = act_params<scalar_t>(in.act, in.thr);
-      b.buf = buf.data_ptr<scalar_t>(), b.y = scratch.data(), b.dy = scratch.data() + width;
+      b.buf = bufv.data(), b.y = scratch.data(), b.dy = scratch.data() + width;
       b.gred = gred.data_ptr<scalar_t>(), b.gaout = gaout.data_ptr<scalar_t>();
       b.gpe = g.gpe.data_ptr<scalar_t>(), b.gvk = g.gvk.data_ptr<scalar_t>();
       b.gw = g.gw.data_ptr<scalar_t>();
       b.gbeta = need_beta ? gbeta_part[tid].data_ptr<scalar_t>() : nullptr;
       backward_block(b);
       // g_a = alpha g_aout + g_pre wa^T; g_wa += a^T g_pre
-      at::Tensor ga_blk = g.ga.narrow(0, q0, nq);
-      if (da > 0 && in.alpha != 0.0)
-        at::addmm_out(ga_blk, gaout.narrow(0, q0, nq), buf, in.wa.t(), in.alpha, 1.0);
-      else
-        at::mm_out(ga_blk, buf, in.wa.t());
-      if (need_wa) gwa_part[tid].addmm_(a_blk.t(), buf);
+      scalar_t *ga_blk = g.ga.data_ptr<scalar_t>() + q0 * da_in;
+      scalar_t beta = 0;
+      if (da > 0 && in.alpha != 0.0) {
+        std::copy(gaout.data_ptr<scalar_t>() + q0 * da, gaout.data_ptr<scalar_t>() + (q0 + nq) * da,
+                  ga_blk);
+        beta = scalar_t(in.alpha);
+      }
+      gemm_rows(false, true, nq, da_in, width, bufv.data(), width, wa, width, beta, ga_blk, da_in);
+      if (need_wa)
+        gemm_rows(true, false, da_in, width, nq, a_blk, da_in, bufv.data(), width, scalar_t(1),
+                  gwa_part[tid].data_ptr<scalar_t>(), width);
     });
   });
   TORCH_CHECK(!bad, "dpa3::angle_block: the angles do not follow the edge/centre layout");

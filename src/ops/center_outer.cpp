@@ -21,6 +21,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "simd.h"
+
 namespace dpa3 {
 
 namespace {
@@ -36,6 +38,77 @@ void check_index(const at::Tensor &idx, const at::Tensor &perm, const at::Tensor
   TORCH_CHECK(ptr.numel() >= 1, who, ": ptr needs N + 1 offsets");
 }
 
+// Loop bodies over ranges of rows, multi-versioned for the SIMD width (see simd.h).
+template <typename T>
+DPA3_INLINE void outer_sum_body(T *op, const T *hp, const T *gp, const int64_t *pm,
+                                const int64_t *off, int64_t r0, int64_t r1, int64_t k, int64_t d)
+{
+  for (int64_t r = r0; r < r1; ++r) {
+    T *o = op + r * k * d;
+    for (int64_t t = off[r]; t < off[r + 1]; ++t) {
+      const int64_t e = pm[t];
+      const T *ge = gp + e * d, *he = hp + e * k;
+      for (int64_t c = 0; c < k; ++c) {
+        const T hc = he[c];
+        T *oc = o + c * d;
+        for (int64_t j = 0; j < d; ++j) oc[j] += hc * ge[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+DPA3_INLINE void outer_h_body(T *op, const T *hp, const T *Gp, const int64_t *ix, int64_t e0,
+                              int64_t e1, int64_t k, int64_t d)
+{
+  for (int64_t e = e0; e < e1; ++e) {
+    T *o = op + e * d;
+    const T *Gr = Gp + ix[e] * k * d, *he = hp + e * k;
+    for (int64_t j = 0; j < d; ++j) o[j] = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const T hc = he[c];
+      const T *Gc = Gr + c * d;
+      for (int64_t j = 0; j < d; ++j) o[j] += hc * Gc[j];
+    }
+  }
+}
+
+template <typename T>
+DPA3_INLINE void outer_g_body(T *op, const T *gp, const T *Gp, const int64_t *ix, int64_t e0,
+                              int64_t e1, int64_t k, int64_t d)
+{
+  for (int64_t e = e0; e < e1; ++e) {
+    const T *ge = gp + e * d, *Gr = Gp + ix[e] * k * d;
+    for (int64_t c = 0; c < k; ++c) {
+      const T *Gc = Gr + c * d;
+      T acc = 0;
+      for (int64_t j = 0; j < d; ++j) acc += ge[j] * Gc[j];
+      op[e * k + c] = acc;
+    }
+  }
+}
+
+#define DPA3_OUTER_VERSIONS(T)                                                                   \
+  DPA3_MULTIVERSION void outer_sum_range(T *op, const T *hp, const T *gp, const int64_t *pm,    \
+                                         const int64_t *off, int64_t r0, int64_t r1, int64_t k, \
+                                         int64_t d)                                             \
+  {                                                                                             \
+    outer_sum_body(op, hp, gp, pm, off, r0, r1, k, d);                                          \
+  }                                                                                             \
+  DPA3_MULTIVERSION void outer_h_range(T *op, const T *hp, const T *Gp, const int64_t *ix,      \
+                                       int64_t e0, int64_t e1, int64_t k, int64_t d)            \
+  {                                                                                             \
+    outer_h_body(op, hp, Gp, ix, e0, e1, k, d);                                                 \
+  }                                                                                             \
+  DPA3_MULTIVERSION void outer_g_range(T *op, const T *gp, const T *Gp, const int64_t *ix,      \
+                                       int64_t e0, int64_t e1, int64_t k, int64_t d)            \
+  {                                                                                             \
+    outer_g_body(op, gp, Gp, ix, e0, e1, k, d);                                                 \
+  }
+DPA3_OUTER_VERSIONS(float)
+DPA3_OUTER_VERSIONS(double)
+#undef DPA3_OUTER_VERSIONS
+
 // S [N, k, d]
 at::Tensor outer_sum_kernel(const at::Tensor &h_, const at::Tensor &g_, const at::Tensor &perm_,
                             const at::Tensor &ptr_)
@@ -49,18 +122,7 @@ at::Tensor outer_sum_kernel(const at::Tensor &h_, const at::Tensor &g_, const at
     const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
     scalar_t *op = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t *o = op + r * k * d;
-        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
-          const int64_t e = pm[t];
-          const scalar_t *ge = gp + e * d, *he = hp + e * k;
-          for (int64_t c = 0; c < k; ++c) {
-            const scalar_t hc = he[c];
-            scalar_t *oc = o + c * d;
-            for (int64_t j = 0; j < d; ++j) oc[j] += hc * ge[j];
-          }
-        }
-      }
+      outer_sum_range(op, hp, gp, pm, off, r0, r1, k, d);
     });
   });
   return out;
@@ -77,16 +139,7 @@ at::Tensor outer_h_kernel(const at::Tensor &h_, const at::Tensor &G_, const at::
     const int64_t *ix = idx.data_ptr<int64_t>();
     scalar_t *op = out.data_ptr<scalar_t>();
     at::parallel_for(0, nedge, 256, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        scalar_t *o = op + e * d;
-        const scalar_t *Gr = Gp + ix[e] * k * d, *he = hp + e * k;
-        for (int64_t j = 0; j < d; ++j) o[j] = 0;
-        for (int64_t c = 0; c < k; ++c) {
-          const scalar_t hc = he[c];
-          const scalar_t *Gc = Gr + c * d;
-          for (int64_t j = 0; j < d; ++j) o[j] += hc * Gc[j];
-        }
-      }
+      outer_h_range(op, hp, Gp, ix, e0, e1, k, d);
     });
   });
   return out;
@@ -103,15 +156,7 @@ at::Tensor outer_g_kernel(const at::Tensor &g_, const at::Tensor &G_, const at::
     const int64_t *ix = idx.data_ptr<int64_t>();
     scalar_t *op = out.data_ptr<scalar_t>();
     at::parallel_for(0, nedge, 256, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        const scalar_t *ge = gp + e * d, *Gr = Gp + ix[e] * k * d;
-        for (int64_t c = 0; c < k; ++c) {
-          const scalar_t *Gc = Gr + c * d;
-          scalar_t acc = 0;
-          for (int64_t j = 0; j < d; ++j) acc += ge[j] * Gc[j];
-          op[e * k + c] = acc;
-        }
-      }
+      outer_g_range(op, gp, Gp, ix, e0, e1, k, d);
     });
   });
   return out;

@@ -89,9 +89,6 @@ at::Tensor gather_kernel(const at::Tensor &x_, const at::Tensor &idx_, int64_t n
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-at::Tensor scatter_rows(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
-                        const at::Tensor &ptr);
-
 class GatherRows : public torch::autograd::Function<GatherRows> {
  public:
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &idx,
@@ -122,13 +119,6 @@ class ScatterRows : public torch::autograd::Function<ScatterRows> {
   }
 };
 
-at::Tensor scatter_rows(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
-                        const at::Tensor &ptr)
-{
-  check(y, idx, perm, ptr, "dpa3::scatter_rows");
-  return ScatterRows::apply(y, idx, perm, ptr);
-}
-
 at::Tensor gather_rows(const at::Tensor &x, const at::Tensor &idx, const at::Tensor &perm,
                        const at::Tensor &ptr)
 {
@@ -137,6 +127,13 @@ at::Tensor gather_rows(const at::Tensor &x, const at::Tensor &idx, const at::Ten
 }
 
 }    // namespace
+
+at::Tensor scatter_rows(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
+                        const at::Tensor &ptr)
+{
+  check(y, idx, perm, ptr, "dpa3::scatter_rows");
+  return ScatterRows::apply(y, idx, perm, ptr);
+}
 
 }    // namespace dpa3
 

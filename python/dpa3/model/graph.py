@@ -180,3 +180,34 @@ def scatter(y: torch.Tensor, rows: Rows, n: int) -> torch.Tensor:
         shape = [n] + list(y.shape[1:])
         return torch.zeros(shape, dtype=y.dtype, device=y.device).index_add(0, rows.idx, y)
     return torch.ops.dpa3.scatter_rows(y, rows.idx, perm, ptr)
+
+
+def edge_sum(
+    xc: torch.Tensor,
+    xn: Optional[torch.Tensor],  # noqa: UP045
+    xe: torch.Tensor,
+    b: Optional[torch.Tensor],  # noqa: UP045
+    center: Rows,
+    nei: Rows,
+) -> torch.Tensor:
+    """``xc[center] + xn[nei] + xe + b`` over the edges ``[E, k]`` (``xn``/``b`` optional).
+
+    ``xc [N, k]`` per centre, ``xn [M, k]`` per neighbour row, ``xe [E, k]``, ``b [k]``; ``nei``
+    is ignored without ``xn``.  With the op library one pass without intermediates (any
+    derivative order).
+    """
+    perm = center.perm
+    ptr = center.ptr
+    if perm is not None and ptr is not None:
+        if xn is None:
+            return torch.ops.dpa3.edge_sum(xc, None, xe, b, center.idx, perm, ptr, None, None, None)
+        return torch.ops.dpa3.edge_sum(
+            xc, xn, xe, b, center.idx, perm, ptr, nei.idx, nei.perm, nei.ptr
+        )
+    out = gather(xc, center)
+    if xn is not None:
+        out = out + gather(xn, nei)
+    out = out + xe
+    if b is not None:
+        out = out + b
+    return out

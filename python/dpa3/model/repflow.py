@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config.model import RepflowConfig
-from .graph import Rows, gather, scatter
+from .graph import Rows, edge_sum, gather, scatter
 from .network import Activation, Linear
 
 
@@ -117,14 +117,14 @@ class RepFlowLayer(nn.Module):
     ) -> torch.Tensor:
         """``[n_i, n_j, e_ij] W + b`` with ``W`` rows ordered ``n_i, n_j, e_ij``."""
         dn = self.n_dim
-        out = (
-            gather(torch.matmul(n, w[:dn]), center)
-            + gather(torch.matmul(n_ext, w[dn : 2 * dn]), nei)
-            + torch.matmul(e, w[2 * dn :])
+        return edge_sum(
+            torch.matmul(n, w[:dn]),
+            torch.matmul(n_ext, w[dn : 2 * dn]),
+            torch.matmul(e, w[2 * dn :]),
+            b,
+            center,
+            nei,
         )
-        if b is not None:
-            out = out + b
-        return out
 
     def _sym(self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int) -> torch.Tensor:
         """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (spec 2.4)."""
@@ -154,11 +154,14 @@ class RepFlowLayer(nn.Module):
         by ``ij``) and ``e~ W_k [E, out]`` (gathered by ``ik``); ``a W_a`` is the rest.
         """
         da, dnc, dec = self.a_dim, self.nc_dim, self.ec_dim
-        per_edge = gather(torch.matmul(nc, w[da : da + dnc]), center) + torch.matmul(
-            ec, w[da + dnc + dec :]
+        per_edge = edge_sum(
+            torch.matmul(nc, w[da : da + dnc]),
+            None,
+            torch.matmul(ec, w[da + dnc + dec :]),
+            b,
+            center,
+            center,
         )
-        if b is not None:
-            per_edge = per_edge + b
         return per_edge, torch.matmul(ec, w[da + dnc : da + dnc + dec])
 
     def _angle_input(
