@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from ..data.stats import compute_or_load_energy_stat
 from .checkpoint import load_checkpoint, make_checkpoint
 from .distributed import DistContext
 from .finetune import refit_bias_delta
+from .lcurve import Lcurve, TaskMetrics
 from .loss import EnergyLoss
 from .lr import ExpLR
 from .multitask import MultiTaskModel, checkpoint_heads, is_multitask_checkpoint
@@ -41,7 +41,6 @@ from .optim import build_optimizer
 from .trainer import (
     Trainer,
     _rng_state,
-    _set_rng_state,
     default_model_factory,
     model_forward,
     resolve_sel,
@@ -216,10 +215,7 @@ class MultiTaskTrainer(Trainer):
         )
         self.last_trn: dict[str, dict[str, float] | None] = {n: None for n in self.names}
         if restart:
-            if ckpt.get("optimizer") is not None:
-                self.optimizer.load_state_dict(ckpt["optimizer"])
-            _set_rng_state(ckpt.get("rng"))
-            smp = ckpt.get("sampler") or {}
+            smp = self._resume(ckpt)
             for n in self.names:
                 per = (smp.get("tasks") or {}).get(n) or {}
                 state = self._rank_sampler_state(per, "train")
@@ -317,9 +313,7 @@ class MultiTaskTrainer(Trainer):
 
         ``metrics`` maps every task to the metrics of its last training step (or ``None``).
         """
-        lr = self.lr.value(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        lr = self._set_lr(step)
         task = self.names[int(self.task_rng.choice(len(self.names), p=self.model_prob))]
         data = self.train_data[task]
         batch = data.next().to(self.device)
@@ -343,44 +337,11 @@ class MultiTaskTrainer(Trainer):
             for n in self.valid_data
         }
 
-    def _lcurve_header(self) -> str:
-        cols = ["# step".ljust(7)]
-        for n in self.names:
-            for k in self.losses[n].metric_names():
-                if self.valid_data:
-                    cols.append(f"{k + '_val_' + n:>11s} {k + '_trn_' + n:>11s}")
-                else:
-                    cols.append(f"{k + '_trn_' + n:>11s}")
-        cols.append(f"{'lr':>8s}")
-        return (
-            "   ".join(cols) + "\n# If there is no available reference data, "
-            "rmse_*_{val,trn}_<task> will print nan\n"
-        )
+    def _lcurve(self) -> Lcurve:
+        return Lcurve({n: self.losses[n].metric_names() for n in self.names}, bool(self.valid_data))
 
-    def _lcurve_line(
-        self, step: int, trn: dict[str, Any], val: dict[str, Any] | None, lr: float
-    ) -> str:
-        cols = [f"{step:7d}"]
-        for n in self.names:
-            t = trn.get(n) or {}
-            v = (val or {}).get(n) or {}
-            for k in self.losses[n].metric_names():
-                if self.valid_data:
-                    cols.append(f"{v.get(k, math.nan):11.2e} {t.get(k, math.nan):11.2e}")
-                else:
-                    cols.append(f"{t.get(k, math.nan):11.2e}")
-        cols.append(f"{lr:8.1e}")
-        return "   ".join(cols) + "\n"
-
-    def _format_metrics(self, trn: dict[str, Any], val: dict[str, Any] | None) -> str:
-        out = []
-        for n in self.names:
-            t = trn.get(n) or {}
-            v = (val or {}).get(n) or {}
-            parts = [f"{k}_trn {x:.3e}" for k, x in t.items()]
-            parts += [f"{k}_val {x:.3e}" for k, x in v.items()]
-            out.append(f"[{n}] " + (" ".join(parts) if parts else "-"))
-        return "  ".join(out)
+    def _task_metrics(self, trn: dict[str, Any], val: dict[str, Any] | None) -> TaskMetrics:
+        return {n: (trn.get(n), (val or {}).get(n)) for n in self.names}
 
 
 __all__ = ["MultiTaskTrainer"]

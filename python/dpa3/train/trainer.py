@@ -43,6 +43,7 @@ from ..data.stats import (
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .finetune import refit_bias_delta, transfer_state, type_dims
+from .lcurve import Lcurve, Progress, TaskMetrics
 from .loss import EnergyLoss
 from .lr import ExpLR
 from .multitask import branch_checkpoint
@@ -173,13 +174,6 @@ class _DeferredInterrupt:
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
-
-
-def _fmt_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 # --------------------------------------------------------------------------------------
@@ -341,10 +335,7 @@ class Trainer:
             self.model.parameters(), self.cfg.optimizer, self.lr.value(self.start_step)
         )
         if restart:
-            if ckpt.get("optimizer") is not None:
-                self.optimizer.load_state_dict(ckpt["optimizer"])
-            _set_rng_state(ckpt.get("rng"))
-            smp = ckpt.get("sampler") or {}
+            smp = self._resume(ckpt)
             train_state = self._rank_sampler_state(smp, "train")
             if train_state is not None:
                 self.train_data.load_state_dict(train_state)
@@ -420,6 +411,13 @@ class Trainer:
             )
         return smp.get(key) if self.dist.is_main else None
 
+    def _resume(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        """Load a restart's optimizer and torch RNG states; returns its sampler part."""
+        if ckpt.get("optimizer") is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt.get("rng"))
+        return ckpt.get("sampler") or {}
+
     def checkpoint_dict(self, step: int) -> dict[str, Any]:
         """Everything needed to restart at ``step`` (completed steps)."""
         return make_checkpoint(
@@ -478,48 +476,30 @@ class Trainer:
             f"{self.train_data.total_batches} batches per pass"
         )
 
-    def _format_metrics(self, trn: dict[str, float], val: dict[str, float] | None) -> str:
-        parts = " ".join(f"{k}_trn {v:.3e}" for k, v in trn.items())
-        if val is not None:
-            parts += " " + " ".join(f"{k}_val {v:.3e}" for k, v in val.items())
-        return parts
+    def _lcurve(self) -> Lcurve:
+        """The ``lcurve.out`` columns (see :mod:`dpa3.train.lcurve`)."""
+        return Lcurve({"": self.loss.metric_names()}, self.valid_data is not None)
 
-    def _lcurve_header(self) -> str:
-        cols = ["# step".ljust(7)]
-        for k in self.loss.metric_names():
-            if self.valid_data is not None:
-                cols.append(f"{k + '_val':>11s} {k + '_trn':>11s}")
-            else:
-                cols.append(f"{k + '_trn':>11s}")
-        cols.append(f"{'lr':>8s}")
-        return (
-            "   ".join(cols) + "\n# If there is no available reference data, "
-            "rmse_*_{val,trn} will print nan\n"
-        )
-
-    def _lcurve_line(
-        self, step: int, trn: dict[str, float], val: dict[str, float] | None, lr: float
-    ) -> str:
-        cols = [f"{step:7d}"]
-        for k in self.loss.metric_names():
-            if val is not None:
-                cols.append(f"{val[k]:11.2e} {trn[k]:11.2e}")
-            else:
-                cols.append(f"{trn[k]:11.2e}")
-        cols.append(f"{lr:8.1e}")
-        return "   ".join(cols) + "\n"
+    def _task_metrics(self, trn: dict[str, Any], val: dict[str, Any] | None) -> TaskMetrics:
+        """``train_step``'s and ``_validate``'s metrics per task (one task, ``""``)."""
+        return {"": (trn, val)}
 
     # ------------------------------------------------------------------ loop
     def train_step(self, step: int) -> tuple[float, dict[str, float], float]:
         """One optimizer step at 0-based ``step``; returns (loss, metrics, lr)."""
-        lr = self.lr.value(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        lr = self._set_lr(step)
         batch = self.train_data.next().to(self.device)
         pred = model_forward(self.model, batch)
         loss, metrics = self.loss(pred, batch, lr)
         self._optimize(loss, step, f"system {self.train_data.systems[batch.system].path}")
         return float(loss.detach()), metrics, lr
+
+    def _set_lr(self, step: int) -> float:
+        """Set and return the learning rate of 0-based ``step``."""
+        lr = self.lr.value(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
 
     def _optimize(self, loss: torch.Tensor, step: int, where: str) -> None:
         """Backward, average the gradients over the ranks, clip, optimizer step."""
@@ -568,10 +548,10 @@ class Trainer:
         with ExitStack() as stack:
             fout = stack.enter_context(open(disp, mode, buffering=1)) if main else None
             intr = stack.enter_context(_DeferredInterrupt())
+            lcurve = self._lcurve()
             if fout is not None and mode == "w":
-                fout.write(self._lcurve_header())
-            t0 = time.perf_counter()
-            last_disp_t, last_disp_step = t0, step
+                fout.write(lcurve.header())
+            progress = Progress(n_total, step)
             try:
                 while step < n_total:
                     ts = time.perf_counter()
@@ -579,21 +559,9 @@ class Trainer:
                     self.step_times.append(time.perf_counter() - ts)
                     done = step + 1
                     if main and (done % t.disp_freq == 0 or step == self.start_step):
-                        val = self._validate(lr)
-                        fout.write(self._lcurve_line(done, trn, val, lr))
-                        now = time.perf_counter()
-                        rate = (done - last_disp_step) / max(now - last_disp_t, 1e-9)
-                        last_disp_t, last_disp_step = now, done
-                        log.info(
-                            "step %d/%d  loss %.4e  %s  lr %.2e  %.2f steps/s  ETA %s",
-                            done,
-                            n_total,
-                            loss,
-                            self._format_metrics(trn, val),
-                            lr,
-                            rate,
-                            _fmt_eta((n_total - done) / rate),
-                        )
+                        metrics = self._task_metrics(trn, self._validate(lr))
+                        fout.write(lcurve.line(done, metrics, lr))
+                        log.info("%s", progress.line(done, loss, metrics, lr))
                     step = done
                     if step % t.save_freq == 0:
                         self.save(step)
