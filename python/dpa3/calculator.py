@@ -85,10 +85,14 @@ class DPA3Calculator(Calculator):
         dev = self.device
         mapping = torch.as_tensor(nd.mapping, device=dev)[None]
         ext_atype = torch.as_tensor(atype, device=dev)[mapping]
-        out = self.model.forward_lower(
-            torch.as_tensor(nd.ext_coord, device=dev)[None], ext_atype,
-            torch.as_tensor(nd.nlist, device=dev)[None], mapping, False, None,
-        )
+        # As in pair_style dpa3: run the scripted graphs without the profiling executor, which
+        # spends the first calls after loading profiling and re-optimising (2-3x slower each)
+        # and made no later call faster on the CPU.
+        with torch.jit.optimized_execution(False):
+            out = self.model.forward_lower(
+                torch.as_tensor(nd.ext_coord, device=dev)[None], ext_atype,
+                torch.as_tensor(nd.nlist, device=dev)[None], mapping, False, None,
+            )
         ext_force = out["extended_force"][0].detach().cpu().numpy()
         force = np.zeros((nloc, 3))
         np.add.at(force, nd.mapping, ext_force)

@@ -67,3 +67,28 @@ def test_unknown_element_is_named():
     atoms.calc = DPA3Calculator(make_model(seed=34))
     with pytest.raises(ValueError, match="Xe"):
         atoms.get_potential_energy()
+
+
+def test_frozen_model_runs_without_profiling_executor(tmp_path):
+    """Like pair_style dpa3, the calculator runs scripted graphs unoptimised, and leaves the
+    process-wide executor setting as it found it."""
+    import torch
+    from dpa3.calculator import DPA3Calculator
+    from dpa3.export.freeze import freeze
+
+    model = make_model(seed=35)
+    atoms = _atoms(alloy_frame())
+    atoms.calc = DPA3Calculator(freeze(model, tmp_path / "model.pth"))
+    seen = []
+    forward_lower = atoms.calc.model.forward_lower
+
+    def spy(*args):
+        seen.append(torch._C._get_graph_executor_optimize())
+        return forward_lower(*args)
+
+    atoms.calc.model = type("Spy", (), {"forward_lower": staticmethod(spy)})()
+    before = torch._C._get_graph_executor_optimize()
+    ref = evaluate(model, *alloy_frame())
+    assert abs(atoms.get_potential_energy() - ref["energy"][0]) < 1e-10
+    assert seen == [False]
+    assert torch._C._get_graph_executor_optimize() == before
