@@ -40,46 +40,21 @@
 
 #include "simd.h"
 
-// BLAS of the torch build (MKL or OpenBLAS export the Fortran symbols); weak, so that a torch
-// build without them falls back to at::mm. Calling BLAS directly on the block buffers avoids the
-// per-call cost of at::mm (allocation, dispatch), which dominates at these sizes.
-extern "C" {
-void sgemm_(const char *, const char *, const int *, const int *, const int *, const float *,
-            const float *, const int *, const float *, const int *, const float *, float *,
-            const int *) __attribute__((weak));
-void dgemm_(const char *, const char *, const int *, const int *, const int *, const double *,
-            const double *, const int *, const double *, const int *, const double *, double *,
-            const int *) __attribute__((weak));
-}
-
 namespace dpa3 {
 
 namespace {
 
 constexpr int64_t kBlockAngles = 1024;
 
-template <typename T> struct Blas;
-template <> struct Blas<float> {
-  static constexpr auto gemm = &sgemm_;
-};
-template <> struct Blas<double> {
-  static constexpr auto gemm = &dgemm_;
-};
-
 // Row-major C [M, N] = op(A) op(B) + beta C, op(X) = X or X^T (tA/tB), leading dimensions in
-// elements. Column-major BLAS computes C^T = op(B)^T op(A)^T.
+// elements, through at::mm_out on views of the buffers (no allocation). at::mm, unlike a direct
+// BLAS call, stays single-threaded inside our parallel region (MKL would otherwise start a nested
+// team per call and the threads would stall each other).
 template <typename T>
 void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
                const T *b, int64_t ldb, T beta, T *c, int64_t ldc)
 {
   if (m == 0 || n == 0) return;
-  if (Blas<T>::gemm != nullptr) {
-    const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
-    const int M = int(m), N = int(n), K = int(k), la = int(lda), lb = int(ldb), lc = int(ldc);
-    const T one = 1;
-    Blas<T>::gemm(&opb, &opa, &N, &M, &K, &one, b, &lb, a, &la, &beta, c, &lc);
-    return;
-  }
   const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor A = at::from_blob(const_cast<T *>(a), ta ? at::IntArrayRef{k, m} : at::IntArrayRef{m, k},
                                {lda, 1}, opt);
@@ -91,7 +66,7 @@ void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, in
   if (beta == T(0))
     at::mm_out(C, A, B);
   else
-    C.mul_(beta).add_(at::mm(A, B));
+    C.addmm_(A, B, beta, 1);
 }
 
 enum Act : int64_t { SILU = 0, SILUT = 1, TANH = 2 };
@@ -251,9 +226,12 @@ Inputs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
           alpha};
 }
 
-// Calls fn(c0, c1) on ranges of centres in parallel; each range is then cut into blocks of
-// about kBlockAngles angles (at least one centre) and block(first edge, end edge) is called.
-template <typename F> void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
+// Splits the centres into one range per thread; each range is cut into blocks of about
+// kBlockAngles angles (at least one centre) and block(first edge, end edge, buf) is called with
+// a scratch vector owned by the range (grown, never shrunk: one allocation per thread and call
+// instead of one per block, which would serialise the threads on the allocator).
+template <typename T, typename F>
+void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
 {
   const int64_t ncenter = in.nptr.numel() - 1;
   const int64_t *np = in.nptr.data_ptr<int64_t>(), *ap = in.aptr.data_ptr<int64_t>(),
@@ -264,6 +242,7 @@ template <typename F> void for_each_block(const Inputs &in, std::atomic<bool> &b
     return;
   }
   at::parallel_for(0, ncenter, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<T> buf;
     int64_t c = c0;
     while (c < c1) {
       const int64_t e0 = np[c], q0 = ap[e0];
@@ -272,8 +251,8 @@ template <typename F> void for_each_block(const Inputs &in, std::atomic<bool> &b
       for (int64_t i = c; i < cend; ++i)    // every k-edge must belong to the angle's centre
         for (int64_t q = ap[np[i]]; q < ap[np[i + 1]]; ++q)
           if (ek[q] < np[i] || ek[q] >= np[i + 1]) bad = true;
-      if (bad) return;
-      block(c, e0, np[cend]);
+      if (bad) break;
+      block(e0, np[cend], buf);
       c = cend;
     }
   });
@@ -288,9 +267,11 @@ std::vector<at::Tensor> forward_kernel(const Inputs &in)
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_fwd", [&] {
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
-    for_each_block(in, bad, [&](int64_t, int64_t e0, int64_t e1) {
+    for_each_block<scalar_t>(in, bad, [&](int64_t e0, int64_t e1, std::vector<scalar_t> &bufv) {
       const int64_t q0 = ap[e0], nq = ap[e1] - q0, da_in = in.a.size(1);
-      std::vector<scalar_t> bufv(nq * width), scratch(width);    // [nq, width], in cache
+      // [nq, width] block of a wa (stays in cache), then [width] activation scratch
+      if (int64_t(bufv.size()) < (nq + 1) * width) bufv.resize((nq + 1) * width);
+      scalar_t *scratch = bufv.data() + nq * width;
       gemm_rows(false, false, nq, width, da_in, in.a.data_ptr<scalar_t>() + q0 * da_in, da_in,
                 in.wa.data_ptr<scalar_t>(), width, scalar_t(0), bufv.data(), width);
       Block<scalar_t> b{};
@@ -300,7 +281,7 @@ std::vector<at::Tensor> forward_kernel(const Inputs &in)
       b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
       b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
       b.f = act_params<scalar_t>(in.act, in.thr);
-      b.buf = bufv.data(), b.y = scratch.data();
+      b.buf = bufv.data(), b.y = scratch;
       b.red = red.data_ptr<scalar_t>(), b.aout = aout.data_ptr<scalar_t>();
       forward_block(b);
     });
@@ -335,11 +316,12 @@ Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tenso
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_bwd", [&] {
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
-    for_each_block(in, bad, [&](int64_t, int64_t e0, int64_t e1) {
+    for_each_block<scalar_t>(in, bad, [&](int64_t e0, int64_t e1, std::vector<scalar_t> &bufv) {
       const int64_t q0 = ap[e0], nq = ap[e1] - q0, tid = at::get_thread_num();
       const scalar_t *a_blk = in.a.data_ptr<scalar_t>() + q0 * da_in;
       const scalar_t *wa = in.wa.data_ptr<scalar_t>();
-      std::vector<scalar_t> bufv(nq * width), scratch(2 * width);
+      if (int64_t(bufv.size()) < (nq + 2) * width) bufv.resize((nq + 2) * width);
+      scalar_t *scratch = bufv.data() + nq * width;
       gemm_rows(false, false, nq, width, da_in, a_blk, da_in, wa, width, scalar_t(0), bufv.data(),
                 width);
       Block<scalar_t> b{};
@@ -349,7 +331,7 @@ Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tenso
       b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
       b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
       b.f = act_params<scalar_t>(in.act, in.thr);
-      b.buf = bufv.data(), b.y = scratch.data(), b.dy = scratch.data() + width;
+      b.buf = bufv.data(), b.y = scratch, b.dy = scratch + width;
       b.gred = gred.data_ptr<scalar_t>(), b.gaout = gaout.data_ptr<scalar_t>();
       b.gpe = g.gpe.data_ptr<scalar_t>(), b.gvk = g.gvk.data_ptr<scalar_t>();
       b.gw = g.gw.data_ptr<scalar_t>();
