@@ -226,10 +226,11 @@ Inputs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
           alpha};
 }
 
-// Splits the centres into one range per thread; each range is cut into blocks of about
-// kBlockAngles angles (at least one centre) and block(first edge, end edge, buf) is called with
-// a scratch vector owned by the range (grown, never shrunk: one allocation per thread and call
-// instead of one per block, which would serialise the threads on the allocator).
+// Cuts the centres into blocks of about kBlockAngles angles (at least one centre each; the cut
+// does not depend on the number of threads, so neither do the results) and calls
+// block(first edge, end edge, buf) for every block, in parallel over blocks. buf is a scratch
+// vector owned by each thread's range of blocks (grown, never shrunk: one allocation per thread
+// and call instead of one per block).
 template <typename T, typename F>
 void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
 {
@@ -241,19 +242,24 @@ void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
     bad = true;
     return;
   }
-  at::parallel_for(0, ncenter, 1, [&](int64_t c0, int64_t c1) {
+  std::vector<int64_t> start{0};    // first centre of every block, then ncenter
+  for (int64_t c = 0; c < ncenter;) {
+    const int64_t q0 = ap[np[c]];
+    int64_t cend = c + 1;
+    while (cend < ncenter && ap[np[cend + 1]] - q0 <= kBlockAngles) ++cend;
+    start.push_back(cend);
+    c = cend;
+  }
+  const int64_t nblock = int64_t(start.size()) - 1;
+  at::parallel_for(0, nblock, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> buf;
-    int64_t c = c0;
-    while (c < c1) {
-      const int64_t e0 = np[c], q0 = ap[e0];
-      int64_t cend = c + 1;
-      while (cend < c1 && ap[np[cend + 1]] - q0 <= kBlockAngles) ++cend;
+    for (int64_t k = b0; k < b1; ++k) {
+      const int64_t c = start[k], cend = start[k + 1];
       for (int64_t i = c; i < cend; ++i)    // every k-edge must belong to the angle's centre
         for (int64_t q = ap[np[i]]; q < ap[np[i + 1]]; ++q)
           if (ek[q] < np[i] || ek[q] >= np[i + 1]) bad = true;
-      if (bad) break;
-      block(e0, np[cend], buf);
-      c = cend;
+      if (bad) return;
+      block(np[c], np[cend], buf);
     }
   });
 }
