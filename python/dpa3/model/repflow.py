@@ -177,7 +177,7 @@ class RepFlowLayer(nn.Module):
     ) -> torch.Tensor:
         """``[a, n~_i, e~_ik, e~_ij] W + b`` over the flat angles ``[A, out]``."""
         per_edge, vk = self._edge_terms(w, b, nc, ec, center)
-        return torch.matmul(a, w[: self.a_dim]) + gather(per_edge, a_eij) + gather(vk, a_eik)
+        return edge_sum(per_edge, vk, torch.matmul(a, w[: self.a_dim]), None, a_eij, a_eik)
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (spec 2.5)."""
