@@ -24,10 +24,9 @@ if steps:
     cfg["training"]["numb_steps"] = int(steps)
 json.dump(cfg, open(sys.argv[2], "w"), indent=2)
 PY
-# One torch thread unless OMP_NUM_THREADS says otherwise: this small model's operations are too
-# fine-grained for torch's thread pool, which costs more than it gains on 2 cores (and a lot when
-# anything else runs on the machine).
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" dpa3 train input.json
+# torch's default thread count (all cores) unless OMP_NUM_THREADS says otherwise; on a busy
+# machine OMP_NUM_THREADS=1 can be faster (threads wait for each other when a core is taken).
+dpa3 train input.json
 
 log "2/5 freezing the model for LAMMPS and ASE"
 dpa3 freeze -c . -o model.pth
