@@ -49,203 +49,44 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "lammps" / "data.water"
-CKPT6 = ROOT / "tests" / "data" / "parity" / "water_recipe_f32" / "model.ckpt.pt"
+from lammps_helpers import (
+    count_flops,
+    helper_ase,
+    helper_deepmd_flops,
+    helper_make_ckpt,
+    water_frame,
+)
+from lammps_report import (
+    CKPT6,
+    DATA,
+    GIB,
+    INPUT,
+    REL_TOL,
+    ROOT,
+    AseResult,
+    Result,
+    cpu_model,
+    fmt_gb,
+    loadavg,
+    meminfo,
+    write_report,
+)
+
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-REL_TOL = 1e-5
-GIB = 1024**3
-
-
-# --------------------------------------------------------------------------- helpers that run
-# inside the DeePMD-kit venv (``python lammps_vs_deepmd.py --helper ...``): they need deepmd only
-
-
-def helper_make_ckpt(src: str, dst: str, nlayers: int) -> None:
-    """DeePMD-kit checkpoint of the model of ``src`` with ``nlayers`` repflow layers.
-
-    Built by DeePMD-kit's ``get_model`` from ``src``'s own model parameters; all weights come
-    from ``src`` (layers ``0..nlayers-1``, type embedding, fitting net, statistics, biases).
-    Saved as DeePMD-kit's trainer saves: ``{"model": ModelWrapper.state_dict(), "optimizer"}``.
-    """
-    import copy
-
-    import torch
-    from deepmd.pt.model.model import get_model
-    from deepmd.pt.train.wrapper import ModelWrapper
-
-    raw = torch.load(src, map_location="cpu", weights_only=True)
-    old = raw["model"]
-    params = copy.deepcopy(old["_extra_state"]["model_params"])
-    params["descriptor"]["repflow"]["nlayers"] = nlayers
-    model = get_model(copy.deepcopy(params))
-    wrapper = ModelWrapper(model, model_params=params)
-    new = wrapper.state_dict()
-    for key in new:
-        if key == "_extra_state":
-            continue
-        if key not in old or old[key].shape != new[key].shape:
-            raise RuntimeError(f"{src} has no weight {key} of shape {tuple(new[key].shape)}")
-        new[key] = old[key]
-    new["_extra_state"] = {"model_params": params,
-                           "train_infos": dict(old["_extra_state"].get("train_infos",
-                                                                       {"lr": 1e-3, "step": 0}))}
-    wrapper.load_state_dict(new)
-    optimizer = torch.optim.AdamW(wrapper.parameters(), lr=1e-3, fused=False)
-    torch.save({"model": wrapper.state_dict(), "optimizer": optimizer.state_dict()}, dst)
-    print(json.dumps({"nlayers": nlayers,
-                      "parameters": sum(p.numel() for p in model.parameters())}))
-
-
-class _NoModuleTracking:
-    """Stands in for FlopCounterMode's ModuleTracker: its backward hooks make
-    ``torch.autograd.grad`` with respect to a leaf input (the coordinates, for forces) fail
-    ("A leaf node was passed to _will_engine_execute_node"), and only the total is needed."""
-
-    parents = ("Global",)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def count_flops(fn) -> tuple[int, object]:
-    """Matmul-type FLOPs of ``fn()`` by ``torch.utils.flop_counter.FlopCounterMode``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _NoModuleTracking()
-    with counter:
-        out = fn()
-    return counter.get_total_flops(), out
-
-
-def water_frame(reps: int = 1):
-    """Coordinates, element names and cell (rows) of data.water, replicated reps^3 times."""
-    import numpy as np
-
-    lines = DATA.read_text().splitlines()
-    box = np.zeros(3)
-    for ln in lines:
-        for k, ax in enumerate("xyz"):
-            if ln.rstrip().endswith(f"{ax}lo {ax}hi"):
-                lo, hi = map(float, ln.split()[:2])
-                box[k] = hi - lo
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("Atoms")) + 2
-    rows = [ln.split() for ln in lines[start:] if ln.strip()]
-    rows = [r for r in rows if len(r) >= 5 and r[0].isdigit()]
-    types = np.array([int(r[1]) for r in rows])
-    coord = np.array([[float(x) for x in r[2:5]] for r in rows])
-    shifts = np.array([[i, j, k] for i in range(reps) for j in range(reps) for k in range(reps)],
-                      dtype=np.float64) * box
-    coord = (coord[None] + shifts[:, None]).reshape(-1, 3)
-    names = np.array(["O", "H"])[np.tile(types, reps**3) - 1]
-    return coord, names, np.diag(box * reps)
-
-
-def helper_deepmd_flops(ckpt: str, threads: int) -> None:
-    """Matmul FLOPs of DeePMD-kit's eager model for energy+forces+virial of 192 atoms."""
-    import copy
-
-    import torch
-    from deepmd.pt.model.model import get_model
-
-    torch.set_num_threads(threads)
-    raw = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
-    params = raw["_extra_state"]["model_params"]
-    model = get_model(copy.deepcopy(params))
-    model.load_state_dict({k[len("model.Default."):]: v for k, v in raw.items()
-                           if k.startswith("model.Default.")})
-    model.eval()
-    coord, names, cell = water_frame()
-    tmap = list(params["type_map"])
-    atype = torch.tensor([tmap.index(n) for n in names])[None]
-    c, b = torch.tensor(coord)[None], torch.tensor(cell.reshape(9))[None]
-    model(c, atype, b)
-    flops, out = count_flops(lambda: model(c, atype, b))
-    print(json.dumps({"flops": flops, "natoms": len(names),
-                      "energy": float(out["energy"].sum())}))
-
-
-def helper_ase(code: str, model: str, reps: int, threads: int, calls: int, e_ref: float,
-               perturb: float) -> None:
-    """Time ``atoms.get_forces()`` of an ASE calculator on the LAMMPS start configuration.
-
-    ``code`` is ``dpa3`` (``dpa3.calculator.DPA3Calculator``, run in dpa3's venv) or ``deepmd``
-    (``deepmd.calculator.DP``, run in DeePMD-kit's venv).  The first call (energy and forces
-    of data.water replicated ``reps``^3 times) is the warm-up; its energy must equal the
-    LAMMPS step-0 energy ``e_ref`` to a relative ``REL_TOL``, otherwise nothing is timed.  Then
-    ``calls`` timed calls, each on the start positions displaced by a fresh normal random
-    vector of standard deviation ``perturb`` Å per component (ASE would return its cached
-    results for unchanged atoms).  Prints one JSON line.
-    """
-    import numpy as np
-    import torch
-    from ase import Atoms
-
-    if code == "dpa3":
-        from dpa3.calculator import DPA3Calculator
-
-        calc = DPA3Calculator(model)
-    else:
-        from deepmd.calculator import DP
-
-        calc = DP(model)
-    torch.set_num_threads(threads)   # after the imports: DeePMD-kit sets it from DP_* too
-    coord, names, cell = water_frame(reps)
-    atoms = Atoms(list(names), positions=coord, cell=cell, pbc=True)
-    atoms.calc = calc
-    t0 = time.perf_counter()
-    energy = float(atoms.get_potential_energy())
-    first = time.perf_counter() - t0
-    rel = abs(energy - e_ref) / abs(e_ref)
-    out = {"status": "ok", "energy": energy, "e_ref": e_ref, "rel": rel, "first": first,
-           "natoms": len(atoms), "threads": torch.get_num_threads(), "times": []}
-    if not rel <= REL_TOL:
-        out["status"] = f"energy mismatch ({rel:.1e} > {REL_TOL:g})"
-        print(json.dumps(out))
-        return
-    rng = np.random.default_rng(2025)
-    for _ in range(calls):
-        atoms.set_positions(coord + rng.normal(scale=perturb, size=coord.shape))
-        t0 = time.perf_counter()
-        atoms.get_forces()
-        out["times"].append(time.perf_counter() - t0)
-    print(json.dumps(out))
 
 
 # --------------------------------------------------------------------------- machine facts
 
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    for ln in Path("/proc/meminfo").read_text().splitlines():
-        k, v = ln.split(":", 1)
-        out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-def cpu_model() -> str:
-    for ln in Path("/proc/cpuinfo").read_text().splitlines():
-        if ln.startswith("model name"):
-            return ln.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def mm_gflops(threads: int, n: int = 2048, seconds: float = 4.0) -> float:
@@ -308,47 +149,6 @@ class Side:
     def mpirun(self) -> Path:
         return self.venv / "bin" / "mpirun"
 
-
-@dataclass
-class Result:
-    status: str = "ok"           # ok | timeout | out of memory | failed: ...
-    e0: float | None = None      # potential energy at step 0, eV
-    s_per_step: float | None = None
-    steps: int = 0
-    peak_rss: list[int] = field(default_factory=list)   # bytes per rank
-    guard_peak: int = 0          # largest summed RSS seen by the poller, bytes
-    cpu_use: str = ""            # LAMMPS's "% CPU use" of the timed run (low: machine busy)
-    wall: float = 0.0
-    load_before: str = ""
-    command: str = ""
-    log: str = ""
-
-    @property
-    def peak(self) -> int | None:
-        return sum(self.peak_rss) if self.peak_rss else None
-
-
-INPUT = """\
-# {title}
-units           metal
-atom_style      atomic
-boundary        p p p
-newton          on
-read_data       {data}
-{replicate}plugin          load {plugin}
-pair_style      {pair_style} {model}
-pair_coeff      * * O H
-neighbor        1.0 bin
-neigh_modify    every 10 delay 0 check yes
-timestep        0.0005
-velocity        all create 300.0 2025 mom yes rot yes dist gaussian
-fix             nvt all nvt temp 300.0 300.0 0.05
-thermo_style    custom step pe ke etotal temp
-thermo_modify   format float %.10f
-thermo          0
-run             {warmup}
-run             {steps}
-"""
 
 
 def descendants(root: int) -> list[int]:
@@ -481,30 +281,6 @@ def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int
     return res
 
 
-@dataclass
-class AseResult:
-    status: str = "ok"           # ok | energy mismatch (...) | timeout | out of memory | ...
-    energy: float | None = None  # energy of the warm-up call, eV
-    rel: float | None = None     # its relative difference to the LAMMPS step-0 energy
-    first: float | None = None   # seconds of the warm-up call
-    times: list[float] = field(default_factory=list)   # seconds per timed call
-    guard_peak: int = 0
-    wall: float = 0.0
-    load_before: str = ""
-    command: str = ""
-
-    @property
-    def median(self) -> float | None:
-        if not self.times:
-            return None
-        t = sorted(self.times)
-        n = len(t)
-        return t[n // 2] if n % 2 else 0.5 * (t[n // 2 - 1] + t[n // 2])
-
-    @property
-    def best(self) -> float | None:
-        return min(self.times) if self.times else None
-
 
 def run_ase(code: str, python: Path, model: Path, case_dir: Path, *, reps: int, threads: int,
             calls: int, e_ref: float, perturb: float, timeout: float, min_free: int,
@@ -574,9 +350,6 @@ def sh(cmd: list[str], log: list[str], **kw) -> str:
     return proc.stdout
 
 
-def fmt_gb(x: int | None) -> str:
-    return "–" if x is None else f"{x / GIB:.2f}"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -587,10 +360,12 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2],
                     help="MPI ranks; threads per rank = --cores / ranks")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--steps", type=int, nargs="+", default=[10, 3],
-                    help="timed MD steps, one value per --reps entry (or one for all)")
-    ap.add_argument("--warmup", type=int, nargs="+", default=[2, 1],
-                    help="warm-up MD steps before the timed run, per --reps entry")
+    ap.add_argument("--steps", type=int, nargs="+", default=None,
+                    help="timed MD steps, one value per --reps entry (or one for all); "
+                    "default 10 for 192 atoms, 3 for larger boxes")
+    ap.add_argument("--warmup", type=int, nargs="+", default=None,
+                    help="warm-up MD steps before the timed run, per --reps entry; "
+                    "default 2 for 192 atoms, 1 for larger boxes")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each case's pair of runs this often (alternating), keep the best")
     ap.add_argument("--timeout", type=float, default=1500.0, help="seconds per LAMMPS run")
@@ -620,14 +395,16 @@ def main() -> None:
                        float(perturb))
         return
 
-    def per_reps(vals: list[int]) -> dict[int, int]:
+    def per_reps(vals: list[int] | None, small: int, large: int) -> dict[int, int]:
+        if vals is None:
+            return {r: small if r == 1 else large for r in args.reps}
         if len(vals) == 1:
             vals = vals * len(args.reps)
         if len(vals) != len(args.reps):
             raise SystemExit("--steps/--warmup need one value, or one per --reps entry")
         return dict(zip(args.reps, vals))
 
-    steps_of, warmup_of = per_reps(args.steps), per_reps(args.warmup)
+    steps_of, warmup_of = per_reps(args.steps, 10, 3), per_reps(args.warmup, 2, 1)
 
     import torch
 
@@ -813,257 +590,29 @@ def main() -> None:
     print(f"float32 torch.mm at the end: {mm_end[1]:.1f} GFLOP/s on 1 thread, "
           f"{mm_end[args.cores]:.1f} on {args.cores}; load average {loadavg()}")
 
-    # ---- report
-    peak_mm = max(mm_start[args.cores], mm_end[args.cores]) * 1e9
-    md = []
-    md.append("| layers | atoms | ranks × threads | E(step 0) dpa3, eV | E(step 0) DeePMD-kit, eV"
-              " | rel. diff |")
-    md.append("|---|---|---|---|---|---|")
-    for nl, reps, ranks, threads, res in rows:
-        a, b = res["dpa3"].e0, res["deepmd"].e0
-        rel = f"{abs(a - b) / abs(b):.1e}" if a is not None and b is not None else "–"
-        if a is not None and b is not None and abs(a - b) / abs(b) > REL_TOL:
-            rel += " **MISMATCH**"
-        md.append(f"| {nl} | {192 * reps**3:,} | {ranks} × {threads} | "
-                  f"{'–' if a is None else f'{a:.6f}'} | {'–' if b is None else f'{b:.6f}'} | "
-                  f"{rel} |")
-    energy_table = "\n".join(md)
-    md = []
-    md.append("| layers | atoms | ranks × threads | dpa3 s/step | DeePMD-kit s/step | speed-up"
-              " | dpa3 peak GB | DeePMD-kit peak GB | memory ratio | dpa3 % of mm | "
-              "DeePMD-kit % of mm | CPU use dpa3 / DeePMD-kit | load at start |")
-    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for nl, reps, ranks, threads, res in rows:
-        o, d = res["dpa3"], res["deepmd"]
-        nat = 192 * reps**3
-
-        def t(r: Result) -> str:
-            return f"{r.s_per_step:.4f}" if r.s_per_step else r.status.split(" (")[0]
-
-        def frac(r: Result, flops: float, nat: int = nat) -> str:
-            return f"{100 * flops * nat / r.s_per_step / peak_mm:.1f}" if r.s_per_step else "–"
-
-        def pct(r: Result) -> str:
-            return f"{r.cpu_use}%" if r.cpu_use else "–"
-
-        speed = (f"{d.s_per_step / o.s_per_step:.1f}×" if o.s_per_step and d.s_per_step
-                 else "–")
-        memr = (f"{d.peak / o.peak:.1f}×" if o.peak and d.peak and d.status == "ok" else "–")
-        dpeak = fmt_gb(d.peak) if d.status == "ok" else (
-            f"> {d.guard_peak / GIB:.1f}" if d.guard_peak else "–")
-        opeak = fmt_gb(o.peak) if o.status == "ok" else (
-            f"> {o.guard_peak / GIB:.1f}" if o.guard_peak else "–")
-        md.append(f"| {nl} | {nat:,} | {ranks} × {threads} | {t(o)} | {t(d)} | {speed} | "
-                  f"{opeak} | {dpeak} | {memr} | {frac(o, models[nl]['flops'])} | "
-                  f"{frac(d, models[nl]['deepmd_flops'])} | {pct(o)} / {pct(d)} | "
-                  f"{o.load_before} |")
-    speed_table = "\n".join(md)
-
-    def ase_t(a: AseResult) -> str:
-        return (f"{a.median:.4f} / {a.best:.4f}" if a.median is not None
-                else a.status.split(" (")[0])
-
-    def ase_ratio(a: AseResult, r: Result) -> str:
-        return (f"{a.median / r.s_per_step:.2f}" if a.median is not None and r.s_per_step
-                else "–")
-
-    def ase_rel(a: AseResult) -> str:
-        return "–" if a.rel is None else f"{a.rel:.1e}"
-
-    md = []
-    md.append("| layers | atoms | threads | dpa3 LAMMPS s/step | dpa3 ASE s/call (median / best)"
-              " | **dpa3 ASE ÷ LAMMPS** | DeePMD-kit LAMMPS s/step | DeePMD-kit ASE s/call "
-              "(median / best) | DeePMD-kit ASE ÷ LAMMPS | ASE vs LAMMPS E0, rel. diff "
-              "dpa3 / DeePMD-kit | load at start |")
-    md.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for nl, reps, threads, res, ase in ase_rows:
-        o, d = res["dpa3"], res["deepmd"]
-        ao, ad = ase["dpa3"], ase["deepmd"]
-
-        def lt(r: Result) -> str:
-            return f"{r.s_per_step:.4f}" if r.s_per_step else r.status.split(" (")[0]
-
-        md.append(f"| {nl} | {192 * reps**3:,} | {threads} | {lt(o)} | {ase_t(ao)} | "
-                  f"{ase_ratio(ao, o)} | {lt(d)} | {ase_t(ad)} | {ase_ratio(ad, d)} | "
-                  f"{ase_rel(ao)} / {ase_rel(ad)} | {ao.load_before or '–'} |")
-    ase_table = "\n".join(md)
-    flops_lines = [
-        f"- {nl} layers: dpa3 {m['flops'] / 1e6:.1f} MFLOP per atom-step, DeePMD-kit "
-        f"{m['deepmd_flops'] / 1e6:.1f} MFLOP per atom-step" for nl, m in models.items()]
-    check_lines = [f"- {nl} layers: dpa3 {a:.10f} eV, DeePMD-kit {b:.10f} eV, relative "
-                   f"difference {r:.1e}" for nl, (a, b, r) in checks.items()]
-
-    print()
-    print(energy_table)
-    print()
-    print(speed_table)
-    print()
-    print("speed-up = DeePMD-kit s/step / dpa3 s/step; memory ratio = DeePMD-kit / dpa3; "
-          f"% of mm = matmul FLOPs per step / s per step / {peak_mm / 1e9:.1f} GFLOP/s")
-    if ase_rows:
-        print()
-        print(ase_table)
-        print()
-        print(f"ASE s/call: median / best of {args.ase_calls} atoms.get_forces() calls after one "
-              "warm-up call, 1 process; ASE ÷ LAMMPS = median s/call / LAMMPS s/step of the "
-              "same code (target for dpa3: <= 1.2)")
-
-    raw = [{"layers": nl, "atoms": 192 * reps**3, "ranks": ranks, "threads": threads,
-            "code": k, "status": r.status, "e0": r.e0, "s_per_step": r.s_per_step,
-            "steps": r.steps, "peak_rss_per_rank": r.peak_rss, "guard_peak": r.guard_peak,
-            "cpu_use": r.cpu_use, "load_before": r.load_before, "command": r.command}
-           for nl, reps, ranks, threads, res in rows for k, r in res.items()]
-    raw_ase = [{"layers": nl, "atoms": 192 * reps**3, "threads": threads, "code": k,
-                "status": a.status, "energy": a.energy, "rel_to_lammps_e0": a.rel,
-                "warmup_s": a.first, "times_s": a.times, "median_s": a.median,
-                "best_s": a.best, "lammps_s_per_step": res[k].s_per_step,
-                "guard_peak": a.guard_peak, "load_before": a.load_before,
-                "command": a.command}
-               for nl, reps, threads, res, ase in ase_rows for k, a in ase.items()]
-    (work / "results.json").write_text(json.dumps(
-        {"mm_gflops": {"start": mm_start, "end": mm_end}, "versions": versions,
-         "flops_per_atom_step": {nl: {"dpa3": m["flops"], "deepmd": m["deepmd_flops"]}
-                                 for nl, m in models.items()},
-         "checks": checks, "runs": raw, "ase": raw_ase}, indent=1))
-    if args.no_output:
-        return
-
-    def rel(p: Path) -> str:
-        return os.path.relpath(p, ROOT)
-
-    template = INPUT.format(
-        title="template", data=rel(DATA), plugin="PLUGIN", pair_style="PAIR_STYLE",
-        model="MODEL", warmup="WARMUP", steps="STEPS",
-        replicate="replicate       2 2 2           # 1,536 atoms only\n").rstrip()
-    best_of = (f"\n- Each case ran {args.repeat} times per code, alternating dpa3 and "
-               "DeePMD-kit; the table shows the fastest run of each (a run stopped for memory or "
-               "time is not repeated)." if args.repeat > 1 else "")
-    all_cmds = [r.command for *_, res in rows for r in res.values()]
-    stopped = [f"  - {nl} layers, {192 * reps**3:,} atoms, {ranks} × {threads}, {sides[k].name}: "
-               f"{r.status}" for nl, reps, ranks, threads, res in rows for k, r in res.items()
-               if r.status != "ok"]
-    failures = ("\n- Stopped runs:\n" + "\n".join(stopped)) if stopped else ""
-    cmd_line = " ".join(shlex.quote(a) for a in sys.argv[1:])
-    ase_section = ""
-    ase_best_of = (" With `--repeat`, the ASE timing ran after each LAMMPS run; the table keeps "
-                   "the ASE run with the lowest median." if args.repeat > 1 else "")
-    if ase_rows:
-        ase_cmds = [a.command for *_, ase in ase_rows for a in ase.values() if a.command]
-        ase_section = f"""## Python side: ASE calculator, time per force call
-
-{ase_table}
-
-- The 1-rank cases again, in one Python process with the same threads, `LD_PRELOAD` and
-  `DP_*` settings: dpa3's `dpa3.calculator.DPA3Calculator` with the same `dpa3.pth`, and
-  DeePMD-kit's `deepmd.calculator.DP` with the same `deepmd.pth` (in `.venv-deepmd`), each run
-  right after the same code's LAMMPS run, on the configuration LAMMPS starts from
-  (`{rel(DATA)}`, replicated as in LAMMPS).
-- One warm-up call (its energy must equal the LAMMPS step-0 energy of the same case and code
-  to a relative {REL_TOL:g}, column "ASE vs LAMMPS E0"; otherwise nothing is timed), then
-  {args.ase_calls} timed `atoms.get_forces()` calls, each after displacing the start positions
-  by a fresh random vector (normal, σ = {args.ase_perturb:g} Å per component) so that ASE does
-  not return cached results. Each call builds the neighbour list and evaluates energy, forces
-  and virial, as one LAMMPS step does.{ase_best_of}
-- ASE ÷ LAMMPS = median ASE s/call ÷ LAMMPS s/step of the same code and case (target for
-  dpa3: ≤ 1.2). LAMMPS s/step also includes the MD integration and LAMMPS's own neighbour
-  lists, which take a negligible share here.
-
-```bash
-{chr(10).join(ase_cmds)}
-```
-
-"""
-    text = f"""# LAMMPS MD: `pair_style dpa3` vs DeePMD-kit's `pair_style deepmd`
-
-Measured {started:%Y-%m-%d %H:%M %Z} – {ended:%H:%M %Z} by
-
-```bash
-bash scripts/install_deepmd_lammps.sh          # once: .venv-deepmd with DeePMD-kit's plugin
-.venv/bin/python benchmarks/lammps_vs_deepmd.py {cmd_line}
-```
-
-## Machine and load
-
-- CPU: {cpu_model()}, {os.cpu_count()} cores; memory {mem['MemTotal'] / GIB:.1f} GB
-  ({mem['MemAvailable'] / GIB:.1f} GB available at the start).
-- **The machine was shared with other work**: load average (1, 5, 15 min) at the start
-  {load_start}, at the end {loadavg()}; the column "load at start" gives it before each
-  dpa3 run (the DeePMD-kit run of the same case followed right after). Absolute times are
-  therefore pessimistic; both codes ran interleaved, case by case, under the same conditions.
-  Compare the codes within a row rather than rows with each other: 1 rank × 2 threads suffers
-  most from a busy machine, since each of the model's many short parallel regions waits until
-  both threads have a core.
-- float32 `torch.mm` (2048³, best over 4 s): {mm_start[1]:.1f} / {mm_end[1]:.1f} GFLOP/s on 1 thread,
-  {mm_start[args.cores]:.1f} / {mm_end[args.cores]:.1f} GFLOP/s on {args.cores} threads (start /
-  end of the run). "% of mm" uses {peak_mm / 1e9:.1f} GFLOP/s.
-- dpa3 at commit {versions['dpa3 source']}.
-- {versions['dpa3 venv']} (`.venv`); {versions['DeePMD-kit venv']} (`.venv-deepmd`, DeePMD-kit
-  built from source with its C++ API, plugin from its 3.2.0 wheel). tcmalloc preloaded for both.
-
-## Model
-
-The float32 DPA3 water recipe (n_dim 128, e_dim 64, a_dim 32, e_rcut 6 Å, a_rcut 4 Å,
-e_sel 120, a_sel 30, fitting 240×3), weights written by DeePMD-kit:
-`{rel(CKPT6)}` (6 layers); the 3-layer model takes its first three layers and everything else
-(DeePMD-kit's `get_model` with `nlayers` 3, saved as a DeePMD-kit checkpoint). Matmul-type
-floating-point operations per atom and MD step (energy, forces and virial of the eager model,
-192 atoms, `torch.utils.flop_counter.FlopCounterMode`; element-wise work is not counted):
-
-{chr(10).join(flops_lines)}
-
-## Energy at step 0 (checked before timing, then in every case)
-
-Before any timing, 192 atoms on 1 rank:
-
-{chr(10).join(check_lines)}
-
-{energy_table}
-
-## Time per MD step and peak memory
-
-{speed_table}
-
-- s/step: LAMMPS's "Loop time" of a run of {', '.join(f'{steps_of[r]} steps ({192 * r**3:,} '
-  f'atoms)' for r in args.reps)} after a warm-up run of {', '.join(str(warmup_of[r]) for r in
-  args.reps)} steps; NVT, 0.5 fs, neighbour skin 1 Å.{best_of}
-- speed-up = DeePMD-kit s/step ÷ dpa3 s/step; memory ratio = DeePMD-kit ÷ dpa3.
-- peak GB: the maximum resident set of each rank (`/usr/bin/time -f %M`), summed over ranks.
-  "out of memory" = stopped by the benchmark when the machine had less than
-  {args.min_free_gb:g} GB available (the summed resident set then is shown as "> X"; the rest
-  of the machine's memory was in use by other work); "timeout" = stopped after
-  {args.timeout:g} s.{failures}
-- % of mm: (matmul FLOPs per atom-step × atoms ÷ s/step) ÷ the measured {args.cores}-thread
-  `torch.mm` throughput (the better of start and end), each code with its own FLOP count.
-- CPU use: LAMMPS's own "% CPU use" of the timed run, per rank (100% × threads per rank = the
-  rank's threads ran all the time); lower values mean that other work on the machine had the
-  cores for that part of the time.
-
-{ase_section}## Exact commands
-
-Models (in `{rel(work)}/layers<N>/`):
-
-```bash
-{chr(10).join(prep)}
-```
-
-Each case, in its folder `{rel(work)}/layers<N>/x<reps>_np<ranks>_<code>/` (every rank
-wrapped as `sh -c 'o=$1; shift; exec /usr/bin/time -f %M -o "$o.$PMI_RANK" "$@"' sh maxrss lmp
-...` for its peak memory):
-
-```bash
-{chr(10).join(all_cmds)}
-```
-
-with the input (`in.lmp`; `plugin load` and `pair_style` per code:
-`dpa3 .../dpa3.pth` with `{rel(our_plugin)}`, `deepmd .../deepmd.pth` with
-`{rel(dp_plugin)}`):
-
-```
-{template}
-```
-"""
-    args.output.write_text(text)
-    print(f"\nwrote {rel(args.output)}")
+    write_report(
+        SimpleNamespace(
+            args=args,
+            ase_rows=ase_rows,
+            checks=checks,
+            dp_plugin=dp_plugin,
+            ended=ended,
+            load_start=load_start,
+            mem=mem,
+            mm_end=mm_end,
+            mm_start=mm_start,
+            models=models,
+            our_plugin=our_plugin,
+            prep=prep,
+            rows=rows,
+            sides=sides,
+            started=started,
+            steps_of=steps_of,
+            versions=versions,
+            warmup_of=warmup_of,
+            work=work,
+        )
+    )
 
 
 def _dist_version(name: str) -> str:
