@@ -105,6 +105,18 @@ class LammpsResult:
     position: np.ndarray  # [N, 3] Å, as LAMMPS holds them (wrapped at re-neighbouring)
     log: str
 
+    def first(self, n: int) -> LammpsResult:
+        """The same run restricted to the per-atom rows of atoms ``0..n-1`` (totals unchanged)."""
+        return LammpsResult(
+            self.energy,
+            self.virial,
+            self.force[:n],
+            self.atom_energy[:n],
+            self.atom_virial[:n],
+            self.position[:n],
+            self.log,
+        )
+
 
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)

@@ -160,18 +160,6 @@ def _as_reference(res: L.LammpsResult, n: int) -> reference.Result:
     )
 
 
-def _model_atoms(res: L.LammpsResult, n: int) -> L.LammpsResult:
-    return L.LammpsResult(
-        res.energy,
-        res.virial,
-        res.force[:n],
-        res.atom_energy[:n],
-        res.atom_virial[:n],
-        res.position[:n],
-        res.log,
-    )
-
-
 def _case(name, nprocs, grid, min_swaps=0):
     return pytest.param(name, nprocs, grid, min_swaps, id=f"{name}-{grid.replace(' ', 'x')}")
 
@@ -219,9 +207,9 @@ def test_ranks_equal_one_rank(
         _refs[name] = system.reference(model)
     one = _one_rank[name]
 
-    assert_matches(_model_atoms(res, n), _as_reference(one, n), atol=TOL)
-    assert_matches(_model_atoms(res, n), _refs[name], atol=TOL)
-    assert_matches(_model_atoms(one, n), _refs[name], atol=TOL)
+    assert_matches(res.first(n), _as_reference(one, n), atol=TOL)
+    assert_matches(res.first(n), _refs[name], atol=TOL)
+    assert_matches(one.first(n), _refs[name], atol=TOL)
     if len(res.force) > n:  # NULL atoms: no force, energy or virial from dpa3
         assert np.all(res.force[n:] == 0.0)
         assert np.all(res.atom_energy[n:] == 0.0)

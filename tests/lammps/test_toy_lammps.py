@@ -122,15 +122,7 @@ def test_null_type_atoms_are_ignored(tmp_path, plugin, mpirun, toy, frames, npro
     np.testing.assert_allclose(res.force[n:], 0.0, atol=0)
     np.testing.assert_allclose(res.atom_energy[n:], 0.0, atol=0)
     np.testing.assert_allclose(res.atom_virial[n:], 0.0, atol=0)
-    sub = L.LammpsResult(
-        res.energy,
-        res.virial,
-        res.force[:n],
-        res.atom_energy[:n],
-        res.atom_virial[:n],
-        res.position[:n],
-        res.log,
-    )
+    sub = res.first(n)
     assert_matches(sub, ref)
 
 
