@@ -47,9 +47,8 @@ namespace {
 constexpr int64_t kBlockAngles = 1024;
 
 // Row-major C [M, N] = op(A) op(B) + beta C, op(X) = X or X^T (tA/tB), leading dimensions in
-// elements, through at::mm_out on views of the buffers (no allocation). at::mm, unlike a direct
-// BLAS call, stays single-threaded inside our parallel region (MKL would otherwise start a nested
-// team per call and the threads would stall each other).
+// elements, through at::mm_out on views of the buffers (no allocation; torch's own BLAS dispatch
+// and threading rules apply inside our parallel region).
 template <typename T>
 void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
                const T *b, int64_t ldb, T beta, T *c, int64_t ldc)
