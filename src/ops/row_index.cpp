@@ -21,6 +21,10 @@
 
 namespace dpa3 {
 
+namespace {
+
+// out [n, ...] with out[r] = sum of the rows perm[ptr[r]:ptr[r+1]] of y; parallel over r, no
+// atomics. n = ptr.numel() - 1. Not differentiable (the kernel behind scatter_rows).
 at::Tensor segment_sum_kernel(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
 {
   const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
@@ -47,8 +51,6 @@ at::Tensor segment_sum_kernel(const at::Tensor &y_, const at::Tensor &perm_, con
   });
   return out;
 }
-
-namespace {
 
 void check(const at::Tensor &v, const at::Tensor &idx, const at::Tensor &perm,
            const at::Tensor &ptr, const char *who)
