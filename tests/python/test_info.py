@@ -13,6 +13,7 @@ from dpa3 import _ops
 from dpa3.cli.main import main
 from dpa3.export.info import (
     _same_release,
+    cuda_compiled_in,
     environment_report,
     model_report,
     plugin_lammps_version,
@@ -55,7 +56,7 @@ def test_info_without_model(capsys):
         mpi = "yes" if bool(torch.ops.dpa3.enable_mpi()) else "no"
         assert rows["MPI compiled in"].split()[0] == mpi
         assert rows["MPI compiled in"].startswith("yes") == (build["mpi"] == "ON")
-        assert rows["CUDA compiled in"] == ("yes" if build["cuda"] == "ON" else "no")
+        assert rows["CUDA compiled in"].split()[0] == ("yes" if build["cuda"] == "ON" else "no")
 
 
 def test_info_plugin_rows():
@@ -132,3 +133,11 @@ def test_info_bad_model(tmp_path, capsys):
     assert "does not exist" in out and "Traceback" not in out
     with pytest.raises(FileNotFoundError):
         model_report(tmp_path / "missing.pth")
+
+
+def test_cuda_compiled_in_row():
+    assert cuda_compiled_in({}) is None
+    assert cuda_compiled_in({"cuda": "OFF"}) == "no"
+    assert cuda_compiled_in({"cuda": "ON"}) == "yes"
+    build = {"cuda": "ON", "cuda_compiler": "13.0.88", "cuda_architectures": "80-real 90-real"}
+    assert cuda_compiled_in(build) == "yes (nvcc 13.0.88, architectures 80-real 90-real)"

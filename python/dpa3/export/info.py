@@ -71,6 +71,23 @@ def _same_release(date: str, wheel: str) -> bool | None:
         return None
 
 
+def cuda_compiled_in(build: dict[str, Any]) -> str | None:
+    """``yes (nvcc 13.0.88, architectures 80-real 90-real)`` or ``no`` from the build info.
+
+    ``build`` is the op library's ``dpa3_ops_build.json``; None if it does not say.
+    """
+    if "cuda" not in build:
+        return None
+    if build["cuda"] != "ON":
+        return "no"
+    detail = ", ".join(
+        f"{label} {build[key]}"
+        for key, label in (("cuda_compiler", "nvcc"), ("cuda_architectures", "architectures"))
+        if build.get(key)
+    )
+    return f"yes ({detail})" if detail else "yes"
+
+
 def environment_report() -> dict[str, Any]:
     """Everything ``dpa3 info`` prints about the installation, as a dict (also for tests)."""
     import numpy
@@ -125,8 +142,9 @@ def environment_report() -> dict[str, Any]:
         rep["MPI compiled in"] = f"{'yes' if mpi == 'ON' else 'no'}" + (
             f" ({lib_mpi})" if mpi == "ON" and lib_mpi else ""
         )
-    if "cuda" in build:
-        rep["CUDA compiled in"] = "yes" if build["cuda"] == "ON" else "no"
+    cuda = cuda_compiled_in(build)
+    if cuda is not None:
+        rep["CUDA compiled in"] = cuda
 
     plugin = plugin_path()
     rep["LAMMPS plugin"] = str(plugin) if plugin else "not built"
@@ -235,4 +253,10 @@ def info_main(args: Any) -> int:
     return 0
 
 
-__all__ = ["environment_report", "info_main", "model_report", "plugin_lammps_version"]
+__all__ = [
+    "cuda_compiled_in",
+    "environment_report",
+    "info_main",
+    "model_report",
+    "plugin_lammps_version",
+]
