@@ -139,5 +139,5 @@ def test_cuda_compiled_in_row():
     assert cuda_compiled_in({}) is None
     assert cuda_compiled_in({"cuda": "OFF"}) == "no"
     assert cuda_compiled_in({"cuda": "ON"}) == "yes"
-    build = {"cuda": "ON", "cuda_compiler": "13.0.88", "cuda_architectures": "80-real 90-real"}
-    assert cuda_compiled_in(build) == "yes (nvcc 13.0.88, architectures 80-real 90-real)"
+    build = {"cuda": "ON", "cuda_compiler": "13.0.88", "cuda_architectures": "8.0 9.0+PTX"}
+    assert cuda_compiled_in(build) == "yes (nvcc 13.0.88, architectures 8.0 9.0+PTX)"

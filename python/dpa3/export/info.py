@@ -72,7 +72,7 @@ def _same_release(date: str, wheel: str) -> bool | None:
 
 
 def cuda_compiled_in(build: dict[str, Any]) -> str | None:
-    """``yes (nvcc 13.0.88, architectures 80-real 90-real)`` or ``no`` from the build info.
+    """``yes (nvcc 13.0.88, architectures 8.0 9.0+PTX)`` or ``no`` from the build info.
 
     ``build`` is the op library's ``dpa3_ops_build.json``; None if it does not say.
     """
