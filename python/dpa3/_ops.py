@@ -6,7 +6,10 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   and ``border_exchange_backward(...)``: the ghost-row exchange over a LAMMPS swap schedule
   (see ``docs/internals.md``), differentiable in eager mode and in TorchScript;
 - ``enable_mpi() -> bool``: whether the library was built with MPI;
-- ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``.
+- ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``;
+- ``exchange_mode(comm, device) -> str``: how ``border_exchange`` moves features on ``device``
+  between the ranks of ``comm``: ``"cpu"``, ``"cuda-aware"``, ``"staged"``, ``"host-routed
+  (...)"`` or ``"local (...)"`` (``docs/internals.md``, "The exchange on GPUs").
 
 Only this module loads the library; model code calls ``torch.ops.dpa3.border_exchange`` after
 :func:`load_ops`. In a process where the LAMMPS plugin has already loaded the library (the plugin
