@@ -13,7 +13,10 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``) that have a CPU kernel (fused
   loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the rest);
 - ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU
-  too (see :func:`generic_kernels`).
+  too (see :func:`generic_kernels`);
+- ``exchange_mode(comm, device) -> str``: how ``border_exchange`` moves features on ``device``
+  between the ranks of ``comm``: ``"cpu"``, ``"cuda-aware"``, ``"staged"``, ``"host-routed
+  (...)"`` or ``"local (...)"`` (``docs/internals.md``, "The exchange on GPUs").
 
 Only this module loads the library; model code calls ``torch.ops.dpa3.border_exchange`` after
 :func:`load_ops`. In a process where the LAMMPS plugin has already loaded the library (the plugin
