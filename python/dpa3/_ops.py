@@ -6,7 +6,17 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   and ``border_exchange_backward(...)``: the ghost-row exchange over a LAMMPS swap schedule
   (see ``docs/internals.md``), differentiable in eager mode and in TorchScript;
 - ``enable_mpi() -> bool``: whether the library was built with MPI;
-- ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``.
+- ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``;
+- the compute ops of the RepFlow layers, differentiable (``gather_rows``, ``scatter_rows``,
+  ``edge_sum``, ``center_outer``; ``angle_block`` to first order), each built on primitive
+  operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``, ``_outer_h``,
+  ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``) that have a CPU kernel (fused
+  loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the rest);
+- ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU
+  too (see :func:`generic_kernels`);
+- ``exchange_mode(comm, device) -> str``: how ``border_exchange`` moves features on ``device``
+  between the ranks of ``comm``: ``"cpu"``, ``"cuda-aware"``, ``"staged"``, ``"host-routed
+  (...)"`` or ``"local (...)"`` (``docs/internals.md``, "The exchange on GPUs").
 
 Only this module loads the library; model code calls ``torch.ops.dpa3.border_exchange`` after
 :func:`load_ops`. In a process where the LAMMPS plugin has already loaded the library (the plugin
@@ -15,8 +25,10 @@ links it), loading is skipped: registering the ``dpa3`` namespace twice aborts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -130,3 +142,22 @@ def ops_available() -> bool:
         return load_ops()
     except RuntimeError:
         return False
+
+
+@contextlib.contextmanager
+def generic_kernels() -> Iterator[None]:
+    """Run the device-generic implementation of every compute op on the CPU as well.
+
+    The CUDA kernels of the op library are (mostly) the generic implementations written with
+    ATen calls; inside this context the CPU kernels use them too instead of the fused loops, so
+    the algorithm that runs on GPUs is exercised on a machine without one.  The switch is
+    process-wide (the C++ library holds it); it is meant for tests and diagnostics, and the
+    previous setting is restored on exit.  Results agree with the fused kernels up to rounding.
+    """
+    if not load_ops():
+        raise RuntimeError("dpa3: the op library libdpa3_ops.so is not built")
+    previous = torch.ops.dpa3.set_generic_kernels(True)
+    try:
+        yield
+    finally:
+        torch.ops.dpa3.set_generic_kernels(previous)

@@ -10,6 +10,7 @@ order xx yy zz yz xz xy, ``= -virial / volume``) and per-atom ``energies``.  Bot
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,21 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .data.neighbor import build_neighbor_data
+from .device import describe, resolve_device
+
+log = logging.getLogger(__name__)
 
 
-def _load(model: str | Path | torch.nn.Module, device: str) -> torch.nn.Module:
+def _module_device(module: torch.nn.Module) -> torch.device:
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _load(model: str | Path | torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
-        return model
+        return model.to(device)
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"dpa3: no model file {path}")
@@ -44,15 +55,23 @@ class DPA3Calculator(Calculator):
         A frozen model (``.pth`` from ``dpa3 freeze``), a dpa3 checkpoint (``.pt``), or an
         :class:`dpa3.model.EnergyModel` instance.
     device
-        Torch device (``"cpu"`` or ``"cuda"``).
+        ``"auto"`` (default: a CUDA GPU if one is visible, else the CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or a :class:`torch.device`.  A model given as a module is moved there,
+        except with ``"auto"``, which leaves a module on the device it is on.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model: str | Path | torch.nn.Module, device: str = "cpu", **kwargs) -> None:
+    def __init__(
+        self, model: str | Path | torch.nn.Module, device: str | torch.device = "auto", **kwargs
+    ) -> None:
         super().__init__(**kwargs)
-        self.device = torch.device(device)
-        self.model = _load(model, device)
+        if isinstance(model, torch.nn.Module) and str(device) == "auto":
+            self.device = _module_device(model)
+        else:
+            self.device = resolve_device(device)
+        log.info("DPA3Calculator: %s", describe(device, self.device))
+        self.model = _load(model, self.device)
         self.model.eval()
         self.type_map = list(self.model.get_type_map())
         self.rcut = float(self.model.get_rcut())

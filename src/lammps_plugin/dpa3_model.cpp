@@ -8,6 +8,7 @@
 #include "dpa3_neighbor.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -24,6 +25,7 @@ using namespace LAMMPS_NS;
 namespace {
 
 constexpr const char *OP_NAME = "dpa3::border_exchange";
+constexpr const char *MODE_OP_NAME = "dpa3::exchange_mode";
 
 // Getters the plugin relies on, besides forward_lower (docs/internals.md).
 const char *const REQUIRED_METHODS[] = {"get_rcut", "get_type_map", "get_num_layers",
@@ -224,6 +226,24 @@ void Dpa3Model::set_num_threads(int n)
   if (n > 0) at::set_num_threads(n);
 }
 
+int Dpa3Model::cuda_device_count()
+{
+  return static_cast<int>(torch::cuda::device_count());
+}
+
+std::string Dpa3Model::exchange_mode(int64_t comm) const
+{
+  try {
+    auto op = c10::Dispatcher::singleton().findSchemaOrThrow(MODE_OP_NAME, "");
+    torch::jit::Stack stack{torch::full({1}, comm, torch::TensorOptions().dtype(torch::kInt64)),
+                            impl->device};
+    op.callBoxed(&stack);
+    return stack.at(0).toStringRef();
+  } catch (const std::exception &e) {
+    throw std::runtime_error(std::string(MODE_OP_NAME) + " failed: " + what(e));
+  }
+}
+
 void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc,
                           int nnei, int64_t comm, int rank)
 {
@@ -257,6 +277,8 @@ void Dpa3Model::compute(const std::vector<double> &coord, const std::vector<int6
   const auto nall = static_cast<int64_t>(atype.size());
   const int64_t nloc = impl->nloc;
   try {
+    // kernels that the model launches without an explicit device go to the model's GPU
+    c10::DeviceGuard guard(impl->device);
     auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
     auto i64 = torch::TensorOptions().dtype(torch::kInt64);
     at::Tensor x = torch::from_blob(const_cast<double *>(coord.data()), {1, nall, 3}, f64)
@@ -306,6 +328,7 @@ std::vector<double> Dpa3Model::exchange(const std::vector<double> &g, int nall, 
 {
   try {
     torch::NoGradGuard no_grad;
+    c10::DeviceGuard guard(impl->device);
     auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
     at::Tensor x = torch::from_blob(const_cast<double *>(g.data()), {nall, width}, f64)
                        .clone()

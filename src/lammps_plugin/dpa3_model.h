@@ -47,6 +47,13 @@ class Dpa3Model {
 
   // Sets libtorch's intra-op thread count for this process (one LAMMPS rank).
   static void set_num_threads(int n);
+  // Number of CUDA devices libtorch sees (0 with a CPU-only torch or without a GPU).
+  static int cuda_device_count();
+
+  // How dpa3::border_exchange moves this model's features between the ranks of the
+  // communicator `comm` (MPI_Comm_c2f handle): "cpu", "cuda-aware", "staged", "host-routed
+  // (...)" or "local (...)" (docs/internals.md, "The exchange on GPUs").
+  std::string exchange_mode(int64_t comm) const;
 
   // Uploads the per-re-neighbouring state: the exchange schedule (model indexing),
   // the padded neighbour matrix [nloc * nnei], the communicator handle and this rank.

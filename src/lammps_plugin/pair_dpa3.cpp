@@ -1,5 +1,5 @@
 /* ----------------------------------------------------------------------
-   pair_style dpa3 model.pth [device cpu|cuda] [check on|off]
+   pair_style dpa3 model.pth [device auto|cpu|cuda] [check on|off]
    pair_coeff * * El1 El2 ...   (element per atom type, NULL = not handled)
 
    Per step (all ranks, even those without atoms, because the model exchanges
@@ -53,7 +53,8 @@ constexpr int VIRIAL_ORDER[9] = {0, 4, 8, 3, 6, 7, 1, 2, 5};
 /* ---------------------------------------------------------------------- */
 
 PairDPA3::PairDPA3(LAMMPS *lmp) :
-    Pair(lmp), device("cpu"), check_flag(false), check_logged(false), coeff_positional(false),
+    Pair(lmp), device("auto"), run_device("cpu"), mode_logged(false), check_flag(false),
+    check_logged(false), coeff_positional(false),
     ener_unit(1.0), dist_unit(1.0), comm_dup_done(false), comm_handle(0), dup_comm(nullptr),
     cap(std::make_unique<Dpa3Capture>()), nloc_model(0), nall_model(0), have_graph(false),
     cached_nlocal(-1), cached_nghost(-1), cached_ncalls(-1), cached_lastcall(-1),
@@ -99,14 +100,14 @@ void PairDPA3::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style dpa3 model.pth [device cpu|cuda] [check on|off]
+   pair_style dpa3 model.pth [device auto|cpu|cuda] [check on|off]
 ------------------------------------------------------------------------- */
 
 void PairDPA3::settings(int narg, char **arg)
 {
   if (narg < 1) error->all(FLERR, "Illegal pair_style dpa3 command: missing model file");
   model_file = arg[0];
-  device = "cpu";
+  device = "auto";
   check_flag = false;
   int iarg = 1;
   while (iarg < narg) {
@@ -115,8 +116,9 @@ void PairDPA3::settings(int narg, char **arg)
       error->all(FLERR, "Illegal pair_style dpa3 command: missing value after keyword {}", key);
     const std::string value = arg[iarg + 1];
     if (key == "device") {
-      if (value != "cpu" && value != "cuda")
-        error->all(FLERR, "Illegal pair_style dpa3 keyword device: {} (use cpu or cuda)", value);
+      if (value != "auto" && value != "cpu" && value != "cuda")
+        error->all(FLERR, "Illegal pair_style dpa3 keyword device: {} (use auto, cpu or cuda)",
+                   value);
 #ifndef DPA3_USE_CUDA
       if (value == "cuda")
         error->all(FLERR,
@@ -138,14 +140,30 @@ void PairDPA3::settings(int narg, char **arg)
 
 void PairDPA3::load_model()
 {
-  // GPU number = node-local rank (modulo the visible devices, chosen by the model)
-  int device_rank = 0;
-  if (device == "cuda") {
-    MPI_Comm node;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &device_rank);
-    MPI_Comm_free(&node);
-  }
+  // ranks on this node: GPU number (node-local rank mod visible GPUs) and default thread count
+  int local_rank = 0, ranks_on_node = 1;
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_size(node, &ranks_on_node);
+  MPI_Comm_free(&node);
+
+  // device auto: cuda if this plugin has CUDA and every rank sees a GPU (one device for all)
+  int ngpu = 0, min_gpu = 0;
+#ifdef DPA3_USE_CUDA
+  if (device != "cpu") ngpu = Dpa3Model::cuda_device_count();
+  const char *why = " (auto: no GPU visible on some rank)";
+#else
+  const char *why = " (auto: plugin built without CUDA)";
+#endif
+  MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, world);
+  run_device = (device == "auto") ? (min_gpu > 0 ? "cuda" : "cpu") : device;
+  mode_logged = false;
+  if (comm->me == 0 && run_device == "cuda")
+    utils::logmesg(lmp, "dpa3: device cuda (node-local rank -> GPU: {} rank(s) on {} GPU(s))\n",
+                   ranks_on_node, ngpu);
+  else if (comm->me == 0)
+    utils::logmesg(lmp, "dpa3: device cpu{}\n", device == "auto" ? why : "");
 
   // libtorch threads per rank: OMP_NUM_THREADS if set (the usual LAMMPS convention), otherwise
   // the node's cores shared by the ranks on the node. torch's own default (all cores in every
@@ -155,11 +173,6 @@ void PairDPA3::load_model()
   if (omp && std::atoi(omp) > 0) {
     nthreads = std::atoi(omp);
   } else {
-    MPI_Comm node;
-    int ranks_on_node = 1;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-    MPI_Comm_size(node, &ranks_on_node);
-    MPI_Comm_free(&node);
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     nthreads = std::max(1, cores / std::max(1, ranks_on_node));
   }
@@ -171,7 +184,7 @@ void PairDPA3::load_model()
   model.reset();
   std::string msg;
   try {
-    model = std::make_unique<Dpa3Model>(model_file, device, device_rank);
+    model = std::make_unique<Dpa3Model>(model_file, run_device, local_rank);
   } catch (const std::exception &e) {
     msg = e.what();
     if (msg.empty()) msg = "unknown error";
@@ -325,6 +338,16 @@ void PairDPA3::init_style()
     comm_handle = static_cast<long long>(MPI_Comm_c2f(*c));
     comm_dup_done = true;
   }
+  // how ghost features travel between GPUs: printed once, at the first run
+  if (run_device == "cuda" && comm->nprocs > 1 && !mode_logged && comm->me == 0) {
+    try {
+      utils::logmesg(lmp, "dpa3: ghost-feature exchange between ranks: {}\n",
+                     model->exchange_mode(comm_handle));
+    } catch (const std::exception &e) {
+      error->one(FLERR, "pair_style dpa3: {}", e.what());
+    }
+  }
+  mode_logged = true;
   // the next compute() recaptures the schedule and rebuilds the model inputs
   have_graph = false;
 }

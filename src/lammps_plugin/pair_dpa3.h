@@ -56,7 +56,9 @@ class PairDPA3 : public Pair {
   void check_exchange();
 
   std::string model_file;
-  std::string device;      // "cpu" or "cuda"
+  std::string device;      // keyword value: "auto", "cpu" or "cuda"
+  std::string run_device;  // what auto resolved to: "cpu" or "cuda"
+  bool mode_logged;        // exchange mode printed (cuda on several ranks)
   bool check_flag;         // push atom tags through the exchange op at each rebuild
   bool check_logged;
   std::unique_ptr<Dpa3Model> model;

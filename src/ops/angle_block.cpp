@@ -38,6 +38,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels.h"
 #include "simd.h"
 
 namespace dpa3 {
@@ -68,8 +69,6 @@ void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, in
     C.addmm_(A, B, beta, 1);
 }
 
-enum Act : int64_t { SILU = 0, SILUT = 1, TANH = 2 };
-
 template <typename T> struct ActParams {
   int64_t kind;
   T thr, slope, silu_t;
@@ -85,7 +84,7 @@ template <typename T> ActParams<T> act_params(int64_t kind, double threshold)
 template <typename T>
 DPA3_INLINE void activate(const ActParams<T> &f, const T *x, T *y, T *dy, int64_t n)
 {
-  if (f.kind == TANH) {
+  if (f.kind == ACT_TANH) {
     for (int64_t d = 0; d < n; ++d) y[d] = std::tanh(x[d]);
     if (dy)
       for (int64_t d = 0; d < n; ++d) dy[d] = T(1) - y[d] * y[d];
@@ -96,7 +95,7 @@ DPA3_INLINE void activate(const ActParams<T> &f, const T *x, T *y, T *dy, int64_
     y[d] = x[d] * s;
     if (dy) dy[d] = s * (T(1) + x[d] * (T(1) - s));
   }
-  if (f.kind == SILUT) {
+  if (f.kind == ACT_SILUT) {
     for (int64_t d = 0; d < n; ++d) {
       if (x[d] >= f.thr) {    // rare: the tanh tail above the threshold
         const T t = std::tanh(f.slope * (x[d] - f.thr));
@@ -186,13 +185,7 @@ DPA3_MULTIVERSION void forward_block(const Block<double> &b) { forward_body(b); 
 DPA3_MULTIVERSION void backward_block(const Block<float> &b) { backward_body(b); }
 DPA3_MULTIVERSION void backward_block(const Block<double> &b) { backward_body(b); }
 
-struct Inputs {
-  at::Tensor a, wa, pe, vk, w, eik, aptr, nptr, beta;
-  int64_t de, act;
-  double thr, alpha;
-};
-
-Inputs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
+AngleArgs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
                const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
                const at::Tensor &aptr, const at::Tensor &nptr, int64_t de, int64_t act,
                double thr, double alpha, const at::Tensor &beta)
@@ -217,7 +210,9 @@ Inputs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
   TORCH_CHECK(eik.scalar_type() == at::kLong && aptr.scalar_type() == at::kLong &&
                   nptr.scalar_type() == at::kLong,
               op, "eik, aptr and nptr must be int64");
-  TORCH_CHECK(a.device().is_cpu(), op, "CPU tensors only");
+  for (const auto *t : {&wa, &pe, &vk, &w, &beta, &eik, &aptr, &nptr})
+    TORCH_CHECK(t->device() == a.device(), op, "all inputs must be on one device (", a.device(),
+                ")");
   return {a.contiguous(),   wa.contiguous(),    pe.contiguous(),
           vk.contiguous(),  w.reshape({-1}).contiguous(), eik.contiguous(),
           aptr.contiguous(), nptr.contiguous(), beta.reshape({-1}).contiguous(),
@@ -231,7 +226,7 @@ Inputs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
 // vector owned by each thread's range of blocks (grown, never shrunk: one allocation per thread
 // and call instead of one per block).
 template <typename T, typename F>
-void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
+void for_each_block(const AngleArgs &in, std::atomic<bool> &bad, F &&block)
 {
   const int64_t ncenter = in.nptr.numel() - 1;
   const int64_t *np = in.nptr.data_ptr<int64_t>(), *ap = in.aptr.data_ptr<int64_t>(),
@@ -263,8 +258,10 @@ void for_each_block(const Inputs &in, std::atomic<bool> &bad, F &&block)
   });
 }
 
-// {red [E, de], aout [A, D - de]}
-std::vector<at::Tensor> forward_kernel(const Inputs &in)
+}    // namespace
+
+// CPU kernel of dpa3::_angle_block_fwd: {red [E, de], aout [A, D - de]}
+std::vector<at::Tensor> cpu::angle_block_fwd(const AngleArgs &in)
 {
   const int64_t width = in.wa.size(1), de = in.de, da = width - de, nedge = in.pe.size(0);
   at::Tensor red = at::zeros({nedge, de}, in.a.options());
@@ -296,12 +293,11 @@ std::vector<at::Tensor> forward_kernel(const Inputs &in)
   return {red, aout};
 }
 
-struct Grads {
-  at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
-};
-
-Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tensor &gaout_,
-                      bool need_wa, bool need_beta)
+// CPU kernel of dpa3::_angle_block_bwd: {ga, gwa, gpe, gvk, gw, gbeta}; gwa and gbeta are
+// empty unless asked for
+std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tensor &gred_,
+                                             const at::Tensor &gaout_, bool need_wa,
+                                             bool need_beta)
 {
   const int64_t width = in.wa.size(1), de = in.de, da = width - de;
   const int64_t nedge = in.pe.size(0), nangle = in.a.size(0), da_in = in.a.size(1);
@@ -309,7 +305,9 @@ Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tenso
   const at::Tensor gred = gred_.defined() ? gred_.contiguous() : at::zeros({nedge, de}, opt);
   const at::Tensor gaout =
       gaout_.defined() ? gaout_.contiguous() : at::zeros({nangle, da}, opt);
-  Grads g;
+  struct {
+    at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
+  } g;
   g.ga = at::empty({nangle, da_in}, opt);
   g.gpe = at::zeros({nedge, width}, opt);
   g.gvk = at::zeros({nedge, width}, opt);
@@ -357,10 +355,12 @@ Grads backward_kernel(const Inputs &in, const at::Tensor &gred_, const at::Tenso
     });
   });
   TORCH_CHECK(!bad, "dpa3::angle_block: the angles do not follow the edge/centre layout");
-  if (need_wa) g.gwa = gwa_part.sum(0);
-  if (need_beta) g.gbeta = gbeta_part.sum(0);
-  return g;
+  g.gwa = need_wa ? gwa_part.sum(0) : at::empty({0}, opt);
+  g.gbeta = need_beta ? gbeta_part.sum(0) : at::empty({0}, opt);
+  return {g.ga, g.gwa, g.gpe, g.gvk, g.gw, g.gbeta};
 }
+
+namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -373,8 +373,8 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
                                const at::Tensor &nptr, int64_t de, int64_t act, double thr,
                                double alpha, const at::Tensor &beta)
   {
-    Inputs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
-    auto out = forward_kernel(in);
+    AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    auto out = prim::angle_block_fwd(in);
     ctx->save_for_backward({in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.beta});
     ctx->saved_data["de"] = de;
     ctx->saved_data["act"] = act;
@@ -391,7 +391,7 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
                 "dpa3::angle_block supports first derivatives only (no create_graph); "
                 "train with the model in training mode, which uses the composite path");
     auto s = ctx->get_saved_variables();
-    Inputs in{s[0],
+    AngleArgs in{s[0],
               s[1],
               s[2],
               s[3],
@@ -404,13 +404,12 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
               ctx->saved_data["act"].toInt(),
               ctx->saved_data["thr"].toDouble(),
               ctx->saved_data["alpha"].toDouble()};
-    Grads g = backward_kernel(in, grads[0], grads[1], ctx->needs_input_grad(1),
-                              ctx->needs_input_grad(8));
-    at::Tensor gw = g.gw.reshape(ctx->saved_data["w_shape"].toIntVector());
+    const bool need_wa = ctx->needs_input_grad(1), need_beta = ctx->needs_input_grad(8);
+    auto g = prim::angle_block_bwd(in, grads[0], grads[1], need_wa, need_beta);
+    at::Tensor gw = g[4].reshape(ctx->saved_data["w_shape"].toIntVector());
     at::Tensor gbeta =
-        g.gbeta.defined() ? g.gbeta.reshape(ctx->saved_data["beta_shape"].toIntVector())
-                          : at::Tensor();
-    return {g.ga,         g.gwa,        g.gpe,        g.gvk,        gw,
+        need_beta ? g[5].reshape(ctx->saved_data["beta_shape"].toIntVector()) : at::Tensor();
+    return {g[0],         need_wa ? g[1] : at::Tensor(), g[2], g[3], gw,
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), gbeta};
   }

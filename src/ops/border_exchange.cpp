@@ -144,8 +144,10 @@ Schedule read_schedule(const char *opname, const at::Tensor &g, const at::Tensor
 
 Communicator make_communicator(const Schedule &S, const char *opname)
 {
-  // Always the real handle, even for an all-self schedule on this rank: the rank check then runs
-  // everywhere, and the debug barrier is entered by every rank or by none.
+  // An all-self schedule on this rank makes no MPI call (the backward of device features may
+  // run on an autograd worker thread, see route_through_host), unless the debug barrier is on:
+  // every rank must enter that, so then every rank uses the real handle.
+  if (S.all_self && !Communicator::debug_barrier()) return Communicator(0, S.rank);
   Communicator c(S.comm, S.rank);
   if (!S.all_self && !c.available()) {
     for (int64_t s = 0; s < S.nswap; ++s) {
@@ -294,6 +296,36 @@ at::Tensor border_exchange_meta(const at::Tensor &g, const at::Tensor &send_idx,
   TORCH_CHECK(g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble, FWD_NAME,
               ": features must be float32 or float64, got ", g.scalar_type());
   return at::empty_like(g, at::MemoryFormat::Contiguous);
+}
+
+bool route_through_host(const at::Tensor &g, const at::Tensor &send_proc,
+                        const at::Tensor &recv_proc, const at::Tensor &comm,
+                        const at::Tensor &rank)
+{
+  if (!g.defined() || g.device().is_cpu()) return false;
+  if (host_ints(comm, FWD_NAME, "comm", 1)[0] == 0) return false;    // no MPI at all
+  if (Communicator::main_thread_only().empty()) return false;
+  if (Communicator::debug_barrier()) return true;
+  const std::vector<int64_t> sp = host_ints(send_proc, FWD_NAME, "send_proc", -1);
+  const std::vector<int64_t> rp = host_ints(recv_proc, FWD_NAME, "recv_proc", -1);
+  const int64_t me = host_ints(rank, FWD_NAME, "rank", 1)[0];
+  for (size_t s = 0; s < sp.size(); ++s)
+    if (sp[s] != me || (s < rp.size() && rp[s] != me)) return true;
+  return false;
+}
+
+std::string exchange_mode(const at::Tensor &comm, c10::Device device)
+{
+  const char *opname = "dpa3::exchange_mode";
+  if (device.is_cpu()) return "cpu";
+  TORCH_CHECK(device.is_cuda(), opname, ": the exchange supports CPU and CUDA tensors, not ",
+              device);
+  const Communicator c(host_ints(comm, opname, "comm", 1)[0], -1);
+  if (!c.available()) return "local (" + c.why_unavailable() + ")";
+  if (c.size() == 1) return "local (one MPI rank)";
+  const std::string why = Communicator::main_thread_only();
+  if (!why.empty()) return "host-routed (" + why + ")";
+  return Communicator::cuda_aware() ? "cuda-aware" : "staged";
 }
 
 at::Tensor allreduce_min(const at::Tensor &x, const at::Tensor &comm)

@@ -21,6 +21,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+
 namespace dpa3 {
 
 at::Tensor border_exchange_forward_kernel(const at::Tensor &g, const at::Tensor &send_idx,
@@ -41,6 +43,21 @@ at::Tensor border_exchange_meta(const at::Tensor &g, const at::Tensor &send_idx,
                                 const at::Tensor &recv_num, const at::Tensor &send_proc,
                                 const at::Tensor &recv_proc, const at::Tensor &comm,
                                 const at::Tensor &rank);
+
+// Whether the exchange of features g (send_proc, recv_proc, comm, rank as for the op) must run
+// on a host copy of g: g is on a device, this call exchanges with other ranks (or enters the
+// debug barrier), and MPI may only be called from the main thread. The autograd engine then runs
+// the backward exchange (fed a CPU gradient) on the calling thread instead of the device's worker
+// thread. Makes no MPI call that is restricted to the main thread.
+bool route_through_host(const at::Tensor &g, const at::Tensor &send_proc,
+                        const at::Tensor &recv_proc, const at::Tensor &comm,
+                        const at::Tensor &rank);
+
+// How exchanges of features on `device` with other ranks of comm run: "cpu", "cuda-aware"
+// (device pointers to MPI), "staged" (packed rows through pinned host memory), "host-routed
+// (<why>)" (see route_through_host), or "local (<why>)" when there is no other rank to talk to
+// (no MPI, comm == 0, or one rank).
+std::string exchange_mode(const at::Tensor &comm, c10::Device device);
 
 // element-wise minimum over the ranks of comm (a copy of x without MPI or with comm == 0)
 at::Tensor allreduce_min(const at::Tensor &x, const at::Tensor &comm);

@@ -12,7 +12,8 @@
    The three are bilinear and each one's partial derivatives are the other
    two, so their autograd Functions call each other: derivatives of any
    order (forces in training, create_graph=True) stay on these kernels.
-   S runs in parallel over centres, Y and Z over edges: no atomics.
+   S runs in parallel over centres, Y and Z over edges: no atomics. These
+   are the CPU kernels; other devices: see kernels.h.
 ------------------------------------------------------------------------- */
 
 #include <ATen/ATen.h>
@@ -21,6 +22,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 namespace dpa3 {
@@ -109,8 +111,10 @@ DPA3_OUTER_VERSIONS(float)
 DPA3_OUTER_VERSIONS(double)
 #undef DPA3_OUTER_VERSIONS
 
-// S [N, k, d]
-at::Tensor outer_sum_kernel(const at::Tensor &h_, const at::Tensor &g_, const at::Tensor &perm_,
+}    // namespace
+
+// CPU kernels of the primitives dpa3::_outer_sum (S [N, k, d]), _outer_h (Y) and _outer_g (Z)
+at::Tensor cpu::outer_sum(const at::Tensor &h_, const at::Tensor &g_, const at::Tensor &perm_,
                             const at::Tensor &ptr_)
 {
   const at::Tensor h = h_.contiguous(), g = g_.contiguous(), perm = perm_.contiguous(),
@@ -128,8 +132,7 @@ at::Tensor outer_sum_kernel(const at::Tensor &h_, const at::Tensor &g_, const at
   return out;
 }
 
-// Y [E, d]
-at::Tensor outer_h_kernel(const at::Tensor &h_, const at::Tensor &G_, const at::Tensor &idx_)
+at::Tensor cpu::outer_h(const at::Tensor &h_, const at::Tensor &G_, const at::Tensor &idx_)
 {
   const at::Tensor h = h_.contiguous(), G = G_.contiguous(), idx = idx_.contiguous();
   const int64_t nedge = h.size(0), k = h.size(1), d = G.size(2);
@@ -145,8 +148,7 @@ at::Tensor outer_h_kernel(const at::Tensor &h_, const at::Tensor &G_, const at::
   return out;
 }
 
-// Z [E, k]
-at::Tensor outer_g_kernel(const at::Tensor &g_, const at::Tensor &G_, const at::Tensor &idx_)
+at::Tensor cpu::outer_g(const at::Tensor &g_, const at::Tensor &G_, const at::Tensor &idx_)
 {
   const at::Tensor g = g_.contiguous(), G = G_.contiguous(), idx = idx_.contiguous();
   const int64_t nedge = g.size(0), k = G.size(1), d = g.size(1);
@@ -162,6 +164,8 @@ at::Tensor outer_g_kernel(const at::Tensor &g_, const at::Tensor &G_, const at::
   return out;
 }
 
+namespace {
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -176,7 +180,7 @@ class OuterSum : public torch::autograd::Function<OuterSum> {
                             const at::Tensor &idx, const at::Tensor &perm, const at::Tensor &ptr)
   {
     ctx->save_for_backward({h, g, idx, perm, ptr});
-    return outer_sum_kernel(h, g, perm, ptr);
+    return prim::outer_sum(h, g, idx, perm, ptr);
   }
   static variable_list backward(AutogradContext *ctx, variable_list go)
   {
@@ -198,7 +202,7 @@ class OuterH : public torch::autograd::Function<OuterH> {
                             const at::Tensor &idx, const at::Tensor &perm, const at::Tensor &ptr)
   {
     ctx->save_for_backward({h, G, idx, perm, ptr});
-    return outer_h_kernel(h, G, idx);
+    return prim::outer_h(h, G, idx);
   }
   static variable_list backward(AutogradContext *ctx, variable_list go)
   {
@@ -214,7 +218,7 @@ class OuterG : public torch::autograd::Function<OuterG> {
                             const at::Tensor &idx, const at::Tensor &perm, const at::Tensor &ptr)
   {
     ctx->save_for_backward({g, G, idx, perm, ptr});
-    return outer_g_kernel(g, G, idx);
+    return prim::outer_g(g, G, idx);
   }
   static variable_list backward(AutogradContext *ctx, variable_list go)
   {
@@ -243,7 +247,9 @@ at::Tensor center_outer(const at::Tensor &h, const at::Tensor &g, const at::Tens
   TORCH_CHECK(h.dim() == 2 && g.dim() == 2 && h.size(0) == g.size(0), who,
               ": h [E, k] and g [E, d] need one row per edge");
   TORCH_CHECK(h.scalar_type() == g.scalar_type(), who, ": h and g need one dtype");
-  TORCH_CHECK(g.device().is_cpu(), who, ": CPU tensors only");
+  TORCH_CHECK(h.device() == g.device() && idx.device() == g.device() &&
+                  perm.device() == g.device() && ptr.device() == g.device(),
+              who, ": h, g, idx, perm and ptr must be on one device");
   check_index(idx, perm, ptr, g.size(0), who);
   return outer_sum(h, g, idx, perm, ptr);
 }

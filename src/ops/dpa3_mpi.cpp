@@ -70,20 +70,29 @@ std::string mpi_error_string(int code)
     TORCH_CHECK(_rc == MPI_SUCCESS, "dpa3: ", what, " failed: ", mpi_error_string(_rc)); \
   } while (0)
 
-// PyTorch runs backward nodes of CUDA tensors on a per-device worker thread, so MPI may be called
-// off the main thread; with MPI_THREAD_FUNNELED (or SINGLE) that is not allowed by the standard.
+const char *thread_level_name(int level)
+{
+  if (level == MPI_THREAD_SINGLE) return "MPI_THREAD_SINGLE";
+  if (level == MPI_THREAD_FUNNELED) return "MPI_THREAD_FUNNELED";
+  if (level == MPI_THREAD_SERIALIZED) return "MPI_THREAD_SERIALIZED";
+  if (level == MPI_THREAD_MULTIPLE) return "MPI_THREAD_MULTIPLE";
+  return "unknown";
+}
+
+// The exchange op keeps MPI on the calling thread whenever the thread level requires it (device
+// features are routed through host memory, docs/internals.md "The exchange on GPUs"), so this
+// only fires when the model itself is run from a thread other than the one that initialised MPI.
 void check_thread_level()
 {
   int is_main = 1;
   MPI_Is_thread_main(&is_main);
   if (is_main) return;
-  int provided = MPI_THREAD_SINGLE;
-  MPI_Query_thread(&provided);
-  if (provided < MPI_THREAD_SERIALIZED) {
-    TORCH_WARN_ONCE("dpa3::border_exchange: MPI is called from a thread other than the main "
-                    "thread (autograd worker), but MPI was initialised with thread level ",
-                    provided, " < MPI_THREAD_SERIALIZED; initialise MPI with "
-                    "MPI_THREAD_MULTIPLE (mpi4py does by default)");
+  const std::string why = Communicator::main_thread_only();
+  if (!why.empty()) {
+    TORCH_WARN_ONCE("dpa3::border_exchange: MPI is called from a thread other than the one that "
+                    "initialised MPI, but ", why, "; run the model from that thread, or "
+                    "initialise MPI with MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE (mpi4py "
+                    "does by default)");
   }
 }
 #endif
@@ -192,6 +201,24 @@ bool Communicator::compiled_with_mpi()
   return true;
 #else
   return false;
+#endif
+}
+
+std::string Communicator::main_thread_only()
+{
+#ifdef DPA3_USE_MPI
+  // MPI_Initialized, MPI_Finalized and MPI_Query_thread may be called from any thread
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) return "";
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&provided);
+  if (provided >= MPI_THREAD_SERIALIZED) return "";
+  return std::string("MPI thread level ") + thread_level_name(provided) +
+      " < MPI_THREAD_SERIALIZED";
+#else
+  return "";
 #endif
 }
 

@@ -40,6 +40,11 @@ class Communicator {
   void allreduce_min(const void *in, void *out, int64_t n, c10::ScalarType dtype) const;
 
   static bool compiled_with_mpi();
+  // Why MPI must not be called from a thread other than the main one: "" if it may (MPI not
+  // built in, not initialised or finalised, or initialised with MPI_THREAD_SERIALIZED or
+  // MULTIPLE), else e.g. "MPI thread level MPI_THREAD_FUNNELED < MPI_THREAD_SERIALIZED".
+  // Makes only the MPI calls that are allowed from any thread.
+  static std::string main_thread_only();
   // May device pointers be handed to MPI? DPA3_CUDA_AWARE=0/1 overrides the runtime query.
   static bool cuda_aware();
   // DPA3_COMM_BARRIER=1: a barrier before every exchange (debugging schedule mismatches).

@@ -12,6 +12,7 @@
    is gather_rows, and a sum), so derivatives of any order work.
 ------------------------------------------------------------------------- */
 
+#include "kernels.h"
 #include "row_index.h"
 #include "simd.h"
 
@@ -58,7 +59,10 @@ DPA3_MULTIVERSION void edge_sum_range(double *op, const double *xc, const double
   edge_sum_body(op, xc, xn, xe, b, ic, in, e0, e1, k);
 }
 
-at::Tensor edge_sum_kernel(const at::Tensor &xc_, const at::Tensor &xn_, const at::Tensor &xe_,
+}    // namespace
+
+// CPU kernel of the primitive dpa3::_edge_sum (xn, b and in may be undefined)
+at::Tensor cpu::edge_sum(const at::Tensor &xc_, const at::Tensor &xn_, const at::Tensor &xe_,
                            const at::Tensor &b_, const at::Tensor &ic_, const at::Tensor &in_)
 {
   const at::Tensor xc = xc_.contiguous(), xe = xe_.contiguous(), ic = ic_.contiguous();
@@ -81,6 +85,8 @@ at::Tensor edge_sum_kernel(const at::Tensor &xc_, const at::Tensor &xn_, const a
   return out;
 }
 
+namespace {
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -95,8 +101,9 @@ class EdgeSum : public torch::autograd::Function<EdgeSum> {
     ctx->save_for_backward({ic, pc, rc, in, pn, rn});
     ctx->saved_data["has_xn"] = has_xn;
     ctx->saved_data["has_b"] = has_b;
-    return edge_sum_kernel(xc, has_xn ? xn : at::Tensor(), xe, has_b ? b : at::Tensor(), ic,
-                           has_xn ? in : at::Tensor());
+    return prim::edge_sum(xc, has_xn ? std::optional<at::Tensor>(xn) : std::nullopt, xe,
+                          has_b ? std::optional<at::Tensor>(b) : std::nullopt, ic,
+                          has_xn ? std::optional<at::Tensor>(in) : std::nullopt);
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list g)
@@ -124,7 +131,8 @@ at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
   TORCH_CHECK(idx_c.numel() == xe.size(0), who, "idx_c needs one entry per edge");
   TORCH_CHECK(ptr_c.numel() == xc.size(0) + 1, who, "ptr_c needs N + 1 offsets");
   TORCH_CHECK(xc.scalar_type() == xe.scalar_type(), who, "xc and xe need one dtype");
-  TORCH_CHECK(xe.device().is_cpu(), who, "CPU tensors only");
+  TORCH_CHECK(xc.device() == xe.device() && idx_c.device() == xe.device(), who,
+              "xc, xe and idx_c must be on one device");
   // absent inputs are passed to the autograd Function as empty placeholders
   const at::Tensor none_f = at::empty({0}, xe.options());
   const at::Tensor none_i = at::empty({0}, idx_c.options());
@@ -140,11 +148,14 @@ at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
                 who, "xn [M, k] needs xe's width and dtype");
     TORCH_CHECK(in.numel() == xe.size(0) && rn.numel() == n.size(0) + 1, who,
                 "idx_n needs one entry per edge, ptr_n M + 1 offsets");
+    TORCH_CHECK(n.device() == xe.device() && in.device() == xe.device(), who,
+                "xn and idx_n must be on xe's device");
   }
   if (has_b) {
     bb = *b;
-    TORCH_CHECK(bb.numel() == xe.size(1) && bb.scalar_type() == xe.scalar_type(), who,
-                "b needs one entry per column and xe's dtype");
+    TORCH_CHECK(bb.numel() == xe.size(1) && bb.scalar_type() == xe.scalar_type() &&
+                    bb.device() == xe.device(),
+                who, "b needs one entry per column and xe's dtype and device");
   }
   return EdgeSum::apply(xc, n, xe, bb, idx_c, perm_c, ptr_c, in, pn, rn, has_xn, has_b);
 }

@@ -8,6 +8,7 @@
    (create_graph=True) works as well. The Autograd kernels are found by the
    dispatcher, so eager mode, TorchScript (torch.autograd.grad inside a
    scripted method) and the C++ API differentiate through the exchange.
+   They also decide where device features are exchanged (route_through_host).
 ------------------------------------------------------------------------- */
 
 #include "border_exchange.h"
@@ -84,6 +85,16 @@ at::Tensor exchange_autograd(const at::Tensor &g, const at::Tensor &send_idx,
                              const at::Tensor &recv_proc, const at::Tensor &comm,
                              const at::Tensor &rank)
 {
+  // The autograd engine runs a backward node on the device's worker thread when its incoming
+  // gradient is on that device, and on the calling thread when it is a CPU tensor. Where MPI may
+  // only be called from the main thread, device features are therefore exchanged as a host
+  // copy, with differentiable copies around the exchange (docs/internals.md, "The exchange on
+  // GPUs"); otherwise the device path runs, on the worker thread in the backward.
+  if (route_through_host(g, send_proc, recv_proc, comm, rank)) {
+    const at::Tensor y = F::apply(g.to(at::kCPU), send_idx.to(at::kCPU), send_off, send_num,
+                                  recv_num, send_proc, recv_proc, comm, rank);
+    return y.to(g.device());
+  }
   return F::apply(g, send_idx, send_off, send_num, recv_num, send_proc, recv_proc, comm, rank);
 }
 
@@ -100,6 +111,7 @@ TORCH_LIBRARY(dpa3, m)
         "Tensor rank) -> Tensor");
   m.def("enable_mpi() -> bool", &dpa3::enable_mpi);
   m.def("allreduce_min(Tensor x, Tensor comm) -> Tensor", &dpa3::allreduce_min);
+  m.def("exchange_mode(Tensor comm, Device device) -> str", &dpa3::exchange_mode);
 }
 
 TORCH_LIBRARY_IMPL(dpa3, CPU, m)

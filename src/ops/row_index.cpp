@@ -10,10 +10,15 @@
    order stay on these kernels. The scatter runs in parallel over destination
    rows without atomics; torch's index_add (index_select's backward) is
    serial or, with several threads, slow for the narrow rows DPA3 uses.
+   These are the CPU kernels; the primitives and their other devices are
+   described in kernels.h.
 ------------------------------------------------------------------------- */
 
 #include "row_index.h"
 
+#include "kernels.h"
+
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
@@ -21,11 +26,9 @@
 
 namespace dpa3 {
 
-namespace {
-
 // out [n, ...] with out[r] = sum of the rows perm[ptr[r]:ptr[r+1]] of y; parallel over r, no
-// atomics. n = ptr.numel() - 1. Not differentiable (the kernel behind scatter_rows).
-at::Tensor segment_sum_kernel(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
+// atomics. n = ptr.numel() - 1. Not differentiable (the CPU kernel behind scatter_rows).
+at::Tensor cpu::segment_sum(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
 {
   const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
   const int64_t nrows = ptr.numel() - 1;
@@ -52,23 +55,9 @@ at::Tensor segment_sum_kernel(const at::Tensor &y_, const at::Tensor &perm_, con
   return out;
 }
 
-void check(const at::Tensor &v, const at::Tensor &idx, const at::Tensor &perm,
-           const at::Tensor &ptr, const char *who)
-{
-  TORCH_CHECK(v.dim() >= 1, who, ": values need at least one dimension");
-  TORCH_CHECK(idx.scalar_type() == at::kLong && perm.scalar_type() == at::kLong &&
-                  ptr.scalar_type() == at::kLong,
-              who, ": idx, perm and ptr must be int64");
-  TORCH_CHECK(idx.numel() == perm.numel(), who, ": perm must have one entry per index");
-  TORCH_CHECK(ptr.numel() >= 1, who, ": ptr needs n + 1 offsets");
-  TORCH_CHECK(v.device().is_cpu(), who, ": CPU tensors only");
-}
-
-at::Tensor gather_kernel(const at::Tensor &x_, const at::Tensor &idx_, int64_t nrows)
+at::Tensor cpu::gather(const at::Tensor &x_, const at::Tensor &idx_)
 {
   const at::Tensor x = x_.contiguous(), idx = idx_.contiguous();
-  TORCH_CHECK(x.size(0) == nrows, "dpa3::gather_rows: x has ", x.size(0), " rows, ptr says ",
-              nrows);
   auto sizes = x.sizes().vec();
   sizes[0] = idx.numel();
   at::Tensor y = at::empty(sizes, x.options());
@@ -88,6 +77,22 @@ at::Tensor gather_kernel(const at::Tensor &x_, const at::Tensor &idx_, int64_t n
   return y;
 }
 
+namespace {
+
+void check(const at::Tensor &v, const at::Tensor &idx, const at::Tensor &perm,
+           const at::Tensor &ptr, const char *who)
+{
+  TORCH_CHECK(v.dim() >= 1, who, ": values need at least one dimension");
+  TORCH_CHECK(idx.scalar_type() == at::kLong && perm.scalar_type() == at::kLong &&
+                  ptr.scalar_type() == at::kLong,
+              who, ": idx, perm and ptr must be int64");
+  TORCH_CHECK(idx.numel() == perm.numel(), who, ": perm must have one entry per index");
+  TORCH_CHECK(ptr.numel() >= 1, who, ": ptr needs n + 1 offsets");
+  TORCH_CHECK(idx.device() == v.device() && perm.device() == v.device() &&
+                  ptr.device() == v.device(),
+              who, ": idx, perm and ptr must be on the values' device (", v.device(), ")");
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -97,7 +102,9 @@ class GatherRows : public torch::autograd::Function<GatherRows> {
                             const at::Tensor &perm, const at::Tensor &ptr)
   {
     ctx->save_for_backward({idx, perm, ptr});
-    return gather_kernel(x, idx, ptr.numel() - 1);
+    TORCH_CHECK(x.size(0) == ptr.numel() - 1, "dpa3::gather_rows: x has ", x.size(0),
+                " rows, ptr says ", ptr.numel() - 1);
+    return prim::gather(x, idx);
   }
   static variable_list backward(AutogradContext *ctx, variable_list g)
   {
@@ -112,7 +119,8 @@ class ScatterRows : public torch::autograd::Function<ScatterRows> {
                             const at::Tensor &perm, const at::Tensor &ptr)
   {
     ctx->save_for_backward({idx, perm, ptr});
-    return segment_sum_kernel(y, perm, ptr);
+    TORCH_CHECK(y.size(0) == perm.numel(), "dpa3::scatter_rows: one value row per index needed");
+    return prim::segment_sum(y, idx, perm, ptr);
   }
   static variable_list backward(AutogradContext *ctx, variable_list g)
   {

@@ -207,6 +207,28 @@ def test_device_cuda_without_cuda(tmp_path, plugin, water, toy_file):
     _fails(tmp_path, script, "built without CUDA support")
 
 
+@pytest.mark.lammps
+def test_device_bad_value(tmp_path, plugin, water, toy_file):
+    script = L.make_script(plugin, toy_file, "* * O H", pair_extra="device gpu")
+    _fails(tmp_path, script, "Illegal pair_style dpa3 keyword device: gpu (use auto, cpu or cuda)")
+
+
+@pytest.mark.lammps
+@pytest.mark.mpi
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [("", "dpa3: device cpu (auto: plugin built without CUDA)\n"), ("device cpu", "device cpu\n")],
+)
+def test_device_auto_and_cpu_run_on_the_cpu(tmp_path, plugin, mpirun, water, toy_file, extra, line):
+    # auto (the default) falls back to the CPU in this CPU-only build; printed once, by rank 0
+    script = L.make_script(plugin, toy_file, "* * O H", pair_extra=extra, processors="2 1 1")
+    proc = L.run_input(tmp_path, script, nprocs=2, timeout=TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stdout.count("dpa3: device cpu") == 1 and line in proc.stdout, proc.stdout
+    assert "loaded" in proc.stdout and " on cpu " in proc.stdout, proc.stdout
+    assert "ghost-feature exchange" not in proc.stdout  # printed for CUDA runs only
+
+
 # ---------------------------------------------------------------- freeze
 
 

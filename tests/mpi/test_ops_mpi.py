@@ -23,6 +23,7 @@ from dpa3 import _ops
 pytestmark = pytest.mark.mpi
 
 WORKER = Path(__file__).with_name("_border_exchange_worker.py")
+MODE_WORKER = Path(__file__).with_name("_exchange_mode_worker.py")
 TIMEOUT = 300  # seconds; a healthy 4-rank run on 2 busy cores takes well under a minute
 
 
@@ -50,11 +51,16 @@ def mpi_ready() -> None:
         pytest.fail("libdpa3_ops.so was built without MPI")
 
 
-def run_mpi(nproc: int, extra_env: dict[str, str] | None = None) -> str:
+def run_mpi(
+    nproc: int,
+    extra_env: dict[str, str] | None = None,
+    worker: Path = WORKER,
+    args: tuple[str, ...] = (),
+) -> str:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra_env or {})
-    cmd = [find_mpirun(), "-np", str(nproc), sys.executable, str(WORKER)]
+    cmd = [find_mpirun(), "-np", str(nproc), sys.executable, str(worker), *args]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -82,3 +88,28 @@ def test_border_exchange_mpi(nproc: int) -> None:
 def test_border_exchange_mpi_debug_barrier() -> None:
     out = run_mpi(2, {"DPA3_COMM_BARRIER": "1"})
     assert "barrier=1" in out
+
+
+ROUTED = "host-routed (MPI thread level {} < MPI_THREAD_SERIALIZED)"
+
+
+@pytest.mark.parametrize(
+    ("level", "aware", "cuda_mode"),
+    [
+        ("single", "0", ROUTED.format("MPI_THREAD_SINGLE")),
+        ("funneled", "1", ROUTED.format("MPI_THREAD_FUNNELED")),
+        ("serialized", "0", "staged"),
+        ("multiple", "1", "cuda-aware"),
+    ],
+)
+def test_exchange_mode(level: str, aware: str, cuda_mode: str) -> None:
+    """dpa3::exchange_mode on 2 ranks: CPU features always "cpu"; CUDA features are routed
+    through host memory below MPI_THREAD_SERIALIZED, otherwise the transport DPA3_CUDA_AWARE
+    picks; nothing crosses MPI without a communicator or with one rank."""
+    out = run_mpi(2, {"DPA3_CUDA_AWARE": aware}, worker=MODE_WORKER, args=(level,))
+    for rank in (0, 1):
+        assert f"rank {rank} provided: MPI_THREAD_{level.upper()}" in out, out
+        assert f"rank {rank} cpu: cpu" in out, out
+        assert f"rank {rank} cuda: {cuda_mode}\n" in out, out
+        assert f"rank {rank} cuda-no-comm: local (the communicator handle is 0" in out, out
+        assert f"rank {rank} cuda-one-rank: local (one MPI rank)" in out, out

@@ -92,3 +92,28 @@ def test_frozen_model_runs_without_profiling_executor(tmp_path):
     assert abs(atoms.get_potential_energy() - ref["energy"][0]) < 1e-10
     assert seen == [False]
     assert torch._C._get_graph_executor_optimize() == before
+
+
+def test_default_device_is_auto(tmp_path, monkeypatch):
+    import torch
+
+    from dpa3.calculator import DPA3Calculator
+    from dpa3.device import DeviceError
+    from dpa3.export.freeze import freeze
+
+    model = make_model(seed=34)
+    path = freeze(model, tmp_path / "model.pth")
+    ref = evaluate(model, *alloy_frame())
+    calc = DPA3Calculator(path)  # device="auto"
+    assert calc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    atoms = _atoms(alloy_frame())
+    atoms.calc = calc
+    assert abs(atoms.get_potential_energy() - ref["energy"][0]) < 1e-10
+    # auto leaves a module where it is; an explicit device is checked
+    assert DPA3Calculator(model).device == next(model.parameters()).device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert DPA3Calculator(path).device == torch.device("cpu")
+    with pytest.raises(DeviceError, match="device 'cuda': no CUDA device is visible"):
+        DPA3Calculator(path, device="cuda")
+    with pytest.raises(DeviceError, match="unknown device"):
+        DPA3Calculator(model, device="gpu")

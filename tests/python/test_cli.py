@@ -79,6 +79,27 @@ def test_train_then_test(tmp_path, capsys, monkeypatch):
     assert main(["test", "-m", "nope.pt", "-s", MOLECULE]) == 1
 
 
+def test_device_option(tmp_path, capsys, monkeypatch):
+    import torch
+    from test_train import tiny_input
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without GPU
+    Path("input.json").write_text(json.dumps(tiny_input(steps=2)))
+    assert main(["train", "input.json", "--device", "auto", "--skip-neighbor-stat"]) == 0
+    out = capsys.readouterr().out
+    assert "device cpu (auto: no CUDA device visible)" in out
+    assert Path("model.ckpt-2.pt").is_file()
+    assert main(["test", "-m", "model.ckpt.pt", "-s", MOLECULE, "-n", "2"]) == 0  # auto default
+    assert "device cpu (auto: no CUDA device visible)" in capsys.readouterr().out
+    for cmd in (["train", "input.json"], ["test", "-m", "model.ckpt.pt", "-s", MOLECULE]):
+        assert main([*cmd, "--device", "cuda"]) == 1
+        out = capsys.readouterr().out
+        assert "--device 'cuda': no CUDA device is visible" in out and "Traceback" not in out
+        assert main([*cmd, "--device", "gpu"]) == 1
+        assert "--device 'gpu': unknown device" in capsys.readouterr().out
+
+
 def test_test_reports_virial(tmp_path, capsys, monkeypatch):
     from test_train import tiny_input
 

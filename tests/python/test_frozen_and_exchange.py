@@ -9,6 +9,7 @@ backward, exactly as one LAMMPS rank does.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ def _fold(x, mapping, nloc):
     return out.index_add(1, mapping[0], x)
 
 
-def _compare_paths(eager, frozen, frame, atol):
+def _compare_paths(eager, frozen, frame, atol, frozen_context=contextlib.nullcontext):
+    """``frozen_context()`` is entered around the frozen model's calls only."""
     from dpa3.model.exchange import self_swap_comm_dict
 
     coord, atype, box = frame
@@ -41,9 +43,10 @@ def _compare_paths(eager, frozen, frame, atol):
     ext, ext_t, nlist, mapping = _lower_inputs(coord, atype, box, eager.get_rcut(),
                                                eager.get_sel()[0])
     ref = eager.forward_lower(ext, ext_t, nlist, mapping, True, None)
-    got_map = frozen.forward_lower(ext, ext_t, nlist, mapping, True, None)
     comm = self_swap_comm_dict(mapping, nloc, n_swaps=4)
-    got_comm = frozen.forward_lower(ext, ext_t, nlist, None, True, comm)
+    with frozen_context():
+        got_map = frozen.forward_lower(ext, ext_t, nlist, mapping, True, None)
+        got_comm = frozen.forward_lower(ext, ext_t, nlist, None, True, comm)
     assert ref["extended_force"].abs().max() > 1e-6
     for got in (got_map, got_comm):
         for k in ("energy", "atom_energy", "virial"):
@@ -68,6 +71,21 @@ def test_frozen_equals_eager_for_every_parity_combo(combo, tmp_path):
     _compare_paths(eager, frozen, small_cell_frame(), atol)
     if not combo.startswith("water_recipe"):  # keep the float64 recipe to one small frame
         _compare_paths(eager, frozen, alloy_frame(), atol)
+
+
+@pytest.mark.parametrize("combo", ["water_recipe_f32", "sequential", "compress_linear"])
+def test_frozen_model_through_generic_kernels(combo, tmp_path):
+    """One frozen file for every device: the same model.pth through the device-generic kernels
+    (mapping and exchange paths) equals the eager model on the fused CPU kernels."""
+    from dpa3 import _ops
+    from dpa3.convert import load_deepmd_model
+    from dpa3.export.freeze import freeze, load_frozen
+
+    eager = load_deepmd_model(PARITY / combo / "model.ckpt.pt")
+    eager.eval()
+    frozen, _ = load_frozen(freeze(eager, tmp_path / "model.pth"))
+    atol = 1e-5 if combo.endswith("f32") else 1e-12
+    _compare_paths(eager, frozen, small_cell_frame(), atol, _ops.generic_kernels)
 
 
 def test_exchange_path_gradients_reach_the_owners_in_eager_mode():

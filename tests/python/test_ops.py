@@ -256,6 +256,19 @@ def test_allreduce_min_without_mpi_is_identity() -> None:
     assert torch.equal(x, y) and y.data_ptr() != x.data_ptr()
 
 
+def test_exchange_mode_without_mpi() -> None:
+    no_mpi = torch.zeros(1, dtype=torch.int64)
+    mode = torch.ops.dpa3.exchange_mode
+    assert mode(no_mpi, torch.device("cpu")) == "cpu"
+    assert mode(no_mpi, "cpu") == "cpu"
+    # CUDA features without another rank: nothing crosses MPI (answered without a GPU)
+    assert mode(no_mpi, torch.device("cuda", 0)).startswith("local (")
+    with pytest.raises(RuntimeError, match="CPU and CUDA tensors, not meta"):
+        mode(no_mpi, torch.device("meta"))
+    with pytest.raises(RuntimeError, match="comm must have 1 entries"):
+        mode(torch.zeros(2, dtype=torch.int64), torch.device("cuda"))
+
+
 def test_meta_kernel() -> None:
     cd = schedule(CHAIN)
     g = torch.empty(12, 4, dtype=torch.float32, device="meta")

@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dpa3``; returns the exit code (errors are reported as one line)."""
     from ..config._base import ConfigError
     from ..data.system import DataError
+    from ..device import DeviceError
     from ..train.checkpoint import CheckpointError
     from ._common import CLIError
 
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataError,
         CheckpointError,
         CLIError,
+        DeviceError,
         FileNotFoundError,
         FloatingPointError,
     ) as err:

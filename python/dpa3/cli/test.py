@@ -30,7 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-n", "--numb-test", type=int, default=0, help="frames per system to test (default 0 = all)"
     )
     p.add_argument("--set-prefix", default="set", help="set folder prefix (default set)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="{auto,cpu,cuda}",
+        help="torch device: auto (default) = a CUDA GPU if one is visible, else the CPU",
+    )
     p.add_argument("--head", default=None, help="multi-task checkpoint: the head (task) to test")
     p.add_argument(
         "--plot",
@@ -69,10 +74,13 @@ def _report(title: str, res) -> None:  # noqa: ANN001 - SystemErrors
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 test``."""
     from ..data.system import find_systems, load_system
+    from ..device import describe, resolve_device
     from ..train.evaluate import SystemErrors, evaluate_system
     from ..train.multitask import load_model_head
 
-    model = load_model_head(args.model, args.device, args.head)
+    device = resolve_device(args.device, option="--device")
+    log.info("%s", describe(args.device, device))
+    model = load_model_head(args.model, device, args.head)
     type_map = list(model.get_type_map())
     paths = find_systems(args.systems, where="-s")
     total = SystemErrors()

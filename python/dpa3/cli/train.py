@@ -65,8 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--device",
-        default="cpu",
-        help="torch device (default cpu; under torchrun 'cuda' means cuda:LOCAL_RANK)",
+        default="auto",
+        metavar="{auto,cpu,cuda}",
+        help="torch device: auto (default) = a CUDA GPU if one is visible, else the CPU; "
+        "under torchrun a CUDA rank uses GPU LOCAL_RANK mod (visible GPUs), with NCCL",
     )
     p.set_defaults(func=run)
 

@@ -2,7 +2,8 @@
 
 ``dpa3 train`` started by ``torchrun`` (the variables ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` are set) joins a process group (backend ``gloo`` on CPU, ``nccl`` on CUDA;
-rank ``r`` uses ``cuda:LOCAL_RANK``).  Every rank holds the whole model and draws its own
+with ``--device auto``, the default, CUDA whenever a GPU is visible; a CUDA rank uses the GPU
+``LOCAL_RANK mod (visible GPUs)``).  Every rank holds the whole model and draws its own
 batches (its own random stream); after ``loss.backward()`` the gradients are averaged over
 the ranks with one ``all_reduce`` per dtype, then every rank takes the same optimizer step,
 so the weights stay identical without being sent again.
@@ -35,6 +36,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from ..device import describe, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -223,23 +226,25 @@ def torchrun_env() -> tuple[int, int, int] | None:
 
 
 def init_distributed(
-    device: str | torch.device = "cpu", timeout_s: float = 1800.0
+    device: str | torch.device = "auto", timeout_s: float = 1800.0
 ) -> tuple[DistContext, torch.device]:
     """Join the ``torchrun`` process group if there is one with several ranks.
 
-    Returns the context and the device this rank trains on (``cuda:LOCAL_RANK`` when
-    ``device`` is CUDA).  Without ``torchrun`` (or with one rank) nothing is initialised.
-    Backend: ``nccl`` for CUDA, ``gloo`` for CPU.
+    ``device`` is resolved by :func:`dpa3.device.resolve_device` (``auto``: CUDA if a GPU is
+    visible, else CPU); under ``torchrun`` a CUDA rank uses ``cuda:(LOCAL_RANK mod GPUs)``.
+    Returns the context and the device this rank trains on.  Without ``torchrun`` (or with
+    one rank) no process group is initialised.  Backend: ``nccl`` for CUDA, ``gloo`` for CPU.
     """
-    dev = torch.device(device)
     env = torchrun_env()
     if env is None or env[1] <= 1:
+        dev = resolve_device(device, option="--device")
+        log.info("%s", describe(device, dev))
         return DistContext(), dev
     rank, world, local = env
+    dev = resolve_device(device, local_rank=local, option="--device")
     if dist.is_initialized():
         return DistContext.current(), dev
     if dev.type == "cuda":
-        dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
         backend = "nccl"
     else:
@@ -252,7 +257,11 @@ def init_distributed(
     )
     ctx = DistContext(rank, world, local)
     log.info(
-        "distributed training: rank %d of %d, backend %s, device %s", rank, world, backend, dev
+        "distributed training: rank %d of %d, backend %s, %s",
+        rank,
+        world,
+        backend,
+        describe(device, dev),
     )
     return ctx, dev
 

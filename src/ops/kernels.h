@@ -1,0 +1,111 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   dpa3: the device kernels behind the differentiable compute ops.
+
+   Every differentiable op of the library (gather_rows, scatter_rows,
+   edge_sum, center_outer, angle_block) is an autograd Function whose
+   forward and backward call *primitive* operators (dpa3::_gather,
+   dpa3::_segment_sum, ...) through the dispatcher. Each primitive has
+
+   - a CPU kernel: the fused, multi-threaded loops of this folder;
+   - a CUDA kernel (builds with DPA3_USE_CUDA): a hand-written kernel in a
+     *_cuda.cu file where one exists, otherwise the generic implementation;
+   - a generic implementation written with ATen calls only (index_select,
+     index_add, matmul, ...), which runs on any device.
+
+   The generic implementations compute the same functions as the fused CPU
+   kernels (up to rounding: summation order). set_generic_kernels(true)
+   makes the CPU kernels run them instead of the fused loops, so the tests
+   on a machine without a GPU exercise the algorithm that runs on GPUs; it
+   is a process-wide switch for tests and diagnostics, off by default.
+------------------------------------------------------------------------- */
+
+#ifndef DPA3_KERNELS_H
+#define DPA3_KERNELS_H
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <vector>
+
+namespace dpa3 {
+
+// Whether the CPU kernels run the generic implementations (the switch above).
+bool generic_kernels();
+bool set_generic_kernels(bool on);    // returns the previous setting
+
+// Activation codes shared by the angle kernels and RepFlowLayer.act_code.
+enum Act : int64_t { ACT_SILU = 0, ACT_SILUT = 1, ACT_TANH = 2 };
+
+// Shapes (all index tensors int64):
+//   gather(x [n, ...], idx [M])                              -> [M, ...]
+//   segment_sum(y [M, ...], idx [M], perm [M], ptr [n + 1])  -> [n, ...]
+//   edge_sum(xc [N, k], xn [M, k]?, xe [E, k], b [k]?, ic [E], in [E]?) -> [E, k]
+//   outer_sum(h [E, k], g [E, d], idx [E], perm, ptr [N + 1]) -> [N, k, d]
+//   outer_h(h [E, k], G [N, k, d], idx [E])                 -> [E, d]
+//   outer_g(g [E, d], G [N, k, d], idx [E])                 -> [E, k]
+//   angle_block_fwd(...) -> {red [E, de], aout [A, D - de]}  (see angle_block.cpp)
+//   angle_block_bwd(...) -> {ga, gwa, gpe, gvk, gw, gbeta}   (gwa/gbeta undefined unless asked)
+struct AngleArgs {
+  at::Tensor a, wa, pe, vk, w, eik, aptr, nptr, beta;
+  int64_t de, act;
+  double thr, alpha;
+};
+
+namespace cpu {
+at::Tensor gather(const at::Tensor &x, const at::Tensor &idx);
+at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &perm, const at::Tensor &ptr);
+at::Tensor edge_sum(const at::Tensor &xc, const at::Tensor &xn, const at::Tensor &xe,
+                    const at::Tensor &b, const at::Tensor &ic, const at::Tensor &in);
+at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &perm,
+                     const at::Tensor &ptr);
+at::Tensor outer_h(const at::Tensor &h, const at::Tensor &G, const at::Tensor &idx);
+at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &idx);
+std::vector<at::Tensor> angle_block_fwd(const AngleArgs &in);
+std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
+                                        const at::Tensor &gaout, bool need_wa, bool need_beta);
+}    // namespace cpu
+
+namespace generic {
+at::Tensor gather(const at::Tensor &x, const at::Tensor &idx);
+at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &idx, int64_t nrows);
+at::Tensor edge_sum(const at::Tensor &xc, const at::Tensor &xn, const at::Tensor &xe,
+                    const at::Tensor &b, const at::Tensor &ic, const at::Tensor &in);
+at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &idx,
+                     int64_t nrows);
+at::Tensor outer_h(const at::Tensor &h, const at::Tensor &G, const at::Tensor &idx);
+at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &idx);
+std::vector<at::Tensor> angle_block_fwd(const AngleArgs &in);
+std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
+                                        const at::Tensor &gaout, bool need_wa, bool need_beta);
+}    // namespace generic
+
+#ifdef DPA3_USE_CUDA
+namespace cuda {
+// CSR scatter-sums without atomics (deterministic: each output element sums its rows in order)
+at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &perm, const at::Tensor &ptr);
+at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &perm,
+                     const at::Tensor &ptr);
+}    // namespace cuda
+#endif
+
+// Dispatcher calls of the primitives (the device is chosen by the tensors). Called from the
+// forward/backward of the autograd Functions; the primitives themselves are not differentiable.
+namespace prim {
+at::Tensor gather(const at::Tensor &x, const at::Tensor &idx);
+at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
+                       const at::Tensor &ptr);
+at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
+                    const at::Tensor &xe, const std::optional<at::Tensor> &b,
+                    const at::Tensor &ic, const std::optional<at::Tensor> &in);
+at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &idx,
+                     const at::Tensor &perm, const at::Tensor &ptr);
+at::Tensor outer_h(const at::Tensor &h, const at::Tensor &G, const at::Tensor &idx);
+at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &idx);
+std::vector<at::Tensor> angle_block_fwd(const AngleArgs &in);
+std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
+                                        const at::Tensor &gaout, bool need_wa, bool need_beta);
+}    // namespace prim
+
+}    // namespace dpa3
+
+#endif

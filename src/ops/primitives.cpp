@@ -1,0 +1,259 @@
+/* ----------------------------------------------------------------------
+   dpa3: the primitive operators (dpa3::_gather, _segment_sum, _edge_sum,
+   _outer_sum, _outer_h, _outer_g, _angle_block_fwd, _angle_block_bwd):
+   schemas, their CPU and CUDA kernels, and the calls used by the autograd
+   Functions of the differentiable ops (see kernels.h).
+
+   CPU: the fused kernels, or the generic ones while set_generic_kernels is
+   on. CUDA: hand-written kernels for the CSR scatter-sums, the generic
+   implementation for the rest. The primitives have no autograd kernel:
+   they are only called from inside autograd Functions, below the
+   Autograd dispatch keys.
+------------------------------------------------------------------------- */
+
+#include "kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <atomic>
+
+namespace dpa3 {
+
+namespace {
+
+std::atomic<bool> g_generic{false};
+
+at::Tensor opt_or_undefined(const std::optional<at::Tensor> &t)
+{
+  return t.has_value() ? *t : at::Tensor();
+}
+
+int64_t rows_of(const at::Tensor &ptr) { return ptr.numel() - 1; }
+
+AngleArgs angle_args(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
+                     const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
+                     const at::Tensor &aptr, const at::Tensor &nptr, int64_t de, int64_t act,
+                     double thr, double alpha, const at::Tensor &beta)
+{
+  return {a, wa, pe, vk, w, eik, aptr, nptr, beta, de, act, thr, alpha};
+}
+
+// Kernels by device. `generic` selects the ATen implementation; CPU kernels consult the switch.
+template <bool Cpu> struct Kernels {
+  static bool fused() { return Cpu && !generic_kernels(); }
+
+  static at::Tensor gather(const at::Tensor &x, const at::Tensor &idx)
+  {
+    return fused() ? cpu::gather(x, idx) : generic::gather(x, idx);
+  }
+
+  static at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &idx,
+                                const at::Tensor &perm, const at::Tensor &ptr)
+  {
+    if (fused()) return cpu::segment_sum(y, perm, ptr);
+#ifdef DPA3_USE_CUDA
+    if (!Cpu) return cuda::segment_sum(y, perm, ptr);
+#endif
+    return generic::segment_sum(y, idx, rows_of(ptr));
+  }
+
+  static at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
+                             const at::Tensor &xe, const std::optional<at::Tensor> &b,
+                             const at::Tensor &ic, const std::optional<at::Tensor> &in)
+  {
+    const at::Tensor n = opt_or_undefined(xn), bb = opt_or_undefined(b),
+                     ii = opt_or_undefined(in);
+    return fused() ? cpu::edge_sum(xc, n, xe, bb, ic, ii) : generic::edge_sum(xc, n, xe, bb, ic, ii);
+  }
+
+  static at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &idx,
+                              const at::Tensor &perm, const at::Tensor &ptr)
+  {
+    if (fused()) return cpu::outer_sum(h, g, perm, ptr);
+#ifdef DPA3_USE_CUDA
+    if (!Cpu) return cuda::outer_sum(h, g, perm, ptr);
+#endif
+    return generic::outer_sum(h, g, idx, rows_of(ptr));
+  }
+
+  static at::Tensor outer_h(const at::Tensor &h, const at::Tensor &G, const at::Tensor &idx)
+  {
+    return fused() ? cpu::outer_h(h, G, idx) : generic::outer_h(h, G, idx);
+  }
+
+  static at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &idx)
+  {
+    return fused() ? cpu::outer_g(g, G, idx) : generic::outer_g(g, G, idx);
+  }
+
+  static std::vector<at::Tensor> angle_fwd(const at::Tensor &a, const at::Tensor &wa,
+                                           const at::Tensor &pe, const at::Tensor &vk,
+                                           const at::Tensor &w, const at::Tensor &eik,
+                                           const at::Tensor &aptr, const at::Tensor &nptr,
+                                           int64_t de, int64_t act, double thr, double alpha,
+                                           const at::Tensor &beta)
+  {
+    const AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    return fused() ? cpu::angle_block_fwd(in) : generic::angle_block_fwd(in);
+  }
+
+  static std::vector<at::Tensor> angle_bwd(
+      const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe, const at::Tensor &vk,
+      const at::Tensor &w, const at::Tensor &eik, const at::Tensor &aptr, const at::Tensor &nptr,
+      int64_t de, int64_t act, double thr, double alpha, const at::Tensor &beta,
+      const std::optional<at::Tensor> &gred, const std::optional<at::Tensor> &gaout,
+      bool need_wa, bool need_beta)
+  {
+    const AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    const at::Tensor gr = opt_or_undefined(gred), ga = opt_or_undefined(gaout);
+    return fused() ? cpu::angle_block_bwd(in, gr, ga, need_wa, need_beta)
+                   : generic::angle_block_bwd(in, gr, ga, need_wa, need_beta);
+  }
+};
+
+template <class Sig> c10::TypedOperatorHandle<Sig> op(const char *name)
+{
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+bool set_generic_kernels_op(bool on) { return set_generic_kernels(on); }
+
+}    // namespace
+
+bool generic_kernels() { return g_generic.load(std::memory_order_relaxed); }
+
+bool set_generic_kernels(bool on) { return g_generic.exchange(on); }
+
+// ---------------------------------------------------------------- dispatcher calls (prim::)
+// Below the Autograd keys: the primitives are not differentiable, their callers are.
+at::Tensor prim::gather(const at::Tensor &x, const at::Tensor &idx)
+{
+  static const auto h = op<at::Tensor(const at::Tensor &, const at::Tensor &)>("dpa3::_gather");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(x, idx);
+}
+
+at::Tensor prim::segment_sum(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
+                             const at::Tensor &ptr)
+{
+  using Sig = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                         const at::Tensor &);
+  static const auto h = op<Sig>("dpa3::_segment_sum");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(y, idx, perm, ptr);
+}
+
+at::Tensor prim::edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
+                          const at::Tensor &xe, const std::optional<at::Tensor> &b,
+                          const at::Tensor &ic, const std::optional<at::Tensor> &in)
+{
+  using Sig = at::Tensor(const at::Tensor &, const std::optional<at::Tensor> &,
+                         const at::Tensor &, const std::optional<at::Tensor> &,
+                         const at::Tensor &, const std::optional<at::Tensor> &);
+  static const auto h = op<Sig>("dpa3::_edge_sum");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(xc, xn, xe, b, ic, in);
+}
+
+at::Tensor prim::outer_sum(const at::Tensor &h_, const at::Tensor &g, const at::Tensor &idx,
+                           const at::Tensor &perm, const at::Tensor &ptr)
+{
+  using Sig = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                         const at::Tensor &, const at::Tensor &);
+  static const auto h = op<Sig>("dpa3::_outer_sum");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(h_, g, idx, perm, ptr);
+}
+
+at::Tensor prim::outer_h(const at::Tensor &h_, const at::Tensor &G, const at::Tensor &idx)
+{
+  using Sig = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &);
+  static const auto h = op<Sig>("dpa3::_outer_h");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(h_, G, idx);
+}
+
+at::Tensor prim::outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &idx)
+{
+  using Sig = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &);
+  static const auto h = op<Sig>("dpa3::_outer_g");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(g, G, idx);
+}
+
+std::vector<at::Tensor> prim::angle_block_fwd(const AngleArgs &in)
+{
+  using Sig = std::vector<at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                      const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                      const at::Tensor &, const at::Tensor &, int64_t, int64_t,
+                                      double, double, const at::Tensor &);
+  static const auto h = op<Sig>("dpa3::_angle_block_fwd");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
+                in.alpha, in.beta);
+}
+
+std::vector<at::Tensor> prim::angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
+                                              const at::Tensor &gaout, bool need_wa,
+                                              bool need_beta)
+{
+  using Sig = std::vector<at::Tensor>(
+      const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+      const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t,
+      int64_t, double, double, const at::Tensor &, const std::optional<at::Tensor> &,
+      const std::optional<at::Tensor> &, bool, bool);
+  static const auto h = op<Sig>("dpa3::_angle_block_bwd");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const std::optional<at::Tensor> gr = gred.defined() ? std::optional<at::Tensor>(gred)
+                                                      : std::nullopt;
+  const std::optional<at::Tensor> ga = gaout.defined() ? std::optional<at::Tensor>(gaout)
+                                                       : std::nullopt;
+  return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
+                in.alpha, in.beta, gr, ga, need_wa, need_beta);
+}
+
+}    // namespace dpa3
+
+TORCH_LIBRARY_FRAGMENT(dpa3, m)
+{
+  m.def("_gather(Tensor x, Tensor idx) -> Tensor");
+  m.def("_segment_sum(Tensor y, Tensor idx, Tensor perm, Tensor ptr) -> Tensor");
+  m.def("_edge_sum(Tensor xc, Tensor? xn, Tensor xe, Tensor? b, Tensor idx_c, Tensor? idx_n) "
+        "-> Tensor");
+  m.def("_outer_sum(Tensor h, Tensor g, Tensor idx, Tensor perm, Tensor ptr) -> Tensor");
+  m.def("_outer_h(Tensor h, Tensor G, Tensor idx) -> Tensor");
+  m.def("_outer_g(Tensor g, Tensor G, Tensor idx) -> Tensor");
+  m.def("_angle_block_fwd(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta) "
+        "-> Tensor[]");
+  m.def("_angle_block_bwd(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
+        "Tensor? gred, Tensor? gaout, bool need_wa, bool need_beta) -> Tensor[]");
+  // process-wide: run the generic kernels on the CPU too (tests, diagnostics); returns the
+  // previous setting
+  m.def("set_generic_kernels(bool on) -> bool", &dpa3::set_generic_kernels_op);
+}
+
+#define DPA3_REGISTER_PRIMITIVES(m, K)                \
+  m.impl("_gather", &K::gather);                      \
+  m.impl("_segment_sum", &K::segment_sum);            \
+  m.impl("_edge_sum", &K::edge_sum);                  \
+  m.impl("_outer_sum", &K::outer_sum);                \
+  m.impl("_outer_h", &K::outer_h);                    \
+  m.impl("_outer_g", &K::outer_g);                    \
+  m.impl("_angle_block_fwd", &K::angle_fwd);          \
+  m.impl("_angle_block_bwd", &K::angle_bwd)
+
+TORCH_LIBRARY_IMPL(dpa3, CPU, m)
+{
+  DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<true>);
+}
+
+#ifdef DPA3_USE_CUDA
+TORCH_LIBRARY_IMPL(dpa3, CUDA, m)
+{
+  DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<false>);
+}
+#endif
