@@ -16,8 +16,9 @@
   (energy, forces, virial, per-atom energy and virial at step 0; energy, positions and forces
   after 20 NVE steps) on the 192-atom water: max |diff| <= 1e-8 (energies and virials relative
   to max(1, |E|));
-* (d) ``2 ranks``: the same on 2 ranks (sharing the GPU if there is one) vs 1 rank, staging
-  through host memory (``DPA3_CUDA_AWARE=0``) and CUDA-aware (``DPA3_CUDA_AWARE=1``) if the
+* (d) ``2 ranks``: the same on 2 ranks (sharing the GPU if there is one) vs 1 rank: routed
+  through host memory (MPI_THREAD_SINGLE, as the wheel's lmp starts MPI), staging the packed
+  rows (MPI_THREAD_MULTIPLE, ``DPA3_CUDA_AWARE=0``) and CUDA-aware (``DPA3_CUDA_AWARE=1``) if the
   MPI says it supports it (``MPIX_Query_cuda_support``), else SKIP;
 * (e) ``timing``: the float32 water recipe (6 layers) in LAMMPS (NVT, 1 rank) on 1,536 and
   12,288 atoms and then ever larger replicas of the 192-atom box until one does not fit (or
@@ -48,8 +49,11 @@ from gpu_lammps import compare, lammps_case, timing_case  # noqa: E402
 
 PARITY = ROOT / "tests" / "data" / "parity"
 WORKERS = Path(__file__).resolve().parent / "gpu" / "gpu_workers.py"
-CHECKS = ("info", "freeze", "(b) parity", "(c) lammps device", "(d) 2 ranks staging",
-          "(d) 2 ranks CUDA-aware", "(e) timing")
+CHECKS = ("info", "freeze", "(b) parity", "(c) lammps device", "(d) 2 ranks host-routed",
+          "(d) 2 ranks staging", "(d) 2 ranks CUDA-aware", "(e) timing")
+# MPI's thread level decides how the exchange moves device features (docs/internals.md): the
+# wheel's lmp initialises MPI_THREAD_SINGLE (host-routed); MPICH raises it on request.
+MULTIPLE = {"MPIR_CVAR_DEFAULT_THREAD_LEVEL": "MPI_THREAD_MULTIPLE"}
 MD_STEPS = 20
 
 
@@ -182,9 +186,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             # all of them, against 1 thread for the "device" run
             cases = {"ref_cpu_1rank": ("cpu", 1, max(1, ncores // 2) if cuda else ncores, {}),
                      f"{dev}_1rank": (dev, 1, 1 if not cuda else 2, {}),
-                     f"{dev}_2ranks_staging": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0"})}
+                     f"{dev}_2ranks_routed": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0"}),
+                     f"{dev}_2ranks_staging": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0", **MULTIPLE})}
             if aware or args.force_cuda_aware:
-                cases[f"{dev}_2ranks_aware"] = (dev, 2, 1, {"DPA3_CUDA_AWARE": "1"})
+                cases[f"{dev}_2ranks_aware"] = (dev, 2, 1, {"DPA3_CUDA_AWARE": "1", **MULTIPLE})
             for name, (d, n, th, env) in cases.items():
                 jobs[name] = ex.submit(lammps_case, work, name, plugin, f64, d, n, th, env, limit,
                                        args.md_steps)
@@ -209,28 +214,37 @@ def cmd_run(args: argparse.Namespace) -> int:
                   cases=len(cases_b))
 
     # (c), (d)
-    def verdict(name: str, a, b, label: str, tol: float = 1e-8) -> None:
+    def verdict(name: str, a, b, label: str, tol: float = 1e-8, mode: str = "") -> None:
+        """``mode``: the exchange the plugin must report (on cuda with several ranks)."""
         for x in (a, b):
             if isinstance(x, str) or x is None:
                 t.add(name, "FAIL", x or "not run")
                 return
         diff, key = compare(a, b)
-        t.add(name, "PASS" if diff <= tol else "FAIL",
+        ok = diff <= tol
+        if cuda and mode:
+            ok = ok and a["exchange"].startswith(mode)
+            label += f", exchange '{a['exchange'] or 'not printed'}'"
+        t.add(name, "PASS" if ok else "FAIL",
               f"{label}: max diff {diff:.2e} (in {key}; tolerance {tol:g}), 192 atoms, step 0 + "
               f"{args.md_steps} NVE steps", max_diff=diff)
 
     if not have_models:
-        for name in CHECKS[3:6]:
+        for name in CHECKS[3:7]:
             t.add(name, "SKIP", "no frozen model or no plugin")
     else:
         label_c = ("device cuda 1 rank vs device cpu 1 rank" if cuda else
                    f"rehearsal on cpu: 1 thread vs {ncores} thread(s)")
         verdict("(c) lammps device", done[f"{dev}_1rank"], done["ref_cpu_1rank"], label_c + ", f64")
+        verdict("(d) 2 ranks host-routed", done[f"{dev}_2ranks_routed"], done[f"{dev}_1rank"],
+                f"device {dev}, 2 ranks (MPI_THREAD_SINGLE) vs 1 rank", mode="host-routed")
         verdict("(d) 2 ranks staging", done[f"{dev}_2ranks_staging"], done[f"{dev}_1rank"],
-                f"device {dev}, 2 ranks (DPA3_CUDA_AWARE=0) vs 1 rank")
+                f"device {dev}, 2 ranks (MPI_THREAD_MULTIPLE, DPA3_CUDA_AWARE=0) vs 1 rank",
+                mode="staged")
         if f"{dev}_2ranks_aware" in done:
             verdict("(d) 2 ranks CUDA-aware", done[f"{dev}_2ranks_aware"], done[f"{dev}_1rank"],
-                    f"device {dev}, 2 ranks (DPA3_CUDA_AWARE=1) vs 1 rank")
+                    f"device {dev}, 2 ranks (MPI_THREAD_MULTIPLE, DPA3_CUDA_AWARE=1) vs 1 rank",
+                    mode="cuda-aware")
         else:
             why = (f"CUDA-aware: not supported by this MPI (MPIX_Query_cuda_support() = "
                    f"{q['supported']})" if "why" not in q else f"CUDA-aware: {q['why']}")

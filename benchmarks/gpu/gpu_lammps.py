@@ -73,8 +73,11 @@ def lammps_case(work: Path, name: str, plugin: str, model: Path, device: str, np
     rows = [ln.split() for ln in (d / "md.atoms").read_text().splitlines()]
     start = max(i for i, r in enumerate(rows) if r[:2] == ["ITEM:", "ATOMS"]) + 1
     md = np.array([[float(x) for x in r] for r in rows[start:]])
+    # the plugin's start-up line on GPUs with several ranks (docs/lammps.md)
+    mode = re.search(r"ghost-feature exchange between ranks: (.*)", text)
     return {"static": res, "md_pe": float((d / "md.txt").read_text().split()[1]),
-            "md": md[np.argsort(md[:, 0])], "cell": res_cell(d / "data.lmp")}
+            "md": md[np.argsort(md[:, 0])], "cell": res_cell(d / "data.lmp"),
+            "exchange": mode.group(1).strip() if mode else ""}
 
 
 def res_cell(data: Path):
