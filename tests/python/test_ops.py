@@ -83,6 +83,23 @@ def test_registered_ops() -> None:
     assert _ops.load_ops()  # a second call is a no-op
 
 
+def test_every_registered_op_is_listed_in_the_docs() -> None:
+    """dpa3._ops's docstring and src/ops/CMakeLists.txt name every op the library registers."""
+    import re
+    from pathlib import Path
+
+    assert _ops.load_ops()
+    names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
+             if n.startswith("dpa3::")}
+    assert {"border_exchange", "edge_sum", "_angle_block_bwd", "set_generic_kernels"} <= names
+    cmake = (Path(__file__).resolve().parents[2] / "src" / "ops" / "CMakeLists.txt").read_text()
+    for where, text in (("dpa3/_ops.py", _ops.__doc__), ("src/ops/CMakeLists.txt", cmake)):
+        listed = set(re.findall(r"\b_?[a-z][a-z_]*\b", text))
+        # border_exchange_backward is written "border_exchange (+ _backward)" in CMakeLists.txt
+        missing = sorted(n for n in names - listed if n != "border_exchange_backward")
+        assert not missing, f"{where} does not name the op(s) {missing}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_chain_forward_and_backward(dtype: torch.dtype) -> None:
     cd = schedule(CHAIN)
