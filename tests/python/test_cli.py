@@ -59,7 +59,11 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["train", "bad.json"]) == 1
     out = capsys.readouterr().out
     assert "training_data" in out and "Traceback" not in out
-    assert main(["freeze", "-c", "x"]) in (0, 1)  # delegated: 1 until dpa3.export.freeze exists
+    assert main(["freeze", "-c", "x"]) == 1
+    out = capsys.readouterr().out
+    assert "x" in out and "Traceback" not in out
+    assert main(["freeze", "a.pt", "-c", "b.pt"]) == 1
+    assert "two checkpoints given" in capsys.readouterr().out
 
 
 def test_train_then_test(tmp_path, capsys, monkeypatch):
@@ -121,9 +125,13 @@ def test_test_on_frozen_model(tmp_path, capsys, monkeypatch):
     assert main(["train", "input.json", "--skip-neighbor-stat"]) == 0
     if main(["freeze", "-c", ".", "-o", "model.pth"]) != 0:
         pytest.fail("freezing is not available here (ops library not built)")
+    # the checkpoint as a positional argument, as new users type it
+    assert main(["freeze", "model.ckpt.pt", "-o", "model_pos.pth"]) == 0
     capsys.readouterr()
     assert main(["test", "-m", "model.ckpt.pt", "-s", MOLECULE, "-n", "3"]) == 0
     eager = [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln]
     assert main(["test", "-m", "model.pth", "-s", MOLECULE, "-n", "3"]) == 0
     frozen = [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln]
     assert eager == frozen and len(eager) == 3
+    assert main(["test", "-m", "model_pos.pth", "-s", MOLECULE, "-n", "3"]) == 0
+    assert [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln] == frozen

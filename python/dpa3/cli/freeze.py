@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import delegate
+from ._common import CLIError, delegate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``freeze``."""
     p = sub.add_parser("freeze", help="freeze a checkpoint into a TorchScript model.pth")
     p.add_argument(
+        "checkpoint_arg",
+        nargs="?",
+        metavar="CHECKPOINT",
+        help="the checkpoint, as a positional argument (same as -c)",
+    )
+    p.add_argument(
         "-c",
         "--checkpoint",
-        default=".",
+        default=None,
         help="checkpoint file, 'checkpoint' pointer or its folder (default .)",
     )
     p.add_argument("-o", "--output", default="model.pth", help="frozen model (model.pth)")
@@ -29,4 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Delegate to :mod:`dpa3.train.multitask` (which hands single-task checkpoints on to
     :mod:`dpa3.export.freeze`)."""
+    positional = args.checkpoint_arg
+    if positional is not None and args.checkpoint is not None and positional != args.checkpoint:
+        raise CLIError(f"freeze: two checkpoints given ({positional} and -c {args.checkpoint}); "
+                       "give one")
+    args.checkpoint = positional or args.checkpoint or "."
     return delegate("dpa3.train.multitask", "freeze_main", args, "freeze")
