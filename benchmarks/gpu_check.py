@@ -44,8 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
-from gpu_common import ROOT, Deadline, DeviceMemory, fmt_mem, last_json, run, tail  # noqa: E402
-from gpu_lammps import compare, lammps_case, timing_case  # noqa: E402
+from gpu_common import ROOT, Deadline, DeviceMemory, fmt_mem, last_json, run, tail
+from gpu_lammps import compare, lammps_case, timing_case
 
 PARITY = ROOT / "tests" / "data" / "parity"
 WORKERS = Path(__file__).resolve().parent / "gpu" / "gpu_workers.py"
@@ -85,8 +85,8 @@ class Table:
                  f"|{'-' * (w + 2)}|--------|---------|"]
         lines += [f"| {r['check']:{w}s} | {r['result']:6s} | {r['detail']} |" for r in self.rows]
         nfail = sum(r["result"] == "FAIL" for r in self.rows)
-        lines += ["", f"{nfail} FAIL, {sum(r['result'] == 'PASS' for r in self.rows)} PASS, "
-                  f"{sum(r['result'] == 'SKIP' for r in self.rows)} SKIP"]
+        lines += ["", (f"{nfail} FAIL, {sum(r['result'] == 'PASS' for r in self.rows)} PASS, "
+                  f"{sum(r['result'] == 'SKIP' for r in self.rows)} SKIP")]
         text = "\n".join(lines) + "\n"
         print("\n" + text, flush=True)
         (self.out / "summary.txt").write_text(text)
