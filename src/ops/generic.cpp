@@ -135,9 +135,10 @@ std::vector<at::Tensor> generic::angle_block_bwd(const AngleArgs &in, const at::
   at::Tensor ga = gpre.mm(in.wa.t());
   if (da > 0 && in.alpha != 0.0) ga = ga + in.alpha * gaout;
   const at::Tensor gwa = need_wa ? in.a.t().mm(gpre) : at::empty({0}, opt);
+  // beta has da entries (none when da == 0); empty when not asked for, as on the CPU
   const at::Tensor gbeta =
-      need_beta && da > 0 ? (gaout * y.narrow(1, de, da)).sum(0) : at::zeros({da}, opt);
-  return {ga, gwa, gpe, gvk, gw, need_beta ? gbeta : at::empty({0}, opt)};
+      need_beta ? (gaout * y.narrow(1, de, da)).sum(0) : at::empty({0}, opt);
+  return {ga, gwa, gpe, gvk, gw, gbeta};
 }
 
 }    // namespace dpa3
