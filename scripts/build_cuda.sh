@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build dpa3 with CUDA (op library with its .cu kernels + LAMMPS plugin) in a separate virtual
 # environment, on a machine without a GPU or a CUDA toolkit: the CUDA build of torch and the CUDA
-# compiler both come from PyPI. Proves that the CUDA code compiles and links (CI runs this after
+# compiler both come from PyPI. Proves that the CUDA code compiles and links (CI runs this before
 # the tests); running the result needs a GPU machine.
 #
 #   bash scripts/build_cuda.sh       # idempotent: a second run only rebuilds what changed
