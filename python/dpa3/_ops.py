@@ -18,9 +18,13 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   between the ranks of ``comm``: ``"cpu"``, ``"cuda-aware"``, ``"staged"``, ``"host-routed
   (...)"`` or ``"local (...)"`` (``docs/internals.md``, "The exchange on GPUs").
 
-Only this module loads the library; model code calls ``torch.ops.dpa3.border_exchange`` after
-:func:`load_ops`. In a process where the LAMMPS plugin has already loaded the library (the plugin
-links it), loading is skipped: registering the ``dpa3`` namespace twice aborts.
+This module is the only place in the package that names ``torch.ops.dpa3``: it loads the library
+and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,
+:func:`scatter_rows`, :func:`edge_sum`, :func:`center_outer`, :func:`angle_block`,
+:func:`border_exchange`); scripted models inline them, so a frozen model calls the registered ops
+directly.  :data:`COMM_KEYS` defines the exchange schedule (``comm_dict``) keys and their order.
+In a process where the LAMMPS plugin has already loaded the library (the plugin links it),
+loading is skipped: registering the ``dpa3`` namespace twice aborts.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -161,3 +166,112 @@ def generic_kernels() -> Iterator[None]:
         yield
     finally:
         torch.ops.dpa3.set_generic_kernels(previous)
+
+
+def mpi_enabled() -> bool:
+    """Whether the loaded op library was built with MPI (call after :func:`load_ops`)."""
+    return bool(torch.ops.dpa3.enable_mpi())
+
+
+# ---------------------------------------------------------------------------------------------
+# The exchange schedule.  ``comm_dict`` keys in the positional order of
+# ``torch.ops.dpa3.border_exchange`` after the features; the LAMMPS plugin builds the same dict
+# (src/lammps_plugin) and the op library reports its own list (``torch.ops.dpa3.comm_keys``).
+COMM_KEYS: tuple[str, ...] = (
+    "send_idx",  # (sum(send_num),) int32, feature device: send lists concatenated in swap order
+    "send_off",  # (nswap + 1,) int64, CPU: prefix offsets into send_idx
+    "send_num",  # (nswap,) int32, CPU: rows sent per swap
+    "recv_num",  # (nswap,) int32, CPU: rows received per swap
+    "send_proc",  # (nswap,) int32, CPU: rank sent to (== rank for a self swap)
+    "recv_proc",  # (nswap,) int32, CPU: rank received from (== rank for a self swap)
+    "comm",  # (1,) int64, CPU: MPI_Comm_c2f handle, 0 = no MPI
+    "rank",  # (1,) int32, CPU: this rank
+)
+
+
+def comm_args(comm_dict: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The schedule tensors of ``comm_dict`` in the op's positional order (eager code only)."""
+    return tuple(comm_dict[k] for k in COMM_KEYS)
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript-able calls of the ops (the model's only way to reach them).  Index rows: ``idx``
+# maps output rows to input rows, ``perm``/``ptr`` its inverse as a CSR (``argsort(idx)`` and the
+# prefix sums of the counts); see docs/internals.md for shapes and derivative orders.
+
+
+def border_exchange(g: torch.Tensor, comm_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``g [nall, d]`` with its ghost rows ``[nloc, nall)`` filled from their owners' ranks.
+
+    Differentiable (ghost gradients go back to the owners).  The keys are written out because
+    TorchScript cannot index a global tuple; their order is :data:`COMM_KEYS` (tested).
+    """
+    return torch.ops.dpa3.border_exchange(
+        g,
+        comm_dict["send_idx"],
+        comm_dict["send_off"],
+        comm_dict["send_num"],
+        comm_dict["recv_num"],
+        comm_dict["send_proc"],
+        comm_dict["recv_proc"],
+        comm_dict["comm"],
+        comm_dict["rank"],
+    )
+
+
+def gather_rows(
+    x: torch.Tensor, idx: torch.Tensor, perm: torch.Tensor, ptr: torch.Tensor
+) -> torch.Tensor:
+    """``x[idx]`` (``x [N, k]`` -> ``[len(idx), k]``), any order of derivatives."""
+    return torch.ops.dpa3.gather_rows(x, idx, perm, ptr)
+
+
+def scatter_rows(
+    y: torch.Tensor, idx: torch.Tensor, perm: torch.Tensor, ptr: torch.Tensor
+) -> torch.Tensor:
+    """``out[r] = sum of y[q] with idx[q] == r`` (``y [Q, k]`` -> ``[len(ptr) - 1, k]``)."""
+    return torch.ops.dpa3.scatter_rows(y, idx, perm, ptr)
+
+
+def edge_sum(
+    xc: torch.Tensor,
+    xn: Optional[torch.Tensor],  # noqa: UP045 (TorchScript needs typing.Optional here)
+    xe: torch.Tensor,
+    b: Optional[torch.Tensor],  # noqa: UP045
+    idx_c: torch.Tensor,
+    perm_c: torch.Tensor,
+    ptr_c: torch.Tensor,
+    idx_n: Optional[torch.Tensor],  # noqa: UP045
+    perm_n: Optional[torch.Tensor],  # noqa: UP045
+    ptr_n: Optional[torch.Tensor],  # noqa: UP045
+) -> torch.Tensor:
+    """``xc[idx_c] + xn[idx_n] + xe + b`` over the edges ``[E, k]`` in one pass."""
+    return torch.ops.dpa3.edge_sum(xc, xn, xe, b, idx_c, perm_c, ptr_c, idx_n, perm_n, ptr_n)
+
+
+def center_outer(
+    h: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, perm: torch.Tensor, ptr: torch.Tensor
+) -> torch.Tensor:
+    """``T[i] = sum over edges q of centre i of h[q] (x) g[q]``: ``h [E, 3]``, ``g [E, d]`` ->
+    ``[N, 3, d]``."""
+    return torch.ops.dpa3.center_outer(h, g, idx, perm, ptr)
+
+
+def angle_block(
+    a: torch.Tensor,
+    wa: torch.Tensor,
+    pe: torch.Tensor,
+    vk: torch.Tensor,
+    w: torch.Tensor,
+    eik: torch.Tensor,
+    aptr: torch.Tensor,
+    nptr: torch.Tensor,
+    de: int,
+    act: int,
+    thr: float,
+    alpha: float,
+    beta: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The fused angle block of a RepFlow layer (evaluation, first derivatives):
+    ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_block``)."""
+    return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)

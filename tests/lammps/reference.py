@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import exchange_reference
+
 
 @dataclass
 class Result:
@@ -111,18 +113,7 @@ def evaluate(
 def self_swap_comm_dict(mapping: np.ndarray, nloc: int) -> dict[str, torch.Tensor]:
     """A one-swap, one-rank schedule that fills ghost rows from their owners (as on one
     LAMMPS rank with periodic images), for calling ``forward_lower`` on the exchange path."""
-    nghost = len(mapping) - nloc
-    i32 = torch.int32
-    return {
-        "send_idx": torch.from_numpy(np.ascontiguousarray(mapping[nloc:], dtype=np.int32)),
-        "send_off": torch.tensor([0, nghost], dtype=torch.int64),
-        "send_num": torch.tensor([nghost], dtype=i32),
-        "recv_num": torch.tensor([nghost], dtype=i32),
-        "send_proc": torch.tensor([0], dtype=i32),
-        "recv_proc": torch.tensor([0], dtype=i32),
-        "comm": torch.tensor([0], dtype=torch.int64),
-        "rank": torch.tensor([0], dtype=i32),
-    }
+    return exchange_reference.self_swap_comm_dict(torch.from_numpy(mapping), nloc, 1, chain=False)
 
 
 def extended_inputs(model, coord, atype, cell, pbc=(True, True, True)):

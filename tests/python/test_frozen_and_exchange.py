@@ -36,7 +36,7 @@ def _fold(x, mapping, nloc):
 
 def _compare_paths(eager, frozen, frame, atol, frozen_context=contextlib.nullcontext):
     """``frozen_context()`` is entered around the frozen model's calls only."""
-    from dpa3.model.exchange import self_swap_comm_dict
+    from exchange_reference import self_swap_comm_dict
 
     coord, atype, box = frame
     nloc = len(atype)
@@ -96,7 +96,7 @@ def test_exchange_path_gradients_reach_the_owners_in_eager_mode():
 
 def test_exchange_path_needs_the_schedule_to_fill_every_ghost():
     """A comm_dict whose swaps leave ghosts unfilled changes the result: the op is really used."""
-    from dpa3.model.exchange import self_swap_comm_dict
+    from exchange_reference import self_swap_comm_dict
 
     model = make_model(seed=22)
     coord, atype, box = small_cell_frame()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dpa3 import _ops
-from dpa3.model.exchange import (
+from exchange_reference import (
     border_exchange_reference,
     comm_args,
     reference_backward,
@@ -384,3 +384,28 @@ def test_load_error_diagnosis(tmp_path) -> None:
     assert "built against torch 0.0.1" in msg and "--no-build-isolation" in msg
     msg = _ops._diagnose(lib, OSError("libmpi.so.12: cannot open shared object file"))
     assert "pip install mpich" in msg
+
+
+def test_comm_keys_are_the_op_schema_order():
+    """COMM_KEYS (the one Python definition) names the op's arguments after ``g``, in order."""
+    schema = torch.ops.dpa3.border_exchange.default._schema
+    names = [arg.name for arg in schema.arguments]
+    assert names[0] == "g"
+    assert names[1:] == list(_ops.COMM_KEYS)
+
+
+def test_border_exchange_wrapper_reads_comm_keys_in_order():
+    """The TorchScript-able wrapper spells the keys out; they must come in COMM_KEYS order."""
+    seen: list[str] = []
+
+    class Recording(dict):
+        def __getitem__(self, key):
+            seen.append(key)
+            return super().__getitem__(key)
+
+    mapping = torch.tensor([0, 1, 2, 0, 2])
+    cd = self_swap_comm_dict(mapping, 3, n_swaps=2)
+    g = torch.randn(5, 4, dtype=torch.float64)
+    y = _ops.border_exchange(g, Recording(cd))
+    assert seen == list(_ops.COMM_KEYS)
+    torch.testing.assert_close(y, g[mapping])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpa3.model.exchange import (
+from exchange_reference import (
     COMM_KEYS,
     border_exchange_reference,
     comm_args,

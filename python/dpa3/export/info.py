@@ -135,7 +135,7 @@ def environment_report() -> dict[str, Any]:
         )
     mpi = build.get("mpi")
     if loaded:
-        mpi_on = bool(torch.ops.dpa3.enable_mpi())
+        mpi_on = _ops.mpi_enabled()
         mpi = "ON" if mpi_on else "OFF"
     if mpi is not None:
         lib_mpi = build.get("mpi_library") or ""

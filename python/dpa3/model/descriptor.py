@@ -14,47 +14,10 @@ import torch
 from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
+from .exchange import ghost_features, ops_loaded
 from .graph import angle_cosine, build_graph, make_rows, switch
 from .network import Activation, Linear, TypeEmbedding, to_dtype
 from .repflow import RepFlowLayer
-
-
-@torch.jit.unused
-def _ops_loaded() -> bool:
-    from .. import _ops
-
-    return _ops.load_ops()
-
-
-@torch.jit.unused
-def _load_ops_for_eager() -> None:
-    from .. import _ops
-
-    if not _ops.load_ops():
-        raise RuntimeError("dpa3: the exchange path needs the op library libdpa3_ops.so")
-
-
-def exchange_ghosts(n: torch.Tensor, nall: int, comm_dict: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rows ``[0, nloc)`` are ``n``; ghost rows ``[nloc, nall)`` are filled from their owners.
-
-    ``n [nloc, d]`` -> ``[nall, d]`` through ``torch.ops.dpa3.border_exchange`` (autograd
-    sends ghost gradients back to the owners in the backward pass).
-    """
-    if not torch.jit.is_scripting():
-        _load_ops_for_eager()
-    pad = torch.zeros(nall - n.shape[0], n.shape[1], dtype=n.dtype, device=n.device)
-    g = torch.cat([n, pad], dim=0)
-    return torch.ops.dpa3.border_exchange(
-        g,
-        comm_dict["send_idx"],
-        comm_dict["send_off"],
-        comm_dict["send_num"],
-        comm_dict["recv_num"],
-        comm_dict["send_proc"],
-        comm_dict["recv_proc"],
-        comm_dict["comm"],
-        comm_dict["rank"],
-    )
 
 
 class DescrptDPA3(nn.Module):
@@ -164,7 +127,7 @@ class DescrptDPA3(nn.Module):
         # keeps the composite, twice-differentiable path.
         use_ops = True
         if not torch.jit.is_scripting():
-            use_ops = _ops_loaded()
+            use_ops = ops_loaded()
         nnode = nf * nloc
         nedge = g.center.shape[0]
         rc = make_rows(g.center, nnode, use_ops)
@@ -173,10 +136,7 @@ class DescrptDPA3(nn.Module):
         rik = make_rows(g.a_eik, nedge, use_ops)
         fused = use_ops and not self.training and self.layers[0].act_code >= 0
         for layer in self.layers:
-            if comm_dict is None:
-                n_ext = n
-            else:
-                n_ext = exchange_ghosts(n, nall, comm_dict)
+            n_ext = ghost_features(n, nall, comm_dict)
             n, e, a = layer(
                 n, n_ext, e, a, rc, rn, h2sw, sw, a_weight, g.is_angle_edge, rij, rik, fused
             )

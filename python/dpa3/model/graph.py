@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .. import _ops
+
 
 def switch(r: torch.Tensor, rs: float, rc: float, use_exp: bool) -> torch.Tensor:
     """Smooth cutoff function ``s(r)`` (spec 1.5).
@@ -169,7 +171,7 @@ def gather(x: torch.Tensor, rows: Rows) -> torch.Tensor:
     ptr = rows.ptr
     if perm is None or ptr is None:
         return torch.index_select(x, 0, rows.idx)
-    return torch.ops.dpa3.gather_rows(x, rows.idx, perm, ptr)
+    return _ops.gather_rows(x, rows.idx, perm, ptr)
 
 
 def scatter(y: torch.Tensor, rows: Rows, n: int) -> torch.Tensor:
@@ -179,7 +181,7 @@ def scatter(y: torch.Tensor, rows: Rows, n: int) -> torch.Tensor:
     if perm is None or ptr is None:
         shape = [n] + list(y.shape[1:])
         return torch.zeros(shape, dtype=y.dtype, device=y.device).index_add(0, rows.idx, y)
-    return torch.ops.dpa3.scatter_rows(y, rows.idx, perm, ptr)
+    return _ops.scatter_rows(y, rows.idx, perm, ptr)
 
 
 def edge_sum(
@@ -200,8 +202,8 @@ def edge_sum(
     ptr = center.ptr
     if perm is not None and ptr is not None:
         if xn is None:
-            return torch.ops.dpa3.edge_sum(xc, None, xe, b, center.idx, perm, ptr, None, None, None)
-        return torch.ops.dpa3.edge_sum(
+            return _ops.edge_sum(xc, None, xe, b, center.idx, perm, ptr, None, None, None)
+        return _ops.edge_sum(
             xc, xn, xe, b, center.idx, perm, ptr, nei.idx, nei.perm, nei.ptr
         )
     out = gather(xc, center)

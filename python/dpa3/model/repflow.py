@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from .. import _ops
 from ..config.model import RepflowConfig
 from .graph import Rows, edge_sum, gather, scatter
 from .network import Activation, Linear
@@ -132,7 +133,7 @@ class RepFlowLayer(nn.Module):
         perm = center.perm
         ptr = center.ptr
         if perm is not None and ptr is not None:  # op library: no [E, 3, d] intermediate
-            tt = torch.ops.dpa3.center_outer(h2sw, g, center.idx, perm, ptr)
+            tt = _ops.center_outer(h2sw, g, center.idx, perm, ptr)
         else:
             t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
             tt = scatter(t.reshape(t.shape[0], 3 * d), center, nnode).view(nnode, 3, d)
@@ -234,7 +235,7 @@ class RepFlowLayer(nn.Module):
         assert ptr is not None and nptr is not None
         per_edge, vk = self._edge_terms(w, b, nc, ec, center)
         alpha, beta = self._angle_residual(w.shape[1] - n_red, a)
-        out = torch.ops.dpa3.angle_block(
+        out = _ops.angle_block(
             a,
             w[: self.a_dim],
             per_edge,
