@@ -121,7 +121,7 @@ COMBOS: dict[str, dict] = {
     "water_recipe": _combo(
         dict(WATER_RECIPE_REPFLOW), dict(WATER_RECIPE_DESC), dict(WATER_RECIPE_FIT),
         allow_truncation=True,
-        doc="water recipe (spec 6.1) in float64; a_sel=30 truncates in the water frame",
+        doc="water recipe (docs/dpa3-spec.md §6.1) in float64; a_sel=30 truncates in the water frame",
     ),
     "poly_switch": _combo(
         {**SMALL, "e_rcut": 5.0, "e_rcut_smth": 3.0, "e_sel": 72, "a_rcut": 3.5,
@@ -196,7 +196,7 @@ COMBOS: dict[str, dict] = {
     "water_recipe_f32": _combo(
         dict(WATER_RECIPE_REPFLOW), dict(WATER_RECIPE_DESC), dict(WATER_RECIPE_FIT),
         precision="float32", freeze=True, allow_truncation=True,
-        doc="water recipe (spec 6.1) in float32 (descriptor and fitting)",
+        doc="water recipe (docs/dpa3-spec.md §6.1) in float32 (descriptor and fitting)",
     ),
 }
 

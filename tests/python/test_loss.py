@@ -1,4 +1,4 @@
-"""The ``ener`` loss (spec 5.1) against hand-computed values."""
+"""The ``ener`` loss (docs/dpa3-spec.md §5.1) against hand-computed values."""
 
 from __future__ import annotations
 

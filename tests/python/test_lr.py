@@ -1,4 +1,4 @@
-"""Learning-rate schedule (spec 5.2) against hand-computed values."""
+"""Learning-rate schedule (docs/dpa3-spec.md §5.2) against hand-computed values."""
 
 from __future__ import annotations
 

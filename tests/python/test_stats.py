@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpa3.data.neighbor import neighbor_counts
 from dpa3.data.stats import (
     EnergyStat,
     auto_sel,
     fit_energy_bias,
-    frame_neighbor_counts,
     load_stat,
     neighbor_stat,
     parse_auto_sel,
@@ -64,31 +64,38 @@ def test_stat_file_roundtrip_and_subset(tmp_path):
     assert load_stat(tmp_path / "other.npz") is None
 
 
-def brute_counts(coord, box, rcut):
+def brute_counts(coord, box, rcut, atype, ntypes):
+    """Per-type neighbour counts and the smallest distance within rcut, over 5^3 images."""
     cell = box.reshape(3, 3)
-    out = np.zeros(len(coord), dtype=int)
+    out = np.zeros((len(coord), ntypes), dtype=int)
+    dmin = np.inf
     shifts = (
         np.array([[i, j, k] for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)])
         @ cell
     )
     for i, x in enumerate(coord):
         d = np.linalg.norm(coord[None, :, :] + shifts[:, None, :] - x, axis=-1)
-        out[i] = int((d <= rcut).sum()) - 1
-    return out
+        d[shifts.tolist().index([0.0, 0.0, 0.0]), i] = np.inf  # the atom itself
+        within = d <= rcut
+        for t in range(ntypes):
+            out[i, t] = int(within[:, atype == t].sum())
+        dmin = min(dmin, float(d[within].min()))
+    return out, dmin
 
 
 def test_neighbor_counts_match_brute_force():
     s = load_system(DATA / "alloy-emt-CuAlNi" / "natoms_31", ["Cu", "Al", "Ni"])
-    counts, dmin = frame_neighbor_counts(s.coord[0], s.box[0], 6.0)
-    np.testing.assert_array_equal(counts, brute_counts(s.coord[0], s.box[0], 6.0))
-    per_type, _ = frame_neighbor_counts(s.coord[0], s.box[0], 6.0, s.atype[0], 3)
-    np.testing.assert_array_equal(per_type.sum(axis=1), counts)
-    assert 1.5 < dmin < 3.0
-    try:
-        from dpa3.data.neighbor import neighbor_counts
-    except ImportError:
-        return
-    np.testing.assert_array_equal(counts, neighbor_counts(s.coord[0], s.box[0], 6.0))
+    ref, ref_dmin = brute_counts(s.coord[0], s.box[0], 6.0, s.atype[0], 3)
+    counts, dmin = neighbor_counts(s.coord[0], s.box[0], 6.0)
+    np.testing.assert_array_equal(counts, ref.sum(axis=1))
+    per_type, dmin_t = neighbor_counts(s.coord[0], s.box[0], 6.0, s.atype[0], 3)
+    np.testing.assert_array_equal(per_type, ref)
+    assert dmin == pytest.approx(ref_dmin, rel=1e-12) and dmin_t == dmin
+    frames = [brute_counts(s.coord[f], s.box[f], 6.0, s.atype[f], 3) for f in range(s.nframes)]
+    st = neighbor_stat([s], 6.0, 3)
+    assert st.max_nbor_size == max(int(c.sum(axis=1).max()) for c, _ in frames)
+    np.testing.assert_array_equal(st.max_nbor_size_per_type, np.max([c.max(0) for c, _ in frames], 0))
+    assert st.min_nbor_dist == pytest.approx(min(d for _, d in frames), rel=1e-12)
 
 
 def test_neighbor_stat_and_auto_sel():

@@ -380,27 +380,40 @@ def test_water_recipe_trains_one_step(tmp_path, monkeypatch):
     assert math.isfinite(loss)
 
 
-def test_precomputed_neighbor_hook_gives_same_loss(tmp_path, monkeypatch):
+def test_training_sorts_the_neighbour_list_once(tmp_path, monkeypatch):
+    """A training step builds sorted lists in the data layer and never re-sorts them in the
+    model; the result equals the model's own sorting path (forward_lower on a shuffled, wider,
+    uncut list)."""
+    import dpa3.model.model as model_module
     from dpa3.data.loader import make_batch
     from dpa3.data.neighbor import build_neighbor_batch
 
     monkeypatch.chdir(tmp_path)
     t = Trainer(tiny_input(steps=1))
-    rc, sel = t.model_cfg.descriptor.repflow.e_rcut, t.model_cfg.descriptor.repflow.e_sel
-
-    def nfn(coord, box):
-        nb = build_neighbor_batch(coord, box, rc, sel)
-        return nb.ext_coord, nb.mapping, nb.nlist
+    calls = []
+    real = model_module.format_nlist
+    monkeypatch.setattr(
+        model_module, "format_nlist", lambda *a: calls.append(1) or real(*a)  # noqa: B023
+    )
+    t.train_step(0)
+    assert calls == []
 
     system = t.train_data.systems[0]
-    plain = make_batch(system, np.array([0, 5]))
-    pre = make_batch(system, np.array([0, 5]), neighbor_fn=nfn)
-    assert pre.nlist is not None and plain.nlist is None
+    batch = make_batch(system, np.array([0, 5]))
     t.model.eval()
-    a = model_forward(t.model, plain)
-    b = model_forward(t.model, pre)
-    for k in ("energy", "force", "virial"):
-        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+    a = model_forward(t.model, batch)
+    rc = t.model_cfg.descriptor.repflow.e_rcut
+    nb = build_neighbor_batch(batch.coord, batch.box, rc + 1.0, 200)  # wider, beyond rcut
+    shuffled = nb.nlist[:, :, torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    ext_atype = torch.gather(batch.atype, 1, nb.mapping)
+    low = t.model.forward_lower(nb.ext_coord, ext_atype, shuffled, nb.mapping)
+    assert calls == [1]
+    torch.testing.assert_close(a["energy"], low["energy"], rtol=1e-12, atol=1e-12)
+    force = torch.zeros_like(batch.coord).scatter_add(
+        1, nb.mapping.unsqueeze(-1).expand(-1, -1, 3), low["extended_force"]
+    )
+    torch.testing.assert_close(a["force"], force, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a["virial"], low["virial"], rtol=1e-12, atol=1e-12)
 
 
 def test_numb_epoch(tmp_path, monkeypatch):

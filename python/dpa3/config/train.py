@@ -40,7 +40,7 @@ _IGNORED_TRAINING_KEYS = (
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LearningRateConfig:
-    """``learning_rate`` of type ``exp`` (spec 5.2).
+    """``learning_rate`` of type ``exp`` (docs/dpa3-spec.md §5.2).
 
     ``stop_lr`` is already resolved (from ``stop_lr_ratio`` or the 5e-8 default);
     ``warmup_steps`` may still be ``None`` when ``warmup_ratio`` is given (resolved against
@@ -122,7 +122,7 @@ class LearningRateConfig:
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LossConfig:
-    """``loss`` of type ``ener`` (spec 5.1); a term is active iff both prefactors are non-zero."""
+    """``loss`` of type ``ener`` (docs/dpa3-spec.md §5.1); a term is active iff both prefactors are non-zero."""
 
     start_pref_e: float = 0.02
     limit_pref_e: float = 1.0

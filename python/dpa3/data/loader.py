@@ -7,15 +7,12 @@ smaller, like a ``torch`` ``DataLoader`` without ``drop_last``).  All randomness
 one ``numpy`` generator whose state, with each system's pass order and position, is part of
 the checkpoint, so a restarted run draws exactly the same batches.
 
-Precomputed neighbours: a :class:`Batch` may carry ``ext_coord``/``mapping``/``nlist``
-(filled by the ``neighbor_fn`` hook of :class:`SystemBatcher`, or later by a per-frame cache).
-The trainer then calls the model's ``forward_with_neighbors`` entry instead of ``forward``
-(see :func:`dpa3.train.trainer.model_forward`).
+Neighbour lists are built by the model's ``forward`` (:mod:`dpa3.data.neighbor`), sorted once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,12 +21,6 @@ import torch
 
 from ..config.train import BatchSizeRule, DataConfig
 from .system import DataError, System, find_systems, load_systems
-
-#: ``neighbor_fn(coord (nf,N,3) f64, box (nf,9) f64 | None) -> (ext_coord, mapping, nlist)``
-NeighborFn = Callable[
-    [torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-]
-
 
 @dataclass
 class Batch:
@@ -49,9 +40,6 @@ class Batch:
         (nf,) float64: 1 where the frame has the label, else 0.
     system
         Index of the system in its sampler.
-    ext_coord, mapping, nlist
-        Optional precomputed neighbour data: (nf, nall, 3) f64, (nf, nall) i64,
-        (nf, natoms, nnei) i64 (see ``docs/internals.md``).
     """
 
     coord: torch.Tensor
@@ -64,9 +52,6 @@ class Batch:
     find_force: torch.Tensor
     find_virial: torch.Tensor
     system: int = 0
-    ext_coord: torch.Tensor | None = None
-    mapping: torch.Tensor | None = None
-    nlist: torch.Tensor | None = None
 
     @property
     def nframes(self) -> int:
@@ -87,16 +72,14 @@ class Batch:
         return Batch(**kw)
 
 
-def make_batch(
-    system: System, idx: np.ndarray, sys_index: int = 0, neighbor_fn: NeighborFn | None = None
-) -> Batch:
+def make_batch(system: System, idx: np.ndarray, sys_index: int = 0) -> Batch:
     """Gather frames ``idx`` of ``system`` into a :class:`Batch`."""
     idx = np.asarray(idx, dtype=np.int64)
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a[idx]))
 
-    b = Batch(
+    return Batch(
         coord=t(system.coord),
         atype=t(system.atype),
         box=None if system.box is None else t(system.box),
@@ -108,21 +91,15 @@ def make_batch(
         find_virial=t(system.find["virial"]).to(torch.float64),
         system=sys_index,
     )
-    if neighbor_fn is not None:
-        b.ext_coord, b.mapping, b.nlist = neighbor_fn(b.coord, b.box)
-    return b
 
 
 class SystemBatcher:
     """Shuffled passes over the frames of one system, ``batch_size`` frames at a time."""
 
-    def __init__(
-        self, system: System, batch_size: int, index: int = 0, neighbor_fn: NeighborFn | None = None
-    ) -> None:
+    def __init__(self, system: System, batch_size: int, index: int = 0) -> None:
         self.system = system
         self.batch_size = int(batch_size)
         self.index = index
-        self.neighbor_fn = neighbor_fn
         self._order = np.arange(system.nframes, dtype=np.int64)
         self._pos = system.nframes  # forces a shuffle on first use
 
@@ -142,7 +119,7 @@ class SystemBatcher:
 
     def next(self, rng: np.random.Generator) -> Batch:
         """The next batch."""
-        return make_batch(self.system, self.next_indices(rng), self.index, self.neighbor_fn)
+        return make_batch(self.system, self.next_indices(rng), self.index)
 
     def state_dict(self) -> dict[str, Any]:
         """Pass order and position (for restarts)."""
@@ -212,7 +189,6 @@ class DataSampler:
         auto_prob: str = "prob_sys_size",
         sys_probs: Sequence[float] | None = None,
         seed: int | None = None,
-        neighbor_fn: NeighborFn | None = None,
         where: str = "training_data",
     ) -> None:
         if rule.kind == "list" and len(rule.values) != len(systems):
@@ -226,7 +202,7 @@ class DataSampler:
             if bs is None:
                 continue
             kept.append(i)
-            self.batchers.append(SystemBatcher(s, bs, len(self.batchers), neighbor_fn))
+            self.batchers.append(SystemBatcher(s, bs, len(self.batchers)))
         if not self.batchers:
             raise DataError(
                 f"{where}: every system was dropped by batch_size {rule.kind}:{rule.value}"
@@ -244,12 +220,11 @@ class DataSampler:
         type_map: Sequence[str],
         seed: int | None,
         where: str = "training_data",
-        neighbor_fn: NeighborFn | None = None,
     ) -> DataSampler:
         """Find, load and wrap the systems of a data section."""
         paths = find_systems(cfg.systems, where=f"{where}.systems")
         systems = load_systems(paths, type_map, cfg.set_prefix)
-        return cls(systems, cfg.batch_size, cfg.auto_prob, cfg.sys_probs, seed, neighbor_fn, where)
+        return cls(systems, cfg.batch_size, cfg.auto_prob, cfg.sys_probs, seed, where)
 
     @property
     def total_batches(self) -> int:
@@ -297,7 +272,6 @@ class DataSampler:
 __all__ = [
     "Batch",
     "DataSampler",
-    "NeighborFn",
     "SystemBatcher",
     "make_batch",
     "system_probabilities",

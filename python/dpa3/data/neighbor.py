@@ -2,7 +2,7 @@
 
 This is the neighbour search used by the Python side (training data, the ASE calculator,
 ``dpa3 neighbor-stat``).  It follows ``docs/internals.md`` ("Neighbour data") and the
-specification sections 1.2-1.3, with one deliberate difference: instead of materialising
+specification (docs/dpa3-spec.md §1.2-1.3), with one deliberate difference: instead of materialising
 every periodic image of every atom (``n_shift * N`` extended atoms), only the images that
 actually appear in some neighbour list are kept.  The model never needs the others.
 
@@ -406,8 +406,13 @@ def neighbor_counts(
     coord: np.ndarray | torch.Tensor,
     box: np.ndarray | torch.Tensor | None,
     rcut: float,
-) -> np.ndarray:
+    atype: np.ndarray | None = None,
+    ntypes: int = 0,
+) -> tuple[np.ndarray, float]:
     """Count the neighbours within ``rcut`` of every atom (periodic images included).
+
+    The same search as :func:`build_neighbor_data` (no sorting, no extended atoms built); it
+    serves ``e_sel: "auto"`` and ``dpa3 neighbor-stat``.
 
     Parameters
     ----------
@@ -416,24 +421,43 @@ def neighbor_counts(
     box
         ``[9]`` float64 cell rows (Å) or ``None`` (non-periodic).
     rcut
-        Cutoff radius (Å); neighbours with ``r <= rcut`` are counted, self excluded.
+        Cutoff radius (Å); neighbours with ``r <= rcut`` are counted, self excluded (images
+        of an atom itself at a non-zero shift count).
+    atype
+        ``[N]`` int types in ``[0, ntypes)``: count per neighbour type.
+    ntypes
+        Number of types (with ``atype``).
 
     Returns
     -------
-    np.ndarray
-        ``[N]`` int64, equal to ``build_neighbor_data(...).n_neighbors`` (no sorting,
-        no extended atoms are built).
+    counts
+        ``[N]`` int64, equal to ``build_neighbor_data(...).n_neighbors``; ``[N, ntypes]`` per
+        neighbour type with ``atype``.
+    min_dist
+        The smallest distance within ``rcut`` (Å), ``inf`` if no atom has a neighbour.
     """
     rcut = float(rcut)
     _check_cutoff(rcut, None)
-    local, cand, _ = _prepare(coord, box, rcut)
+    local, cand, owner = _prepare(coord, box, rcut)
     nloc = local.shape[0]
-    counts = np.zeros(nloc, dtype=np.int64)
-    if nloc == 0:
-        return counts
-    for i0, i1, qi, _cj, _dist in _iter_pairs(cand, nloc, rcut):
-        counts[i0:i1] = np.bincount(qi - i0, minlength=i1 - i0)
-    return counts
+    if atype is not None:
+        atype = np.asarray(atype, dtype=np.int64).reshape(-1)
+        if atype.shape[0] != nloc or (nloc and (atype.min() < 0 or atype.max() >= ntypes)):
+            raise ValueError(f"atype must be {nloc} types in [0, {ntypes})")
+        cand_type = atype[owner]
+        counts = np.zeros((nloc, ntypes), dtype=np.int64)
+    else:
+        counts = np.zeros(nloc, dtype=np.int64)
+    min_dist = math.inf
+    for i0, i1, qi, cj, dist in _iter_pairs(cand, nloc, rcut) if nloc else ():
+        if dist.size:
+            min_dist = min(min_dist, float(dist.min()))
+        if atype is None:
+            counts[i0:i1] = np.bincount(qi - i0, minlength=i1 - i0)
+        else:
+            flat = (qi - i0) * ntypes + cand_type.take(cj)
+            counts[i0:i1] = np.bincount(flat, minlength=(i1 - i0) * ntypes).reshape(-1, ntypes)
+    return counts, min_dist
 
 
 def build_neighbor_batch(

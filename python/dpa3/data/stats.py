@@ -1,4 +1,4 @@
-"""Data statistics: per-type energy bias (spec 4.2) and neighbour counts (``e_sel: "auto"``).
+"""Data statistics: per-type energy bias (docs/dpa3-spec.md §4.2) and neighbour counts (``e_sel: "auto"``).
 
 The energy bias solves ``min_b sum_f (E_f - sum_t c_ft b_t)^2`` with ``numpy.linalg.lstsq``
 (``rcond=None``), ``c_ft`` being the number of atoms of type ``t`` in frame ``f``; types absent
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .neighbor import neighbor_counts
 from .system import System
 
 log = logging.getLogger(__name__)
@@ -188,94 +189,6 @@ def compute_or_load_energy_stat(
 # --------------------------------------------------------------------------------------
 # neighbour statistics
 # --------------------------------------------------------------------------------------
-def _image_shifts(box: np.ndarray, rcut: float) -> np.ndarray:
-    """Integer image shifts (nshift, 3) covering every image within ``rcut`` of the cell."""
-    cell = box.reshape(3, 3)
-    vol = abs(np.linalg.det(cell))
-    n = []
-    for i in range(3):
-        cross = np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])
-        n.append(int(np.ceil(rcut * np.linalg.norm(cross) / vol)))
-    r = [np.arange(-k, k + 1) for k in n]
-    return np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3)
-
-
-def frame_neighbor_counts(
-    coord: np.ndarray,
-    box: np.ndarray | None,
-    rcut: float,
-    atype: np.ndarray | None = None,
-    ntypes: int = 0,
-    chunk: int = 256,
-) -> tuple[np.ndarray, float]:
-    """Neighbours within ``rcut`` (``r <= rcut``, self excluded, periodic images included).
-
-    Returns ``counts`` (natoms,) — or (natoms, ntypes) per neighbour type when ``atype`` is
-    given — and the smallest interatomic distance of the frame.
-    """
-    coord = np.asarray(coord, dtype=np.float64).reshape(-1, 3)
-    nat = coord.shape[0]
-    img_type = None if atype is None else np.asarray(atype)
-    if box is not None:
-        cell = np.asarray(box, dtype=np.float64).reshape(3, 3)
-        frac = coord @ np.linalg.inv(cell)
-        frac = frac - np.floor(frac)
-        coord = frac @ cell
-        ishift = _image_shifts(cell, rcut)
-        # keep only images within rcut of the cell: fractional margin rcut / face distance
-        vol = abs(np.linalg.det(cell))
-        margin = np.array(
-            [
-                rcut * np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) / vol
-                for i in range(3)
-            ]
-        )
-        ifrac = (frac[None, :, :] + ishift[:, None, :]).reshape(-1, 3)
-        keep = np.all((ifrac >= -margin - 1e-9) & (ifrac <= 1 + margin + 1e-9), axis=1)
-        zero = int(np.argmin(np.abs(ishift).sum(axis=1)))
-        keep[zero * nat : (zero + 1) * nat] = True
-        src = np.tile(np.arange(nat), ishift.shape[0])[keep]
-        images = ifrac[keep] @ cell
-        # position of each local atom's own (zero-shift) copy among the kept images
-        self_pos = np.cumsum(keep)[zero * nat + np.arange(nat)] - 1
-        if img_type is not None:
-            img_type = img_type[src]
-    else:
-        images = coord
-        self_pos = np.arange(nat)
-    per_type = atype is not None
-    if per_type:
-        onehot = np.zeros((images.shape[0], ntypes))
-        onehot[np.arange(images.shape[0]), img_type] = 1.0
-    counts = np.zeros((nat, ntypes) if per_type else nat, dtype=np.int64)
-    dmin = np.inf
-    img_sq = (images * images).sum(axis=1)
-    for s in range(0, nat, chunk):
-        c = coord[s : s + chunk]
-        # |x - y|^2 = |x|^2 + |y|^2 - 2 x.y (a matrix product); exact distances are only
-        # needed near rcut, so the candidates close to it are recomputed directly below.
-        d2 = (c * c).sum(axis=1)[:, None] + img_sq[None, :] - 2.0 * (c @ images.T)
-        rows = np.arange(c.shape[0])
-        d2[rows, self_pos[s : s + chunk]] = np.inf
-        near = np.abs(d2 - rcut * rcut) < 1e-6 * max(1.0, rcut * rcut)
-        if near.any():
-            ii, jj = np.nonzero(near)
-            d2[ii, jj] = ((c[ii] - images[jj]) ** 2).sum(axis=1)
-        m = d2.min(axis=1)
-        if m.size:
-            small = m < 1.0  # exact value for the smallest distances too
-            if small.any():
-                jj = d2[small].argmin(axis=1)
-                m[small] = ((c[small] - images[jj]) ** 2).sum(axis=1)
-            dmin = min(dmin, float(np.sqrt(max(m.min(), 0.0))))
-        within = d2 <= rcut * rcut
-        if per_type:
-            counts[s : s + chunk] = np.rint(within.astype(np.float64) @ onehot).astype(np.int64)
-        else:
-            counts[s : s + chunk] = within.sum(axis=1)
-    return counts, dmin
-
-
 @dataclass
 class NeighborStat:
     """Result of :func:`neighbor_stat`."""
@@ -288,12 +201,13 @@ class NeighborStat:
 def neighbor_stat(
     systems: Sequence[System], rcut: float, ntypes: int | None = None
 ) -> NeighborStat:
-    """Largest neighbour count within ``rcut`` and smallest distance over all frames."""
+    """Largest neighbour count within ``rcut`` and smallest distance within ``rcut`` over all
+    frames (the search of :func:`dpa3.data.neighbor.neighbor_counts`)."""
     nt = ntypes if ntypes is not None else max(len(s.type_map) for s in systems)
     max_tot, max_pt, dmin = 0, np.zeros(nt, dtype=np.int64), np.inf
     for s in systems:
         for f in range(s.nframes):
-            counts, d = frame_neighbor_counts(
+            counts, d = neighbor_counts(
                 s.coord[f], None if s.box is None else s.box[f], rcut, s.atype[f], nt
             )
             dmin = min(dmin, d)
@@ -330,7 +244,6 @@ __all__ = [
     "auto_sel",
     "compute_or_load_energy_stat",
     "fit_energy_bias",
-    "frame_neighbor_counts",
     "load_stat",
     "neighbor_stat",
     "parse_auto_sel",

@@ -29,18 +29,15 @@ class DescrptDPA3(nn.Module):
         super().__init__()
         rf = cfg.repflow
         self.dtype = to_dtype(cfg.precision)
-        self.ntypes = ntypes
-        self.n_dim, self.e_dim, self.a_dim = rf.n_dim, rf.e_dim, rf.a_dim
-        self.e_rcut, self.e_rcut_smth, self.e_sel = rf.e_rcut, rf.e_rcut_smth, rf.e_sel
+        # what forward() reads; everything else stays in the typed config (model.cfg)
+        self.e_rcut, self.e_rcut_smth = rf.e_rcut, rf.e_rcut_smth
         self.a_rcut, self.a_rcut_smth, self.a_sel = rf.a_rcut, rf.a_rcut_smth, rf.a_sel
         self.a_norm = rf.a_norm
-        self.update_angle = rf.update_angle
         self.use_exp_switch = rf.use_exp_switch
         self.edge_init_use_dist = rf.edge_init_use_dist
         self.env_protection = cfg.env_protection
         self.concat_output_tebd = cfg.concat_output_tebd
         self.dim_out = descriptor_dim_out(cfg)
-        self.nlayers = rf.nlayers
         self.act = Activation(cfg.activation, cfg.activation_threshold)
         self.type_embedding = TypeEmbedding(
             ntypes, rf.n_dim, cfg.use_tebd_bias, self.dtype, generator

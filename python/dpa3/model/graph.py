@@ -23,7 +23,7 @@ from .. import _ops
 
 
 def switch(r: torch.Tensor, rs: float, rc: float, use_exp: bool) -> torch.Tensor:
-    """Smooth cutoff function ``s(r)`` (spec 1.5).
+    """Smooth cutoff function ``s(r)`` (docs/dpa3-spec.md §1.5).
 
     Polynomial: ``u = (clamp(r, rs, rc) - rs)/(rc - rs)``, ``s = u^3(-6u^2 + 15u - 10) + 1``.
     Exponential: ``s = exp(-exp(20 (min(r, rc) - rs) / rs))`` (not exactly 0 at ``rc``).

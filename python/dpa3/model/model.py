@@ -159,11 +159,29 @@ class EnergyModel(nn.Module):
         ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``, ``extended_force [nf,nall,3]`` (eV/Å),
         ``virial [nf,9]`` (eV) and optionally ``extended_virial [nf,nall,9]``.
         """
+        with torch.no_grad():
+            nlist_f = format_nlist(
+                extended_coord.to(torch.float64), nlist, self.rcut, self.sel
+            )
+        return self._forward_formatted(
+            extended_coord, extended_atype, nlist_f, mapping, do_atomic_virial, comm_dict
+        )
+
+    def _forward_formatted(
+        self,
+        extended_coord: torch.Tensor,
+        extended_atype: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: torch.Tensor | None,
+        do_atomic_virial: bool,
+        comm_dict: dict[str, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward_lower` on a formatted list ``nlist [nf, nloc, sel]`` (sorted by
+        distance, cut at ``rcut``, ``-1`` padded), as :func:`~.graph.format_nlist` and the
+        Python neighbour search (:mod:`dpa3.data.neighbor`) produce it."""
         nloc = nlist.shape[1]
         coord = extended_coord.to(torch.float64).detach().requires_grad_(True)
-        with torch.no_grad():
-            nlist_f = format_nlist(coord.detach(), nlist, self.rcut, self.sel)
-        e_atom = self._atomic_energy(coord, extended_atype, nlist_f, mapping, comm_dict)
+        e_atom = self._atomic_energy(coord, extended_atype, nlist, mapping, comm_dict)
         energy = e_atom.sum(dim=1, keepdim=True)
         create_graph = self.training
         grads = torch.autograd.grad(
@@ -212,13 +230,14 @@ class EnergyModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Evaluate on precomputed neighbour data and fold results onto the local atoms.
 
-        ``ext_coord [nf,nall,3]``, ``atype [nf,nloc]``, ``mapping [nf,nall]``,
-        ``nlist [nf,nloc,nnei]``.  Returns ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``,
+        ``ext_coord [nf,nall,3]``, ``atype [nf,nloc]``, ``mapping [nf,nall]``, and
+        ``nlist [nf,nloc,sel]`` already formatted (sorted by distance, cut at ``rcut``), as
+        :func:`dpa3.data.neighbor.build_neighbor_batch` builds it: it is not sorted again.  Returns ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``,
         ``force [nf,nloc,3]``, ``virial [nf,9]`` and optionally ``atom_virial [nf,nloc,9]``.
         """
         nf, nloc = atype.shape
         ext_atype = torch.gather(atype, 1, mapping)
-        low = self.forward_lower(ext_coord, ext_atype, nlist, mapping, do_atomic_virial, None)
+        low = self._forward_formatted(ext_coord, ext_atype, nlist, mapping, do_atomic_virial, None)
         idx = mapping.unsqueeze(-1)
         force = torch.zeros(nf, nloc, 3, dtype=torch.float64, device=ext_coord.device)
         force = force.scatter_add(1, idx.expand(-1, -1, 3), low["extended_force"])

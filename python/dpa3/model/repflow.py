@@ -1,4 +1,4 @@
-"""One RepFlow layer of DPA3 on the flat edge/angle graph (spec 2.3-2.8).
+"""One RepFlow layer of DPA3 on the flat edge/angle graph (docs/dpa3-spec.md §2.3-2.8).
 
 Shapes (``Nn = nf*nloc`` local nodes, ``E`` valid edges, ``A`` valid angles):
 ``n [Nn, n_dim]``, ``e [E, e_dim]``, ``a [A, a_dim]``; ``n_ext [*, n_dim]`` holds the node
@@ -128,7 +128,7 @@ class RepFlowLayer(nn.Module):
         )
 
     def _sym(self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int) -> torch.Tensor:
-        """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (spec 2.4)."""
+        """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (docs/dpa3-spec.md §2.4)."""
         d = g.shape[1]
         perm = center.perm
         ptr = center.ptr
@@ -181,7 +181,7 @@ class RepFlowLayer(nn.Module):
         return edge_sum(per_edge, vk, torch.matmul(a, w[: self.a_dim]), None, a_eij, a_eik)
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (spec 2.5)."""
+        """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (docs/dpa3-spec.md §2.5)."""
         cn = self.a_compress_n_linear
         ce = self.a_compress_e_linear
         if cn is not None and ce is not None:
@@ -191,7 +191,7 @@ class RepFlowLayer(nn.Module):
         return n, e
 
     def _finish_edges(self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor) -> torch.Tensor:
-        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]`` (spec 2.3.6)."""
+        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]`` (docs/dpa3-spec.md §2.3.6)."""
         lin2 = self.edge_angle_linear2
         assert lin2 is not None
         if not self.smooth_edge_update:

@@ -1,4 +1,4 @@
-"""DeePMD-kit's ``ener`` loss (spec 5.1) with prefactors tied to the learning rate.
+"""DeePMD-kit's ``ener`` loss (docs/dpa3-spec.md §5.1) with prefactors tied to the learning rate.
 
 ``p_X(t) = limit_pref_X + (start_pref_X - limit_pref_X) * lr(t) / start_lr``.  Per frame
 ``f`` with ``N_f`` atoms: energy ``(dE)^2 / N_f`` (``1/N_f^2`` with

@@ -1,4 +1,4 @@
-"""Exponential learning-rate schedule with optional linear warmup (spec 5.2).
+"""Exponential learning-rate schedule with optional linear warmup (docs/dpa3-spec.md §5.2).
 
 ``lr(t)`` is a pure function of the 0-based optimizer step ``t``, so a restarted run
 reproduces it exactly; the loss prefactors use the same value.

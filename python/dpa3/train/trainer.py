@@ -62,14 +62,7 @@ def default_model_factory(cfg: ModelConfig) -> torch.nn.Module:
 
 
 def model_forward(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-    """Evaluate ``model`` on ``batch``: energy (nf,1), force (nf,N,3), virial (nf,9).
-
-    Hook for precomputed neighbours: when the batch carries ``nlist`` the model's
-    ``forward_extended(ext_coord, atype, mapping, nlist)`` is used, so the loader can build
-    (or cache per frame) the neighbour lists instead of the model.
-    """
-    if batch.nlist is not None:
-        return model.forward_extended(batch.ext_coord, batch.atype, batch.mapping, batch.nlist)
+    """Evaluate ``model`` on ``batch``: energy (nf,1), force (nf,N,3), virial (nf,9)."""
     return model(batch.coord, batch.atype, batch.box)
 
 
