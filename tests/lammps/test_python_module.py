@@ -61,3 +61,22 @@ def test_plugin_in_python_process_with_ops_loaded(tmp_path, plugin, frames):
     ref = system.reference(model)
     assert abs(float(words[words.index("ENERGY") + 1]) - ref.energy) < 1e-9
     assert abs(float(words[words.index("FMAX") + 1]) - abs(ref.force).max()) < 1e-9
+
+
+def test_documented_python_snippet_runs(tmp_path):
+    """The snippet of docs/lammps.md ("LAMMPS from Python") works as written in the venv."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lammps.md").read_text()
+    section = doc.split("## LAMMPS from Python", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    check = '\nassert lmp.has_style("pair", "dpa3"), "pair_style dpa3 not loaded"\nprint("SNIPPET OK")\n'
+    (tmp_path / "snippet.py").write_text(snippet + check)
+    env = L.environment()
+    env.pop("LD_LIBRARY_PATH", None)
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.run(
+        [sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, env=env,
+    )
+    assert proc.returncode == 0 and "SNIPPET OK" in proc.stdout, proc.stdout + proc.stderr
