@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -138,14 +139,30 @@ def run_input(
     cmd = [LMP, "-nocite", "-in", "in.lmp", "-log", "log.lammps"]
     if nprocs > 1:
         cmd = [MPIRUN, "-np", str(nprocs), *cmd]
-    return subprocess.run(
+    return run_process_group(cmd, workdir, environment(env), timeout)
+
+
+def run_process_group(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` in a new process group; on timeout the whole group is killed (mpirun
+    *and* every rank it started), then ``subprocess.TimeoutExpired`` is raised."""
+    proc = subprocess.Popen(
         cmd,
-        cwd=workdir,
-        capture_output=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        env=environment(env),
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def make_script(
