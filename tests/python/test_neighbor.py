@@ -283,7 +283,9 @@ def test_only_a_skin_of_images_is_considered() -> None:
     """Large cell: candidate images stay within the rcut skin, far below 26 * N."""
     rng = np.random.default_rng(8)
     side, rcut, n = 20.0, 3.0, 800
-    coord = rng.uniform(0, side, size=(n, 3))
+    # a jittered 10 x 10 x 8 lattice: spread over the cell, no two atoms closer than 1.2 Å
+    grid = np.stack(np.meshgrid(np.arange(10), np.arange(10), np.arange(8), indexing="ij"), -1)
+    coord = (grid.reshape(-1, 3) + 0.5) * [2.0, 2.0, 2.5] + rng.uniform(-0.4, 0.4, size=(n, 3))
     local, cand, owner = neighbor._prepare(coord, (np.eye(3) * side).ravel(), rcut)
     skin = ((side + 2 * rcut) ** 3 - side**3) / side**3 * n
     assert cand.shape[0] - n < 1.3 * skin
@@ -382,3 +384,21 @@ def test_batch_non_periodic() -> None:
         np.testing.assert_array_equal(
             batch.nlist[f].numpy(), build_neighbor_data(coord[f], None, 3.0, 10).nlist
         )
+
+
+def test_overlapping_atoms_are_an_error() -> None:
+    """Two atoms (or an atom and a periodic image of another) closer than MIN_DISTANCE: a
+    ValueError naming both, instead of inf/NaN features downstream."""
+    from dpa3.data.neighbor import MIN_DISTANCE
+
+    coord = np.array([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [1.5 + 0.5 * MIN_DISTANCE, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"atom 1 and atom 2 are 0\.05 Å apart"):
+        build_neighbor_data(coord, None, 3.0, 8)
+    # across the periodic boundary: atom 0 at x = 0.02, atom 1 at x = 9.99 in a 10 Å cube
+    box = np.diag([10.0, 10.0, 10.0]).ravel()
+    wrap = np.array([[0.02, 5.0, 5.0], [9.99, 5.0, 5.0]])
+    with pytest.raises(ValueError, match="a periodic image of atom"):
+        build_neighbor_data(wrap, box, 3.0, 8)
+    # exactly at the limit is accepted
+    ok = np.array([[0.0, 0.0, 0.0], [MIN_DISTANCE, 0.0, 0.0]])
+    assert build_neighbor_data(ok, None, 3.0, 8).n_neighbors.tolist() == [1, 1]

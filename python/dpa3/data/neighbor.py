@@ -53,6 +53,9 @@ _MAX_PAIRS = 1 << 21
 # Upper bound on bins per Cartesian direction (keeps linear bin ids well inside int64 even
 # for very sparse non-periodic systems; bins simply get larger).
 _MAX_BINS = 1 << 20
+# Two atoms closer than this (Å) are an error, not an input: overlapping atoms (a wrong unit,
+# a duplicated atom, an exploded trajectory) would otherwise give inf/NaN or absurd energies.
+MIN_DISTANCE = 0.1
 # At most this many centres per chunk (row ids then fit int16, which numpy sorts stably in
 # linear time with a radix sort).
 _MAX_ROWS = (1 << 15) - 1
@@ -358,6 +361,12 @@ def build_neighbor_data(
     sel
         Width of the neighbour list; the ``sel`` nearest neighbours are kept.
 
+    Raises
+    ------
+    ValueError
+        Non-finite positions or cell, a degenerate cell, or two atoms (or an atom and an image)
+        closer than :data:`MIN_DISTANCE` (the message names both atoms, 0-based).
+
     Returns
     -------
     NeighborData
@@ -375,6 +384,14 @@ def build_neighbor_data(
         return NeighborData(local.copy(), owner[:0].copy(), nlist, n_neighbors)
 
     for i0, i1, qi, cj, dist in _iter_pairs(cand, nloc, rcut):
+        if dist.size and dist.min() < MIN_DISTANCE:
+            k = int(np.argmin(dist))
+            i, j = int(qi[k]), int(owner[cj[k]])
+            what = f"atom {j}" if cj[k] < nloc else f"a periodic image of atom {j}"
+            raise ValueError(
+                f"atom {i} and {what} are {float(dist[k]):.3g} Å apart (less than "
+                f"{MIN_DISTANCE} Å): overlapping atoms; check the positions and their units"
+            )
         row = (qi - i0).astype(np.int16)
         counts = np.bincount(row, minlength=i1 - i0)
         n_neighbors[i0:i1] = counts
