@@ -254,7 +254,7 @@ def lcurve_figure(paths: Sequence[str | Path]) -> Any:
         ax.set_visible(False)
     # x labels on the lowest visible panel of each column
     for col in range(ncols):
-        visible = [i for i in range(col, npanel, ncols)]
+        visible = list(range(col, npanel, ncols))
         if visible:
             axes[visible[-1]].set_xlabel("step")
             axes[visible[-1]].xaxis.set_tick_params(labelbottom=True)

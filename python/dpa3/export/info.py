@@ -164,7 +164,7 @@ def _fitting_precision(module: Any) -> str:
     """`` (fitting float32)`` from the model's own metadata, if it says."""
     try:
         fp = dict(module.get_metadata()).get("fitting_precision")
-    except Exception:  # noqa: BLE001 - optional detail of models from other dpa3 versions
+    except Exception:  # optional detail of models from other dpa3 versions
         fp = None
     return f" (fitting {fp})" if fp else ""
 

@@ -59,7 +59,7 @@ def load_model(
     if not is_torchscript(p):
         try:
             obj = torch.load(p, map_location=device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - reported below with the TorchScript error
+        except Exception as err:  # reported below with the TorchScript error
             load_err = err
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return checkpoint_model(obj, head, source=p).to(device)
