@@ -41,7 +41,7 @@ def _load(model: str | Path | torch.nn.Module, device: torch.device) -> torch.nn
 
         module, _ = load_frozen(path, map_location=device)
         return module
-    from .train.evaluate import load_model
+    from .export.load import load_model
 
     return load_model(path, device=device)
 

@@ -1,9 +1,10 @@
 """Import DeePMD-kit DPA3 energy models (training checkpoints or frozen ``.pth`` files).
 
-``dpa3 convert-deepmd IN OUT`` reads a DeePMD-kit PyTorch checkpoint (``model.ckpt-*.pt``:
-a ``torch.save`` dict whose ``"model"`` entry is the trainer's state dict, keys prefixed
-``model.<head>.``, with the model parameters in ``_extra_state``) or a frozen TorchScript
-``.pth`` (parameters in its ``model_def_script`` attribute) and writes a dpa3 checkpoint.
+:func:`convert_deepmd` (``dpa3 convert-deepmd IN OUT``) reads a DeePMD-kit PyTorch checkpoint
+(``model.ckpt-*.pt``: a ``torch.save`` dict whose ``"model"`` entry is the trainer's state
+dict, keys prefixed ``model.<head>.``, with the model parameters in ``_extra_state``) or a
+frozen TorchScript ``.pth`` (parameters in its ``model_def_script`` attribute) and writes a
+dpa3 checkpoint.
 Only DeePMD-kit itself is *not* needed: the files are read with torch alone.
 """
 
@@ -224,11 +225,22 @@ def load_deepmd_model(path: str | Path) -> EnergyModel:
     return model
 
 
-def convert_main(args) -> int:
-    """``dpa3 convert-deepmd IN OUT``: write a dpa3 checkpoint with the DeePMD-kit weights."""
+def convert_deepmd(src: str | Path, output: str | Path) -> EnergyModel:
+    """Write a dpa3 checkpoint (step 0) with the weights of a DeePMD-kit DPA3 model file.
+
+    ``src`` is a DeePMD-kit checkpoint or frozen ``.pth``; ``output`` the dpa3 checkpoint
+    written (atomically).  Returns the converted model.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``src`` does not exist.
+    ConfigError
+        If ``src`` is not a single-task DeePMD-kit DPA3 energy model that dpa3 can represent.
+    """
     from .train.checkpoint import atomic_torch_save, make_checkpoint
 
-    src = Path(args.input)
+    src = Path(src)
     params, _ = _read_deepmd_file(src)
     model = load_deepmd_model(src)
     ckpt = make_checkpoint(
@@ -240,7 +252,5 @@ def convert_main(args) -> int:
         rng_state=None,
         sampler_state=None,
     )
-    atomic_torch_save(ckpt, args.output)
-    print(f"dpa3: converted {src} ({len(model.type_map)} types: {' '.join(model.type_map)}, "
-          f"{model.nlayers} layers) -> {args.output}")
-    return 0
+    atomic_torch_save(ckpt, output)
+    return model

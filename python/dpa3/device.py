@@ -12,14 +12,12 @@ import logging
 
 import torch
 
+from .errors import DeviceError
+
 log = logging.getLogger(__name__)
 
 #: The values a device option accepts (``cuda:N`` names one GPU explicitly).
 CHOICES = ("auto", "cpu", "cuda")
-
-
-class DeviceError(ValueError):
-    """A device option that cannot be honoured (unknown value, or CUDA without a GPU)."""
 
 
 def _no_cuda_reason() -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PlotError
+
 log = logging.getLogger(__name__)
 
 #: ``<metric>_<split>[_<task>]``; ``tst`` is the validation split of old DeePMD-kit files.
@@ -41,10 +43,6 @@ _TITLES = {
 
 #: Largest number of points drawn per parity panel (the RMSE always uses all of them).
 MAX_PARITY_POINTS = 100_000
-
-
-class PlotError(ValueError):
-    """An input that cannot be plotted (reported to the user as one line)."""
 
 
 @dataclass
@@ -256,7 +254,7 @@ def lcurve_figure(paths: Sequence[str | Path]) -> Any:
         ax.set_visible(False)
     # x labels on the lowest visible panel of each column
     for col in range(ncols):
-        visible = [i for i in range(col, npanel, ncols)]
+        visible = list(range(col, npanel, ncols))
         if visible:
             axes[visible[-1]].set_xlabel("step")
             axes[visible[-1]].xaxis.set_tick_params(labelbottom=True)
@@ -273,7 +271,11 @@ def _save(fig: Any, output: str | Path, **kwargs: Any) -> Path:
 
 
 def plot_lcurves(paths: Sequence[str | Path], output: str | Path) -> Path:
-    """Write :func:`lcurve_figure` of ``paths`` to ``output`` (PNG, PDF, SVG... by suffix)."""
+    """Write :func:`lcurve_figure` of ``paths`` to ``output`` (PNG, PDF, SVG... by suffix).
+
+    Returns the path written.  Raises :class:`FileNotFoundError` for a missing file and
+    :class:`dpa3.errors.PlotError` for one that cannot be plotted; nothing is written then.
+    """
     return _save(lcurve_figure(paths), output)
 
 
@@ -370,20 +372,12 @@ def parity_plot(
     output: str | Path,
     title: str | None = None,
 ) -> Path:
-    """Write :func:`parity_figure` of ``samples`` to ``output`` (format by suffix)."""
+    """Write :func:`parity_figure` of ``samples`` to ``output`` (format by suffix).
+
+    Returns the path written; raises :class:`dpa3.errors.PlotError` for samples that cannot
+    be plotted (none labelled, or predictions and references of different sizes).
+    """
     return _save(parity_figure(samples, title), output, bbox_inches="tight", pad_inches=0.1)
-
-
-def plot_main(args: Any) -> int:
-    """``dpa3 plot lcurve.out [...] -o lcurve.png``."""
-    from .cli._common import CLIError
-
-    try:
-        out = plot_lcurves(args.lcurve, args.output)
-    except PlotError as err:
-        raise CLIError(str(err)) from None
-    log.info("wrote %s", out)
-    return 0
 
 
 __all__ = [
@@ -393,6 +387,5 @@ __all__ = [
     "parity_figure",
     "parity_plot",
     "plot_lcurves",
-    "plot_main",
     "read_lcurve",
 ]

@@ -64,6 +64,9 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "x" in out and "Traceback" not in out
     assert main(["freeze", "a.pt", "-c", "b.pt"]) == 1
     assert "two checkpoints given" in capsys.readouterr().out
+    assert main(["neighbor-stat", "-s", MOLECULE, "-r", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "-r/--rcut must be positive, got 0.0" in out and "Traceback" not in out
 
 
 def test_train_then_test(tmp_path, capsys, monkeypatch):
@@ -127,6 +130,10 @@ def test_test_on_frozen_model(tmp_path, capsys, monkeypatch):
         pytest.fail("freezing is not available here (ops library not built)")
     # the checkpoint as a positional argument, as new users type it
     assert main(["freeze", "model.ckpt.pt", "-o", "model_pos.pth"]) == 0
+    capsys.readouterr()
+    assert main(["freeze", "model.ckpt.pt", "-o", "model_head.pth", "--head", "water"]) == 1
+    assert "single-task checkpoint: --head does not apply" in capsys.readouterr().out
+    assert not Path("model_head.pth").exists()
     capsys.readouterr()
     assert main(["test", "-m", "model.ckpt.pt", "-s", MOLECULE, "-n", "3"]) == 0
     eager = [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln]

@@ -531,8 +531,8 @@ def test_cli_stat_files_and_change_bias_after_training(tmp_path, monkeypatch, ca
     ck = load_checkpoint(tmp_path / "model.ckpt-2.pt")
     assert ck["step"] == 2 and ck["multitask"]["heads"] == ["water", "alloy"]
     # a multi-task checkpoint is not a single model: clear errors where one is expected
+    from dpa3.export.load import load_model
     from dpa3.train.checkpoint import CheckpointError
-    from dpa3.train.evaluate import load_model
 
     with pytest.raises(CheckpointError, match=r"multi-task checkpoint \(heads: water, alloy\)"):
         load_model(tmp_path / "model.ckpt-2.pt")

@@ -105,7 +105,7 @@ def test_generic_kernels_parity(combo, mode):
 
 def test_convert_cli_writes_a_checkpoint_that_evaluates_identically(tmp_path):
     from dpa3.cli.main import main
-    from dpa3.train.evaluate import load_model
+    from dpa3.export.load import load_model
 
     src = PARITY / "poly_switch" / "model.ckpt.pt"
     out = tmp_path / "converted.pt"

@@ -201,7 +201,8 @@ def test_dpa3_test_plot(tmp_path, capsys, monkeypatch):
 
     # the force RMSE in the figure is the one `dpa3 test` reports
     from dpa3.data.system import load_system
-    from dpa3.train.evaluate import evaluate_system, load_model
+    from dpa3.export.load import load_model
+    from dpa3.train.evaluate import evaluate_system
 
     model = load_model("model.ckpt.pt")
     samples: dict = {}

@@ -1,10 +1,8 @@
-"""``dpa3 convert-deepmd`` (registration only; the work is ``dpa3.convert.convert_main``)."""
+"""``dpa3 convert-deepmd IN OUT``: a DeePMD-kit DPA3 model as a dpa3 checkpoint."""
 
 from __future__ import annotations
 
 import argparse
-
-from ._common import delegate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,5 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Delegate to :mod:`dpa3.convert`."""
-    return delegate("dpa3.convert", "convert_main", args, "convert-deepmd")
+    """Run ``dpa3 convert-deepmd`` (errors: see :func:`dpa3.convert.convert_deepmd`)."""
+    from ..convert import convert_deepmd
+
+    model = convert_deepmd(args.input, args.output)
+    print(
+        f"dpa3: converted {args.input} ({len(model.type_map)} types: "
+        f"{' '.join(model.type_map)}, {model.nlayers} layers) -> {args.output}"
+    )
+    return 0

@@ -1,11 +1,14 @@
-"""``dpa3 freeze`` (registration only; the work is ``dpa3.export.freeze.freeze_main``, and
-``dpa3.train.multitask.freeze_main`` for one head of a multi-task checkpoint)."""
+"""``dpa3 freeze [CHECKPOINT | -c CHECKPOINT] [-o model.pth] [--head HEAD]``: a training
+checkpoint (or one head of a multi-task one) as the TorchScript model LAMMPS loads."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from ._common import CLIError, delegate
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +36,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Delegate to :mod:`dpa3.train.multitask` (which hands single-task checkpoints on to
-    :mod:`dpa3.export.freeze`)."""
+    """Run ``dpa3 freeze``.
+
+    Raises :class:`dpa3.errors.UsageError` for two different checkpoints (positional and
+    ``-c``); otherwise the errors of :func:`dpa3.export.freeze.freeze_checkpoint`.
+    """
+    from ..export.freeze import freeze_checkpoint
+
     positional = args.checkpoint_arg
     if positional is not None and args.checkpoint is not None and positional != args.checkpoint:
-        raise CLIError(f"freeze: two checkpoints given ({positional} and -c {args.checkpoint}); "
-                       "give one")
-    args.checkpoint = positional or args.checkpoint or "."
-    return delegate("dpa3.train.multitask", "freeze_main", args, "freeze")
+        raise UsageError(
+            f"freeze: two checkpoints given ({positional} and -c {args.checkpoint}); give one"
+        )
+    checkpoint = positional or args.checkpoint or "."
+    out, meta = freeze_checkpoint(checkpoint, args.output, head=args.head)
+    log.info(
+        "wrote %s%s (type map %s, rcut %s A, %d layers, %s)",
+        out,
+        f" from head '{args.head}'" if args.head is not None else "",
+        " ".join(meta["type_map"]),
+        meta["rcut"],
+        meta["n_layers"],
+        meta["precision"],
+    )
+    return 0

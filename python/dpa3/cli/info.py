@@ -1,10 +1,11 @@
-"""``dpa3 info`` (registration only; the work is ``dpa3.export.info.info_main``)."""
+"""``dpa3 info [MODEL]``: the installation, and with a model also its metadata."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from ._common import delegate
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,5 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Delegate to :mod:`dpa3.export.info`."""
-    return delegate("dpa3.export.info", "info_main", args, "info")
+    """Run ``dpa3 info`` (errors: see :func:`dpa3.export.info.model_report`)."""
+    from ..export.info import environment_report, model_report
+
+    _rows(environment_report())
+    if args.model:
+        _rows(model_report(args.model))
+    return 0
+
+
+def _rows(report: dict[str, object]) -> None:
+    for key, value in report.items():
+        log.info("%-26s %s", key + ":", value)

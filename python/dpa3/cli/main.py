@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..errors import DPA3Error
 from . import convert, freeze, info, neighbor_stat, plot, test, train
 
 log = logging.getLogger("dpa3")
@@ -54,26 +55,17 @@ def _setup_logging(level: str, path: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``dpa3``; returns the exit code (errors are reported as one line)."""
-    from ..config._base import ConfigError
-    from ..data.system import DataError
-    from ..device import DeviceError
-    from ..train.checkpoint import CheckpointError
-    from ._common import CLIError
+    """Run ``dpa3``; returns the exit code.
 
+    A :class:`dpa3.errors.DPA3Error` (any error dpa3 raises for something the user can fix),
+    a missing file or a diverged training (``FloatingPointError``) is reported as one line
+    and gives 1; an interrupt gives 130.  Argument errors exit through argparse (2).
+    """
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_path)
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        CLIError,
-        DeviceError,
-        FileNotFoundError,
-        FloatingPointError,
-    ) as err:
+    except (DPA3Error, FileNotFoundError, FloatingPointError) as err:
         log.error("%s", err)
         return 1
     except KeyboardInterrupt:

@@ -35,15 +35,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dpa3 neighbor-stat``."""
+    """Run ``dpa3 neighbor-stat``.
+
+    Raises :class:`dpa3.errors.UsageError` for a cutoff that is not positive and
+    :class:`dpa3.errors.DataError` for systems that cannot be read or give no type map.
+    """
     from pathlib import Path
 
     from ..data.stats import auto_sel, neighbor_stat
     from ..data.system import find_systems, load_system
-    from ._common import CLIError
+    from ..errors import DataError, UsageError
 
     if args.rcut <= 0:
-        raise CLIError(f"-r/--rcut must be positive, got {args.rcut}")
+        raise UsageError(f"-r/--rcut must be positive, got {args.rcut}")
     paths = find_systems(args.systems, where="-s")
     type_map = args.type_map
     if type_map is None:
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         for p in paths:
             f = Path(p) / "type_map.raw"
             if not f.is_file():
-                raise CLIError(f"'{p}' has no type_map.raw: give -t/--type-map")
+                raise DataError(f"'{p}' has no type_map.raw: give -t/--type-map")
             type_map += [t for t in f.read_text().split() if t not in type_map]
     systems = [load_system(p, type_map, args.set_prefix) for p in paths]
     st = neighbor_stat(systems, args.rcut, len(type_map))

@@ -1,10 +1,11 @@
-"""``dpa3 plot`` (registration only; the work is ``dpa3.plot.plot_main``)."""
+"""``dpa3 plot lcurve.out [...] -o lcurve.png``: learning curves with matplotlib."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from ._common import delegate
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,5 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Delegate to :mod:`dpa3.plot`."""
-    return delegate("dpa3.plot", "plot_main", args, "plot")
+    """Run ``dpa3 plot`` (errors: see :func:`dpa3.plot.plot_lcurves`)."""
+    from ..plot import plot_lcurves
+
+    log.info("wrote %s", plot_lcurves(args.lcurve, args.output))
+    return 0

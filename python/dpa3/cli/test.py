@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..train.evaluate import SystemErrors
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _report(title: str, res) -> None:  # noqa: ANN001 - SystemErrors
+def _report(title: str, res: SystemErrors) -> None:
     s = res.stats
     log.info("# ---------------%s---------------", title)
     log.info("# number of test data : %d", res.nframes)
@@ -72,15 +76,19 @@ def _report(title: str, res) -> None:  # noqa: ANN001 - SystemErrors
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dpa3 test``."""
+    """Run ``dpa3 test``.
+
+    Errors: those of :func:`dpa3.device.resolve_device`, :func:`dpa3.export.load.load_model`,
+    :func:`dpa3.data.system.find_systems`/``load_system`` and :func:`dpa3.plot.parity_plot`.
+    """
     from ..data.system import find_systems, load_system
     from ..device import describe, resolve_device
+    from ..export.load import load_model
     from ..train.evaluate import SystemErrors, evaluate_system
-    from ..train.multitask import load_model_head
 
     device = resolve_device(args.device, option="--device")
     log.info("%s", describe(args.device, device))
-    model = load_model_head(args.model, device, args.head)
+    model = load_model(args.model, device, head=args.head)
     type_map = list(model.get_type_map())
     paths = find_systems(args.systems, where="-s")
     total = SystemErrors()
@@ -94,11 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) > 1:
         _report("weighted average of errors", total)
     if args.plot:
-        from ..plot import PlotError, parity_plot
-        from ._common import CLIError
+        from ..plot import parity_plot
 
-        try:
-            log.info("parity plot: %s", parity_plot(samples, args.plot, title=str(args.model)))
-        except PlotError as err:
-            raise CLIError(str(err)) from None
+        log.info("parity plot: %s", parity_plot(samples, args.plot, title=str(args.model)))
     return 0

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from ._common import CLIError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dpa3 train``."""
+    """Run ``dpa3 train``.
+
+    Raises :class:`dpa3.errors.ConfigError` for an input file that is missing or not JSON;
+    otherwise the errors of the trainer (config, data, checkpoint, device).
+    """
     from ..config.multitask import is_multitask_input
     from ..train.distributed import init_distributed, shutdown_distributed
 
     path = Path(args.input)
     if not path.is_file():
-        raise CLIError(f"input file '{path}' does not exist")
+        raise ConfigError(f"input file '{path}' does not exist")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise CLIError(f"'{path}' is not valid JSON: {err}") from None
+        raise ConfigError(f"'{path}' is not valid JSON: {err}") from None
     if is_multitask_input(data):
         from ..train.multitask_trainer import MultiTaskTrainer as TrainerClass
     else:

@@ -11,9 +11,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key path."""
+from ..errors import ConfigError
 
 
 class Section:

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 LABELS: tuple[str, ...] = ("energy", "force", "virial")
-
-
-class DataError(ValueError):
-    """A data file or folder is missing or malformed; the message names the file."""
 
 
 @dataclass

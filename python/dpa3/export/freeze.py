@@ -7,12 +7,14 @@ not ``torch.jit.freeze``-d: freezing removes ``detach`` and so alters derivative
 Freezing requires the op library: a message-passing model exchanges ghost features with
 ``torch.ops.dpa3.border_exchange``, and a model scripted without it could not run on
 several ranks (there is deliberately no Python stand-in for the op).
+
+:func:`freeze_checkpoint` freezes a training checkpoint, single-task or one head of a
+multi-task one (``dpa3 freeze [--head HEAD]``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ExportError, ModelFileError
 from .metadata import METADATA_FILE, build_metadata, parse_metadata
 
 #: Methods a frozen model must provide (``docs/internals.md``).
@@ -39,13 +42,17 @@ _OP_NAME = "dpa3::border_exchange"
 
 
 def _require_ops() -> None:
-    """Load the op library through :mod:`dpa3._ops`, or raise a clear error."""
+    """Load the op library through :mod:`dpa3._ops`, or raise :class:`ExportError`."""
     try:
         from .. import _ops
     except ImportError as exc:  # pragma: no cover - only in a broken installation
-        raise RuntimeError(f"dpa3: cannot import dpa3._ops ({exc})") from exc
-    if not _ops.load_ops():
-        raise RuntimeError(
+        raise ExportError(f"dpa3: cannot import dpa3._ops ({exc})") from exc
+    try:
+        loaded = _ops.load_ops()
+    except RuntimeError as exc:  # the library is there but does not load
+        raise ExportError(str(exc)) from exc
+    if not loaded:
+        raise ExportError(
             "dpa3: the op library libdpa3_ops.so (torch.ops.dpa3.border_exchange) is not "
             "available, so the model cannot be frozen for LAMMPS: a model scripted without it "
             "could not exchange ghost features between MPI ranks. Build dpa3 with its C++ "
@@ -97,11 +104,12 @@ def freeze(
 
     Raises
     ------
-    RuntimeError
+    ExportError
         If the op library is not loaded, or the model does not call the exchange op although
-        it declares message passing.
-    ValueError
-        If the model lacks one of the exported methods.
+        it declares message passing (a :class:`RuntimeError`).
+    ModelFileError
+        If the model lacks one of the exported methods, or ``metadata`` sets a computed field
+        (a :class:`ValueError`).
     """
     _require_ops()
     path = Path(path)
@@ -111,13 +119,13 @@ def freeze(
         scripted = _script(model)
         missing = [m for m in EXPORTED_METHODS if not hasattr(scripted, m)]
         if missing:
-            raise ValueError(
+            raise ModelFileError(
                 "dpa3.export.freeze: the model lacks the @torch.jit.export method(s) "
                 f"{', '.join(missing)} required by LAMMPS (see docs/internals.md)"
             )
         if bool(scripted.has_message_passing()):
             if _OP_NAME not in _inlined_graph(scripted.forward_lower):
-                raise RuntimeError(
+                raise ExportError(
                     "dpa3.export.freeze: the model passes messages but its forward_lower never "
                     f"calls torch.ops.{_OP_NAME.replace('::', '.')}, so it could not run on "
                     "several MPI ranks"
@@ -150,6 +158,16 @@ def load_frozen(
 
     Returns the scripted module (methods ``forward_lower`` and the getters) and the parsed
     ``metadata.json``. Loads the op library first, since the model refers to it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ModelFileError
+        If it is not a frozen dpa3 model this dpa3 can load (another version's op signatures,
+        no or unsupported ``metadata.json``, missing methods); a :class:`ValueError`.
+    ExportError
+        If the op library is not available.
     """
     _require_ops()
     path = Path(path)
@@ -164,45 +182,59 @@ def load_frozen(
             text = str(exc)
             if "dpa3::" in text and ("Expected a value of type" in text
                                      or "Unknown builtin op" in text):
-                raise ValueError(
+                raise ModelFileError(
                     f"dpa3: {path} calls dpa3 ops with signatures this dpa3 does not have: it "
                     "was frozen by another dpa3 version; re-freeze it with this one "
                     f"(dpa3 freeze -c CHECKPOINT -o model.pth). Details: {exc}"
                 ) from exc
-            raise ValueError(f"dpa3: cannot load {path} as a frozen model: {exc}") from exc
+            raise ModelFileError(f"dpa3: cannot load {path} as a frozen model: {exc}") from exc
     meta = parse_metadata(extra[METADATA_FILE], str(path))
     missing = [m for m in EXPORTED_METHODS if not hasattr(module, m)]
     if missing:
-        raise ValueError(f"dpa3: {path} lacks method(s) {', '.join(missing)}")
+        raise ModelFileError(f"dpa3: {path} lacks method(s) {', '.join(missing)}")
     return module, meta
 
 
-def freeze_main(args: Any) -> int:
-    """``dpa3 freeze -c CHECKPOINT -o model.pth``: freeze a training checkpoint."""
-    from ..cli._common import CLIError
-    from ..config.model import ModelConfig
-    from ..model import EnergyModel
-    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+def freeze_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    output: str | os.PathLike[str] = "model.pth",
+    head: str | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Freeze a dpa3 training checkpoint: a single-task one, or one head of a multi-task one.
 
-    source = resolve_checkpoint(args.checkpoint)
+    Parameters
+    ----------
+    checkpoint
+        A checkpoint file, a ``checkpoint`` pointer file or the folder holding one.
+    output
+        The frozen model to write (see :func:`freeze`).
+    head
+        The head (task) of a multi-task checkpoint; must be ``None`` for a single-task one.
+        It is recorded in the metadata as ``head``.
+
+    Returns
+    -------
+    The path written and its metadata as :func:`load_frozen` reads it back.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is missing or unreadable, or ``head`` is missing for a multi-task
+        checkpoint or given for a single-task one.
+    ConfigError
+        ``head`` is not a head of the checkpoint (the message lists them).
+    ExportError, ModelFileError
+        As :func:`freeze`.
+    """
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from ..train.multitask import checkpoint_model
+
+    source = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(source)
-    model = EnergyModel(ModelConfig.from_typed_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    try:
-        out = freeze(
-            model,
-            args.output,
-            metadata={"checkpoint": str(source), "step": int(ckpt.get("step", -1))},
-        )
-    except (RuntimeError, ValueError) as err:
-        raise CLIError(str(err)) from err
+    model = checkpoint_model(ckpt, head, source=source)
+    metadata: dict[str, Any] = {"checkpoint": str(source), "step": int(ckpt.get("step", -1))}
+    if head is not None:
+        metadata["head"] = head
+    out = freeze(model, output, metadata=metadata)
     _, meta = load_frozen(out)
-    logging.getLogger(__name__).info(
-        "wrote %s (type map %s, rcut %s A, %d layers, %s)",
-        out,
-        " ".join(meta["type_map"]),
-        meta["rcut"],
-        meta["n_layers"],
-        meta["precision"],
-    )
-    return 0
+    return out, meta

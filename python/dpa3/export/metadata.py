@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelFileError
+
 #: Version of this schema; bump when a field changes meaning or a required field is added.
 FORMAT_VERSION = 1
 #: Name of the extra file inside the TorchScript archive.
@@ -56,6 +58,13 @@ def build_metadata(
     extra
         Additional JSON-serialisable fields (e.g. training provenance); they cannot replace
         the fields in :data:`REQUIRED_FIELDS` except ``precision``.
+
+    Raises
+    ------
+    ModelFileError
+        If ``extra`` tries to set a computed field.
+    TypeError
+        If a value is not JSON-serialisable.
     """
     from .. import __version__
 
@@ -74,28 +83,35 @@ def build_metadata(
     }
     for key, value in (extra or {}).items():
         if key in REQUIRED_FIELDS and key != "precision":
-            raise ValueError(f"metadata field {key!r} is computed by freeze and cannot be set")
+            raise ModelFileError(f"metadata field {key!r} is computed by freeze and cannot be set")
         meta[key] = value
     json.dumps(meta)  # fail here, not halfway through writing, if a value is not serialisable
     return meta
 
 
 def parse_metadata(text: str | bytes, source: str = "model") -> dict[str, Any]:
-    """Parse and check the ``metadata.json`` of a frozen model."""
+    """Parse and check the ``metadata.json`` of a frozen model.
+
+    Raises :class:`dpa3.errors.ModelFileError` if it is missing, not a JSON object, of another
+    ``format_version`` or lacks a field of :data:`REQUIRED_FIELDS`.
+    """
     if not text:
-        raise ValueError(
+        raise ModelFileError(
             f"{source} has no {METADATA_FILE}: it was not frozen with dpa3.export.freeze"
         )
-    meta = json.loads(text)
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise ModelFileError(f"{source}: {METADATA_FILE} is not valid JSON ({err})") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{source}: {METADATA_FILE} is not a JSON object")
+        raise ModelFileError(f"{source}: {METADATA_FILE} is not a JSON object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise ModelFileError(
             f"{source}: metadata format_version {version!r} is not supported "
             f"(this dpa3 reads version {FORMAT_VERSION})"
         )
     missing = [k for k in REQUIRED_FIELDS if k not in meta]
     if missing:
-        raise ValueError(f"{source}: {METADATA_FILE} lacks {', '.join(missing)}")
+        raise ModelFileError(f"{source}: {METADATA_FILE} lacks {', '.join(missing)}")
     return meta

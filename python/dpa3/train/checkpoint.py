@@ -18,15 +18,12 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "dpa3.checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or is not a dpa3 checkpoint."""
 
 
 def make_checkpoint(

@@ -1,73 +1,19 @@
 """Evaluate a checkpoint or frozen model on DeePMD-kit systems (``dpa3 test``).
 
-Both kinds of model are driven through ``forward_lower`` with neighbour data from
-:func:`dpa3.data.neighbor.build_neighbor_batch`, so an eager checkpoint and a frozen
-TorchScript file follow one code path.
+Both kinds of model (loaded with :func:`dpa3.export.load.load_model`) are driven through
+``forward_lower`` with neighbour data from :func:`dpa3.data.neighbor.build_neighbor_batch`,
+so an eager checkpoint and a frozen TorchScript file follow one code path.
 """
 
 from __future__ import annotations
 
 import math
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..data.system import System
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, resolve_checkpoint
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip holding ``*/constants.pkl``)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/constants.pkl") for n in zf.namelist())
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """An eval-mode model from a dpa3 checkpoint (eager) or a frozen ``.pth`` (TorchScript)."""
-    from ..config.model import ModelConfig
-
-    p = Path(path)
-    if p.is_dir() or p.name == "checkpoint":
-        p = resolve_checkpoint(p)
-    if not p.is_file():
-        raise CheckpointError(f"model file '{path}' does not exist")
-    load_err: Exception | None = None
-    obj: Any = None
-    if not _is_torchscript(p):
-        try:
-            obj = torch.load(p, map_location=device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - reported below with the TorchScript error
-            load_err = err
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        from ..model import EnergyModel
-
-        if isinstance(obj.get("multitask"), dict):
-            raise CheckpointError(
-                f"'{p}' is a multi-task checkpoint (heads: {', '.join(obj['multitask']['heads'])})"
-                ": freeze one head with 'dpa3 freeze --head HEAD' (or use "
-                "dpa3.train.multitask.head_model)"
-            )
-        model = EnergyModel(ModelConfig.from_typed_dict(obj["model_config"]))
-        model.load_state_dict(obj["model"])
-        return model.to(device).eval()
-    if obj is not None:
-        raise CheckpointError(f"'{p}' is neither a dpa3 checkpoint nor a frozen dpa3 model")
-    from ..export.freeze import load_frozen
-
-    try:
-        module, _ = load_frozen(p, map_location=device)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(
-            f"cannot load model '{p}': not a dpa3 checkpoint ({load_err}) nor a frozen dpa3 "
-            f"model ({err})"
-        ) from err
-    return module.eval()
 
 
 def predict(
@@ -187,4 +133,4 @@ def evaluate_system(
     return res
 
 
-__all__ = ["ErrorStats", "SystemErrors", "evaluate_system", "load_model", "predict"]
+__all__ = ["ErrorStats", "SystemErrors", "evaluate_system", "predict"]

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config._base import ConfigError
 from ..config.model import ModelConfig
 from ..config.multitask import RANDOM_BRANCH, unknown_head_error
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +149,44 @@ def head_model(ckpt: Mapping[str, Any], head: str) -> nn.Module:
     return model.eval()
 
 
+def checkpoint_model(
+    ckpt: Mapping[str, Any], head: str | None = None, source: Any = "checkpoint"
+) -> nn.Module:
+    """The eval-mode :class:`dpa3.model.EnergyModel` (on the CPU) of a loaded dpa3 checkpoint.
+
+    Parameters
+    ----------
+    ckpt
+        A loaded dpa3 checkpoint, single- or multi-task.
+    head
+        The head of a multi-task checkpoint; must be ``None`` for a single-task one.
+    source
+        Where the checkpoint came from, for messages.
+
+    Raises
+    ------
+    CheckpointError
+        A multi-task checkpoint without ``head``, or a single-task one with a ``head``.
+    ConfigError
+        ``head`` is not one of the checkpoint's heads (the message lists them).
+    """
+    if is_multitask_checkpoint(ckpt):
+        if head is None:
+            heads = ", ".join(checkpoint_heads(ckpt))
+            raise CheckpointError(
+                f"'{source}' is a multi-task checkpoint (heads: {heads}): choose one "
+                "(--head HEAD in dpa3 test and dpa3 freeze, head=HEAD in Python)"
+            )
+        return head_model(ckpt, head)
+    if head is not None:
+        raise CheckpointError(f"'{source}' is a single-task checkpoint: --head does not apply")
+    from ..model import EnergyModel
+
+    model = EnergyModel(ModelConfig.from_typed_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
 def branch_checkpoint(
     ckpt: dict[str, Any], branch: str | None, source: Any, finetune: bool = True
 ) -> dict[str, Any]:
@@ -208,90 +245,13 @@ def branch_checkpoint(
     return single
 
 
-# --------------------------------------------------------------------------------------
-# command-line entry points (freeze --head, test --head)
-# --------------------------------------------------------------------------------------
-def load_model_head(
-    path: str | Path, device: str | torch.device = "cpu", head: str | None = None
-) -> nn.Module:
-    """Like :func:`dpa3.train.evaluate.load_model`, choosing ``head`` of a multi-task checkpoint."""
-    from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, resolve_checkpoint
-    from .evaluate import _is_torchscript, load_model
-
-    p = Path(path)
-    if p.is_dir() or p.name == "checkpoint":
-        p = resolve_checkpoint(p)
-    obj = None
-    if p.is_file() and not _is_torchscript(p):
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - load_model reports it
-            obj = None
-    if (
-        isinstance(obj, dict)
-        and obj.get("format") == CHECKPOINT_FORMAT
-        and is_multitask_checkpoint(obj)
-    ):
-        if head is None:
-            raise CheckpointError(
-                f"'{p}' is a multi-task checkpoint: choose a head with --head "
-                f"(the heads are: {', '.join(checkpoint_heads(obj))})"
-            )
-        return head_model(obj, head).to(device)
-    if head is not None:
-        raise CheckpointError(f"'{p}' is not a multi-task checkpoint: --head does not apply")
-    return load_model(p, device)
-
-
-def freeze_main(args: Any) -> int:
-    """``dpa3 freeze [-c CKPT] [-o model.pth] [--head TASK]``: single-task or one head."""
-    from ..cli._common import CLIError
-    from ..export.freeze import freeze, load_frozen
-    from ..export.freeze import freeze_main as freeze_single
-    from .checkpoint import load_checkpoint, resolve_checkpoint
-
-    head = getattr(args, "head", None)
-    source = resolve_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(source)
-    if not is_multitask_checkpoint(ckpt):
-        if head is not None:
-            raise CLIError(f"'{source}' is a single-task checkpoint: --head does not apply")
-        return freeze_single(args)
-    if head is None:
-        raise CLIError(
-            f"'{source}' is a multi-task checkpoint: choose the head to freeze with --head "
-            f"(the heads are: {', '.join(checkpoint_heads(ckpt))})"
-        )
-    model = head_model(ckpt, head)
-    try:
-        out = freeze(
-            model,
-            args.output,
-            metadata={"checkpoint": str(source), "step": int(ckpt.get("step", -1)), "head": head},
-        )
-    except (RuntimeError, ValueError) as err:
-        raise CLIError(str(err)) from err
-    _, meta = load_frozen(out)
-    log.info(
-        "wrote %s from head '%s' (type map %s, rcut %s A, %d layers, %s)",
-        out,
-        head,
-        " ".join(meta["type_map"]),
-        meta["rcut"],
-        meta["n_layers"],
-        meta["precision"],
-    )
-    return 0
-
-
 __all__ = [
     "SHARED_PREFIX",
     "MultiTaskModel",
     "branch_checkpoint",
     "checkpoint_heads",
-    "freeze_main",
+    "checkpoint_model",
     "head_checkpoint",
     "head_model",
     "is_multitask_checkpoint",
-    "load_model_head",
 ]
