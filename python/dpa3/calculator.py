@@ -19,6 +19,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from .data.neighbor import build_neighbor_data
 from .device import describe, resolve_device
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class DPA3Calculator(Calculator):
         index = {name: i for i, name in enumerate(self.type_map)}
         missing = sorted(set(symbols) - set(index))
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"dpa3: element(s) {missing} are not in the model's type map {self.type_map}"
             )
         return np.array([index[s] for s in symbols], dtype=np.int64)

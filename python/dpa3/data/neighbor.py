@@ -35,6 +35,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 __all__ = [
     "NeighborBatch",
     "NeighborData",
@@ -122,7 +124,7 @@ def _check_coord(coord: np.ndarray | torch.Tensor) -> np.ndarray:
     if coord.ndim != 2 or coord.shape[1] != 3:
         raise ValueError(f"coord must have shape [N, 3], got {list(coord.shape)}")
     if not np.isfinite(coord).all():
-        raise ValueError("coord contains non-finite values")
+        raise DataError("coord contains non-finite values (NaN or inf positions)")
     return coord
 
 
@@ -136,11 +138,11 @@ def _check_cell(box: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
         raise ValueError(f"box must have 9 entries (cell rows a, b, c), got shape {box.shape}")
     cell = box.reshape(3, 3)
     if not np.isfinite(cell).all():
-        raise ValueError("box contains non-finite values")
+        raise DataError("box contains non-finite values")
     volume = abs(float(np.linalg.det(cell)))
     scale = float(np.prod(np.linalg.norm(cell, axis=1)))
     if not volume > 1e-10 * max(scale, 1e-300):
-        raise ValueError(f"box is singular or degenerate (volume {volume:.3g} Å^3)")
+        raise DataError(f"box is singular or degenerate (volume {volume:.3g} Å^3)")
     return cell
 
 
@@ -363,8 +365,8 @@ def build_neighbor_data(
 
     Raises
     ------
-    ValueError
-        Non-finite positions or cell, a degenerate cell, or two atoms (or an atom and an image)
+    DataError
+        (a ValueError) Non-finite positions or cell, a degenerate cell, or two atoms (or an atom and an image)
         closer than :data:`MIN_DISTANCE` (the message names both atoms, 0-based).
 
     Returns
@@ -388,7 +390,7 @@ def build_neighbor_data(
             k = int(np.argmin(dist))
             i, j = int(qi[k]), int(owner[cj[k]])
             what = f"atom {j}" if cj[k] < nloc else f"a periodic image of atom {j}"
-            raise ValueError(
+            raise DataError(
                 f"atom {i} and {what} are {float(dist[k]):.3g} Å apart (less than "
                 f"{MIN_DISTANCE} Å): overlapping atoms; check the positions and their units"
             )
