@@ -31,7 +31,7 @@ from ..config.multitask import MultiTaskConfig, task_error
 from ..config.train import InputConfig
 from ..data.loader import DataSampler
 from .multitask import MultiTaskModel, checkpoint_heads, is_multitask_checkpoint
-from .task import Task
+from .task import Task, rank_state
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ class MultiTaskTrainer(Trainer):
             )
 
     def _parse(self, config: dict[str, Any] | Any) -> dict[str, InputConfig]:
-        self.mt = config if isinstance(config, MultiTaskConfig) else MultiTaskConfig.from_dict(config)
+        self.mt = (
+            config if isinstance(config, MultiTaskConfig) else MultiTaskConfig.from_dict(config)
+        )
         return dict(self.mt.tasks)
 
     @property
@@ -111,9 +113,7 @@ class MultiTaskTrainer(Trainer):
         total = sum(weights.values())
         self.model_prob = np.array([weights[t.name] / total for t in tasks])
         seed = self.cfg.training.seed
-        self.task_rng = np.random.default_rng(
-            self.dist.rank_seed(_task_seed(seed, len(tasks), 0))
-        )
+        self.task_rng = np.random.default_rng(self.dist.rank_seed(_task_seed(seed, len(tasks), 0)))
         return tasks
 
     def _config_error(self, err: ConfigError, task: str) -> ConfigError:
@@ -149,7 +149,7 @@ class MultiTaskTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _sampler_state(self) -> dict[str, Any]:
-        tasks = {t.name: self._task_sampler_state(t) for t in self.tasks}
+        tasks = {t.name: t.sampler_state(self.dist) for t in self.tasks}
         rng = self.task_rng.bit_generator.state
         sampler: dict[str, Any] = {"tasks": tasks, "task_rng": rng}
         if self.dist.enabled:
@@ -158,8 +158,8 @@ class MultiTaskTrainer(Trainer):
 
     def _load_sampler_state(self, smp: dict[str, Any]) -> None:
         for t in self.tasks:
-            self._load_task_sampler_state(t, (smp.get("tasks") or {}).get(t.name) or {})
-        rng = self._rank_sampler_state(smp, "task_rng")
+            t.load_sampler_state((smp.get("tasks") or {}).get(t.name) or {}, self.dist)
+        rng = rank_state(smp, "task_rng", self.dist)
         if rng is not None:
             self.task_rng.bit_generator.state = rng
 

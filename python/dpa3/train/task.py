@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..data.stats import auto_sel, compute_or_load_energy_stat, neighbor_stat
 from ..data.system import System
+from .distributed import DistContext
 from .finetune import refit_bias_delta
 from .loss import EnergyLoss
 
@@ -112,6 +114,46 @@ class Task:
             np.array2string(bias, precision=6),
         )
 
+    # ------------------------------------------------------------------ checkpoints
+    def sampler_state(self, dist: DistContext) -> dict[str, Any]:
+        """The task's sampler states for a checkpoint; with several ranks every rank's
+        training stream (a collective when distributed: every rank must call it)."""
+        train = self.train_data.state_dict()
+        out = {
+            "train": train,
+            "valid": None if self.valid_data is None else self.valid_data.state_dict(),
+        }
+        if dist.enabled:
+            out["train_ranks"] = dist.all_gather_object(train)
+        return out
+
+    def load_sampler_state(self, smp: dict[str, Any], dist: DistContext) -> None:
+        """Continue the task's data streams from :meth:`sampler_state`'s output."""
+        state = rank_state(smp, "train", dist)
+        if state is not None:
+            self.train_data.load_state_dict(state)
+        if self.valid_data is not None and smp.get("valid") is not None:
+            self.valid_data.load_state_dict(smp["valid"])
+
+
+def rank_state(smp: dict[str, Any], key: str, dist: DistContext) -> Any:
+    """This rank's state ``key`` of a checkpoint's sampler part (``None``: keep the fresh one).
+
+    A checkpoint written by as many ranks has every rank's (``<key>_ranks``); otherwise rank 0
+    continues the checkpoint's stream and the other ranks start new ones.
+    """
+    ranks = smp.get(f"{key}_ranks")
+    if ranks is not None and len(ranks) == dist.world_size:
+        return ranks[dist.rank]
+    if ranks is not None or dist.enabled:
+        log.warning(
+            "the checkpoint was written by %d rank(s), this run has %d: rank 0 continues "
+            "the checkpoint's data stream, the other ranks start new ones",
+            len(ranks) if ranks is not None else 1,
+            dist.world_size,
+        )
+    return smp.get(key) if dist.is_main else None
+
 
 def resolve_sel(
     section: ModelSection,
@@ -143,7 +185,9 @@ def resolve_sel(
                 )
             st = neighbor_stat(systems, rc)
             sel[key] = auto_sel(st.max_nbor_size, value.factor)
-            log.info("%s: max %d neighbours within %g A -> %d", where, st.max_nbor_size, rc, sel[key])
+            log.info(
+                "%s: max %d neighbours within %g A -> %d", where, st.max_nbor_size, rc, sel[key]
+            )
             continue
         sel[key] = value
         if not skip_neighbor_stat and systems:
@@ -160,4 +204,4 @@ def resolve_sel(
     return section.resolve(sel["e_sel"], sel["a_sel"])
 
 
-__all__ = ["Task", "model_forward", "resolve_sel"]
+__all__ = ["Task", "model_forward", "rank_state", "resolve_sel"]

@@ -99,9 +99,6 @@ class _DeferredInterrupt:
 # --------------------------------------------------------------------------------------
 # trainer
 # --------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------
-# trainer
-# --------------------------------------------------------------------------------------
 class Trainer:
     """Train a DPA3 model from a DeePMD-kit ``input.json``.
 
@@ -165,27 +162,26 @@ class Trainer:
                 ckpt["step"],
             )
             ckpt = self._open_checkpoint(ckpt, src, finetune is not None, model_branch)
-        pre_cfgs = self._checkpoint_model_configs(ckpt) if ckpt else None
+        pre_cfgs = self._checkpoint_model_configs(ckpt) if ckpt else {}
+        pre = next(iter(pre_cfgs.values()), None)  # the (first) pretrained head
         resume = restart is not None or init_model is not None
 
         # --- type map and data ------------------------------------------------------------
         type_map = self.cfg.model.type_map
         if resume:
-            pre_tm = next(iter(pre_cfgs.values())).type_map
-            if pre_tm != type_map:
+            if pre.type_map != type_map:
                 log.warning(
                     "model.type_map %s differs from the checkpoint's %s; using the checkpoint's",
                     list(type_map),
-                    list(pre_tm),
+                    list(pre.type_map),
                 )
-            type_map = pre_tm
+            type_map = pre.type_map
         self.tasks = self._make_tasks(task_cfgs, list(type_map))
 
         # --- typed model configs ----------------------------------------------------------
         if resume:
             cfgs = pre_cfgs
         else:
-            pre = next(iter(pre_cfgs.values())) if pre_cfgs else None
             cfgs = self._resolve_model_configs(skip_neighbor_stat, pre, use_pretrain_script)
         for task in self.tasks:
             task.model_cfg = cfgs[task.name]
@@ -391,50 +387,13 @@ class Trainer:
             task.refit_bias(self._head(task.name), mode, self.device)
 
     # ------------------------------------------------------------------ checkpoints
-    def _sampler_states(self, train: Any, valid: Any) -> dict[str, Any]:
-        """Sampler part of a checkpoint; with several ranks every rank's training stream.
-
-        A collective when distributed: every rank must call it.
-        """
-        out = {"train": train, "valid": valid}
-        if self.dist.enabled:
-            out["train_ranks"] = self.dist.all_gather_object(train)
-        return out
-
-    def _task_sampler_state(self, task: Task) -> dict[str, Any]:
-        """One task's sampler states (a collective when distributed)."""
-        valid = None if task.valid_data is None else task.valid_data.state_dict()
-        return self._sampler_states(task.train_data.state_dict(), valid)
-
-    def _rank_sampler_state(self, smp: dict[str, Any], key: str = "train") -> Any:
-        """This rank's training-sampler state from a checkpoint (``None``: keep the fresh one)."""
-        ranks = smp.get(f"{key}_ranks")
-        if ranks is not None and len(ranks) == self.dist.world_size:
-            return ranks[self.dist.rank]
-        if ranks is not None or self.dist.enabled:
-            log.warning(
-                "the checkpoint was written by %d rank(s), this run has %d: rank 0 continues "
-                "the checkpoint's data stream, the other ranks start new ones",
-                len(ranks) if ranks is not None else 1,
-                self.dist.world_size,
-            )
-        return smp.get(key) if self.dist.is_main else None
-
-    def _load_task_sampler_state(self, task: Task, smp: dict[str, Any]) -> None:
-        """Continue one task's data streams from its part of a checkpoint."""
-        state = self._rank_sampler_state(smp, "train")
-        if state is not None:
-            task.train_data.load_state_dict(state)
-        if task.valid_data is not None and smp.get("valid") is not None:
-            task.valid_data.load_state_dict(smp["valid"])
-
     def _sampler_state(self) -> dict[str, Any]:
         """Hook: the ``sampler`` entry of a checkpoint (a collective when distributed)."""
-        return self._task_sampler_state(self.tasks[0])
+        return self.tasks[0].sampler_state(self.dist)
 
     def _load_sampler_state(self, smp: dict[str, Any]) -> None:
         """Hook: inverse of :meth:`_sampler_state`."""
-        self._load_task_sampler_state(self.tasks[0], smp)
+        self.tasks[0].load_sampler_state(smp, self.dist)
 
     def _resume(self, ckpt: dict[str, Any]) -> dict[str, Any]:
         """Load a restart's optimizer and torch RNG states; returns its sampler part."""
