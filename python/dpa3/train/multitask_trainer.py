@@ -64,7 +64,11 @@ class MultiTaskTrainer(Trainer):
                 "continue the multi-task checkpoint with --init-model/--restart"
             )
 
-    def _parse(self, config: dict[str, Any] | Any) -> dict[str, InputConfig]:
+    def _parse(
+        self, config: dict[str, Any] | InputConfig | MultiTaskConfig
+    ) -> dict[str, InputConfig]:
+        if isinstance(config, InputConfig):
+            raise ConfigError("a single-task input is trained by Trainer, not MultiTaskTrainer")
         self.mt = (
             config if isinstance(config, MultiTaskConfig) else MultiTaskConfig.from_dict(config)
         )
@@ -120,6 +124,7 @@ class MultiTaskTrainer(Trainer):
         return ConfigError(task_error(str(err), task, self.mt.descriptor_key))
 
     def _input_record(self) -> dict[str, Any]:
+        self.head_inputs = {t.name: t.cfg.record(t.model_cfg) for t in self.tasks}
         return self.mt.record(self.model_cfg)
 
     def _build_model(self, cfgs: dict[str, ModelConfig]) -> torch.nn.Module:
@@ -170,7 +175,7 @@ class MultiTaskTrainer(Trainer):
             "heads": list(self.names),
             "type_map": list(self.mt.type_map),
             "model_configs": {t.name: t.model_cfg.to_dict() for t in self.tasks},
-            "inputs": {t.name: t.cfg.record(t.model_cfg) for t in self.tasks},
+            "inputs": self.head_inputs,
         }
         return ckpt
 

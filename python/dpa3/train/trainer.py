@@ -35,7 +35,7 @@ import torch
 from ..config._base import ConfigError
 from ..config.model import ModelConfig
 from ..config.model_section import BiasAdjustMode
-from ..config.multitask import RANDOM_BRANCH
+from ..config.multitask import RANDOM_BRANCH, MultiTaskConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
@@ -105,8 +105,9 @@ class Trainer:
     Parameters
     ----------
     config
-        The parsed JSON (or its :class:`dpa3.config.train.InputConfig`).  Relative paths
-        (data, outputs) are relative to the working directory.
+        The parsed JSON, or its :class:`dpa3.config.train.InputConfig` (the trainer reads
+        only the typed config).  Relative paths (data, outputs) are relative to the working
+        directory.
     restart
         Checkpoint to continue (model, optimizer, step, RNG and sampler states).
     init_model
@@ -130,7 +131,7 @@ class Trainer:
 
     def __init__(
         self,
-        config: dict[str, Any] | Any,
+        config: dict[str, Any] | InputConfig | MultiTaskConfig,
         *,
         restart: str | None = None,
         init_model: str | None = None,
@@ -186,7 +187,7 @@ class Trainer:
         for task in self.tasks:
             task.model_cfg = cfgs[task.name]
         self._check_descriptor_stat()
-        self.record = self._input_record()
+        self.input_record = self._input_record()
 
         # --- model, weights and statistics ------------------------------------------------
         if tcfg.seed is not None:
@@ -230,8 +231,12 @@ class Trainer:
         if model_branch is not None and finetune is None:
             raise ConfigError("--model-branch needs --finetune")
 
-    def _parse(self, config: dict[str, Any] | Any) -> dict[str, InputConfig]:
+    def _parse(
+        self, config: dict[str, Any] | InputConfig | MultiTaskConfig
+    ) -> dict[str, InputConfig]:
         """Hook: the parsed input of every task, by name (single-task: one, named ``""``)."""
+        if isinstance(config, MultiTaskConfig):
+            raise ConfigError("a multi-task input is trained by MultiTaskTrainer, not Trainer")
         cfg = config if isinstance(config, InputConfig) else InputConfig.from_dict(config)
         return {"": cfg}
 
@@ -415,7 +420,7 @@ class Trainer:
         return make_checkpoint(
             step=step,
             model_config=self._model_config_record(),
-            input_config=self.record,
+            input_config=self.input_record,
             model_state=self._model_state(),
             optimizer_state=self.optimizer.state_dict(),
             rng_state=_rng_state(),
