@@ -538,3 +538,25 @@ def test_cli_stat_files_and_change_bias_after_training(tmp_path, monkeypatch, ca
         load_model(tmp_path / "model.ckpt-2.pt")
     assert main(["train", "input.json", "--finetune", "model.ckpt-2.pt"]) == 1
     assert "fine-tuning into a multi-task input is not supported" in capsys.readouterr().out
+
+
+def test_multitask_trainer_is_the_trainer_with_one_task_per_head(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # no second constructor, statistics or bias re-fit: those of Trainer serve every head
+    for name in ("__init__", "_compute_stat", "_refit_bias", "run", "train_step"):
+        assert name not in MultiTaskTrainer.__dict__, name
+    d = tiny_multitask(steps=0)
+    d["model"]["shared_dict"]["dpa3_descriptor"]["repflow"]["e_sel"] = "auto"
+    with pytest.raises(
+        ConfigError, match=r"task 'water': 'model\.shared_dict\.dpa3_descriptor\.repflow\.e_sel'"
+    ):
+        MultiTaskTrainer(d, skip_neighbor_stat=True)
+    d = tiny_multitask(steps=0)
+    d["model"]["shared_dict"]["dpa3_descriptor"]["repflow"]["fix_stat_std"] = 0.0
+    with pytest.raises(ConfigError, match=r"shared_dict\.dpa3_descriptor\.repflow\.fix_stat_std"):
+        MultiTaskTrainer(d, skip_neighbor_stat=True)
+    cfg = MultiTaskConfig.from_dict(d := tiny_multitask(steps=0))
+    d["model"]["model_dict"]["alloy"]["fitting_net"]["neuron"] = [4]  # after parsing: no effect
+    t = MultiTaskTrainer(cfg, skip_neighbor_stat=True)
+    assert [task.name for task in t.tasks] == ["water", "alloy"]
+    assert t.model_cfgs["alloy"].fitting.neuron == (16, 16)

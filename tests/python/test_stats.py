@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpa3.config.model import AutoSel
 from dpa3.data.neighbor import neighbor_counts
 from dpa3.data.stats import (
     EnergyStat,
@@ -14,11 +15,11 @@ from dpa3.data.stats import (
     fit_energy_bias,
     load_stat,
     neighbor_stat,
-    parse_auto_sel,
     save_stat,
     stat_file_path,
 )
 from dpa3.data.system import load_system
+from dpa3.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 
@@ -103,6 +104,8 @@ def test_neighbor_stat_and_auto_sel():
     st = neighbor_stat([mol], 10.0)
     assert st.max_nbor_size == 6  # every other atom
     assert auto_sel(108) == 120 and auto_sel(6) == 8 and auto_sel(100, 1.0) == 100
-    assert parse_auto_sel("auto", "x") == 1.1 and parse_auto_sel("auto:1.5", "x") == 1.5
-    with pytest.raises(ValueError, match="x"):
-        parse_auto_sel("automatic", "x")
+    assert AutoSel.parse("auto", "x").factor == 1.1
+    assert AutoSel.parse("auto:1.5", "x").factor == 1.5
+    for bad in ("automatic", "auto:-1", "auto:many"):
+        with pytest.raises(ConfigError, match="'x'"):
+            AutoSel.parse(bad, "x")

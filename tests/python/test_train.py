@@ -470,3 +470,99 @@ def test_ctrl_c_stops_cleanly_after_the_step(tmp_path, monkeypatch):
         t.run()
     assert load_checkpoint(tmp_path)["step"] == 2  # the interrupted step completed
     assert signal.getsignal(signal.SIGINT) is before  # the handler found is restored
+
+
+# ------------------------------------------------------------------------------- typed input
+def test_model_section_keys_reach_the_typed_config():
+    from dpa3.config.model import AutoSel
+    from dpa3.config.model_section import BiasAdjustMode
+
+    d = tiny_input()
+    d["model"].update(finetune_head="mol", bias_adjust_mode="set-by-statistic")
+    d["model"]["descriptor"]["repflow"]["e_sel"] = "auto:1.5"
+    m = InputConfig.from_dict(d).model
+    assert m.finetune_head == "mol" and m.bias_adjust_mode is BiasAdjustMode.SET
+    assert m.sel("e_sel") == AutoSel(1.5) and m.sel("a_sel") == 10
+    assert m.resolve(44, 10).descriptor.repflow.e_sel == 44
+    with pytest.raises(ConfigError, match=r"a_sel \(10\) must not exceed e_sel \(8\)"):
+        m.resolve(8, 10)
+    assert InputConfig.from_dict(tiny_input()).model.bias_adjust_mode is BiasAdjustMode.CHANGE
+    # every model key is checked when the input is parsed, before any data is read
+    for key, value, match in (
+        ("bias_adjust_mode", "change", r"'model\.bias_adjust_mode' must be one of"),
+        ("finetune_head", 3, r"'model\.finetune_head' must be a string"),
+        ("e_sel", "automatic", r"'model\.descriptor\.repflow\.e_sel' = 'automatic'"),
+        ("e_sel", "auto:-1", "the factor must be positive"),
+        ("a_rcut_smth", 3.5, "a_rcut_smth"),
+        ("nlayer", 1, r"'model\.descriptor\.repflow\.nlayer'"),
+    ):
+        d = tiny_input()
+        d["model"]["descriptor"]["repflow"]["e_sel"] = "auto"
+        where = d["model"] if key in ("bias_adjust_mode", "finetune_head") else None
+        (where or d["model"]["descriptor"]["repflow"])[key] = value
+        with pytest.raises(ConfigError, match=match):
+            InputConfig.from_dict(d)
+
+
+def test_trainer_uses_the_parsed_config_not_the_dict(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = tiny_input(steps=1)
+    d["model"]["descriptor"]["repflow"]["a_sel"] = "auto"
+    cfg = InputConfig.from_dict(d)
+    original = copy.deepcopy(d)
+    # edits after parsing must not reach training
+    d["model"]["type_map"].append("Cu")
+    d["model"]["descriptor"]["repflow"].update(e_sel=12, nlayers=3)
+    d["model"]["fitting_net"]["neuron"] = [4]
+    d["training"]["numb_steps"] = 99
+    t = Trainer(cfg)
+    assert t.model_cfg.type_map == ("C", "H", "O") and t.numb_steps == 1
+    rf = t.model_cfg.descriptor.repflow
+    assert (rf.e_sel, rf.nlayers, t.model_cfg.fitting.neuron) == (40, 1, (16, 16))
+    t.run()
+    stored = load_checkpoint(tmp_path)["input"]
+    original["model"]["descriptor"]["repflow"]["a_sel"] = rf.a_sel  # "auto" resolved
+    assert stored == original and isinstance(rf.a_sel, int) and rf.a_sel > 0
+
+
+def test_train_package_reads_no_raw_input_and_spells_modes_once():
+    import re
+
+    import dpa3
+
+    root = Path(dpa3.__file__).parent
+    # (``ckpt["model"]``, ``ckpt["optimizer"]``, ``meta["type_map"]``: checkpoint entries)
+    raw = re.compile(
+        r"""\[\s*["'](training|learning_rate|loss|descriptor|repflow|fitting_net|"""
+        r"""shared_dict|model_dict|data_dict|loss_dict)["']\s*\]"""
+        r"""|\.get\(\s*["'](finetune_head|bias_adjust_mode|type_map|descriptor|repflow)["']"""
+        r"""|input_dict"""
+    )
+    for path in sorted((root / "train").glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not raw.search(line), f"{path.name}:{n} reads the raw input: {line.strip()}"
+    for const in ("change-by-statistic", "set-by-statistic", "RANDOM"):
+        code = re.compile(f'(?<!`)"{const}"(?!`)')  # a string literal, not a docstring ``"..."``
+        hits = [p.name for p in root.rglob("*.py") if code.search(p.read_text())]
+        assert len(hits) == 1 and hits[0].startswith(("model_section", "multitask")), (const, hits)
+
+
+def test_finetune_head_and_bias_adjust_mode_from_the_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pre = tiny_input(WATER[:1], ("O", "H"), steps=1)
+    pre["training"]["training_data"]["batch_size"] = 1
+    ckpt = str(Trainer(pre).run())
+    scratch = Trainer(tiny_input(steps=1))
+    ft = tiny_input(steps=1)
+    ft["model"]["bias_adjust_mode"] = "set-by-statistic"
+    t = Trainer(ft, finetune=ckpt)  # the statistics of the new data, as from scratch
+    assert torch.equal(t.model.out_bias, scratch.model.out_bias)
+    ft["model"]["bias_adjust_mode"] = "change-by-statistic"
+    assert not torch.equal(Trainer(ft, finetune=ckpt).model.out_bias, scratch.model.out_bias)
+    ft["model"]["finetune_head"] = "RANDOM"  # descriptor only: the fitting net starts fresh
+    t = Trainer(ft, finetune=ckpt)
+    for k, v in t.model.fitting.state_dict().items():
+        assert torch.equal(v, scratch.model.fitting.state_dict()[k]), k
+    ft["model"]["finetune_head"] = "water"
+    with pytest.raises(ConfigError, match="single-task checkpoint"):
+        Trainer(ft, finetune=ckpt)

@@ -11,10 +11,44 @@ from typing import Any
 
 from ._base import ConfigError, Section, parse_activation, parse_precision
 
+#: ``e_sel``/``a_sel`` value asking for the neighbour count of the data (``"auto[:factor]"``).
+AUTO_SEL = "auto"
+#: The repflow selections and the cut-off radius each counts neighbours within.
+SEL_KEYS = (("e_sel", "e_rcut"), ("a_sel", "a_rcut"))
+
 _REPFLOW_ALIASES = {
     "edge_use_dist": "edge_init_use_dist",
     "use_env_envelope": "use_exp_switch",
 }
+
+
+@dataclass(frozen=True)
+class AutoSel:
+    """``e_sel``/``a_sel`` = ``"auto"`` or ``"auto:factor"``: resolved from the training data.
+
+    The value becomes the largest neighbour count within the cut-off times ``factor``
+    (DeePMD-kit's default 1.1), rounded up to a multiple of 4.
+    """
+
+    factor: float = 1.1
+
+    @staticmethod
+    def parse(value: str, where: str) -> AutoSel:
+        """Parse ``"auto"``/``"auto:f"`` (``f`` > 0); raises :class:`ConfigError` otherwise."""
+        kind, _, f = value.partition(":")
+        if kind != AUTO_SEL:
+            raise ConfigError(
+                f"'{where}' = {value!r}: expected an integer, '{AUTO_SEL}' or '{AUTO_SEL}:factor'"
+            )
+        if not f:
+            return AutoSel()
+        try:
+            factor = float(f)
+        except ValueError:
+            raise ConfigError(f"'{where}' = {value!r}: bad factor") from None
+        if not factor > 0:
+            raise ConfigError(f"'{where}' = {value!r}: the factor must be positive")
+        return AutoSel(factor)
 
 
 @dataclass(frozen=True)
@@ -75,18 +109,27 @@ class RepflowConfig:
         return (self.a_dim // (2 * self.a_compress_rate)) * self.a_compress_e_rate
 
     @staticmethod
-    def parse(sec: Section) -> RepflowConfig:
-        """Parse and validate the ``repflow`` section."""
+    def parse(sec: Section, auto: dict[str, AutoSel] | None = None) -> RepflowConfig:
+        """Parse and validate the ``repflow`` section.
+
+        With ``auto`` (a dict to fill), ``e_sel``/``a_sel`` may be ``"auto[:f]"``: they are
+        recorded in ``auto`` and set to 0 in the result, whose selection checks are left to
+        :meth:`validate` after resolution.  Without it they must be integers.
+        """
         kw: dict[str, Any] = {}
         for name in ("e_rcut", "e_rcut_smth", "a_rcut", "a_rcut_smth"):
             kw[name] = sec.get_float(name, required=True)
-        for name in ("e_sel", "a_sel"):
+        for name, _ in SEL_KEYS:
             v = sec.get(name, required=True)
             if isinstance(v, str):
-                raise ConfigError(
-                    f"'{sec.key(name)}' = {v!r}: resolve 'auto' selections with "
-                    "'dpa3 neighbor-stat' first (dpa3 train does this for you)"
-                )
+                if auto is None:
+                    raise ConfigError(
+                        f"'{sec.key(name)}' = {v!r}: resolve '{AUTO_SEL}' selections with "
+                        "'dpa3 neighbor-stat' first (dpa3 train does this for you)"
+                    )
+                auto[name] = AutoSel.parse(v, sec.key(name))
+                kw[name] = 0
+                continue
             kw[name] = sec.get_int(name)
         d = RepflowConfig.__dataclass_fields__
         for name in (
@@ -120,22 +163,23 @@ class RepflowConfig:
         kw["update_residual_init"] = sec.choice("update_residual_init", ("const", "norm"), "const")
         sec.finish()
         cfg = RepflowConfig(**kw)
-        cfg.validate(sec.path)
+        cfg.validate(sec.path, check_sel=not auto)
         return cfg
 
-    def validate(self, path: str = "repflow") -> None:
-        """Check the cross-field constraints DeePMD-kit asserts."""
+    def validate(self, path: str = "repflow", check_sel: bool = True) -> None:
+        """Check the cross-field constraints DeePMD-kit asserts (``e_sel``/``a_sel`` too
+        unless ``check_sel`` is false: they are still ``"auto"``)."""
 
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"'{path}': {msg}")
 
+        sels = ("e_sel", "a_sel") if check_sel else ()
         for name in (
             "n_dim",
             "e_dim",
             "a_dim",
             "nlayers",
-            "e_sel",
-            "a_sel",
+            *sels,
             "axis_neuron",
             "n_multi_edge_message",
         ):
@@ -151,7 +195,7 @@ class RepflowConfig:
             )
         if self.a_rcut > self.e_rcut:
             raise bad(f"a_rcut ({self.a_rcut}) must not exceed e_rcut ({self.e_rcut})")
-        if self.a_sel > self.e_sel:
+        if check_sel and self.a_sel > self.e_sel:
             raise bad(f"a_sel ({self.a_sel}) must not exceed e_sel ({self.e_sel})")
         if self.axis_neuron > self.e_dim or self.axis_neuron > self.n_dim:
             raise bad(f"axis_neuron ({self.axis_neuron}) must not exceed e_dim and n_dim")
@@ -193,14 +237,15 @@ class DescriptorConfig:
     seed: int | None = None
 
     @staticmethod
-    def parse(sec: Section) -> DescriptorConfig:
-        """Parse the descriptor section; only ``type: "dpa3"`` is accepted."""
+    def parse(sec: Section, auto: dict[str, AutoSel] | None = None) -> DescriptorConfig:
+        """Parse the descriptor section; only ``type: "dpa3"`` is accepted (``auto``: as for
+        :meth:`RepflowConfig.parse`)."""
         kind = sec.get("type", required=True)
         if kind != "dpa3":
             raise ConfigError(
                 f"'{sec.key('type')}' is {kind!r}: dpa3 implements only the 'dpa3' descriptor"
             )
-        repflow = RepflowConfig.parse(sec.sub("repflow", _REPFLOW_ALIASES, required=True))
+        repflow = RepflowConfig.parse(sec.sub("repflow", _REPFLOW_ALIASES, required=True), auto)
         act, thr = parse_activation(
             sec.get_str("activation_function", "silu"), sec.key("activation_function")
         )
@@ -303,7 +348,15 @@ class ModelConfig:
     @staticmethod
     def from_dict(data: dict[str, Any], path: str = "model") -> ModelConfig:
         """Parse a DeePMD-kit ``model`` section (raises :class:`ConfigError` naming the key)."""
-        sec = Section(data, path)
+        return ModelConfig.parse(Section(data, path))
+
+    @staticmethod
+    def parse(sec: Section, auto: dict[str, AutoSel] | None = None) -> ModelConfig:
+        """Parse a ``model`` section (``auto``: as for :meth:`RepflowConfig.parse`).
+
+        Keys that steer training, not the model (``finetune_head``, ``bias_adjust_mode``,
+        ...), are accepted here; :class:`dpa3.config.train.ModelSection` reads them.
+        """
         kind = sec.get("type", "standard")
         if kind not in ("standard", "ener"):
             raise ConfigError(
@@ -318,7 +371,7 @@ class ModelConfig:
             raise ConfigError(f"'{sec.key('type_map')}' must be a non-empty list of element names")
         if len(set(type_map)) != len(type_map):
             raise ConfigError(f"'{sec.key('type_map')}' has duplicate names: {type_map}")
-        descriptor = DescriptorConfig.parse(sec.sub("descriptor", required=True))
+        descriptor = DescriptorConfig.parse(sec.sub("descriptor", required=True), auto)
         fitting = FittingConfig.parse(
             sec.sub("fitting_net", FittingConfig.ALIASES, required=True))
         preset = sec.get("preset_out_bias", None)
@@ -391,6 +444,9 @@ def descriptor_dim_out(cfg: DescriptorConfig) -> int:
 
 
 __all__ = [
+    "AUTO_SEL",
+    "SEL_KEYS",
+    "AutoSel",
     "ConfigError",
     "DescriptorConfig",
     "FittingConfig",

@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._base import ConfigError, Section
+from .model import ModelConfig
 from .train import InputConfig
 
 #: ``--model-branch`` value that asks for a freshly initialised fitting net.
@@ -114,10 +115,9 @@ class MultiTaskConfig:
     Attributes
     ----------
     tasks
-        Per task (in ``model_dict`` order) the equivalent single-task input, parsed.
-    inputs
-        Per task the equivalent single-task ``input.json`` dict (raw, shared references
-        expanded, ``type_map`` = the union); stored with each head in checkpoints.
+        Per task (in ``model_dict`` order) the equivalent single-task input, parsed (its
+        ``source`` is the single-task ``input.json`` dict: shared references expanded,
+        ``type_map`` = the union; stored with each head in checkpoints).
     type_map
         The union type map used by the shared descriptor and every head.
     task_type_maps
@@ -126,19 +126,35 @@ class MultiTaskConfig:
         The ``shared_dict`` key of the shared descriptor.
     model_prob
         Raw task weights (``None``: proportional to the number of training systems).
+    source
+        A copy of the multi-task ``input.json`` dict; only written out (:meth:`record`).
     """
 
     tasks: dict[str, InputConfig]
-    inputs: dict[str, dict[str, Any]]
     type_map: tuple[str, ...]
     task_type_maps: dict[str, tuple[str, ...]]
     descriptor_key: str
     model_prob: dict[str, float] | None
+    source: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def names(self) -> list[str]:
         """Task names in ``model_dict`` order."""
         return list(self.tasks)
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """Per task the equivalent single-task ``input.json`` dict (as written)."""
+        return {n: t.source for n, t in self.tasks.items()}
+
+    def record(self, model: ModelConfig) -> dict[str, Any]:
+        """The input as a checkpoint stores it: ``source`` with the shared descriptor's
+        ``"auto"`` selections replaced by ``model``'s integers."""
+        out = copy.deepcopy(self.source)
+        repflow = out["model"]["shared_dict"][self.descriptor_key]["repflow"]
+        for key in self.tasks[self.names[0]].model.auto_sel:
+            repflow[key] = getattr(model.descriptor.repflow, key)
+        return out
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> MultiTaskConfig:
@@ -270,7 +286,6 @@ class MultiTaskConfig:
                 )
 
         tasks: dict[str, InputConfig] = {}
-        inputs: dict[str, dict[str, Any]] = {}
         for name in names:
             model = {
                 k: copy.deepcopy(v)
@@ -303,14 +318,13 @@ class MultiTaskConfig:
                 tasks[name] = InputConfig.from_dict(single)
             except ConfigError as err:
                 raise ConfigError(task_error(str(err), name, desc_key or "")) from None
-            inputs[name] = single
         return MultiTaskConfig(
             tasks=tasks,
-            inputs=inputs,
             type_map=tuple(union),
             task_type_maps=task_maps,
             descriptor_key=desc_key or "",
             model_prob=model_prob,
+            source=copy.deepcopy(data),
         )
 
 

@@ -8,11 +8,14 @@ are accepted and ignored; options dpa3 does not implement are rejected by name.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._base import ConfigError, Section
+from .model import ModelConfig
+from .model_section import ModelSection
 
 _NUMB_STEPS_ALIASES = {
     "numb_step": "numb_steps",
@@ -437,14 +440,27 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """A whole DeePMD-kit ``input.json`` except ``model``, which stays raw until ``e_sel``/``a_sel``
-    ``"auto"`` values are resolved by the neighbour statistics (see :mod:`dpa3.train.trainer`)."""
+    """A whole single-task DeePMD-kit ``input.json``, parsed.
 
-    model: dict[str, Any]
+    ``source`` is a copy of the dict as given; it is only written out (checkpoints keep the
+    input, see :meth:`record`), never read by the trainer.
+    """
+
+    model: ModelSection
     learning_rate: LearningRateConfig
     loss: LossConfig
     optimizer: OptimizerConfig
     training: TrainingConfig
+    source: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def record(self, model: ModelConfig) -> dict[str, Any]:
+        """The input as a checkpoint stores it: ``source`` with the ``"auto"`` selections
+        replaced by ``model``'s integers."""
+        out = copy.deepcopy(self.source)
+        repflow = out["model"]["descriptor"]["repflow"]
+        for key in self.model.auto_sel:
+            repflow[key] = getattr(model.descriptor.repflow, key)
+        return out
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> InputConfig:
@@ -472,9 +488,15 @@ class InputConfig:
         loss = LossConfig.parse(top.sub("loss"))
         opt = OptimizerConfig.parse(top.sub("optimizer"), opt_type)
         training = TrainingConfig.parse(tr)
+        msec = ModelSection.parse(top.sub("model"))
         top.finish()
         return InputConfig(
-            model=model, learning_rate=lr, loss=loss, optimizer=opt, training=training
+            model=msec,
+            learning_rate=lr,
+            loss=loss,
+            optimizer=opt,
+            training=training,
+            source=copy.deepcopy(data),
         )
 
 

@@ -222,22 +222,6 @@ def auto_sel(max_count: int, factor: float = 1.1) -> int:
     return 4 * ((int(max_count * factor) + 3) // 4)
 
 
-def parse_auto_sel(value: str, where: str) -> float:
-    """The factor of ``"auto"`` (1.1) or ``"auto:f"``; raises ``ValueError`` otherwise."""
-    kind, _, f = value.partition(":")
-    if kind != "auto":
-        raise ValueError(f"'{where}' = {value!r}: expected an integer, 'auto' or 'auto:factor'")
-    if not f:
-        return 1.1
-    try:
-        factor = float(f)
-    except ValueError:
-        raise ValueError(f"'{where}' = {value!r}: bad factor") from None
-    if factor <= 0:
-        raise ValueError(f"'{where}' = {value!r}: the factor must be positive")
-    return factor
-
-
 __all__ = [
     "EnergyStat",
     "NeighborStat",
@@ -246,7 +230,6 @@ __all__ = [
     "fit_energy_bias",
     "load_stat",
     "neighbor_stat",
-    "parse_auto_sel",
     "save_stat",
     "stat_file_path",
     "stat_frames",

@@ -26,10 +26,9 @@ from typing import Any
 
 from torch import nn
 
-from ..config._base import ConfigError
 from ..config.model import ModelConfig
 from ..config.multitask import RANDOM_BRANCH, unknown_head_error
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,16 @@ optimizer state are checkpointed, so ``--restart`` continues bit-identically on 
 
 Under ``torchrun`` (see :mod:`dpa3.train.distributed`) every rank draws its own batches and
 the gradients are averaged after the backward pass; rank 0 computes the statistics, writes
-``lcurve.out`` and the checkpoints.  Multi-task training lives in
-:mod:`dpa3.train.multitask_trainer` and reuses this loop.
+``lcurve.out`` and the checkpoints.
+
+The trainer works on a list of :class:`dpa3.train.task.Task` (data, loss, statistics of one
+head): a single-task run has one, named ``""``.  Multi-task training
+(:mod:`dpa3.train.multitask_trainer`) is this class with one task per head; it overrides only
+what differs (how the input is parsed, the model built and stored, a task drawn).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import signal
@@ -29,25 +32,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config._base import ConfigError
 from ..config.model import ModelConfig
-from ..config.multitask import RANDOM_BRANCH
+from ..config.model_section import BiasAdjustMode
+from ..config.multitask import RANDOM_BRANCH, MultiTaskConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
-from ..data.stats import (
-    auto_sel,
-    compute_or_load_energy_stat,
-    neighbor_stat,
-    parse_auto_sel,
-)
+from ..errors import ConfigError
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .distributed import DistContext
-from .finetune import refit_bias_delta, transfer_state, type_dims
+from .finetune import transfer_state, type_dims
 from .lcurve import Lcurve, Progress, TaskMetrics
 from .loss import EnergyLoss
 from .lr import ExpLR
 from .multitask import branch_checkpoint
 from .optim import build_optimizer
+from .task import Task, model_forward, resolve_sel
 
 log = logging.getLogger(__name__)
 
@@ -59,78 +58,6 @@ def default_model_factory(cfg: ModelConfig) -> torch.nn.Module:
     from ..model import EnergyModel
 
     return EnergyModel(cfg)
-
-
-def model_forward(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-    """Evaluate ``model`` on ``batch``: energy (nf,1), force (nf,N,3), virial (nf,9)."""
-    return model(batch.coord, batch.atype, batch.box)
-
-
-# --------------------------------------------------------------------------------------
-# e_sel / a_sel "auto"
-# --------------------------------------------------------------------------------------
-def resolve_sel(
-    model: dict[str, Any],
-    sampler: DataSampler | None,
-    skip_neighbor_stat: bool,
-    fallback: ModelConfig | None = None,
-) -> dict[str, Any]:
-    """A copy of the raw ``model`` section with integer ``e_sel``/``a_sel``.
-
-    ``"auto"``/``"auto:f"`` become the largest neighbour count within ``e_rcut``/``a_rcut``
-    in the training data times ``f`` (default 1.1), rounded up to a multiple of 4.  With
-    ``fallback`` (fine-tuning) the pretrained model's values are used instead.  Integer
-    values are checked against the data unless ``skip_neighbor_stat``.
-    """
-    model = copy.deepcopy(model)
-    try:
-        rf = model["descriptor"]["repflow"]
-    except (KeyError, TypeError):
-        return model  # ModelConfig.from_dict reports the missing section by name
-    if not isinstance(rf, dict):
-        return model
-    for sel_key, rc_key in (("e_sel", "e_rcut"), ("a_sel", "a_rcut")):
-        where = f"model.descriptor.repflow.{sel_key}"
-        value = rf.get(sel_key)
-        if isinstance(value, str):
-            try:
-                factor = parse_auto_sel(value, where)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-            if fallback is not None:
-                rf[sel_key] = getattr(fallback.descriptor.repflow, sel_key)
-                log.info("%s = %s taken from the pretrained model", where, rf[sel_key])
-                continue
-            if skip_neighbor_stat or sampler is None:
-                raise ConfigError(
-                    f"'{where}' = {value!r} needs the neighbour statistics: drop "
-                    "--skip-neighbor-stat or give an integer"
-                )
-            rc = rf.get(rc_key)
-            if not isinstance(rc, (int, float)) or isinstance(rc, bool):
-                raise ConfigError(f"missing or invalid 'model.descriptor.repflow.{rc_key}'")
-            st = neighbor_stat(sampler.systems, float(rc))
-            rf[sel_key] = auto_sel(st.max_nbor_size, factor)
-            log.info(
-                "%s: max %d neighbours within %g A -> %d", where, st.max_nbor_size, rc, rf[sel_key]
-            )
-        elif (
-            isinstance(value, int)
-            and not skip_neighbor_stat
-            and sampler is not None
-            and isinstance(rf.get(rc_key), (int, float))
-        ):
-            st = neighbor_stat(sampler.systems, float(rf[rc_key]))
-            if st.max_nbor_size > value:
-                log.warning(
-                    "%s = %d is smaller than the largest neighbour count %d within %g A in "
-                    "the training data: the farthest neighbours are dropped",
-                    where,
-                    value,
-                    st.max_nbor_size,
-                    rf[rc_key],
-                )
-    return model
 
 
 # --------------------------------------------------------------------------------------
@@ -173,12 +100,14 @@ class _DeferredInterrupt:
 # trainer
 # --------------------------------------------------------------------------------------
 class Trainer:
-    """Train a DPA3 model from a DeePMD-kit ``input.json`` dict.
+    """Train a DPA3 model from a DeePMD-kit ``input.json``.
 
     Parameters
     ----------
-    input_dict
-        The parsed JSON.  Relative paths (data, outputs) are relative to the working directory.
+    config
+        The parsed JSON, or its :class:`dpa3.config.train.InputConfig` (the trainer reads
+        only the typed config).  Relative paths (data, outputs) are relative to the working
+        directory.
     restart
         Checkpoint to continue (model, optimizer, step, RNG and sampler states).
     init_model
@@ -202,7 +131,7 @@ class Trainer:
 
     def __init__(
         self,
-        input_dict: dict[str, Any],
+        config: dict[str, Any] | InputConfig | MultiTaskConfig,
         *,
         restart: str | None = None,
         init_model: str | None = None,
@@ -215,15 +144,13 @@ class Trainer:
     ) -> None:
         if sum(x is not None for x in (restart, init_model, finetune)) > 1:
             raise ConfigError("give only one of --restart, --init-model and --finetune")
-        if model_branch is not None and finetune is None:
-            raise ConfigError("--model-branch needs --finetune")
-        self.input_dict = copy.deepcopy(input_dict)
-        self.cfg = InputConfig.from_dict(self.input_dict)
+        self._check_options(finetune, use_pretrain_script, model_branch)
+        task_cfgs = self._parse(config)
+        self.cfg: InputConfig = next(iter(task_cfgs.values()))  # shared lr / optimizer / loop
         self.device = torch.device(device)
         self.factory = model_factory or default_model_factory
         self.dist = DistContext.current()
         tcfg = self.cfg.training
-        seed = tcfg.seed
 
         ckpt = None
         src = restart or init_model or finetune
@@ -235,174 +162,243 @@ class Trainer:
                 src,
                 ckpt["step"],
             )
-            if finetune:
-                branch = model_branch or self.cfg.model.get("finetune_head")
-                ckpt = branch_checkpoint(ckpt, branch, src)
-            else:
-                branch_checkpoint(ckpt, None, src, finetune=False)  # rejects multi-task ones
-        pre_cfg = ModelConfig.from_typed_dict(ckpt["model_config"]) if ckpt else None
+            ckpt = self._open_checkpoint(ckpt, src, finetune is not None, model_branch)
+        pre_cfgs = self._checkpoint_model_configs(ckpt) if ckpt else {}
+        pre = next(iter(pre_cfgs.values()), None)  # the (first) pretrained head
+        resume = restart is not None or init_model is not None
 
         # --- type map and data ------------------------------------------------------------
-        raw_model = self.cfg.model
-        if restart or init_model:
-            type_map = list(pre_cfg.type_map)
-            raw_tm = raw_model.get("type_map")
-            if raw_tm is not None and list(raw_tm) != type_map:
+        type_map = self.cfg.model.type_map
+        if resume:
+            if pre.type_map != type_map:
                 log.warning(
                     "model.type_map %s differs from the checkpoint's %s; using the checkpoint's",
-                    raw_tm,
-                    type_map,
+                    list(type_map),
+                    list(pre.type_map),
                 )
-        else:
-            type_map = raw_model.get("type_map")
-            if not isinstance(type_map, list) or not type_map:
-                raise ConfigError("'model.type_map' must be a non-empty list of element names")
-        self.train_data = DataSampler.from_config(
-            tcfg.training_data, type_map, self.dist.rank_seed(seed)
-        )
-        self.valid_data = None
-        if tcfg.validation_data is not None:
-            vseed = None if seed is None else seed + 1
-            self.valid_data = DataSampler.from_config(
-                tcfg.validation_data, type_map, vseed, where="validation_data"
-            )
+            type_map = pre.type_map
+        self.tasks = self._make_tasks(task_cfgs, list(type_map))
 
-        # --- typed model config -----------------------------------------------------------
-        if restart or init_model:
-            mcfg = pre_cfg
-            resolved = copy.deepcopy(ckpt["input"].get("model", raw_model))
+        # --- typed model configs ----------------------------------------------------------
+        if resume:
+            cfgs = pre_cfgs
         else:
-            resolved = self.dist.run_on_main(
-                lambda: resolve_sel(raw_model, self.train_data, skip_neighbor_stat, pre_cfg)
-            )
-            mcfg = ModelConfig.from_dict(resolved)
-            if finetune and use_pretrain_script:
-                mcfg = replace(
-                    pre_cfg,
-                    type_map=mcfg.type_map,
-                    preset_out_bias=mcfg.preset_out_bias,
-                    data_stat_nbatch=mcfg.data_stat_nbatch,
-                )
-        rf = mcfg.descriptor.repflow
-        if rf.fix_stat_std == 0 and not rf.skip_stat:
-            raise ConfigError(
-                "'model.descriptor.repflow.fix_stat_std' = 0 (descriptor statistics computed "
-                "from data) is not implemented by dpa3; use a non-zero constant such as 0.3"
-            )
-        self.model_cfg = mcfg
-        self.input_dict["model"] = resolved
+            cfgs = self._resolve_model_configs(skip_neighbor_stat, pre, use_pretrain_script)
+        for task in self.tasks:
+            task.model_cfg = cfgs[task.name]
+        self._check_descriptor_stat()
+        self.input_record = self._input_record()
 
         # --- model, weights and statistics ------------------------------------------------
-        if seed is not None:
-            torch.manual_seed(seed)
-        self.model = self.factory(mcfg).to(self.device)
+        if tcfg.seed is not None:
+            torch.manual_seed(tcfg.seed)
+        self.model = self._build_model(cfgs).to(self.device)
         self.start_step = 0
-        if restart or init_model:
-            self.model.load_state_dict(ckpt["model"])
+        if resume:
+            self._load_weights(ckpt["model"])
             if restart:
                 self.start_step = int(ckpt["step"])
         elif finetune:
-            dims = type_dims(self.factory, mcfg)
-            fresh = transfer_state(ckpt["model"], pre_cfg.type_map, self.model, mcfg.type_map, dims)
-            if ckpt.get("random_fitting"):
-                log.info("fine-tuning with a freshly initialised fitting net (%s)", RANDOM_BRANCH)
-            elif fresh:
-                log.warning("not in the pretrained model, left at initial values: %s", fresh)
-            new = [t for t in mcfg.type_map if t not in pre_cfg.type_map]
-            if new:
-                log.info("fine-tuning adds new element(s) %s", new)
-            mode = raw_model.get("bias_adjust_mode", "change-by-statistic")
-            self.dist.run_on_main(lambda: self._refit_bias(mode))
+            self._finetune_from(ckpt, pre)
         else:
             self.dist.run_on_main(self._compute_stat)
         self.dist.broadcast_module(self.model)  # statistics were computed on rank 0
 
-        # --- schedule, loss, optimizer ----------------------------------------------------
+        # --- schedule, losses, optimizer --------------------------------------------------
         if tcfg.numb_steps is not None:
             self.numb_steps = tcfg.numb_steps
         else:
-            self.numb_steps = math.ceil(tcfg.numb_epoch * self.train_data.total_batches)
+            batches = sum(t.train_data.total_batches for t in self.tasks)
+            self.numb_steps = math.ceil(tcfg.numb_epoch * batches)
         self.lr = ExpLR(self.cfg.learning_rate, self.numb_steps)
-        self.loss = EnergyLoss(self.cfg.loss, self.cfg.learning_rate.start_lr)
+        for task in self.tasks:
+            task.loss = EnergyLoss(task.cfg.loss, self.cfg.learning_rate.start_lr)
         self.optimizer = build_optimizer(
             self.model.parameters(), self.cfg.optimizer, self.lr.value(self.start_step)
         )
         if restart:
-            smp = self._resume(ckpt)
-            train_state = self._rank_sampler_state(smp, "train")
-            if train_state is not None:
-                self.train_data.load_state_dict(train_state)
-            if self.valid_data is not None and smp.get("valid") is not None:
-                self.valid_data.load_state_dict(smp["valid"])
+            self._load_sampler_state(self._resume(ckpt))
         self.restarted = restart is not None
         self.last_checkpoint: Path | None = None
         self.step_times: list[float] = []
 
-    # ------------------------------------------------------------------ statistics
-    def _stat_batches(self) -> list[list[Batch]]:
+    # ------------------------------------------------------------------ building blocks
+    # (multi-task training overrides the hooks marked "hook")
+    def _check_options(
+        self, finetune: str | None, use_pretrain_script: bool, model_branch: str | None
+    ) -> None:
+        """Hook: reject option combinations this trainer does not support."""
+        if model_branch is not None and finetune is None:
+            raise ConfigError("--model-branch needs --finetune")
+
+    def _parse(
+        self, config: dict[str, Any] | InputConfig | MultiTaskConfig
+    ) -> dict[str, InputConfig]:
+        """Hook: the parsed input of every task, by name (single-task: one, named ``""``)."""
+        if isinstance(config, MultiTaskConfig):
+            raise ConfigError("a multi-task input is trained by MultiTaskTrainer, not Trainer")
+        cfg = config if isinstance(config, InputConfig) else InputConfig.from_dict(config)
+        return {"": cfg}
+
+    def _open_checkpoint(
+        self, ckpt: dict[str, Any], src: str, finetune: bool, model_branch: str | None
+    ) -> dict[str, Any]:
+        """Hook: check a loaded checkpoint; returns the one to start from."""
+        if finetune:
+            return branch_checkpoint(ckpt, model_branch or self.cfg.model.finetune_head, src)
+        return branch_checkpoint(ckpt, None, src, finetune=False)  # rejects multi-task ones
+
+    def _checkpoint_model_configs(self, ckpt: dict[str, Any]) -> dict[str, ModelConfig]:
+        """Hook: the typed model config of every head stored in ``ckpt``."""
+        return {"": ModelConfig.from_typed_dict(ckpt["model_config"])}
+
+    def _seeds(self, index: int) -> tuple[int | None, int | None, int | None]:
+        """Hook: seeds of task ``index``: training sampler (this rank's), validation sampler,
+        statistics frames."""
         seed = self.cfg.training.seed
-        return self.train_data.sample_per_system(
-            self.model_cfg.data_stat_nbatch, None if seed is None else seed + 7
-        )
+        if seed is None:
+            return None, None, None
+        return self.dist.rank_seed(seed), seed + 1, seed + 7
+
+    def _make_tasks(self, task_cfgs: dict[str, InputConfig], type_map: list[str]) -> list[Task]:
+        """Load every task's data (hook: multi-task training also sets up the task draw)."""
+        tasks = []
+        for i, (name, cfg) in enumerate(task_cfgs.items()):
+            train_seed, valid_seed, stat_seed = self._seeds(i)
+            prefix = f"training.data_dict.{name}." if name else ""
+            train = DataSampler.from_config(
+                cfg.training.training_data, type_map, train_seed, where=prefix + "training_data"
+            )
+            valid = None
+            if cfg.training.validation_data is not None:
+                valid = DataSampler.from_config(
+                    cfg.training.validation_data,
+                    type_map,
+                    valid_seed,
+                    where=prefix + "validation_data",
+                )
+            tasks.append(Task(name, cfg, train, valid, stat_seed))
+        return tasks
+
+    def _config_error(self, err: ConfigError, task: str) -> ConfigError:
+        """Hook: ``err`` about the expanded input of ``task``, as the user's input names it."""
+        return err
+
+    def _resolve_model_configs(
+        self, skip_neighbor_stat: bool, pretrained: ModelConfig | None, use_pretrain_script: bool
+    ) -> dict[str, ModelConfig]:
+        """Every head's model config: ``"auto"`` selections resolved once, on the training
+        systems of all tasks (the heads share one descriptor)."""
+        first = self.tasks[0]
+        systems = [s for t in self.tasks for s in t.train_data.systems]
+        try:
+            resolved = self.dist.run_on_main(
+                lambda: resolve_sel(first.cfg.model, systems, skip_neighbor_stat, pretrained)
+            )
+            rf = resolved.descriptor.repflow
+            cfgs = {t.name: t.cfg.model.resolve(rf.e_sel, rf.a_sel) for t in self.tasks}
+        except ConfigError as err:
+            raise self._config_error(err, first.name) from None
+        if use_pretrain_script:
+            cfgs = {
+                n: replace(
+                    pretrained,
+                    type_map=c.type_map,
+                    preset_out_bias=c.preset_out_bias,
+                    data_stat_nbatch=c.data_stat_nbatch,
+                )
+                for n, c in cfgs.items()
+            }
+        return cfgs
+
+    def _check_descriptor_stat(self) -> None:
+        """dpa3 fixes the descriptor statistics: ``fix_stat_std`` must be a constant."""
+        first = self.tasks[0]
+        rf = first.model_cfg.descriptor.repflow
+        if rf.fix_stat_std == 0 and not rf.skip_stat:
+            err = ConfigError(
+                f"'{first.cfg.model.key('fix_stat_std')}' = 0 (descriptor statistics computed "
+                "from data) is not implemented by dpa3; use a non-zero constant such as 0.3"
+            )
+            raise self._config_error(err, first.name)
+
+    def _input_record(self) -> dict[str, Any]:
+        """Hook: the input as checkpoints store it (``"auto"`` selections resolved)."""
+        return self.cfg.record(self.tasks[0].model_cfg)
+
+    def _build_model(self, cfgs: dict[str, ModelConfig]) -> torch.nn.Module:
+        """Hook: the model of the heads ``cfgs``."""
+        return self.factory(cfgs[""])
+
+    def _head(self, name: str) -> torch.nn.Module:
+        """Hook: the single-task model of head ``name``."""
+        return self.model
+
+    def _load_weights(self, state: dict[str, Any]) -> None:
+        """Hook: load a checkpoint's ``model`` entry."""
+        self.model.load_state_dict(state)
+
+    def _finetune_from(self, ckpt: dict[str, Any], pretrained: ModelConfig) -> None:
+        """Copy the pretrained weights (type maps remapped) and re-fit the energy bias."""
+        mcfg = self.model_cfg
+        dims = type_dims(self.factory, mcfg)
+        fresh = transfer_state(ckpt["model"], pretrained.type_map, self.model, mcfg.type_map, dims)
+        if ckpt.get("random_fitting"):
+            log.info("fine-tuning with a freshly initialised fitting net (%s)", RANDOM_BRANCH)
+        elif fresh:
+            log.warning("not in the pretrained model, left at initial values: %s", fresh)
+        new = [t for t in mcfg.type_map if t not in pretrained.type_map]
+        if new:
+            log.info("fine-tuning adds new element(s) %s", new)
+        mode = self.cfg.model.bias_adjust_mode
+        self.dist.run_on_main(lambda: self._refit_bias(mode))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def model_cfg(self) -> ModelConfig:
+        """The (first) head's model config."""
+        return self.tasks[0].model_cfg
+
+    @property
+    def model_cfgs(self) -> dict[str, ModelConfig]:
+        """Every head's model config, by task name."""
+        return {t.name: t.model_cfg for t in self.tasks}
+
+    @property
+    def train_data(self) -> DataSampler:
+        """The training sampler (of the first task)."""
+        return self.tasks[0].train_data
+
+    @property
+    def valid_data(self) -> DataSampler | None:
+        """The validation sampler (of the first task)."""
+        return self.tasks[0].valid_data
+
+    @property
+    def loss(self) -> EnergyLoss:
+        """The loss (of the first task)."""
+        return self.tasks[0].loss
+
+    # ------------------------------------------------------------------ statistics
+    def _stat_batches(self, task: Task | None = None) -> list[list[Batch]]:
+        return (task or self.tasks[0]).stat_batches()
 
     def _compute_stat(self) -> None:
-        stat = compute_or_load_energy_stat(
-            self._stat_batches(),
-            self.model_cfg.type_map,
-            self.model_cfg.preset_out_bias,
-            self.cfg.training.stat_file,
-        )
-        self.model.set_out_bias(stat.bias, stat.std)
-        log.info(
-            "energy bias per type %s: %s",
-            list(self.model_cfg.type_map),
-            np.array2string(stat.bias, precision=6),
-        )
+        for task in self.tasks:
+            task.compute_stat(self._head(task.name))
 
-    def _refit_bias(self, mode: str) -> None:
-        if mode == "set-by-statistic":
-            self._compute_stat()
-            return
-        if mode != "change-by-statistic":
-            raise ConfigError(
-                f"'model.bias_adjust_mode' = {mode!r}: expected "
-                "'change-by-statistic' or 'set-by-statistic'"
-            )
-        delta = refit_bias_delta(
-            self.model, self._stat_batches(), self.model_cfg.ntypes, model_forward, self.device
-        )
-        bias = self.model.out_bias.detach().cpu().numpy() + delta
-        self.model.set_out_bias(bias)
-        log.info(
-            "energy bias changed by %s -> %s",
-            np.array2string(delta, precision=6),
-            np.array2string(bias, precision=6),
-        )
+    def _refit_bias(self, mode: BiasAdjustMode) -> None:
+        for task in self.tasks:
+            task.refit_bias(self._head(task.name), mode, self.device)
 
     # ------------------------------------------------------------------ checkpoints
-    def _sampler_states(self, train: Any, valid: Any) -> dict[str, Any]:
-        """Sampler part of a checkpoint; with several ranks every rank's training stream.
+    def _sampler_state(self) -> dict[str, Any]:
+        """Hook: the ``sampler`` entry of a checkpoint (a collective when distributed)."""
+        return self.tasks[0].sampler_state(self.dist)
 
-        A collective when distributed: every rank must call it.
-        """
-        out = {"train": train, "valid": valid}
-        if self.dist.enabled:
-            out["train_ranks"] = self.dist.all_gather_object(train)
-        return out
-
-    def _rank_sampler_state(self, smp: dict[str, Any], key: str = "train") -> Any:
-        """This rank's training-sampler state from a checkpoint (``None``: keep the fresh one)."""
-        ranks = smp.get(f"{key}_ranks")
-        if ranks is not None and len(ranks) == self.dist.world_size:
-            return ranks[self.dist.rank]
-        if ranks is not None or self.dist.enabled:
-            log.warning(
-                "the checkpoint was written by %d rank(s), this run has %d: rank 0 continues "
-                "the checkpoint's data stream, the other ranks start new ones",
-                len(ranks) if ranks is not None else 1,
-                self.dist.world_size,
-            )
-        return smp.get(key) if self.dist.is_main else None
+    def _load_sampler_state(self, smp: dict[str, Any]) -> None:
+        """Hook: inverse of :meth:`_sampler_state`."""
+        self.tasks[0].load_sampler_state(smp, self.dist)
 
     def _resume(self, ckpt: dict[str, Any]) -> dict[str, Any]:
         """Load a restart's optimizer and torch RNG states; returns its sampler part."""
@@ -411,19 +407,24 @@ class Trainer:
         _set_rng_state(ckpt.get("rng"))
         return ckpt.get("sampler") or {}
 
+    def _model_config_record(self) -> dict[str, Any] | None:
+        """Hook: the ``model_config`` entry of a checkpoint (the typed model config)."""
+        return self.model_cfg.to_dict()
+
+    def _model_state(self) -> dict[str, Any]:
+        """Hook: the ``model`` entry of a checkpoint (CPU tensors)."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
     def checkpoint_dict(self, step: int) -> dict[str, Any]:
         """Everything needed to restart at ``step`` (completed steps)."""
         return make_checkpoint(
             step=step,
-            model_config=self.model_cfg.to_dict(),
-            input_config=self.input_dict,
-            model_state={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            model_config=self._model_config_record(),
+            input_config=self.input_record,
+            model_state=self._model_state(),
             optimizer_state=self.optimizer.state_dict(),
             rng_state=_rng_state(),
-            sampler_state=self._sampler_states(
-                self.train_data.state_dict(),
-                None if self.valid_data is None else self.valid_data.state_dict(),
-            ),
+            sampler_state=self._sampler_state(),
         )
 
     def save(self, step: int) -> Path:
@@ -438,11 +439,21 @@ class Trainer:
         return self.last_checkpoint
 
     # ------------------------------------------------------------------ evaluation
-    def _validate(self, lr: float) -> dict[str, float] | None:
-        if self.valid_data is None:
+    def _validate(self, lr: float) -> dict[str, dict[str, float]] | None:
+        """Validation metrics per task with validation data (``None``: no task has any)."""
+        tasks = [t for t in self.tasks if t.valid_data is not None]
+        if not tasks:
             return None
-        nb = self.cfg.training.validation_data.numb_btch
-        return self._validate_with(self.model, self.loss, self.valid_data, nb, lr)
+        return {
+            t.name: self._validate_with(
+                self._head(t.name),
+                t.loss,
+                t.valid_data,
+                t.cfg.training.validation_data.numb_btch,
+                lr,
+            )
+            for t in tasks
+        }
 
     def _validate_with(
         self, model: torch.nn.Module, loss: EnergyLoss, data: DataSampler, numb_btch: int, lr: float
@@ -464,6 +475,7 @@ class Trainer:
         return {k: (sums[k] / wsum[k] if wsum.get(k) else math.nan) for k in loss.metric_names()}
 
     def _describe_data(self) -> str:
+        """Hook: the data summary of the start-of-training log line."""
         return (
             f"{len(self.train_data.systems)} systems, "
             f"{self.train_data.total_batches} batches per pass"
@@ -471,20 +483,29 @@ class Trainer:
 
     def _lcurve(self) -> Lcurve:
         """The ``lcurve.out`` columns (see :mod:`dpa3.train.lcurve`)."""
-        return Lcurve({"": self.loss.metric_names()}, self.valid_data is not None)
+        validation = any(t.valid_data is not None for t in self.tasks)
+        return Lcurve({t.name: t.loss.metric_names() for t in self.tasks}, validation)
 
-    def _task_metrics(self, trn: dict[str, Any], val: dict[str, Any] | None) -> TaskMetrics:
-        """``train_step``'s and ``_validate``'s metrics per task (one task, ``""``)."""
-        return {"": (trn, val)}
+    def _task_metrics(self, val: dict[str, dict[str, float]] | None) -> TaskMetrics:
+        """Per task: the metrics of its last training step and ``_validate``'s."""
+        return {t.name: (t.last_trn, (val or {}).get(t.name)) for t in self.tasks}
 
     # ------------------------------------------------------------------ loop
+    def _draw_task(self) -> Task:
+        """Hook: the task the next step trains."""
+        return self.tasks[0]
+
     def train_step(self, step: int) -> tuple[float, dict[str, float], float]:
-        """One optimizer step at 0-based ``step``; returns (loss, metrics, lr)."""
+        """One optimizer step at 0-based ``step``; returns (loss, metrics of the task trained,
+        lr)."""
         lr = self._set_lr(step)
-        batch = self.train_data.next().to(self.device)
-        pred = model_forward(self.model, batch)
-        loss, metrics = self.loss(pred, batch, lr)
-        self._optimize(loss, step, f"system {self.train_data.systems[batch.system].path}")
+        task = self._draw_task()
+        batch = task.train_data.next().to(self.device)
+        pred = model_forward(self._head(task.name), batch)
+        loss, metrics = task.loss(pred, batch, lr)
+        where = f"system {task.train_data.systems[batch.system].path}"
+        self._optimize(loss, step, f"task {task.name}, {where}" if task.name else where)
+        task.last_trn = metrics
         return float(loss.detach()), metrics, lr
 
     def _set_lr(self, step: int) -> float:
@@ -548,11 +569,11 @@ class Trainer:
             try:
                 while step < n_total:
                     ts = time.perf_counter()
-                    loss, trn, lr = self.train_step(step)
+                    loss, _, lr = self.train_step(step)
                     self.step_times.append(time.perf_counter() - ts)
                     done = step + 1
                     if main and (done % t.disp_freq == 0 or step == self.start_step):
-                        metrics = self._task_metrics(trn, self._validate(lr))
+                        metrics = self._task_metrics(self._validate(lr))
                         fout.write(lcurve.line(done, metrics, lr))
                         log.info("%s", progress.line(done, loss, metrics, lr))
                     step = done
@@ -565,7 +586,7 @@ class Trainer:
                 log.warning("interrupted at step %d; checkpoint %s", step, self.last_checkpoint)
                 raise
         if t.change_bias_after_training:
-            self.dist.run_on_main(lambda: self._refit_bias("change-by-statistic"))
+            self.dist.run_on_main(lambda: self._refit_bias(BiasAdjustMode.CHANGE))
             self.dist.broadcast_module(self.model)
             self.save(step)
         elif self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{step}.pt"):
@@ -580,4 +601,4 @@ class Trainer:
         return self.last_checkpoint
 
 
-__all__ = ["Trainer", "default_model_factory", "model_forward", "resolve_sel"]
+__all__ = ["Task", "Trainer", "default_model_factory", "model_forward", "resolve_sel"]

@@ -1,0 +1,90 @@
+"""The ``model`` section of a training input, typed: the model, its ``"auto"`` selections and
+the keys that steer training rather than the model (``finetune_head``, ``bias_adjust_mode``).
+
+:class:`dpa3.config.model.ModelConfig` describes a model completely, so it needs integer
+``e_sel``/``a_sel``; a training input may leave them ``"auto"`` until the trainer has counted
+the neighbours in the data.  :class:`ModelSection` holds what the section says, and
+:meth:`ModelSection.resolve` gives the model config once the selections are known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from ._base import Section
+from .model import SEL_KEYS, AutoSel, ModelConfig
+
+
+class BiasAdjustMode(str, Enum):
+    """``model.bias_adjust_mode``: how fine-tuning re-fits the energy bias on the new data
+    (``training.change_bias_after_training`` always uses :attr:`CHANGE`)."""
+
+    #: Add the per-type least-squares fit of (label - prediction) to the bias.
+    CHANGE = "change-by-statistic"
+    #: Replace the bias by the statistics of the data, as a run from scratch does.
+    SET = "set-by-statistic"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """A parsed ``model`` section of a (single-task) training input.
+
+    Attributes
+    ----------
+    template
+        The model config, with ``e_sel``/``a_sel`` set to 0 where they are ``"auto"``
+        (use :meth:`resolve`, never the template, to build a model).
+    auto_sel
+        The ``"auto"`` selections by key (``"e_sel"``/``"a_sel"``).
+    finetune_head
+        ``model.finetune_head``: the head of a multi-task checkpoint to fine-tune from.
+    bias_adjust_mode
+        ``model.bias_adjust_mode`` (default change-by-statistic).
+    path
+        Key path of the section, for messages.
+    """
+
+    template: ModelConfig
+    auto_sel: Mapping[str, AutoSel] = field(default_factory=dict)
+    finetune_head: str | None = None
+    bias_adjust_mode: BiasAdjustMode = BiasAdjustMode.CHANGE
+    path: str = "model"
+
+    @property
+    def type_map(self) -> tuple[str, ...]:
+        """The element names of the section."""
+        return self.template.type_map
+
+    def sel(self, key: str) -> int | AutoSel:
+        """``e_sel``/``a_sel`` as written: an integer or an :class:`AutoSel`."""
+        return self.auto_sel.get(key, getattr(self.template.descriptor.repflow, key))
+
+    def rcut(self, sel_key: str) -> float:
+        """The cut-off radius the selection ``sel_key`` counts neighbours within."""
+        return float(getattr(self.template.descriptor.repflow, dict(SEL_KEYS)[sel_key]))
+
+    def key(self, name: str) -> str:
+        """Key path of a repflow option, for messages."""
+        return f"{self.path}.descriptor.repflow.{name}"
+
+    def resolve(self, e_sel: int, a_sel: int) -> ModelConfig:
+        """The model config with these selections (checked as the parser checks them)."""
+        rf = replace(self.template.descriptor.repflow, e_sel=e_sel, a_sel=a_sel)
+        rf.validate(f"{self.path}.descriptor.repflow")
+        return replace(self.template, descriptor=replace(self.template.descriptor, repflow=rf))
+
+    @staticmethod
+    def parse(sec: Section) -> ModelSection:
+        """Parse the section (raises :class:`dpa3.config.ConfigError` naming the key)."""
+        head = sec.get_str("finetune_head", None)
+        mode = sec.choice(
+            "bias_adjust_mode", [m.value for m in BiasAdjustMode], BiasAdjustMode.CHANGE.value
+        )
+        auto: dict[str, AutoSel] = {}
+        template = ModelConfig.parse(sec, auto)
+        return ModelSection(template, auto, head, BiasAdjustMode(mode), sec.path)
+
+
+__all__ = ["BiasAdjustMode", "ModelSection"]
