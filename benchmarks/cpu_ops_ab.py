@@ -89,7 +89,7 @@ def main() -> int:
     for th in args.threads:
         med = [statistics.median(x["median"] for x in results[(n, th)]) for n in names]
         energies = [results[(n, th)][0]["energy"] for n in names]
-        cells = " ".join(f"{m:>9.4f} s ({e:.6f})" for m, e in zip(med, energies))
+        cells = " ".join(f"{m:>9.4f} s ({e:.6f})" for m, e in zip(med, energies, strict=True))
         print(f"{th:>7} {cells}   {med[-1] / med[0]:.3f}")
     return 0
 

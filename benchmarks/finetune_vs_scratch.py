@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = MultiTaskTrainer(multitask_input(args.pretrain_steps, args.seed)).run()
             pretrained = str((work / "pretrain" / ckpt).resolve())
             print(
-                f"pre-trained {args.pretrain_steps} multi-task steps in {time.perf_counter() - t0:.0f} s"
+                f"pre-trained {args.pretrain_steps} multi-task steps in "
+                f"{time.perf_counter() - t0:.0f} s"
             )
         else:
             pretrained = str(Path(cwd, args.pretrained).resolve())

@@ -1,6 +1,7 @@
 """Time one energy+forces+virial evaluation: DeePMD-kit's DPA3 vs dpa3 with identical weights.
 
-    python benchmarks/inference_vs_deepmd.py [--ckpt tests/data/parity/water_recipe_f32/model.ckpt.pt]
+    python benchmarks/inference_vs_deepmd.py \
+        [--ckpt tests/data/parity/water_recipe_f32/model.ckpt.pt]
                                              [--reps 1 1 1] [--threads 2] [--repeat 5]
 
 Needs deepmd-kit (``bash scripts/install_deepmd.sh``).  For fair CPU numbers preload the same
@@ -47,7 +48,8 @@ def best_time(fn, repeat):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", default=str(ROOT / "tests/data/parity/water_recipe_f32/model.ckpt.pt"))
+    default_ckpt = ROOT / "tests/data/parity/water_recipe_f32/model.ckpt.pt"
+    ap.add_argument("--ckpt", default=str(default_ckpt))
     ap.add_argument("--reps", type=int, nargs=3, default=[1, 1, 1])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)

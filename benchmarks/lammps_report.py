@@ -314,7 +314,8 @@ bash scripts/install_deepmd_lammps.sh          # once: .venv-deepmd with DeePMD-
   right after). The benchmark itself keeps up to {args.cores} cores busy; a higher load means
   other work shared the machine, which slows both codes (1 rank × several threads most: each
   parallel region waits until all its threads have a core), so compare the codes within a row.
-- float32 `torch.mm` (2048³, best over 4 s): {mm_start[1]:.1f} / {mm_end[1]:.1f} GFLOP/s on 1 thread,
+- float32 `torch.mm` (2048³, best over 4 s): {mm_start[1]:.1f} / {mm_end[1]:.1f} GFLOP/s on 1
+  thread,
   {mm_start[args.cores]:.1f} / {mm_end[args.cores]:.1f} GFLOP/s on {args.cores} threads (start /
   end of the run). "% of mm" uses {peak_mm / 1e9:.1f} GFLOP/s.
 - dpa3 at commit {versions['dpa3 source']}.

@@ -402,7 +402,7 @@ def main() -> None:
             vals = vals * len(args.reps)
         if len(vals) != len(args.reps):
             raise SystemExit("--steps/--warmup need one value, or one per --reps entry")
-        return dict(zip(args.reps, vals))
+        return dict(zip(args.reps, vals, strict=True))
 
     steps_of, warmup_of = per_reps(args.steps, 10, 3), per_reps(args.warmup, 2, 1)
 

@@ -71,7 +71,7 @@ def main() -> None:
     dt = time.perf_counter() - t0
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps({
-        "natoms": int(len(atype)), "seconds": round(dt, 2), "peak_rss_gb": round(rss_gb, 2),
+        "natoms": len(atype), "seconds": round(dt, 2), "peak_rss_gb": round(rss_gb, 2),
         "energy_per_atom": float(out["energy"].item()) / len(atype),
         "max_force": float(out["force"].abs().max()), "precision": args.precision,
     }))

@@ -161,7 +161,7 @@ def collect(tool: str, workdir: Path, res: dict) -> dict:
         res.update(seconds_per_step(
             (deepmd_intervals if tool == "deepmd" else dpa3_intervals)(log)))
         names, rows = read_lcurve(workdir / "lcurve.out")
-        final = dict(zip(names, rows[-1]))
+        final = dict(zip(names, rows[-1], strict=True))
     except (OSError, RuntimeError, IndexError) as err:
         tail = (workdir / "out.log").read_text().splitlines()[-15:]
         res["error"] = f"{rc}: {err}\n" + "\n".join(tail)
@@ -298,7 +298,8 @@ def main() -> None:
                             print(f"  {res['rc']}: partial result from the log so far",
                                   flush=True)
                         print(f"  {res['s_per_step']:.3f} s/step (steps {res['span'][0]}.."
-                              f"{res['span'][1]}; median interval {res['median']:.3f}), total {res['wall']:.0f} s, step "
+                              f"{res['span'][1]}; median interval {res['median']:.3f}), "
+                              f"total {res['wall']:.0f} s, step "
                               f"{res['step']}: rmse_e_val {res['rmse_e_val']:.3e} rmse_f_val "
                               f"{res['rmse_f_val']:.3e}; lcurve columns {res['columns']}",
                               flush=True)

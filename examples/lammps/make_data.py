@@ -60,7 +60,7 @@ def write(path: Path, title: str, coord, types, cell, elements) -> None:
     lines += ["", "Masses", ""]
     lines += [f"{i + 1} {MASSES[el]}  # {el}" for i, el in enumerate(elements)]
     lines += ["", "Atoms  # atomic", ""]
-    for i, (t, x) in enumerate(zip(types, coord)):
+    for i, (t, x) in enumerate(zip(types, coord, strict=True)):
         lines.append(f"{i + 1} {t} {x[0]:.10f} {x[1]:.10f} {x[2]:.10f}")
     path.write_text("\n".join(lines) + "\n")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -61,7 +62,9 @@ class DPA3Calculator(Calculator):
         except with ``"auto"``, which leaves a module on the device it is on.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties: ClassVar[list[str]] = [
+        "energy", "free_energy", "energies", "forces", "stress"
+    ]
 
     def __init__(
         self, model: str | Path | torch.nn.Module, device: str | torch.device = "auto", **kwargs

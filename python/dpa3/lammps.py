@@ -31,4 +31,4 @@ def plugin_dir() -> str:
 
 
 if __name__ == "__main__":  # python -m dpa3.lammps
-    print(plugin_dir())  # noqa: T201
+    print(plugin_dir())

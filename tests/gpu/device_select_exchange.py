@@ -108,7 +108,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         print(f"[rank {ME}] FAILED\n{traceback.format_exc()}", flush=True)
         W.Abort(1)
         os._exit(1)

@@ -38,7 +38,7 @@ def step(name, fn):
     try:
         fn()
         print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         ok = False
         print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
 

@@ -89,7 +89,7 @@ def write_data(
     lines += ["", "Masses", ""]
     lines += [f"{i + 1} {MASSES.get(el, 1.0)}" for i, el in enumerate(elements)]
     lines += ["", "Atoms # atomic", ""]
-    for i, (t, x) in enumerate(zip(types, coord)):
+    for i, (t, x) in enumerate(zip(types, coord, strict=True)):
         lines.append(f"{i + 1} {int(t)} {x[0]:.17g} {x[1]:.17g} {x[2]:.17g}")
     path.write_text("\n".join(lines) + "\n")
 

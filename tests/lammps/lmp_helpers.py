@@ -12,10 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import lmp_driver as L
 import numpy as np
 import pytest
-
-import lmp_driver as L
 import reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +93,7 @@ class System:
 
 def make_system(frame) -> System:
     coord, atype, box = frame
-    elements = [TYPE_MAP[t] for t in sorted(set(int(a) for a in atype))]
+    elements = [TYPE_MAP[t] for t in sorted({int(a) for a in atype})]
     if box is None:
         return System(np.asarray(coord, float), np.asarray(atype), None, elements, (False,) * 3)
     c, cell = L.lammps_frame(coord, np.asarray(box).reshape(3, 3))
@@ -114,7 +113,8 @@ def assert_matches(res: L.LammpsResult, ref: reference.Result, atol: float = 1e-
     scale = max(1.0, abs(ref.energy))
     assert abs(res.energy - ref.energy) < atol * scale, (res.energy, ref.energy)
     np.testing.assert_allclose(res.force, ref.force, rtol=0, atol=atol)
-    np.testing.assert_allclose(res.virial, ref.virial[[0, 4, 8, 3, 6, 7]], rtol=0, atol=atol * scale)
+    lammps_order = [0, 4, 8, 3, 6, 7]  # xx yy zz xy xz yz
+    np.testing.assert_allclose(res.virial, ref.virial[lammps_order], rtol=0, atol=atol * scale)
     np.testing.assert_allclose(res.atom_energy, ref.atom_energy, rtol=0, atol=atol)
     np.testing.assert_allclose(res.atom_virial, ref.atom_virial, rtol=0, atol=atol)
 
@@ -146,6 +146,7 @@ def md_model(seed: int = 2, scale: float = -30.0, fitting: tuple[int, ...] = (16
     import torch
     from conftest import TYPE_MAP as MODEL_TYPES
     from conftest import small_model_dict
+
     from dpa3.config import ModelConfig
     from dpa3.model import EnergyModel
 

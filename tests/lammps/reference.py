@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import exchange_reference
 import numpy as np
 import torch
-
-import exchange_reference
 
 
 @dataclass
@@ -43,7 +42,7 @@ def extend(
     reps = []
     for d in range(3):
         if not pbc[d]:
-            reps.append(range(0, 1))
+            reps.append(range(1))
             continue
         e, f = cell[(d + 1) % 3], cell[(d + 2) % 3]
         width = vol / np.linalg.norm(np.cross(e, f))

@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import lmp_driver as L
+import pytest
 
 # a parent that starts a child (as mpirun starts ranks), prints the child's pid, then hangs
 HANG = (

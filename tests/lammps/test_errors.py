@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
+import lmp_driver as L
 import pytest
 import torch
-from torch import nn
-
-import lmp_driver as L
 from lmp_helpers import TYPE_MAP, make_system, mpirun, plugin  # noqa: F401
+from torch import nn
 from toy_model import ToyMessagePassing
 
 TIMEOUT = 60

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 import shutil
 
+import lmp_driver as L
 import numpy as np
 import pytest
 from conftest import make_model
-
-import lmp_driver as L
 from lmp_helpers import ROOT, mpirun, plugin  # noqa: F401
 
 pytestmark = pytest.mark.lammps
@@ -42,7 +41,10 @@ def _thermo(log: str) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "name,data,nprocs",
-    [("in.water", "data.water", 1), pytest.param("in.alloy", "data.alloy", 2, marks=pytest.mark.mpi)],
+    [
+        ("in.water", "data.water", 1),
+        pytest.param("in.alloy", "data.alloy", 2, marks=pytest.mark.mpi),
+    ],
 )
 def test_example_runs(request, tmp_path, plugin, model_file, name, data, nprocs):
     if nprocs > 1:

@@ -8,10 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+import reference
 import torch
 from conftest import make_model
-
-import reference
 from lmp_helpers import TYPE_MAP, make_system
 from toy_model import ToyMessagePassing
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import lmp_driver as L
+import pytest
 from lmp_helpers import TYPE_MAP, make_system, plugin  # noqa: F401
 from toy_model import ToyMessagePassing
 
@@ -70,7 +69,10 @@ def test_documented_python_snippet_runs(tmp_path):
     doc = (Path(__file__).resolve().parents[2] / "docs" / "lammps.md").read_text()
     section = doc.split("## LAMMPS from Python", 1)[1]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
-    check = '\nassert lmp.has_style("pair", "dpa3"), "pair_style dpa3 not loaded"\nprint("SNIPPET OK")\n'
+    check = (
+        '\nassert lmp.has_style("pair", "dpa3"), "pair_style dpa3 not loaded"\n'
+        'print("SNIPPET OK")\n'
+    )
     (tmp_path / "snippet.py").write_text(snippet + check)
     env = L.environment()
     env.pop("LD_LIBRARY_PATH", None)

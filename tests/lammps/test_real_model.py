@@ -7,12 +7,11 @@ cell smaller than the cutoff and a free molecule (``boundary f f f``).
 
 from __future__ import annotations
 
+import lmp_driver as L
 import numpy as np
 import pytest
-from conftest import evaluate, make_model
-
-import lmp_driver as L
 import reference
+from conftest import evaluate, make_model
 from lmp_helpers import assert_matches, make_system, mpirun, plugin, slab  # noqa: F401
 
 pytestmark = pytest.mark.lammps

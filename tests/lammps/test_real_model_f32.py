@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import lmp_driver as L
 import numpy as np
 import pytest
 from conftest import evaluate, make_model
-
-import lmp_driver as L
 from lmp_helpers import make_system, mpirun, plugin  # noqa: F401
 
 pytestmark = pytest.mark.lammps

@@ -13,10 +13,9 @@ from __future__ import annotations
 import shutil
 import time
 
+import lmp_driver as L
 import numpy as np
 import pytest
-
-import lmp_driver as L
 from lmp_helpers import ROOT, md_model, plugin, thermo_table  # noqa: F401
 
 pytestmark = pytest.mark.lammps

@@ -15,12 +15,11 @@ another real model (different cutoff) and the ``comm_style tiled`` error, on 2 r
 
 from __future__ import annotations
 
+import lmp_driver as L
 import numpy as np
 import pytest
-from conftest import make_model
-
-import lmp_driver as L
 import reference
+from conftest import make_model
 from lmp_helpers import (  # noqa: F401
     System,
     assert_matches,

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import lmp_driver as L
 import numpy as np
 import pytest
-
-import lmp_driver as L
 from lmp_helpers import (  # noqa: F401
     TYPE_MAP,
     System,

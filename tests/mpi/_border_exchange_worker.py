@@ -358,7 +358,7 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         rc = main()
-    except BaseException:  # noqa: BLE001 - any failure must take all ranks down, not hang them
+    except BaseException:  # any failure must take all ranks down, not hang them
         log("FAILED\n" + traceback.format_exc())
         sys.stdout.flush()
         WORLD.Abort(1)

@@ -83,7 +83,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except BaseException:  # noqa: BLE001 - any failure must take all ranks down, not hang them
+    except BaseException:  # any failure must take all ranks down, not hang them
         print(f"[rank {ME}] FAILED\n" + traceback.format_exc(), flush=True)
         WORLD.Abort(1)
         os._exit(1)

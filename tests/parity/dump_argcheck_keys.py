@@ -43,11 +43,15 @@ def _row(arg, prefix: str = "") -> str:
 
 
 def _table(title: str, args, prefix: str = "") -> list[str]:
-    lines = [f"#### {title}", "", "| key | type | req. | default | aliases |", "|---|---|---|---|---|"]
+    header = "| key | type | req. | default | aliases |"
+    lines = [f"#### {title}", "", header, "|---|---|---|---|---|"]
     for a in args:
         lines.append(_row(a, prefix))
         for var in a.sub_variants.values() if a.sub_variants else []:
-            lines.append(f"| `{prefix}{a.name}` variant flag `{var.flag_name}` | | | `{var.default_tag}` | |")
+            lines.append(
+                f"| `{prefix}{a.name}` variant flag `{var.flag_name}` | | "
+                f"| `{var.default_tag}` | |"
+            )
     lines.append("")
     return lines
 
@@ -66,7 +70,7 @@ def main() -> int:
                 )
     dpa3 = argcheck.descrpt_dpa3_args()
     out += _table("descriptor `type: dpa3`", dpa3)
-    repflow = [a for a in dpa3 if a.name == "repflow"][0]
+    repflow = next(a for a in dpa3 if a.name == "repflow")
     out += _table("descriptor `dpa3` → `repflow`", repflow.sub_fields.values(), "repflow.")
     out += _table("fitting_net `type: ener`", argcheck.fitting_ener())
     print("\n".join(out))

@@ -23,7 +23,8 @@ For every combo it writes ``tests/data/parity/<combo>/``:
                         Freezing is attempted for every combo; failures go to the manifest.
 * ``reference.npz``  -- per frame ``<frame>.coord [1,N,3]``, ``<frame>.atype [1,N]``,
                         ``<frame>.box [1,9]`` (absent for non-periodic frames) and the outputs of
-                        ``model(coord, atype, box, do_atomic_virial=True)``: ``<frame>.energy [1,1]``,
+                        ``model(coord, atype, box, do_atomic_virial=True)``:
+                        ``<frame>.energy [1,1]``,
                         ``.force [1,N,3]``, ``.virial [1,9]``, ``.atom_energy [1,N,1]``,
                         ``.atom_virial [1,N,9]`` (all float64), plus ``frames`` and ``type_map``.
 
@@ -46,15 +47,14 @@ from pathlib import Path
 os.environ.setdefault("DEVICE", "cpu")
 os.environ.pop("DP_TRITON_INFER", None)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import deepmd  # noqa: E402
-from deepmd.pt.loss import EnergyStdLoss  # noqa: E402
-from deepmd.pt.model.model import get_model  # noqa: E402
-from deepmd.pt.train.wrapper import ModelWrapper  # noqa: E402
-from deepmd.pt.utils.nlist import extend_input_and_build_neighbor_list  # noqa: E402
-from deepmd.utils.argcheck import normalize  # noqa: E402
+import deepmd
+import numpy as np
+import torch
+from deepmd.pt.loss import EnergyStdLoss
+from deepmd.pt.model.model import get_model
+from deepmd.pt.train.wrapper import ModelWrapper
+from deepmd.pt.utils.nlist import extend_input_and_build_neighbor_list
+from deepmd.utils.argcheck import normalize
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "data"
@@ -121,7 +121,8 @@ COMBOS: dict[str, dict] = {
     "water_recipe": _combo(
         dict(WATER_RECIPE_REPFLOW), dict(WATER_RECIPE_DESC), dict(WATER_RECIPE_FIT),
         allow_truncation=True,
-        doc="water recipe (docs/dpa3-spec.md §6.1) in float64; a_sel=30 truncates in the water frame",
+        doc="water recipe (docs/dpa3-spec.md §6.1) in float64; a_sel=30 truncates in the water "
+        "frame",
     ),
     "poly_switch": _combo(
         {**SMALL, "e_rcut": 5.0, "e_rcut_smth": 3.0, "e_sel": 72, "a_rcut": 3.5,
@@ -308,7 +309,7 @@ def check_neighbors(name: str, frames: dict) -> dict:
                 "max_a_count": int(na.max()), "a_sel": rep["a_sel"]}
         for key, cnt, sel in (("e", ne, rep["e_sel"]), ("a", na, rep["a_sel"])):
             trunc = np.nonzero(cnt > sel)[0]
-            info[f"{key}_truncated_centres"] = int(len(trunc))
+            info[f"{key}_truncated_centres"] = len(trunc)
             if len(trunc):
                 if not allow:
                     raise RuntimeError(f"{name}/{fname}: {key}_sel={sel} truncates "

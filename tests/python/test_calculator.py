@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TYPE_MAP, alloy_frame, evaluate, make_model, molecule_frame
-
 from ase import Atoms
+from conftest import TYPE_MAP, alloy_frame, evaluate, make_model, molecule_frame
 
 
 def _atoms(frame):
@@ -44,6 +43,7 @@ def test_stress_matches_numerical_stress():
 def test_frozen_model_in_calculator_and_md(tmp_path):
     from ase import units
     from ase.md.verlet import VelocityVerlet
+
     from dpa3.calculator import DPA3Calculator
     from dpa3.export.freeze import freeze
 
@@ -73,6 +73,7 @@ def test_frozen_model_runs_without_profiling_executor(tmp_path):
     """Like pair_style dpa3, the calculator runs scripted graphs unoptimised, and leaves the
     process-wide executor setting as it found it."""
     import torch
+
     from dpa3.calculator import DPA3Calculator
     from dpa3.export.freeze import freeze
 

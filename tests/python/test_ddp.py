@@ -81,7 +81,8 @@ def grad_check(ctx):
 
 
 if __name__ == "__main__":
-    cfg_path, out_path, nframes, nsteps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    cfg_path, out_path = sys.argv[1], sys.argv[2]
+    nframes, nsteps = int(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(1)
     ctx, _ = init_distributed("cpu")
     info = grad_check(ctx)
@@ -145,7 +146,7 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path):
     assert got["world"] == 2
 
     ns: dict = {}
-    exec(compile(WORKER, "worker", "exec"), ns)  # noqa: S102 - the same functions in-process
+    exec(compile(WORKER, "worker", "exec"), ns)  # the same functions in-process
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -171,7 +171,9 @@ def test_forward_lower_accepts_raw_unsorted_lists_with_skin(frames):
     assert np.abs(shuffled["virial"][0].detach().numpy() - ref["virial"]).max() < 1e-9
 
 
-@pytest.mark.parametrize("repflow", [{}, {"sequential_update": True}, {"smooth_edge_update": False}])
+@pytest.mark.parametrize(
+    "repflow", [{}, {"sequential_update": True}, {"smooth_edge_update": False}]
+)
 def test_fused_inference_kernel_equals_composite_training_path(frames, repflow):
     """Evaluation runs the angle block in the fused C++ kernel, training in plain PyTorch."""
     model = make_model(seed=12, **repflow)

@@ -82,7 +82,7 @@ def tiny_multitask(steps: int = 40, tasks: dict | None = None, **training) -> di
         "loss_dict": {name: dict(FLAT_LOSS) for name in tasks},
         "optimizer": {"type": "AdamW", "weight_decay": 0.001},
         "training": {
-            "model_prob": {name: 1.0 for name in tasks},
+            "model_prob": dict.fromkeys(tasks, 1.0),
             "data_dict": {
                 name: {"training_data": trn, "validation_data": val}
                 for name, (_, trn, val) in tasks.items()

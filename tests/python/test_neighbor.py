@@ -286,7 +286,7 @@ def test_only_a_skin_of_images_is_considered() -> None:
     # a jittered 10 x 10 x 8 lattice: spread over the cell, no two atoms closer than 1.2 Å
     grid = np.stack(np.meshgrid(np.arange(10), np.arange(10), np.arange(8), indexing="ij"), -1)
     coord = (grid.reshape(-1, 3) + 0.5) * [2.0, 2.0, 2.5] + rng.uniform(-0.4, 0.4, size=(n, 3))
-    local, cand, owner = neighbor._prepare(coord, (np.eye(3) * side).ravel(), rcut)
+    _local, cand, owner = neighbor._prepare(coord, (np.eye(3) * side).ravel(), rcut)
     skin = ((side + 2 * rcut) ** 3 - side**3) / side**3 * n
     assert cand.shape[0] - n < 1.3 * skin
     np.testing.assert_array_equal(owner[:n], np.arange(n))
@@ -315,7 +315,8 @@ def test_neighbor_counts_matches_reference() -> None:
     cell = triclinic_cell(rng, (3.0, 4.0, 3.5), 0.6)
     coord = rng.uniform(0, 1, size=(7, 3)) @ cell
     _, keys, _ = reference(coord, cell, 5.0)
-    np.testing.assert_array_equal(neighbor_counts(coord, cell.ravel(), 5.0)[0], [len(k) for k in keys])
+    counts = neighbor_counts(coord, cell.ravel(), 5.0)[0]
+    np.testing.assert_array_equal(counts, [len(k) for k in keys])
     _, keys, _ = reference(coord, None, 2.0)
     np.testing.assert_array_equal(neighbor_counts(coord, None, 2.0)[0], [len(k) for k in keys])
 

@@ -10,14 +10,14 @@ import io
 
 import pytest
 import torch
-
-from dpa3 import _ops
 from exchange_reference import (
     border_exchange_reference,
     comm_args,
     reference_backward,
     self_swap_comm_dict,
 )
+
+from dpa3 import _ops
 
 
 @pytest.fixture(scope="module", autouse=True)

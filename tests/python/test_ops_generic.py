@@ -58,7 +58,7 @@ def derivatives(fn, inputs, orders: int):
 def compare(fn, inputs, orders, dtype, name):
     fused, generic = both(lambda: derivatives(fn, inputs, orders))
     assert len(fused) == len(generic)
-    for k, (x, y) in enumerate(zip(generic, fused)):
+    for k, (x, y) in enumerate(zip(generic, fused, strict=True)):
         assert_close(x, y, dtype, f"{name}[{k}]")
 
 
@@ -114,7 +114,7 @@ def test_angle_block(dtype, act, thr, de, da) -> None:
     keys = ["a", "wa", "pe", "vk", "w"] + (["beta"] if da else [])
 
     def fn(*xs):
-        tt = dict(t, **dict(zip(keys, xs)))
+        tt = dict(t, **dict(zip(keys, xs, strict=True)))
         red, aout = run_block(tt, eik, aptr, nptr, de, act, thr, 0.7)
         return [red, aout] if da else [red]
 

@@ -78,7 +78,8 @@ def test_center_outer_third_order_matches_reference() -> None:
 # --------------------------------------------------------------------------- angle_block
 def angle_graph(seed: int, ncenter=5):
     """Edges grouped by centre (some without angles), angles (i, j, k) over each centre's
-    first edges, grouped by ij (edges beyond them have no angles); returns eij, eik, aptr [E+1], nptr [N+1]."""
+    first edges, grouped by ij (edges beyond them have no angles); returns eij, eik,
+    aptr [E+1], nptr [N+1]."""
     gen = torch.Generator().manual_seed(seed)
     nptr, eij, eik = [0], [], []
     for c in range(ncenter):  # centre 1 has no edges, every other one at least one angle
@@ -164,7 +165,7 @@ def test_angle_block_matches_formula_and_gradients(act, thr, de, da) -> None:
     ours = torch.autograd.grad(outs, [t[k] for k in keys], grads_out)
     refs_out = [ref_red, ref_a] if da else [ref_red]
     refs = torch.autograd.grad(refs_out, [t[k] for k in keys], grads_out)
-    for k, x, y in zip(keys, ours, refs):
+    for k, x, y in zip(keys, ours, refs, strict=True):
         assert torch.allclose(x, y, atol=1e-11), k
 
 
@@ -181,7 +182,7 @@ def test_angle_block_silut_tail_is_exercised() -> None:
 
 
 def test_angle_block_same_result_for_any_thread_count() -> None:
-    t, eij, eik, aptr, nptr, nedge = block_case(4, 8, 4, dtype=torch.float32)
+    t, _eij, eik, aptr, nptr, _nedge = block_case(4, 8, 4, dtype=torch.float32)
     before = torch.get_num_threads()
     try:
         res = []
@@ -193,7 +194,7 @@ def test_angle_block_same_result_for_any_thread_count() -> None:
     finally:
         torch.set_num_threads(before)
     for other in res[1:]:
-        for x, y in zip(res[0], other):
+        for x, y in zip(res[0], other, strict=True):
             assert torch.equal(x, y)
 
 

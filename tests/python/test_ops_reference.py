@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from exchange_reference import (
     COMM_KEYS,
     border_exchange_reference,
@@ -59,7 +58,8 @@ def test_backward_is_index_add_with_zero_ghosts() -> None:
 def test_gradcheck_and_double_backward() -> None:
     cd = self_swap_comm_dict(random_mapping(4, 9, seed=1), 4, n_swaps=3)
     g = torch.randn(13, 2, dtype=torch.float64, requires_grad=True)
-    fn = lambda x: border_exchange_reference(x, *comm_args(cd))
+    def fn(x):
+        return border_exchange_reference(x, *comm_args(cd))
     assert torch.autograd.gradcheck(fn, (g,))
     assert torch.autograd.gradgradcheck(fn, (g,))
 

@@ -6,10 +6,9 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib  # noqa: F401  (a test dependency installed by scripts/setup.sh)
 import numpy as np
 import pytest
-
-import matplotlib  # noqa: E402,F401  (a test dependency installed by scripts/setup.sh)
 
 from dpa3.cli.main import main
 from dpa3.plot import (

@@ -95,7 +95,8 @@ def test_neighbor_counts_match_brute_force():
     frames = [brute_counts(s.coord[f], s.box[f], 6.0, s.atype[f], 3) for f in range(s.nframes)]
     st = neighbor_stat([s], 6.0, 3)
     assert st.max_nbor_size == max(int(c.sum(axis=1).max()) for c, _ in frames)
-    np.testing.assert_array_equal(st.max_nbor_size_per_type, np.max([c.max(0) for c, _ in frames], 0))
+    per_type_max = np.max([c.max(0) for c, _ in frames], axis=0)
+    np.testing.assert_array_equal(st.max_nbor_size_per_type, per_type_max)
     assert st.min_nbor_dist == pytest.approx(min(d for _, d in frames), rel=1e-12)
 
 

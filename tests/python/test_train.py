@@ -393,7 +393,7 @@ def test_training_sorts_the_neighbour_list_once(tmp_path, monkeypatch):
     calls = []
     real = model_module.format_nlist
     monkeypatch.setattr(
-        model_module, "format_nlist", lambda *a: calls.append(1) or real(*a)  # noqa: B023
+        model_module, "format_nlist", lambda *a: calls.append(1) or real(*a)
     )
     t.train_step(0)
     assert calls == []
@@ -447,7 +447,7 @@ def test_virial_loss_on_alloy_data(tmp_path, monkeypatch):
     d = tiny_input([alloy], ("Cu", "Al", "Ni"), steps=1)
     d["loss"].update(start_pref_v=0.02, limit_pref_v=1)
     t = Trainer(d, skip_neighbor_stat=True)
-    loss, metrics, _ = t.train_step(0)
+    _loss, metrics, _ = t.train_step(0)
     assert list(metrics) == ["rmse", "rmse_e", "rmse_f", "rmse_v"]
     assert math.isfinite(metrics["rmse_v"]) and metrics["rmse_v"] > 0
 

@@ -7,7 +7,7 @@ Defaults are DeePMD-kit's *schema* defaults (``deepmd/utils/argcheck.py``), whic
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ._base import ConfigError, Section, parse_activation, parse_precision
 
@@ -283,7 +283,7 @@ class FittingConfig:
     trainable: bool = True
     seed: int | None = None
 
-    ALIASES = {"n_neuron": "neuron"}
+    ALIASES: ClassVar[dict[str, str]] = {"n_neuron": "neuron"}
 
     @staticmethod
     def parse(sec: Section) -> FittingConfig:

@@ -125,7 +125,8 @@ class LearningRateConfig:
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LossConfig:
-    """``loss`` of type ``ener`` (docs/dpa3-spec.md §5.1); a term is active iff both prefactors are non-zero."""
+    """``loss`` of type ``ener`` (docs/dpa3-spec.md §5.1); a term is active iff both prefactors
+    are non-zero."""
 
     start_pref_e: float = 0.02
     limit_pref_e: float = 1.0

@@ -22,6 +22,7 @@ import torch
 from ..config.train import BatchSizeRule, DataConfig
 from .system import DataError, System, find_systems, load_systems
 
+
 @dataclass
 class Batch:
     """Frames of one system, as torch tensors.

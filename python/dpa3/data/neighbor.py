@@ -27,6 +27,7 @@ Units are Å throughout; positions are float64.  Cell rows are the lattice vecto
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -314,7 +315,7 @@ def _iter_pairs(
     # Per-coordinate columns: 1-D gathers are several times faster than row gathers.
     cols = np.ascontiguousarray(cand.T)
     rcut2 = rcut * rcut
-    for i0, i1 in zip(bounds[:-1], bounds[1:], strict=True):
+    for i0, i1 in itertools.pairwise(bounds):
         ln = length[i0:i1].ravel()
         total = int(ln.sum())
         nrange = length.shape[1]
@@ -366,7 +367,8 @@ def build_neighbor_data(
     Raises
     ------
     DataError
-        (a ValueError) Non-finite positions or cell, a degenerate cell, or two atoms (or an atom and an image)
+        (a ValueError) Non-finite positions or cell, a degenerate cell, or two atoms (or an
+        atom and an image)
         closer than :data:`MIN_DISTANCE` (the message names both atoms, 0-based).
 
     Returns

@@ -1,4 +1,5 @@
-"""Data statistics: per-type energy bias (docs/dpa3-spec.md §4.2) and neighbour counts (``e_sel: "auto"``).
+"""Data statistics: per-type energy bias (docs/dpa3-spec.md §4.2) and neighbour counts
+(``e_sel: "auto"``).
 
 The energy bias solves ``min_b sum_f (E_f - sum_t c_ft b_t)^2`` with ``numpy.linalg.lstsq``
 (``rcond=None``), ``c_ft`` being the number of atoms of type ``t`` in frame ``f``; types absent

@@ -119,7 +119,7 @@ def find_systems(
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001 - report which file is broken
+    except Exception as err:  # report which file is broken
         raise DataError(f"cannot read '{path}': {err}") from err
 
 

@@ -232,8 +232,9 @@ class EnergyModel(nn.Module):
 
         ``ext_coord [nf,nall,3]``, ``atype [nf,nloc]``, ``mapping [nf,nall]``, and
         ``nlist [nf,nloc,sel]`` already formatted (sorted by distance, cut at ``rcut``), as
-        :func:`dpa3.data.neighbor.build_neighbor_batch` builds it: it is not sorted again.  Returns ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``,
-        ``force [nf,nloc,3]``, ``virial [nf,9]`` and optionally ``atom_virial [nf,nloc,9]``.
+        :func:`dpa3.data.neighbor.build_neighbor_batch` builds it: it is not sorted again.
+        Returns ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``, ``force [nf,nloc,3]``,
+        ``virial [nf,9]`` and optionally ``atom_virial [nf,nloc,9]``.
         """
         nf, nloc = atype.shape
         ext_atype = torch.gather(atype, 1, mapping)

@@ -181,7 +181,8 @@ class RepFlowLayer(nn.Module):
         return edge_sum(per_edge, vk, torch.matmul(a, w[: self.a_dim]), None, a_eij, a_eik)
 
     def _compressed(self, n: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages (docs/dpa3-spec.md §2.5)."""
+        """Views ``n~ [Nn, nc_dim]``, ``e~ [E, ec_dim]`` used by the angle messages
+        (docs/dpa3-spec.md §2.5)."""
         cn = self.a_compress_n_linear
         ce = self.a_compress_e_linear
         if cn is not None and ce is not None:
@@ -191,7 +192,8 @@ class RepFlowLayer(nn.Module):
         return n, e
 
     def _finish_edges(self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor) -> torch.Tensor:
-        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]`` (docs/dpa3-spec.md §2.3.6)."""
+        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]``
+        (docs/dpa3-spec.md §2.3.6)."""
         lin2 = self.edge_angle_linear2
         assert lin2 is not None
         if not self.smooth_edge_update:

@@ -124,7 +124,7 @@ def load_checkpoint(
     p = resolve_checkpoint(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - name the file in the message
+    except Exception as err:  # name the file in the message
         raise CheckpointError(f"cannot read checkpoint '{p}': {err}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

@@ -123,7 +123,7 @@ class DistContext:
         if self.is_main:
             try:
                 result = fn()
-            except Exception as err:  # noqa: BLE001 - forwarded to every rank below
+            except Exception as err:  # forwarded to every rank below
                 error = err
         ok, payload = self.broadcast_object(
             (error is None, result if error is None else _picklable(error))
@@ -208,7 +208,7 @@ def _picklable(err: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(err))
         return err
-    except Exception:  # noqa: BLE001
+    except Exception:
         return RuntimeError(f"{type(err).__name__}: {err}")
 
 

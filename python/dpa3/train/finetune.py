@@ -141,7 +141,7 @@ def refit_bias_delta(
     for per_sys, per_pred in zip(batches, preds, strict=True):
         rb = []
         for b, p in zip(per_sys, per_pred, strict=True):
-            r = Batch(**{**b.__dict__})
+            r = Batch(**b.__dict__)
             r.energy = b.energy - torch.from_numpy(p).reshape(-1, 1)
             rb.append(r)
         resid_batches.append(rb)
