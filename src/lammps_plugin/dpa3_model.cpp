@@ -5,6 +5,7 @@
 
 #include "dpa3_model.h"
 
+#include "comm_keys.h"    // src/ops/exchange: the comm_dict keys, shared with the op library
 #include "dpa3_neighbor.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -254,16 +255,20 @@ void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> 
   auto wrap32 = [&](const std::vector<int32_t> &v) {
     return torch::from_blob(const_cast<int32_t *>(v.data()), {(int64_t) v.size()}, i32).clone();
   };
-  c10::Dict<std::string, at::Tensor> d;
-  d.insert("send_idx", wrap32(sched.send_idx).to(impl->device));
+  using dpa3::comm_key;
+  at::Tensor t[dpa3::NUM_COMM_KEYS];
+  t[comm_key("send_idx")] = wrap32(sched.send_idx).to(impl->device);
   auto *off = const_cast<int64_t *>(sched.send_off.data());
-  d.insert("send_off", torch::from_blob(off, {nswap + 1}, i64).clone());
-  d.insert("send_num", wrap32(sched.send_num));
-  d.insert("recv_num", wrap32(sched.recv_num));
-  d.insert("send_proc", wrap32(sched.send_proc));
-  d.insert("recv_proc", wrap32(sched.recv_proc));
-  d.insert("comm", torch::full({1}, comm, i64));
-  d.insert("rank", torch::full({1}, rank, i32));
+  t[comm_key("send_off")] = torch::from_blob(off, {nswap + 1}, i64).clone();
+  t[comm_key("send_num")] = wrap32(sched.send_num);
+  t[comm_key("recv_num")] = wrap32(sched.recv_num);
+  t[comm_key("send_proc")] = wrap32(sched.send_proc);
+  t[comm_key("recv_proc")] = wrap32(sched.recv_proc);
+  t[comm_key("comm")] = torch::full({1}, comm, i64);
+  t[comm_key("rank")] = torch::full({1}, rank, i32);
+  // every key, in COMM_KEYS order (the model looks them up by name)
+  c10::Dict<std::string, at::Tensor> d;
+  for (int k = 0; k < dpa3::NUM_COMM_KEYS; ++k) d.insert(std::string(dpa3::COMM_KEYS[k]), t[k]);
   impl->comm_dict = d;
   impl->nlist = torch::from_blob(const_cast<int64_t *>(nlist.data()), {1, nloc, nnei}, i64)
                     .clone()
@@ -334,16 +339,9 @@ std::vector<double> Dpa3Model::exchange(const std::vector<double> &g, int nall, 
                        .clone()
                        .to(impl->device);
     auto op = c10::Dispatcher::singleton().findSchemaOrThrow(OP_NAME, "");
-    const auto &d = impl->comm_dict;
-    torch::jit::Stack stack{x,
-                            d.at("send_idx"),
-                            d.at("send_off"),
-                            d.at("send_num"),
-                            d.at("recv_num"),
-                            d.at("send_proc"),
-                            d.at("recv_proc"),
-                            d.at("comm"),
-                            d.at("rank")};
+    // the op's arguments: g, then the schedule in COMM_KEYS order
+    torch::jit::Stack stack{x};
+    for (const auto key : dpa3::COMM_KEYS) stack.emplace_back(impl->comm_dict.at(std::string(key)));
     op.callBoxed(&stack);
     at::Tensor y = stack.at(0).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
     return {y.data_ptr<double>(), y.data_ptr<double>() + y.numel()};

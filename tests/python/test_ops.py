@@ -100,6 +100,17 @@ def test_every_registered_op_is_listed_in_the_docs() -> None:
         assert not missing, f"{where} does not name the op(s) {missing}"
 
 
+def test_comm_keys_agree_between_python_and_cpp() -> None:
+    """One comm_dict contract: Python's COMM_KEYS is, in order, the C++ list (comm_keys.h, which
+    the LAMMPS plugin builds its dict from) and the schedule arguments of the exchange ops."""
+    from dpa3.model.exchange import COMM_KEYS
+
+    assert list(torch.ops.dpa3.comm_keys()) == list(COMM_KEYS)
+    for name in ("border_exchange", "border_exchange_backward"):
+        schema = getattr(torch.ops.dpa3, name).default._schema
+        assert [a.name for a in schema.arguments][1:] == list(COMM_KEYS), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_chain_forward_and_backward(dtype: torch.dtype) -> None:
     cd = schedule(CHAIN)
