@@ -53,10 +53,7 @@ std::string what(const std::exception &e)
   return first_lines(e.what());
 }
 
-bool ops_registered()
-{
-  return c10::Dispatcher::singleton().findSchema({OP_NAME, ""}).has_value();
-}
+bool ops_registered() { return c10::Dispatcher::singleton().findSchema({OP_NAME, ""}).has_value(); }
 
 std::string own_directory()
 {
@@ -201,8 +198,7 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
     for (const auto &v : impl->module.run_method("get_type_map").toList())
       impl->type_map.push_back(v.get().toStringRef());
     impl->num_layers = static_cast<int>(impl->module.run_method("get_num_layers").toInt());
-    impl->exchange_width =
-        static_cast<int>(impl->module.run_method("get_exchange_width").toInt());
+    impl->exchange_width = static_cast<int>(impl->module.run_method("get_exchange_width").toInt());
     impl->message_passing = impl->module.run_method("has_message_passing").toBool();
   } catch (const std::exception &e) {
     throw std::runtime_error("model '" + path + "': calling its getters failed: " + what(e));
@@ -227,10 +223,7 @@ void Dpa3Model::set_num_threads(int n)
   if (n > 0) at::set_num_threads(n);
 }
 
-int Dpa3Model::cuda_device_count()
-{
-  return static_cast<int>(torch::cuda::device_count());
-}
+int Dpa3Model::cuda_device_count() { return static_cast<int>(torch::cuda::device_count()); }
 
 std::string Dpa3Model::exchange_mode(int64_t comm) const
 {

@@ -54,11 +54,10 @@ constexpr int VIRIAL_ORDER[9] = {0, 4, 8, 3, 6, 7, 1, 2, 5};
 
 PairDPA3::PairDPA3(LAMMPS *lmp) :
     Pair(lmp), device("auto"), run_device("cpu"), mode_logged(false), check_flag(false),
-    check_logged(false), coeff_positional(false),
-    ener_unit(1.0), dist_unit(1.0), comm_dup_done(false), comm_handle(0), dup_comm(nullptr),
-    cap(std::make_unique<Dpa3Capture>()), nloc_model(0), nall_model(0), have_graph(false),
-    cached_nlocal(-1), cached_nghost(-1), cached_ncalls(-1), cached_lastcall(-1),
-    cached_list(nullptr)
+    check_logged(false), coeff_positional(false), ener_unit(1.0), dist_unit(1.0),
+    comm_dup_done(false), comm_handle(0), dup_comm(nullptr), cap(std::make_unique<Dpa3Capture>()),
+    nloc_model(0), nall_model(0), have_graph(false), cached_nlocal(-1), cached_nghost(-1),
+    cached_ncalls(-1), cached_lastcall(-1), cached_list(nullptr)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -147,10 +146,7 @@ void PairDPA3::init_style()
   have_graph = false;
 }
 
-double PairDPA3::init_one(int, int)
-{
-  return model->rcut() * dist_unit;
-}
+double PairDPA3::init_one(int, int) { return model->rcut() * dist_unit; }
 
 /* ---------------------------------------------------------------------- */
 
@@ -241,16 +237,14 @@ void PairDPA3::capture_schedule()
   int minmax[2] = {cap->nswap(), -cap->nswap()}, global[2];
   MPI_Allreduce(minmax, global, 2, MPI_INT, MPI_MIN, world);
   if (global[0] != -global[1])
-    error->all(FLERR,
-               "pair_style dpa3: ranks replayed different numbers of swaps ({} to {})",
+    error->all(FLERR, "pair_style dpa3: ranks replayed different numbers of swaps ({} to {})",
                global[0], -global[1]);
 
   dpa3_resolve_peers(*cap);
   const std::string problem = dpa3_check_capture(*cap, atom->nlocal, atom->nghost);
   if (!problem.empty())
-    error->one(FLERR,
-               "pair_style dpa3: unexpected halo exchange schedule on rank {}: {}",
-               comm->me, problem);
+    error->one(FLERR, "pair_style dpa3: unexpected halo exchange schedule on rank {}: {}", comm->me,
+               problem);
 }
 
 int PairDPA3::pack_forward_comm(int n, int *list, double *buf, int, int *)
@@ -330,8 +324,7 @@ void PairDPA3::check_exchange()
   }
   for (int k = 0; k < nall_model; k++)
     if (y[k] != static_cast<double>(tag[bkw_map[k]]))
-      error->one(FLERR,
-                 "pair_style dpa3 check: atom {} (ID {}) received ID {} from the exchange",
+      error->one(FLERR, "pair_style dpa3 check: atom {} (ID {}) received ID {} from the exchange",
                  bkw_map[k], tag[bkw_map[k]], y[k]);
   if (comm->me == 0 && !check_logged)
     utils::logmesg(lmp, "dpa3: exchange check passed ({} swaps)\n", cap->nswap());

@@ -47,15 +47,12 @@ const c10::TypedOperatorHandle<ExchangeSig> &exchange_op(bool backward)
 // the schedule arguments of the ops after g, in COMM_KEYS order
 static_assert(NUM_COMM_KEYS == 8, "the exchange ops take g and 8 schedule tensors");
 
-std::vector<std::string> comm_keys()
-{
-  return {COMM_KEYS.begin(), COMM_KEYS.end()};
-}
+std::vector<std::string> comm_keys() { return {COMM_KEYS.begin(), COMM_KEYS.end()}; }
 
 // Self: the CRTP class (its name shows up as grad_fn); Transposed = false: y = B g (forward
 // op), true: y = B^T g (backward op).
-template <class Self, bool Transposed> class ExchangeFunction :
-    public torch::autograd::Function<Self> {
+template <class Self, bool Transposed>
+class ExchangeFunction : public torch::autograd::Function<Self> {
  public:
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &g, const at::Tensor &send_idx,
                             const at::Tensor &send_off, const at::Tensor &send_num,
