@@ -104,17 +104,17 @@ lib="$("$vpy" -c 'from dpa3 import _ops; print(_ops.library_path() or "")')"
 [ -n "$lib" ] || fail "libdpa3_ops.so is not installed"
 # nvcc embeds the device code of every .cu file as a fat binary in section .nv_fatbin; a build
 # that compiled none of them has none, and nothing would need libcudart.
-ncu="$(find "$here/src/ops" -maxdepth 1 -name '*.cu' | wc -l)"
+ncu="$(find "$here/src/ops/kernels" -maxdepth 1 -name '*.cu' | wc -l)"
 if [ "$ncu" -gt 0 ]; then
   sections="$(readelf -S -W "$lib")"
   dynamic="$(readelf -d "$lib")"
   grep -q '\.nv_fatbin' <<<"$sections" ||
-    fail "$lib holds no CUDA device code (.nv_fatbin) although src/ops has $ncu .cu file(s)"
+    fail "$lib holds no CUDA device code (.nv_fatbin) although src/ops/kernels has $ncu .cu file(s)"
   grep -q 'NEEDED.*libcudart' <<<"$dynamic" || fail "$lib does not link libcudart"
   log "$lib: device code of $ncu .cu file(s) (.nv_fatbin), links" \
     "$(grep -o 'libcudart[^]]*' <<<"$dynamic")"
 else
-  log "WARNING: src/ops has no .cu file: no device code to check"
+  log "WARNING: src/ops/kernels has no .cu file: no device code to check"
 fi
 plugin="$("$vpy" -c 'from dpa3.lammps import plugin_path; print(plugin_path() or "")')"
 [ -n "$plugin" ] || fail "the LAMMPS plugin was not built"

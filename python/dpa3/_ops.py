@@ -16,7 +16,10 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   too (see :func:`generic_kernels`);
 - ``exchange_mode(comm, device) -> str``: how ``border_exchange`` moves features on ``device``
   between the ranks of ``comm``: ``"cpu"``, ``"cuda-aware"``, ``"staged"``, ``"host-routed
-  (...)"`` or ``"local (...)"`` (``docs/internals.md``, "The exchange on GPUs").
+  (...)"`` or ``"local (...)"`` (``docs/internals.md``, "The exchange on GPUs");
+- ``comm_keys() -> list[str]``: the ``comm_dict`` keys in the op's argument order, as the C++
+  side (``src/ops/exchange/comm_keys.h``, used by the LAMMPS plugin) defines them; equal to
+  :data:`dpa3.model.exchange.COMM_KEYS` (tested).
 
 This module is the only place in the package that names ``torch.ops.dpa3``: it loads the library
 and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,

@@ -5,6 +5,7 @@
 
 #include "dpa3_model.h"
 
+#include "comm_keys.h"    // src/ops/exchange: the comm_dict keys, shared with the op library
 #include "dpa3_neighbor.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -52,10 +53,7 @@ std::string what(const std::exception &e)
   return first_lines(e.what());
 }
 
-bool ops_registered()
-{
-  return c10::Dispatcher::singleton().findSchema({OP_NAME, ""}).has_value();
-}
+bool ops_registered() { return c10::Dispatcher::singleton().findSchema({OP_NAME, ""}).has_value(); }
 
 std::string own_directory()
 {
@@ -200,8 +198,7 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
     for (const auto &v : impl->module.run_method("get_type_map").toList())
       impl->type_map.push_back(v.get().toStringRef());
     impl->num_layers = static_cast<int>(impl->module.run_method("get_num_layers").toInt());
-    impl->exchange_width =
-        static_cast<int>(impl->module.run_method("get_exchange_width").toInt());
+    impl->exchange_width = static_cast<int>(impl->module.run_method("get_exchange_width").toInt());
     impl->message_passing = impl->module.run_method("has_message_passing").toBool();
   } catch (const std::exception &e) {
     throw std::runtime_error("model '" + path + "': calling its getters failed: " + what(e));
@@ -226,10 +223,7 @@ void Dpa3Model::set_num_threads(int n)
   if (n > 0) at::set_num_threads(n);
 }
 
-int Dpa3Model::cuda_device_count()
-{
-  return static_cast<int>(torch::cuda::device_count());
-}
+int Dpa3Model::cuda_device_count() { return static_cast<int>(torch::cuda::device_count()); }
 
 std::string Dpa3Model::exchange_mode(int64_t comm) const
 {
@@ -254,16 +248,20 @@ void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> 
   auto wrap32 = [&](const std::vector<int32_t> &v) {
     return torch::from_blob(const_cast<int32_t *>(v.data()), {(int64_t) v.size()}, i32).clone();
   };
-  c10::Dict<std::string, at::Tensor> d;
-  d.insert("send_idx", wrap32(sched.send_idx).to(impl->device));
+  using dpa3::comm_key;
+  at::Tensor t[dpa3::NUM_COMM_KEYS];
+  t[comm_key("send_idx")] = wrap32(sched.send_idx).to(impl->device);
   auto *off = const_cast<int64_t *>(sched.send_off.data());
-  d.insert("send_off", torch::from_blob(off, {nswap + 1}, i64).clone());
-  d.insert("send_num", wrap32(sched.send_num));
-  d.insert("recv_num", wrap32(sched.recv_num));
-  d.insert("send_proc", wrap32(sched.send_proc));
-  d.insert("recv_proc", wrap32(sched.recv_proc));
-  d.insert("comm", torch::full({1}, comm, i64));
-  d.insert("rank", torch::full({1}, rank, i32));
+  t[comm_key("send_off")] = torch::from_blob(off, {nswap + 1}, i64).clone();
+  t[comm_key("send_num")] = wrap32(sched.send_num);
+  t[comm_key("recv_num")] = wrap32(sched.recv_num);
+  t[comm_key("send_proc")] = wrap32(sched.send_proc);
+  t[comm_key("recv_proc")] = wrap32(sched.recv_proc);
+  t[comm_key("comm")] = torch::full({1}, comm, i64);
+  t[comm_key("rank")] = torch::full({1}, rank, i32);
+  // every key, in COMM_KEYS order (the model looks them up by name)
+  c10::Dict<std::string, at::Tensor> d;
+  for (int k = 0; k < dpa3::NUM_COMM_KEYS; ++k) d.insert(std::string(dpa3::COMM_KEYS[k]), t[k]);
   impl->comm_dict = d;
   impl->nlist = torch::from_blob(const_cast<int64_t *>(nlist.data()), {1, nloc, nnei}, i64)
                     .clone()
@@ -334,16 +332,9 @@ std::vector<double> Dpa3Model::exchange(const std::vector<double> &g, int nall, 
                        .clone()
                        .to(impl->device);
     auto op = c10::Dispatcher::singleton().findSchemaOrThrow(OP_NAME, "");
-    const auto &d = impl->comm_dict;
-    torch::jit::Stack stack{x,
-                            d.at("send_idx"),
-                            d.at("send_off"),
-                            d.at("send_num"),
-                            d.at("recv_num"),
-                            d.at("send_proc"),
-                            d.at("recv_proc"),
-                            d.at("comm"),
-                            d.at("rank")};
+    // the op's arguments: g, then the schedule in COMM_KEYS order
+    torch::jit::Stack stack{x};
+    for (const auto key : dpa3::COMM_KEYS) stack.emplace_back(impl->comm_dict.at(std::string(key)));
     op.callBoxed(&stack);
     at::Tensor y = stack.at(0).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
     return {y.data_ptr<double>(), y.data_ptr<double>() + y.numel()};

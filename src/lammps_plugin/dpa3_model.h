@@ -21,11 +21,11 @@ struct Dpa3Schedule;
 
 // Outputs of one evaluation, in the model's units (eV, Angstrom), model indexing.
 struct Dpa3Result {
-  double energy = 0.0;               // sum of the local atomic energies
-  double virial[9] = {0.0};          // row-major 3x3, sum over local + ghost atoms
-  std::vector<double> force;         // [nall * 3], ghosts included
-  std::vector<double> atom_energy;   // [nloc]
-  std::vector<double> atom_virial;   // [nall * 9], only when requested
+  double energy = 0.0;                // sum of the local atomic energies
+  double virial[9] = {0.0};           // row-major 3x3, sum over local + ghost atoms
+  std::vector<double> force;          // [nall * 3], ghosts included
+  std::vector<double> atom_energy;    // [nloc]
+  std::vector<double> atom_virial;    // [nall * 9], only when requested
 };
 
 class Dpa3Model {
@@ -57,8 +57,8 @@ class Dpa3Model {
 
   // Uploads the per-re-neighbouring state: the exchange schedule (model indexing),
   // the padded neighbour matrix [nloc * nnei], the communicator handle and this rank.
-  void set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc,
-                 int nnei, int64_t comm, int rank);
+  void set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc, int nnei,
+                 int64_t comm, int rank);
 
   // Evaluates the model on coord [nall * 3] (Angstrom) and atype [nall].
   void compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,

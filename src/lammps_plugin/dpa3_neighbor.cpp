@@ -43,8 +43,7 @@ std::string LAMMPS_NS::dpa3_check_capture(const Dpa3Capture &cap, int nlocal, in
         return "swap " + std::to_string(s) + " sends atom index " + std::to_string(idx) +
             " which does not exist yet (only " + std::to_string(expect) + " atoms)";
     }
-    if (cap.sendproc[s] == cap.me && cap.recvproc[s] == cap.me &&
-        cap.sendnum[s] != cap.recvnum[s])
+    if (cap.sendproc[s] == cap.me && cap.recvproc[s] == cap.me && cap.sendnum[s] != cap.recvnum[s])
       return "self swap " + std::to_string(s) + " sends " + std::to_string(cap.sendnum[s]) +
           " atoms but receives " + std::to_string(cap.recvnum[s]);
     expect += cap.recvnum[s];
@@ -95,9 +94,8 @@ void LAMMPS_NS::dpa3_remap_schedule(const Dpa3Capture &cap, const std::vector<in
 }
 
 int LAMMPS_NS::dpa3_build_nlist(int inum, const int *ilist, const int *numneigh,
-                                int *const *firstneigh, int nlocal,
-                                const std::vector<int> &fwd_map, int nloc_model,
-                                std::vector<int64_t> &nlist)
+                                int *const *firstneigh, int nlocal, const std::vector<int> &fwd_map,
+                                int nloc_model, std::vector<int64_t> &nlist)
 {
   int nnei = 1;
   for (int ii = 0; ii < inum; ii++) {

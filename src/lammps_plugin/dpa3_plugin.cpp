@@ -46,10 +46,7 @@ void lammpsplugin_init(void *lmp, void *handle, void *regfunc);
 #define DPA3_LAMMPS_GIT_DESCRIPTOR ""
 #endif
 
-static Pair *dpa3_creator(LAMMPS *lmp)
-{
-  return new PairDPA3(lmp);
-}
+static Pair *dpa3_creator(LAMMPS *lmp) { return new PairDPA3(lmp); }
 
 extern "C" void lammpsplugin_init(void *lmp_ptr, void *handle, void *regfunc)
 {
@@ -58,8 +55,7 @@ extern "C" void lammpsplugin_init(void *lmp_ptr, void *handle, void *regfunc)
   // Class layouts differ between LAMMPS updates that share a version date, so compare
   // the git descriptor too and refuse to run inside a LAMMPS the plugin was not built for.
   const char *built = DPA3_LAMMPS_GIT_DESCRIPTOR;
-  if (built[0] != '\0' && LAMMPS::has_git_info() &&
-      strcmp(built, LAMMPS::git_descriptor()) != 0)
+  if (built[0] != '\0' && LAMMPS::has_git_info() && strcmp(built, LAMMPS::git_descriptor()) != 0)
     lmp->error->all(FLERR,
                     "The dpa3 plugin was built for LAMMPS {} but runs in LAMMPS {}: rebuild "
                     "it against this LAMMPS",

@@ -56,15 +56,15 @@ class PairDPA3 : public Pair {
   void check_exchange();
 
   std::string model_file;
-  std::string device;      // keyword value: "auto", "cpu" or "cuda"
-  std::string run_device;  // what auto resolved to: "cpu" or "cuda"
-  bool mode_logged;        // exchange mode printed (cuda on several ranks)
-  bool check_flag;         // push atom tags through the exchange op at each rebuild
+  std::string device;        // keyword value: "auto", "cpu" or "cuda"
+  std::string run_device;    // what auto resolved to: "cpu" or "cuda"
+  bool mode_logged;          // exchange mode printed (cuda on several ranks)
+  bool check_flag;           // push atom tags through the exchange op at each rebuild
   bool check_logged;
   std::unique_ptr<Dpa3Model> model;
 
   std::vector<std::string> coeff_names;    // element per LAMMPS type (1-based); "NULL" = ignored
-  bool coeff_positional;                    // pair_coeff * * without names
+  bool coeff_positional;                   // pair_coeff * * without names
   std::vector<int> type_map;               // LAMMPS type -> model type, -1 = NULL
 
   // unit conversion from the model's eV / Angstrom
@@ -77,8 +77,8 @@ class PairDPA3 : public Pair {
 
   // per re-neighbouring state
   std::unique_ptr<Dpa3Capture> cap;
-  std::vector<int> fwd_map;     // LAMMPS index -> model index, -1 for NULL-type atoms
-  std::vector<int> bkw_map;     // model index -> LAMMPS index
+  std::vector<int> fwd_map;    // LAMMPS index -> model index, -1 for NULL-type atoms
+  std::vector<int> bkw_map;    // model index -> LAMMPS index
   int nloc_model, nall_model;
   bool have_graph;
   int cached_nlocal, cached_nghost;

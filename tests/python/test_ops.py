@@ -100,6 +100,17 @@ def test_every_registered_op_is_listed_in_the_docs() -> None:
         assert not missing, f"{where} does not name the op(s) {missing}"
 
 
+def test_comm_keys_agree_between_python_and_cpp() -> None:
+    """One comm_dict contract: Python's COMM_KEYS is, in order, the C++ list (comm_keys.h, which
+    the LAMMPS plugin builds its dict from) and the schedule arguments of the exchange ops."""
+    from dpa3._ops import COMM_KEYS
+
+    assert list(torch.ops.dpa3.comm_keys()) == list(COMM_KEYS)
+    for name in ("border_exchange", "border_exchange_backward"):
+        schema = getattr(torch.ops.dpa3, name).default._schema
+        assert [a.name for a in schema.arguments][1:] == list(COMM_KEYS), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_chain_forward_and_backward(dtype: torch.dtype) -> None:
     cd = schedule(CHAIN)
@@ -384,14 +395,6 @@ def test_load_error_diagnosis(tmp_path) -> None:
     assert "built against torch 0.0.1" in msg and "--no-build-isolation" in msg
     msg = _ops._diagnose(lib, OSError("libmpi.so.12: cannot open shared object file"))
     assert "pip install mpich" in msg
-
-
-def test_comm_keys_are_the_op_schema_order():
-    """COMM_KEYS (the one Python definition) names the op's arguments after ``g``, in order."""
-    schema = torch.ops.dpa3.border_exchange.default._schema
-    names = [arg.name for arg in schema.arguments]
-    assert names[0] == "g"
-    assert names[1:] == list(_ops.COMM_KEYS)
 
 
 def test_border_exchange_wrapper_reads_comm_keys_in_order():

@@ -9,9 +9,14 @@
    dispatcher, so eager mode, TorchScript (torch.autograd.grad inside a
    scripted method) and the C++ API differentiate through the exchange.
    They also decide where device features are exchanged (route_through_host).
+
+   This file holds the TORCH_LIBRARY(dpa3) block (the namespace's one
+   definition: the exchange ops and comm_keys); the compute ops in
+   kernels/ add theirs with TORCH_LIBRARY_FRAGMENT.
 ------------------------------------------------------------------------- */
 
 #include "border_exchange.h"
+#include "comm_keys.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -39,13 +44,15 @@ const c10::TypedOperatorHandle<ExchangeSig> &exchange_op(bool backward)
   return backward ? bwd : fwd;
 }
 
-const char *const SCHEDULE_KEYS[8] = {"send_idx",  "send_off",  "send_num", "recv_num",
-                                      "send_proc", "recv_proc", "comm",     "rank"};
+// the schedule arguments of the ops after g, in COMM_KEYS order
+static_assert(NUM_COMM_KEYS == 8, "the exchange ops take g and 8 schedule tensors");
+
+std::vector<std::string> comm_keys() { return {COMM_KEYS.begin(), COMM_KEYS.end()}; }
 
 // Self: the CRTP class (its name shows up as grad_fn); Transposed = false: y = B g (forward
 // op), true: y = B^T g (backward op).
-template <class Self, bool Transposed> class ExchangeFunction :
-    public torch::autograd::Function<Self> {
+template <class Self, bool Transposed>
+class ExchangeFunction : public torch::autograd::Function<Self> {
  public:
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &g, const at::Tensor &send_idx,
                             const at::Tensor &send_off, const at::Tensor &send_num,
@@ -54,9 +61,9 @@ template <class Self, bool Transposed> class ExchangeFunction :
                             const at::Tensor &rank)
   {
     // the schedule is integer data and never differentiated: keep it, not its versions
-    const at::Tensor *sched[8] = {&send_idx,  &send_off,  &send_num, &recv_num,
-                                  &send_proc, &recv_proc, &comm,     &rank};
-    for (int k = 0; k < 8; ++k) ctx->saved_data[SCHEDULE_KEYS[k]] = *sched[k];
+    const at::Tensor *sched[NUM_COMM_KEYS] = {&send_idx,  &send_off,  &send_num, &recv_num,
+                                              &send_proc, &recv_proc, &comm,     &rank};
+    for (int k = 0; k < NUM_COMM_KEYS; ++k) ctx->saved_data[std::string(COMM_KEYS[k])] = *sched[k];
     at::AutoDispatchBelowADInplaceOrView guard;
     return exchange_op(Transposed)
         .call(g, send_idx, send_off, send_num, recv_num, send_proc, recv_proc, comm, rank);
@@ -67,8 +74,9 @@ template <class Self, bool Transposed> class ExchangeFunction :
     variable_list grads(9);
     const at::Tensor &gy = grad_out[0];
     if (!gy.defined()) return grads;
-    at::Tensor s[8];
-    for (int k = 0; k < 8; ++k) s[k] = ctx->saved_data[SCHEDULE_KEYS[k]].toTensor();
+    at::Tensor s[NUM_COMM_KEYS];
+    for (int k = 0; k < NUM_COMM_KEYS; ++k)
+      s[k] = ctx->saved_data[std::string(COMM_KEYS[k])].toTensor();
     // through the dispatcher, so that create_graph=True records the transposed op
     grads[0] = exchange_op(!Transposed).call(gy, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
     return grads;
@@ -112,6 +120,7 @@ TORCH_LIBRARY(dpa3, m)
   m.def("enable_mpi() -> bool", &dpa3::enable_mpi);
   m.def("allreduce_min(Tensor x, Tensor comm) -> Tensor", &dpa3::allreduce_min);
   m.def("exchange_mode(Tensor comm, Device device) -> str", &dpa3::exchange_mode);
+  m.def("comm_keys() -> str[]", &dpa3::comm_keys);
 }
 
 TORCH_LIBRARY_IMPL(dpa3, CPU, m)

@@ -36,7 +36,8 @@ at::Tensor cpu::segment_sum(const at::Tensor &y_, const at::Tensor &perm_, const
   auto sizes = y.sizes().vec();
   sizes[0] = nrows;
   at::Tensor out = at::empty(sizes, y.options());
-  const int64_t width = y.size(0) ? y.numel() / y.size(0) : (out.numel() / std::max<int64_t>(nrows, 1));
+  const int64_t width = y.size(0) ? y.numel() / y.size(0)
+                                  : (out.numel() / std::max<int64_t>(nrows, 1));
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_scatter_rows", [&] {
     const scalar_t *src = y.data_ptr<scalar_t>();
     scalar_t *dst = out.data_ptr<scalar_t>();

@@ -88,8 +88,8 @@ at::Tensor activate(const at::Tensor &x, int64_t act, double thr, at::Tensor *dy
 // the edge ij of every angle, from the CSR offsets aptr [E + 1]
 at::Tensor angle_edges(const AngleArgs &in)
 {
-  const at::Tensor counts = in.aptr.narrow(0, 1, in.aptr.numel() - 1) -
-                            in.aptr.narrow(0, 0, in.aptr.numel() - 1);
+  const at::Tensor counts =
+      in.aptr.narrow(0, 1, in.aptr.numel() - 1) - in.aptr.narrow(0, 0, in.aptr.numel() - 1);
   return at::repeat_interleave(counts, std::optional<int64_t>(in.a.size(0)));
 }
 
@@ -136,8 +136,7 @@ std::vector<at::Tensor> generic::angle_block_bwd(const AngleArgs &in, const at::
   if (da > 0 && in.alpha != 0.0) ga = ga + in.alpha * gaout;
   const at::Tensor gwa = need_wa ? in.a.t().mm(gpre) : at::empty({0}, opt);
   // beta has da entries (none when da == 0); empty when not asked for, as on the CPU
-  const at::Tensor gbeta =
-      need_beta ? (gaout * y.narrow(1, de, da)).sum(0) : at::empty({0}, opt);
+  const at::Tensor gbeta = need_beta ? (gaout * y.narrow(1, de, da)).sum(0) : at::empty({0}, opt);
   return {ga, gwa, gpe, gvk, gw, gbeta};
 }
 

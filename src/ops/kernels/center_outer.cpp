@@ -90,7 +90,7 @@ DPA3_INLINE void outer_g_body(T *op, const T *gp, const T *Gp, const int64_t *ix
   }
 }
 
-#define DPA3_OUTER_VERSIONS(T)                                                                   \
+#define DPA3_OUTER_VERSIONS(T)                                                                  \
   DPA3_MULTIVERSION void outer_sum_range(T *op, const T *hp, const T *gp, const int64_t *pm,    \
                                          const int64_t *off, int64_t r0, int64_t r1, int64_t k, \
                                          int64_t d)                                             \
@@ -115,7 +115,7 @@ DPA3_OUTER_VERSIONS(double)
 
 // CPU kernels of the primitives dpa3::_outer_sum (S [N, k, d]), _outer_h (Y) and _outer_g (Z)
 at::Tensor cpu::outer_sum(const at::Tensor &h_, const at::Tensor &g_, const at::Tensor &perm_,
-                            const at::Tensor &ptr_)
+                          const at::Tensor &ptr_)
 {
   const at::Tensor h = h_.contiguous(), g = g_.contiguous(), perm = perm_.contiguous(),
                    ptr = ptr_.contiguous();

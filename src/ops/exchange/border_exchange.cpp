@@ -61,8 +61,7 @@ std::vector<int64_t> host_ints(const at::Tensor &t, const char *opname, const ch
   return std::vector<int64_t>(p, p + c.numel());
 }
 
-template <typename T>
-void check_indices(const T *idx, const Schedule &S, const char *opname)
+template <typename T> void check_indices(const T *idx, const Schedule &S, const char *opname)
 {
   for (int64_t s = 0; s < S.nswap; ++s) {
     const int64_t limit = S.recv_first[s];
@@ -121,8 +120,9 @@ Schedule read_schedule(const char *opname, const at::Tensor &g, const at::Tensor
     }
     nghost += S.recv_num[s];
   }
-  TORCH_CHECK(S.send_off[S.nswap] == send_idx.numel(), opname, ": send_off[nswap] = ",
-              S.send_off[S.nswap], " but send_idx has ", send_idx.numel(), " entries");
+  TORCH_CHECK(S.send_off[S.nswap] == send_idx.numel(), opname,
+              ": send_off[nswap] = ", S.send_off[S.nswap], " but send_idx has ", send_idx.numel(),
+              " entries");
   TORCH_CHECK(nghost <= S.nall, opname, ": the swaps receive ", nghost,
               " ghost rows but the features have only ", S.nall, " rows");
   S.nloc = S.nall - nghost;
@@ -275,8 +275,8 @@ at::Tensor border_exchange_backward_kernel(const at::Tensor &grad, const at::Ten
       } else {
         if (ns > 0) received = at::empty({ns, S.width}, rows.options());
         swap_rows(c, block, nr, static_cast<int>(S.recv_proc[s]), received, ns,
-                  static_cast<int>(S.send_proc[s]), S.width,
-                  static_cast<int>(s + TAG_BACKWARD), gb.device(), gb.scalar_type(), BWD_NAME);
+                  static_cast<int>(S.send_proc[s]), S.width, static_cast<int>(s + TAG_BACKWARD),
+                  gb.device(), gb.scalar_type(), BWD_NAME);
       }
       // repeated indices accumulate
       if (ns > 0) rows.index_add_(0, send_idx.narrow(0, S.send_off[s], ns), received);
@@ -299,8 +299,7 @@ at::Tensor border_exchange_meta(const at::Tensor &g, const at::Tensor &send_idx,
 }
 
 bool route_through_host(const at::Tensor &g, const at::Tensor &send_proc,
-                        const at::Tensor &recv_proc, const at::Tensor &comm,
-                        const at::Tensor &rank)
+                        const at::Tensor &recv_proc, const at::Tensor &comm, const at::Tensor &rank)
 {
   if (!g.defined() || g.device().is_cpu()) return false;
   if (host_ints(comm, FWD_NAME, "comm", 1)[0] == 0) return false;    // no MPI at all
@@ -345,9 +344,6 @@ at::Tensor allreduce_min(const at::Tensor &x, const at::Tensor &comm)
   return out.to(x.device());
 }
 
-bool enable_mpi()
-{
-  return Communicator::compiled_with_mpi();
-}
+bool enable_mpi() { return Communicator::compiled_with_mpi(); }
 
 }    // namespace dpa3

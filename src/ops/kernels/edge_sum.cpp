@@ -45,9 +45,9 @@ DPA3_INLINE void edge_sum_body(T *op, const T *xc, const T *xn, const T *xe, con
   }
 }
 
-DPA3_MULTIVERSION void edge_sum_range(float *op, const float *xc, const float *xn,
-                                      const float *xe, const float *b, const int64_t *ic,
-                                      const int64_t *in, int64_t e0, int64_t e1, int64_t k)
+DPA3_MULTIVERSION void edge_sum_range(float *op, const float *xc, const float *xn, const float *xe,
+                                      const float *b, const int64_t *ic, const int64_t *in,
+                                      int64_t e0, int64_t e1, int64_t k)
 {
   edge_sum_body(op, xc, xn, xe, b, ic, in, e0, e1, k);
 }
@@ -63,7 +63,7 @@ DPA3_MULTIVERSION void edge_sum_range(double *op, const double *xc, const double
 
 // CPU kernel of the primitive dpa3::_edge_sum (xn, b and in may be undefined)
 at::Tensor cpu::edge_sum(const at::Tensor &xc_, const at::Tensor &xn_, const at::Tensor &xe_,
-                           const at::Tensor &b_, const at::Tensor &ic_, const at::Tensor &in_)
+                         const at::Tensor &b_, const at::Tensor &ic_, const at::Tensor &in_)
 {
   const at::Tensor xc = xc_.contiguous(), xe = xe_.contiguous(), ic = ic_.contiguous();
   const at::Tensor xn = xn_.defined() ? xn_.contiguous() : xn_;
@@ -95,8 +95,7 @@ class EdgeSum : public torch::autograd::Function<EdgeSum> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &xc, const at::Tensor &xn,
                             const at::Tensor &xe, const at::Tensor &b, const at::Tensor &ic,
                             const at::Tensor &pc, const at::Tensor &rc, const at::Tensor &in,
-                            const at::Tensor &pn, const at::Tensor &rn, bool has_xn,
-                            bool has_b)
+                            const at::Tensor &pn, const at::Tensor &rn, bool has_xn, bool has_b)
   {
     ctx->save_for_backward({ic, pc, rc, in, pn, rn});
     ctx->saved_data["has_xn"] = has_xn;
@@ -119,9 +118,9 @@ class EdgeSum : public torch::autograd::Function<EdgeSum> {
   }
 };
 
-at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
-                    const at::Tensor &xe, const std::optional<at::Tensor> &b,
-                    const at::Tensor &idx_c, const at::Tensor &perm_c, const at::Tensor &ptr_c,
+at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn, const at::Tensor &xe,
+                    const std::optional<at::Tensor> &b, const at::Tensor &idx_c,
+                    const at::Tensor &perm_c, const at::Tensor &ptr_c,
                     const std::optional<at::Tensor> &idx_n, const std::optional<at::Tensor> &perm_n,
                     const std::optional<at::Tensor> &ptr_n)
 {
@@ -144,8 +143,8 @@ at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
     TORCH_CHECK(idx_n.has_value() && perm_n.has_value() && ptr_n.has_value(), who,
                 "xn needs idx_n, perm_n and ptr_n");
     in = *idx_n, pn = *perm_n, rn = *ptr_n;
-    TORCH_CHECK(n.dim() == 2 && n.size(1) == xe.size(1) && n.scalar_type() == xe.scalar_type(),
-                who, "xn [M, k] needs xe's width and dtype");
+    TORCH_CHECK(n.dim() == 2 && n.size(1) == xe.size(1) && n.scalar_type() == xe.scalar_type(), who,
+                "xn [M, k] needs xe's width and dtype");
     TORCH_CHECK(in.numel() == xe.size(0) && rn.numel() == n.size(0) + 1, who,
                 "idx_n needs one entry per edge, ptr_n M + 1 offsets");
     TORCH_CHECK(n.device() == xe.device() && in.device() == xe.device(), who,
@@ -170,7 +169,4 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
         "Tensor ptr_c, Tensor? idx_n, Tensor? perm_n, Tensor? ptr_n) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
-{
-  m.impl("edge_sum", &dpa3::edge_sum);
-}
+TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m) { m.impl("edge_sum", &dpa3::edge_sum); }

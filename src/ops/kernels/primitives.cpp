@@ -49,8 +49,8 @@ template <bool Cpu> struct Kernels {
     return fused() ? cpu::gather(x, idx) : generic::gather(x, idx);
   }
 
-  static at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &idx,
-                                const at::Tensor &perm, const at::Tensor &ptr)
+  static at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
+                                const at::Tensor &ptr)
   {
     if (fused()) return cpu::segment_sum(y, perm, ptr);
 #ifdef DPA3_USE_CUDA
@@ -63,9 +63,9 @@ template <bool Cpu> struct Kernels {
                              const at::Tensor &xe, const std::optional<at::Tensor> &b,
                              const at::Tensor &ic, const std::optional<at::Tensor> &in)
   {
-    const at::Tensor n = opt_or_undefined(xn), bb = opt_or_undefined(b),
-                     ii = opt_or_undefined(in);
-    return fused() ? cpu::edge_sum(xc, n, xe, bb, ic, ii) : generic::edge_sum(xc, n, xe, bb, ic, ii);
+    const at::Tensor n = opt_or_undefined(xn), bb = opt_or_undefined(b), ii = opt_or_undefined(in);
+    return fused() ? cpu::edge_sum(xc, n, xe, bb, ic, ii)
+                   : generic::edge_sum(xc, n, xe, bb, ic, ii);
   }
 
   static at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &idx,
@@ -99,12 +99,12 @@ template <bool Cpu> struct Kernels {
     return fused() ? cpu::angle_block_fwd(in) : generic::angle_block_fwd(in);
   }
 
-  static std::vector<at::Tensor> angle_bwd(
-      const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe, const at::Tensor &vk,
-      const at::Tensor &w, const at::Tensor &eik, const at::Tensor &aptr, const at::Tensor &nptr,
-      int64_t de, int64_t act, double thr, double alpha, const at::Tensor &beta,
-      const std::optional<at::Tensor> &gred, const std::optional<at::Tensor> &gaout,
-      bool need_wa, bool need_beta)
+  static std::vector<at::Tensor>
+  angle_bwd(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe, const at::Tensor &vk,
+            const at::Tensor &w, const at::Tensor &eik, const at::Tensor &aptr,
+            const at::Tensor &nptr, int64_t de, int64_t act, double thr, double alpha,
+            const at::Tensor &beta, const std::optional<at::Tensor> &gred,
+            const std::optional<at::Tensor> &gaout, bool need_wa, bool need_beta)
   {
     const AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     const at::Tensor gr = opt_or_undefined(gred), ga = opt_or_undefined(gaout);
@@ -138,8 +138,8 @@ at::Tensor prim::gather(const at::Tensor &x, const at::Tensor &idx)
 at::Tensor prim::segment_sum(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
                              const at::Tensor &ptr)
 {
-  using Sig = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
-                         const at::Tensor &);
+  using Sig =
+      at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &);
   static const auto h = op<Sig>("dpa3::_segment_sum");
   at::AutoDispatchBelowADInplaceOrView guard;
   return h.call(y, idx, perm, ptr);
@@ -149,9 +149,9 @@ at::Tensor prim::edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> 
                           const at::Tensor &xe, const std::optional<at::Tensor> &b,
                           const at::Tensor &ic, const std::optional<at::Tensor> &in)
 {
-  using Sig = at::Tensor(const at::Tensor &, const std::optional<at::Tensor> &,
-                         const at::Tensor &, const std::optional<at::Tensor> &,
-                         const at::Tensor &, const std::optional<at::Tensor> &);
+  using Sig = at::Tensor(const at::Tensor &, const std::optional<at::Tensor> &, const at::Tensor &,
+                         const std::optional<at::Tensor> &, const at::Tensor &,
+                         const std::optional<at::Tensor> &);
   static const auto h = op<Sig>("dpa3::_edge_sum");
   at::AutoDispatchBelowADInplaceOrView guard;
   return h.call(xc, xn, xe, b, ic, in);
@@ -196,8 +196,7 @@ std::vector<at::Tensor> prim::angle_block_fwd(const AngleArgs &in)
 }
 
 std::vector<at::Tensor> prim::angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
-                                              const at::Tensor &gaout, bool need_wa,
-                                              bool need_beta)
+                                              const at::Tensor &gaout, bool need_wa, bool need_beta)
 {
   using Sig = std::vector<at::Tensor>(
       const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
@@ -236,24 +235,18 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.def("set_generic_kernels(bool on) -> bool", &dpa3::set_generic_kernels_op);
 }
 
-#define DPA3_REGISTER_PRIMITIVES(m, K)                \
-  m.impl("_gather", &K::gather);                      \
-  m.impl("_segment_sum", &K::segment_sum);            \
-  m.impl("_edge_sum", &K::edge_sum);                  \
-  m.impl("_outer_sum", &K::outer_sum);                \
-  m.impl("_outer_h", &K::outer_h);                    \
-  m.impl("_outer_g", &K::outer_g);                    \
-  m.impl("_angle_block_fwd", &K::angle_fwd);          \
+#define DPA3_REGISTER_PRIMITIVES(m, K)       \
+  m.impl("_gather", &K::gather);             \
+  m.impl("_segment_sum", &K::segment_sum);   \
+  m.impl("_edge_sum", &K::edge_sum);         \
+  m.impl("_outer_sum", &K::outer_sum);       \
+  m.impl("_outer_h", &K::outer_h);           \
+  m.impl("_outer_g", &K::outer_g);           \
+  m.impl("_angle_block_fwd", &K::angle_fwd); \
   m.impl("_angle_block_bwd", &K::angle_bwd)
 
-TORCH_LIBRARY_IMPL(dpa3, CPU, m)
-{
-  DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<true>);
-}
+TORCH_LIBRARY_IMPL(dpa3, CPU, m) { DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<true>); }
 
 #ifdef DPA3_USE_CUDA
-TORCH_LIBRARY_IMPL(dpa3, CUDA, m)
-{
-  DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<false>);
-}
+TORCH_LIBRARY_IMPL(dpa3, CUDA, m) { DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<false>); }
 #endif

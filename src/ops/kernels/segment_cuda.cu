@@ -70,10 +70,9 @@ at::Tensor cuda::segment_sum(const at::Tensor &y_, const at::Tensor &perm_, cons
   const int64_t n = nrows * width;
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_segment_sum_cuda", [&] {
-    segment_sum_kernel<scalar_t>
-        <<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            y.data_ptr<scalar_t>(), perm.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(),
-            out.data_ptr<scalar_t>(), nrows, width);
+    segment_sum_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        y.data_ptr<scalar_t>(), perm.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(),
+        out.data_ptr<scalar_t>(), nrows, width);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

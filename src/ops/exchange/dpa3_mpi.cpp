@@ -37,24 +37,16 @@ int env_flag(const char *name)
 MPI_Datatype mpi_type(c10::ScalarType t)
 {
   switch (t) {
-    case c10::ScalarType::Float:
-      return MPI_FLOAT;
-    case c10::ScalarType::Double:
-      return MPI_DOUBLE;
-    case c10::ScalarType::Int:
-      return MPI_INT32_T;
-    case c10::ScalarType::Long:
-      return MPI_INT64_T;
-    default:
-      TORCH_CHECK(false, "dpa3: no MPI datatype for ", t);
+    case c10::ScalarType::Float: return MPI_FLOAT;
+    case c10::ScalarType::Double: return MPI_DOUBLE;
+    case c10::ScalarType::Int: return MPI_INT32_T;
+    case c10::ScalarType::Long: return MPI_INT64_T;
+    default: TORCH_CHECK(false, "dpa3: no MPI datatype for ", t);
   }
   return MPI_DATATYPE_NULL;
 }
 
-MPI_Comm to_comm(int64_t handle)
-{
-  return MPI_Comm_f2c(static_cast<MPI_Fint>(handle));
-}
+MPI_Comm to_comm(int64_t handle) { return MPI_Comm_f2c(static_cast<MPI_Fint>(handle)); }
 
 std::string mpi_error_string(int code)
 {
@@ -64,9 +56,9 @@ std::string mpi_error_string(int code)
   return std::string(msg, len);
 }
 
-#define DPA3_MPI_CHECK(call, what)                                                      \
-  do {                                                                                  \
-    int _rc = (call);                                                                   \
+#define DPA3_MPI_CHECK(call, what)                                                       \
+  do {                                                                                   \
+    int _rc = (call);                                                                    \
     TORCH_CHECK(_rc == MPI_SUCCESS, "dpa3: ", what, " failed: ", mpi_error_string(_rc)); \
   } while (0)
 
@@ -90,7 +82,9 @@ void check_thread_level()
   const std::string why = Communicator::main_thread_only();
   if (!why.empty()) {
     TORCH_WARN_ONCE("dpa3::border_exchange: MPI is called from a thread other than the one that "
-                    "initialised MPI, but ", why, "; run the model from that thread, or "
+                    "initialised MPI, but ",
+                    why,
+                    "; run the model from that thread, or "
                     "initialise MPI with MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE (mpi4py "
                     "does by default)");
   }
@@ -114,8 +108,7 @@ Communicator::Communicator(int64_t handle, int rank) :
     why_ = "the communicator handle is 0 (no MPI)";
   } else {
     MPI_Comm comm = to_comm(handle);
-    TORCH_CHECK(comm != MPI_COMM_NULL, "dpa3: communicator handle ", handle,
-                " is MPI_COMM_NULL");
+    TORCH_CHECK(comm != MPI_COMM_NULL, "dpa3: communicator handle ", handle, " is MPI_COMM_NULL");
     int me = 0;
     DPA3_MPI_CHECK(MPI_Comm_rank(comm, &me), "MPI_Comm_rank");
     DPA3_MPI_CHECK(MPI_Comm_size(comm, &size_), "MPI_Comm_size");
@@ -136,8 +129,8 @@ void Communicator::exchange(const void *sendbuf, int64_t send_rows, int dest, vo
   TORCH_CHECK(available_, opname, ": MPI exchange requested but ", why_);
 #ifdef DPA3_USE_MPI
   const int64_t nsend = send_rows * width, nrecv = recv_rows * width;
-  TORCH_CHECK(nsend <= INT_MAX && nrecv <= INT_MAX, opname, ": message of ",
-              std::max(nsend, nrecv), " elements exceeds the MPI int count");
+  TORCH_CHECK(nsend <= INT_MAX && nrecv <= INT_MAX, opname, ": message of ", std::max(nsend, nrecv),
+              " elements exceeds the MPI int count");
   TORCH_CHECK(dest >= 0 && dest < size_ && source >= 0 && source < size_, opname, ": peer rank ",
               dest, "/", source, " outside the communicator of size ", size_);
   check_thread_level();
@@ -152,8 +145,9 @@ void Communicator::exchange(const void *sendbuf, int64_t send_rows, int dest, vo
   int nreq = 0;
   // Messages are posted by row count, not element count, so both sides agree even for width 0.
   if (recv_rows > 0)
-    DPA3_MPI_CHECK(MPI_Irecv(recvbuf, static_cast<int>(nrecv), type, source, tag, comm, &req[nreq++]),
-                   "MPI_Irecv");
+    DPA3_MPI_CHECK(
+        MPI_Irecv(recvbuf, static_cast<int>(nrecv), type, source, tag, comm, &req[nreq++]),
+        "MPI_Irecv");
   if (send_rows > 0)
     DPA3_MPI_CHECK(MPI_Isend(sendbuf, static_cast<int>(nsend), type, dest, tag, comm, &req[nreq++]),
                    "MPI_Isend");
@@ -187,9 +181,9 @@ void Communicator::allreduce_min(const void *in, void *out, int64_t n, c10::Scal
   static char dummy[16];
   if (!out) in = out = dummy;
   const void *src = (in == out) ? MPI_IN_PLACE : in;
-  DPA3_MPI_CHECK(MPI_Allreduce(src, out, static_cast<int>(n), mpi_type(dtype), MPI_MIN,
-                               to_comm(handle_)),
-                 "MPI_Allreduce");
+  DPA3_MPI_CHECK(
+      MPI_Allreduce(src, out, static_cast<int>(n), mpi_type(dtype), MPI_MIN, to_comm(handle_)),
+      "MPI_Allreduce");
 #else
   (void) in, (void) out, (void) n, (void) dtype;
 #endif

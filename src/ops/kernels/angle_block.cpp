@@ -56,10 +56,10 @@ void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, in
 {
   if (m == 0 || n == 0) return;
   const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor A = at::from_blob(const_cast<T *>(a), ta ? at::IntArrayRef{k, m} : at::IntArrayRef{m, k},
-                               {lda, 1}, opt);
-  at::Tensor B = at::from_blob(const_cast<T *>(b), tb ? at::IntArrayRef{n, k} : at::IntArrayRef{k, n},
-                               {ldb, 1}, opt);
+  at::Tensor A = at::from_blob(const_cast<T *>(a),
+                               ta ? at::IntArrayRef{k, m} : at::IntArrayRef{m, k}, {lda, 1}, opt);
+  at::Tensor B = at::from_blob(const_cast<T *>(b),
+                               tb ? at::IntArrayRef{n, k} : at::IntArrayRef{k, n}, {ldb, 1}, opt);
   at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, opt);
   if (ta) A = A.t();
   if (tb) B = B.t();
@@ -114,8 +114,8 @@ template <typename T> struct Block {
   int64_t da_in;
   T alpha;
   ActParams<T> f;
-  T *buf;    // [angles of the block, width]: a wa on entry
-  T *y, *dy; // scratch [width]
+  T *buf;       // [angles of the block, width]: a wa on entry
+  T *y, *dy;    // scratch [width]
   // forward outputs
   T *red, *aout;
   // backward inputs / outputs
@@ -186,9 +186,9 @@ DPA3_MULTIVERSION void backward_block(const Block<float> &b) { backward_body(b);
 DPA3_MULTIVERSION void backward_block(const Block<double> &b) { backward_body(b); }
 
 AngleArgs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
-               const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
-               const at::Tensor &aptr, const at::Tensor &nptr, int64_t de, int64_t act,
-               double thr, double alpha, const at::Tensor &beta)
+                  const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
+                  const at::Tensor &aptr, const at::Tensor &nptr, int64_t de, int64_t act,
+                  double thr, double alpha, const at::Tensor &beta)
 {
   const char *op = "dpa3::angle_block: ";
   TORCH_CHECK(a.dim() == 2 && wa.dim() == 2 && pe.dim() == 2 && vk.dim() == 2, op,
@@ -202,8 +202,8 @@ AngleArgs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &p
   TORCH_CHECK(aptr.numel() == nedge + 1, op, "aptr needs E + 1 offsets");
   TORCH_CHECK(nptr.dim() == 1 && nptr.numel() >= 1, op, "nptr needs N + 1 offsets");
   TORCH_CHECK(de >= 0 && de <= width, op, "bad split width");
-  TORCH_CHECK(de == width || a.size(1) == width - de, op,
-              "the angle output needs a's width (", a.size(1), " != ", width - de, ")");
+  TORCH_CHECK(de == width || a.size(1) == width - de, op, "the angle output needs a's width (",
+              a.size(1), " != ", width - de, ")");
   TORCH_CHECK(beta.numel() == width - de, op, "beta needs one entry per angle column");
   for (const auto *t : {&wa, &pe, &vk, &w, &beta})
     TORCH_CHECK(t->scalar_type() == a.scalar_type(), op, "floating inputs need one dtype");
@@ -213,10 +213,18 @@ AngleArgs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &p
   for (const auto *t : {&wa, &pe, &vk, &w, &beta, &eik, &aptr, &nptr})
     TORCH_CHECK(t->device() == a.device(), op, "all inputs must be on one device (", a.device(),
                 ")");
-  return {a.contiguous(),   wa.contiguous(),    pe.contiguous(),
-          vk.contiguous(),  w.reshape({-1}).contiguous(), eik.contiguous(),
-          aptr.contiguous(), nptr.contiguous(), beta.reshape({-1}).contiguous(),
-          de,               act,                thr,
+  return {a.contiguous(),
+          wa.contiguous(),
+          pe.contiguous(),
+          vk.contiguous(),
+          w.reshape({-1}).contiguous(),
+          eik.contiguous(),
+          aptr.contiguous(),
+          nptr.contiguous(),
+          beta.reshape({-1}).contiguous(),
+          de,
+          act,
+          thr,
           alpha};
 }
 
@@ -288,23 +296,22 @@ std::vector<at::Tensor> cpu::angle_block_fwd(const AngleArgs &in)
       forward_block(b);
     });
   });
-  TORCH_CHECK(!bad, "dpa3::angle_block: the angles do not follow the edge/centre layout "
-                    "(an angle's two edges must belong to one centre, aptr/nptr must cover all)");
+  TORCH_CHECK(!bad,
+              "dpa3::angle_block: the angles do not follow the edge/centre layout "
+              "(an angle's two edges must belong to one centre, aptr/nptr must cover all)");
   return {red, aout};
 }
 
 // CPU kernel of dpa3::_angle_block_bwd: {ga, gwa, gpe, gvk, gw, gbeta}; gwa and gbeta are
 // empty unless asked for
 std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tensor &gred_,
-                                             const at::Tensor &gaout_, bool need_wa,
-                                             bool need_beta)
+                                             const at::Tensor &gaout_, bool need_wa, bool need_beta)
 {
   const int64_t width = in.wa.size(1), de = in.de, da = width - de;
   const int64_t nedge = in.pe.size(0), nangle = in.a.size(0), da_in = in.a.size(1);
   const auto opt = in.a.options();
   const at::Tensor gred = gred_.defined() ? gred_.contiguous() : at::zeros({nedge, de}, opt);
-  const at::Tensor gaout =
-      gaout_.defined() ? gaout_.contiguous() : at::zeros({nangle, da}, opt);
+  const at::Tensor gaout = gaout_.defined() ? gaout_.contiguous() : at::zeros({nangle, da}, opt);
   struct {
     at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
   } g;
@@ -392,34 +399,38 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
                 "train with the model in training mode, which uses the composite path");
     auto s = ctx->get_saved_variables();
     AngleArgs in{s[0],
-              s[1],
-              s[2],
-              s[3],
-              s[4],
-              s[5],
-              s[6],
-              s[7],
-              s[8],
-              ctx->saved_data["de"].toInt(),
-              ctx->saved_data["act"].toInt(),
-              ctx->saved_data["thr"].toDouble(),
-              ctx->saved_data["alpha"].toDouble()};
+                 s[1],
+                 s[2],
+                 s[3],
+                 s[4],
+                 s[5],
+                 s[6],
+                 s[7],
+                 s[8],
+                 ctx->saved_data["de"].toInt(),
+                 ctx->saved_data["act"].toInt(),
+                 ctx->saved_data["thr"].toDouble(),
+                 ctx->saved_data["alpha"].toDouble()};
     const bool need_wa = ctx->needs_input_grad(1), need_beta = ctx->needs_input_grad(8);
     auto g = prim::angle_block_bwd(in, grads[0], grads[1], need_wa, need_beta);
     at::Tensor gw = g[4].reshape(ctx->saved_data["w_shape"].toIntVector());
-    at::Tensor gbeta =
-        need_beta ? g[5].reshape(ctx->saved_data["beta_shape"].toIntVector()) : at::Tensor();
-    return {g[0],         need_wa ? g[1] : at::Tensor(), g[2], g[3], gw,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), gbeta};
+    at::Tensor gbeta = need_beta ? g[5].reshape(ctx->saved_data["beta_shape"].toIntVector())
+                                 : at::Tensor();
+    return {g[0],         need_wa ? g[1] : at::Tensor(),
+            g[2],         g[3],
+            gw,           at::Tensor(),
+            at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(),
+            gbeta};
   }
 };
 
-std::vector<at::Tensor> angle_block(const at::Tensor &a, const at::Tensor &wa,
-                                    const at::Tensor &pe, const at::Tensor &vk,
-                                    const at::Tensor &w, const at::Tensor &eik,
-                                    const at::Tensor &aptr, const at::Tensor &nptr, int64_t de,
-                                    int64_t act, double thr, double alpha, const at::Tensor &beta)
+std::vector<at::Tensor> angle_block(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
+                                    const at::Tensor &vk, const at::Tensor &w,
+                                    const at::Tensor &eik, const at::Tensor &aptr,
+                                    const at::Tensor &nptr, int64_t de, int64_t act, double thr,
+                                    double alpha, const at::Tensor &beta)
 {
   return AngleBlock::apply(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
 }

@@ -94,9 +94,9 @@ namespace prim {
 at::Tensor gather(const at::Tensor &x, const at::Tensor &idx);
 at::Tensor segment_sum(const at::Tensor &y, const at::Tensor &idx, const at::Tensor &perm,
                        const at::Tensor &ptr);
-at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn,
-                    const at::Tensor &xe, const std::optional<at::Tensor> &b,
-                    const at::Tensor &ic, const std::optional<at::Tensor> &in);
+at::Tensor edge_sum(const at::Tensor &xc, const std::optional<at::Tensor> &xn, const at::Tensor &xe,
+                    const std::optional<at::Tensor> &b, const at::Tensor &ic,
+                    const std::optional<at::Tensor> &in);
 at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor &idx,
                      const at::Tensor &perm, const at::Tensor &ptr);
 at::Tensor outer_h(const at::Tensor &h, const at::Tensor &G, const at::Tensor &idx);
