@@ -30,7 +30,7 @@ constexpr const char *MODE_OP_NAME = "dpa3::exchange_mode";
 
 // Getters the plugin relies on, besides forward_lower (docs/internals.md).
 const char *const REQUIRED_METHODS[] = {"get_rcut", "get_type_map", "get_num_layers",
-                                        "get_exchange_width", "has_message_passing"};
+                                        "get_exchange_width"};
 
 std::string first_lines(const std::string &msg, int nmax = 3)
 {
@@ -118,7 +118,6 @@ struct Dpa3Model::Impl {
   std::vector<std::string> type_map;
   int num_layers = 0;
   int exchange_width = 0;
-  bool message_passing = true;
   std::string metadata;
 
   // per re-neighbouring state
@@ -199,7 +198,6 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
       impl->type_map.push_back(v.get().toStringRef());
     impl->num_layers = static_cast<int>(impl->module.run_method("get_num_layers").toInt());
     impl->exchange_width = static_cast<int>(impl->module.run_method("get_exchange_width").toInt());
-    impl->message_passing = impl->module.run_method("has_message_passing").toBool();
   } catch (const std::exception &e) {
     throw std::runtime_error("model '" + path + "': calling its getters failed: " + what(e));
   }
@@ -214,7 +212,6 @@ double Dpa3Model::rcut() const { return impl->rcut; }
 const std::vector<std::string> &Dpa3Model::type_map() const { return impl->type_map; }
 int Dpa3Model::num_layers() const { return impl->num_layers; }
 int Dpa3Model::exchange_width() const { return impl->exchange_width; }
-bool Dpa3Model::has_message_passing() const { return impl->message_passing; }
 const std::string &Dpa3Model::metadata_json() const { return impl->metadata; }
 std::string Dpa3Model::device_name() const { return impl->device.str(); }
 

@@ -41,7 +41,6 @@ class Dpa3Model {
   const std::vector<std::string> &type_map() const;
   int num_layers() const;
   int exchange_width() const;
-  bool has_message_passing() const;
   const std::string &metadata_json() const;    // contents of metadata.json
   std::string device_name() const;
 

@@ -214,7 +214,7 @@ void PairDPA3::rebuild()
 }
 
 /* ----------------------------------------------------------------------
-   Capture of the swap schedule through the public Comm API (design note 0.1):
+   Capture of the swap schedule through the public Comm API:
    forward_comm(this) calls pack/unpack_forward_comm for every swap in order
    with sendlist/sendnum and firstrecv/recvnum; the packer writes its rank into
    the payload, so the receiver learns recvproc.  reverse_comm(this) walks the

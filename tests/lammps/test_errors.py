@@ -232,7 +232,7 @@ def test_device_auto_and_cpu_run_on_the_cpu(tmp_path, plugin, mpirun, water, toy
 
 
 class NoExchange(ToyMessagePassing):
-    """Claims message passing but never exchanges (would be wrong on several ranks)."""
+    """Has message-passing layers but never exchanges (would be wrong on several ranks)."""
 
     def _atomic_energy(
         self,

@@ -90,10 +90,6 @@ class ToyMessagePassing(nn.Module):
         return self.n_dim
 
     @torch.jit.export
-    def has_message_passing(self) -> bool:
-        return True
-
-    @torch.jit.export
     def get_metadata(self) -> dict[str, str]:
         return self.metadata
 

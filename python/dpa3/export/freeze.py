@@ -34,7 +34,6 @@ EXPORTED_METHODS = (
     "get_ntypes",
     "get_num_layers",
     "get_exchange_width",
-    "has_message_passing",
     "get_metadata",
 )
 
@@ -123,10 +122,11 @@ def freeze(
                 "dpa3.export.freeze: the model lacks the @torch.jit.export method(s) "
                 f"{', '.join(missing)} required by LAMMPS (see docs/internals.md)"
             )
-        if bool(scripted.has_message_passing()):
+        if int(scripted.get_num_layers()) > 0:  # message-passing layers need the exchange
             if _OP_NAME not in _inlined_graph(scripted.forward_lower):
                 raise ExportError(
-                    "dpa3.export.freeze: the model passes messages but its forward_lower never "
+                    "dpa3.export.freeze: the model has message-passing layers but its "
+                    "forward_lower never "
                     f"calls torch.ops.{_OP_NAME.replace('::', '.')}, so it could not run on "
                     "several MPI ranks"
                 )

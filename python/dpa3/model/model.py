@@ -92,11 +92,6 @@ class EnergyModel(nn.Module):
         return self.n_dim
 
     @torch.jit.export
-    def has_message_passing(self) -> bool:
-        """DPA3 always passes messages between atoms."""
-        return True
-
-    @torch.jit.export
     def get_metadata(self) -> dict[str, str]:
         """Versions, precision, type map and the typed config (JSON strings)."""
         return self.metadata
