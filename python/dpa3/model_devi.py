@@ -187,7 +187,7 @@ def format_block(table: np.ndarray, source: str, atomic: bool = False) -> str:
         head += f"{'atm_devi_f(N)':19s}"
     lines = [head]
     for row in table:
-        lines.append(f"{int(round(row[0])):12d}" + "".join(f"{x:19.6e}" for x in row[1:]))
+        lines.append(f"{round(row[0]):12d}" + "".join(f"{x:19.6e}" for x in row[1:]))
     return "\n".join(lines) + "\n"
 
 

@@ -62,8 +62,15 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 model-devi``."""
     from ..device import describe, resolve_device
     from ..model_devi import (
-        ModelDeviError, deviation_table, evaluate_ensemble, format_block, load_models,
-        read_frames, select, write_npy_system, write_text_atomic,
+        ModelDeviError,
+        deviation_table,
+        evaluate_ensemble,
+        format_block,
+        load_models,
+        read_frames,
+        select,
+        write_npy_system,
+        write_text_atomic,
     )
 
     if args.frequency < 1:
