@@ -179,6 +179,22 @@ def test_cli_on_lammps_dump_equals_pair_deepmd(models, tmp_path):
     _compare_with_lammps(ours, names, "lmp_np1.out")
 
 
+def test_cli_on_extxyz_equals_pair_deepmd(models, tmp_path):
+    """The dumped frames re-written as extxyz (symbols, cell, pbc): same values as LAMMPS's file."""
+    import ase.io
+
+    images = ase.io.read(FIX / "traj.lammpstrj", index=":", format="lammps-dump-text",
+                         specorder=["O", "H"])
+    xyz = tmp_path / "traj.extxyz"
+    ase.io.write(xyz, images, format="extxyz")
+    out = tmp_path / "xyz.out"
+    argv = ["model-devi", "-m", *map(str, models), "-s", str(xyz), "-f", str(OUT_FREQ),
+            "-o", str(out)]
+    assert dpa3_main(argv) == 0
+    _, names, ours = _read(out)
+    _compare_with_lammps(ours, names, "lmp_np1.out")
+
+
 @pytest.mark.parametrize(
     ("fixture", "kwargs"),
     [

@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="npy system folder, a folder searched for systems, or a trajectory file")
     p.add_argument("-S", "--set-prefix", default="set", help="set folder prefix (default set)")
     p.add_argument("-o", "--output", default="model_devi.out",
-                   help="output file (default model_devi.out); with --select the folder of the "
-                   "selected frames")
+                   help="output file (default model_devi.out), replaced if it exists (dp model-devi "
+                   "appends); with --select the folder of the selected frames")
     p.add_argument("-f", "--frequency", type=int, default=1,
                    help="steps between frames: the step column is frame index x FREQ (default 1)")
     p.add_argument("-a", "--atomic", action="store_true",
