@@ -21,7 +21,9 @@ def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("train", "freeze", "test", "neighbor-stat", "convert-deepmd", "info", "plot"):
+    for cmd in (
+        "train", "freeze", "test", "neighbor-stat", "convert-deepmd", "info", "plot", "model-devi"
+    ):
         assert cmd in out
 
 

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "export": 5,
     "calculator": 5,
     "convert": 5,
+    "model_devi": 5,
     "plot": 5,
     "lammps": 5,
     "train": 4,

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import DPA3Error
-from . import convert, freeze, info, neighbor_stat, plot, test, train
+from . import convert, freeze, info, model_devi, neighbor_stat, plot, test, train
 
 log = logging.getLogger("dpa3")
 
-_SUBCOMMANDS = (train, freeze, test, neighbor_stat, convert, info, plot)
+_SUBCOMMANDS = (train, freeze, test, neighbor_stat, convert, info, plot, model_devi)
 
 
 def build_parser() -> argparse.ArgumentParser:
