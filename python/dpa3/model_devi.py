@@ -80,7 +80,7 @@ def load_models(
     paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
 ) -> tuple[list[torch.nn.Module], tuple[str, ...]]:
     """Load >= 2 models (checkpoints or frozen ``.pth``) that share one type map."""
-    from .train.evaluate import load_model
+    from .export.load import load_model
 
     if len(paths) < 2:
         raise DataError(f"model deviation needs at least 2 models, got {len(paths)}")

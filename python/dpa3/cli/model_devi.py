@@ -62,8 +62,8 @@ def _systems(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 model-devi``."""
     from ..device import describe, resolve_device
+    from ..errors import DataError, UsageError
     from ..model_devi import (
-        ModelDeviError,
         deviation_table,
         evaluate_ensemble,
         format_block,
@@ -75,17 +75,17 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.frequency < 1:
-        raise ModelDeviError(f"-f/--frequency must be >= 1, got {args.frequency}")
+        raise UsageError(f"-f/--frequency must be >= 1, got {args.frequency}")
     if args.select is not None and not args.select[0] < args.select[1]:
-        raise ModelDeviError(f"--select LO HI needs LO < HI, got {args.select}")
+        raise UsageError(f"--select LO HI needs LO < HI, got {args.select}")
     out = Path(args.output)
     if args.select is None:
         if out.is_dir():
-            raise ModelDeviError(f"output '{out}' is a folder, not a file")
+            raise DataError(f"output '{out}' is a folder, not a file")
         if not (out.parent if str(out.parent) else Path(".")).is_dir():
-            raise ModelDeviError(f"cannot write '{out}': folder '{out.parent}' does not exist")
+            raise DataError(f"cannot write '{out}': folder '{out.parent}' does not exist")
     elif not out.parent.is_dir() or (out.exists() and not out.is_dir()):
-        raise ModelDeviError(f"cannot write the selected frames to '{out}': "
+        raise DataError(f"cannot write the selected frames to '{out}': "
                              f"{'not a folder' if out.exists() else 'its parent does not exist'}")
     paths = _systems(args.system)
     device = resolve_device(args.device, option="--device")
