@@ -147,3 +147,22 @@ def test_old_error_names_still_work(old_home, name, builtin):
         raise cls("x")
     with pytest.raises(dpa3.errors.DPA3Error):
         raise cls("x")
+
+
+def test_only_ops_module_names_torch_ops_dpa3():
+    """``torch.ops.dpa3`` (the compiled op library) is reached only through ``dpa3/_ops.py``:
+    any other module that writes ``torch.ops.dpa3.<op>`` in code fails here (mentions in strings
+    and docstrings are fine)."""
+    offenders = []
+    for name, path in _modules().items():
+        if name == "dpa3._ops":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "dpa3"
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ops"
+            ):
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
