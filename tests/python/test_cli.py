@@ -144,3 +144,30 @@ def test_test_on_frozen_model(tmp_path, capsys, monkeypatch):
     assert eager == frozen and len(eager) == 6  # the system, then the weighted average
     assert main(["test", "-m", "model_pos.pth", "-s", MOLECULE, "-n", "3"]) == 0
     assert [ln for ln in capsys.readouterr().out.splitlines() if "RMSE" in ln] == frozen
+
+
+def test_dp_style_freeze_output_and_log_options(tmp_path, capsys, monkeypatch):
+    """``freeze -o NAME`` makes the suffix .pth as ``dp --pt freeze`` (observed with DeePMD-kit
+    3.2.0: ``-o frozen_noext`` -> frozen_noext.pth, ``-o model.v2`` -> model.pth); ``-l``/``-v``
+    are accepted after the subcommand, as dp accepts them."""
+    from test_train import tiny_input
+
+    monkeypatch.chdir(tmp_path)
+    Path("input.json").write_text(json.dumps(tiny_input(steps=0)))
+    assert main(["train", "input.json", "--skip-neighbor-stat", "-l", "train.log"]) == 0
+    assert "DPA3 INFO" in Path("train.log").read_text()
+    if main(["freeze", "model.ckpt.pt", "-o", "frozen_noext"]) != 0:
+        pytest.fail("freezing is not available here (ops library not built)")
+    assert Path("frozen_noext.pth").is_file() and not Path("frozen_noext").exists()
+    assert main(["freeze", "model.ckpt.pt", "-o", "model.v2", "-v", "WARNING"]) == 0
+    assert Path("model.pth").is_file() and not Path("model.v2").exists()
+    assert main(["freeze", "model.ckpt.pt", "-o", "."]) == 1
+    capsys.readouterr()
+    args = ["test", "-m", "frozen_noext.pth", "-s", MOLECULE, "-n", "1"]
+    assert main([*args, "-l", "test.log", "-v", "2"]) == 0
+    assert "Energy RMSE" in capsys.readouterr().out
+    assert "Energy RMSE" in Path("test.log").read_text()
+    assert main(["-v", "INFO", *args, "-v", "ERROR"]) == 0  # after the subcommand wins
+    assert "Energy RMSE" not in capsys.readouterr().out
+    assert main(["-l", "top.log", *args]) == 0  # before the subcommand still works
+    assert "Energy RMSE" in Path("top.log").read_text()
