@@ -7,8 +7,9 @@ NOTES.md there).  The DeePMD-kit checkpoint tests/data/model_devi/m0.ckpt.pt is 
 Rules: every file DeePMD-kit wrote is written by dpa3 under the same name, with the same header
 lines at the same rows (byte for byte) and the same number of columns; the numbers (``%.18e``)
 agree to 1e-9 relative (the two implementations of the same function agree to ~1e-12).  The
-result lines of dp's log (the text after ``DEEPMD INFO``) match dpa3's (after ``DPA3 INFO``)
-with every number replaced by a placeholder; the numbers agree to the 7 printed digits.
+result lines of dp's log (the text after ``DEEPMD INFO``) match dpa3's (after ``DPA3 INFO``,
+less dpa3's first line, the device) with every number replaced by a placeholder; the numbers
+agree to the 7 printed digits.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def _run(model: Path, work: Path, args: list[str], capsys, monkeypatch) -> list[
     capsys.readouterr()
     assert dpa3_main(["test", "-m", str(model), "--device", "cpu", *args]) == 0
     out = capsys.readouterr().out
-    return [ln.split("INFO    ", 1)[1] for ln in out.splitlines() if ln.startswith("DPA3 INFO")]
+    msgs = [ln.split("INFO    ", 1)[1] for ln in out.splitlines() if ln.startswith("DPA3 INFO")]
+    assert msgs[0].startswith("device ")  # dpa3's one extra line, before dp's lines
+    return msgs[1:]
 
 
 def _dp_lines(case: str) -> list[str]:
