@@ -15,11 +15,16 @@ Deterministic (fixed frames, fixed label seed).  What it does:
    energies and forces only (no virial);
 3. runs ``dp --pt test`` in a scratch folder holding copies of the systems (so that the system
    names in the files are ``sys_a``/``sys_b``), once per case of ``CASES``, and keeps every file
-   it writes plus its log (stdout and stderr) under ``<case>/``.
+   it writes plus its log (stdout and stderr) under ``<case>/``;
+4. runs ``dp --pt freeze -o NAME`` for the names of ``FREEZE_NAMES`` and records the file each
+   one wrote (``freeze_names.txt``);
+5. runs ``dp --pt train train_input.json`` (2 steps on ``sys_a``) and keeps its ``out.json``
+   as ``dp_out.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -46,6 +51,27 @@ CASES = {
     "atomic": ["-s", "sys_a", "-a", "-d", "detail"],
     "suffix": ["-s", "sys_a", "-n", "1", "-d", "out/res.txt"],
     "nodetail": ["-s", "sys_b"],
+}
+
+
+FREEZE_NAMES = ("frozen_noext", "model.v2", "kept.pth")
+
+TRAIN_INPUT = {
+    "model": {
+        "type_map": ["O", "H"],
+        "descriptor": {
+            "type": "dpa3", "precision": "float64", "seed": 1,
+            "repflow": {"n_dim": 16, "e_dim": 8, "a_dim": 8, "nlayers": 1, "e_rcut": 4.0,
+                        "e_rcut_smth": 3.5, "e_sel": 40, "a_rcut": 3.0, "a_rcut_smth": 2.5,
+                        "a_sel": 10},
+        },
+        "fitting_net": {"neuron": [16, 16], "precision": "float64", "seed": 1},
+    },
+    "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-4},
+    "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 20, "start_pref_f": 100,
+             "limit_pref_f": 60},
+    "training": {"training_data": {"systems": ["sys_a"], "batch_size": 1}, "numb_steps": 2,
+                 "seed": 10, "disp_freq": 1, "save_freq": 2},
 }
 
 
@@ -107,6 +133,21 @@ def main() -> None:
                     rel = p.relative_to(work)
                     (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(p, dest / rel)
+        names = []
+        for name in FREEZE_NAMES:
+            before = set(tmp.iterdir())
+            run_dp(["freeze", "-c", "m0.ckpt.pt", "-o", name], tmp, tmp / "freeze.log")
+            made = sorted(p.name for p in set(tmp.iterdir()) - before if p.suffix != ".log")
+            names.append(f"{name} {' '.join(made) or '(existing file replaced)'}\n")
+        (OUT / "freeze_names.txt").write_text("".join(names))
+        train = tmp / "train"
+        train.mkdir()
+        shutil.copytree(OUT / "sys_a", train / "sys_a")
+        text = json.dumps(TRAIN_INPUT, indent=4) + "\n"
+        (OUT / "train_input.json").write_text(text)
+        (train / "input.json").write_text(text)
+        run_dp(["train", "input.json"], train, train / "train.log")
+        shutil.copy(train / "out.json", OUT / "dp_out.json")
     torch_version = __import__("torch").__version__
     (OUT / "versions.txt").write_text(
         f"deepmd-kit {deepmd.__version__}\ntorch {torch_version}\nnumpy {np.__version__}\n")

@@ -14,6 +14,7 @@ agree to the 7 printed digits.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -137,3 +138,42 @@ def test_datafile_errors(model, tmp_path, capsys, monkeypatch):
     for name in ("missing.txt", "empty.txt"):
         assert dpa3_main(["test", "-m", str(model), "--device", "cpu", "-f", name]) == 1
         assert "-f:" in capsys.readouterr().out
+
+
+def test_freeze_output_names_as_dp(model, tmp_path, monkeypatch):
+    """``dpa3 freeze -o NAME`` writes the file ``dp --pt freeze -o NAME`` wrote (fixture)."""
+    monkeypatch.chdir(tmp_path)
+    for line in (FIX / "freeze_names.txt").read_text().splitlines():
+        name, made = line.split(" ", 1)
+        before = set(tmp_path.iterdir())
+        assert dpa3_main(["freeze", str(model), "-o", name]) == 0
+        assert sorted(p.name for p in set(tmp_path.iterdir()) - before) == made.split()
+
+
+def test_out_json_as_dp(tmp_path, monkeypatch):
+    """Every key of dpa3's out.json is in DeePMD-kit's out.json of the same input, with the same
+    value (so dp accepts it and both say the same run), except the keys listed here, which
+    DeePMD-kit's schema has without a default."""
+    shutil.copytree(FIX / "sys_a", tmp_path / "sys_a")
+    shutil.copy(FIX / "train_input.json", tmp_path / "input.json")
+    monkeypatch.chdir(tmp_path)
+    assert dpa3_main(["train", "input.json", "--skip-neighbor-stat"]) == 0
+    ours = json.loads(Path("out.json").read_text())
+    dp = json.loads((FIX / "dp_out.json").read_text())
+    extra: list[str] = []
+
+    def walk(a: dict, b: dict, path: str) -> None:
+        for k, v in a.items():
+            if k not in b:
+                extra.append(path + k)
+            elif isinstance(v, dict) and isinstance(b[k], dict):
+                walk(v, b[k], f"{path}{k}.")
+            else:
+                assert v == b[k], f"{path}{k}: dpa3 {v!r}, DeePMD-kit {b[k]!r}"
+
+    walk(ours, dp, "")
+    assert extra == ["training.gradient_max_norm"]
+    # defaults the input omitted, filled in by both
+    assert ours["learning_rate"]["decay_steps"] == 5000
+    assert ours["optimizer"]["type"] == "Adam"
+    assert ours["model"]["descriptor"]["repflow"]["update_style"] == "res_residual"

@@ -570,10 +570,11 @@ def _data_dict(d: DataConfig, validation: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "systems": list(d.systems),
         "batch_size": bs,
-        "set_prefix": d.set_prefix,
         "auto_prob": d.auto_prob,
         "sys_probs": None if d.sys_probs is None else list(d.sys_probs),
     }
+    if d.set_prefix != "set":  # a key DeePMD-kit 3 has dropped (it warns); only when needed
+        out["set_prefix"] = d.set_prefix
     if validation:
         out["numb_btch"] = d.numb_btch
     return out
