@@ -164,7 +164,7 @@ def test_dp_style_freeze_output_and_log_options(tmp_path, capsys, monkeypatch):
     assert Path("model.pth").is_file() and not Path("model.v2").exists()
     assert main(["freeze", "model.ckpt.pt", "-o", "."]) == 1
     capsys.readouterr()
-    args = ["test", "-m", "frozen_noext.pth", "-s", MOLECULE, "-n", "1"]
+    args = ["test", "-m", "frozen_noext", "-s", MOLECULE, "-n", "1"]  # .pth added, as dp test
     assert main([*args, "-l", "test.log", "-v", "2"]) == 0
     assert "Energy RMSE" in capsys.readouterr().out
     assert "Energy RMSE" in Path("test.log").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-m",
         "--model",
         default="model.pth",
-        help="frozen model (.pth) or dpa3 checkpoint (.pt) (default model.pth)",
+        help="frozen model (.pth; NAME means NAME.pth if only that exists, as in dp test) "
+        "or dpa3 checkpoint (.pt) (default model.pth)",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -129,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device, option="--device")
     log.info("%s", describe(args.device, device))
-    model = load_model(args.model, device, head=args.head)
+    model_path = args.model
+    if not Path(model_path).exists() and Path(model_path + ".pth").is_file():
+        model_path += ".pth"  # as dp test -m NAME, which reads NAME.pth
+    model = load_model(model_path, device, head=args.head)
     type_map = list(model.get_type_map())
     if args.datafile is not None:
         paths = _read_datafile(args.datafile)
