@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from ..errors import UsageError
 
@@ -26,7 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="checkpoint file, 'checkpoint' pointer or its folder (default .)",
     )
-    p.add_argument("-o", "--output", default="model.pth", help="frozen model (model.pth)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="model.pth",
+        help="frozen model (default model.pth); as dp --pt freeze, its suffix is made .pth "
+        "(-o model gives model.pth)",
+    )
     p.add_argument(
         "--head",
         default=None,
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 freeze``.
 
     Raises :class:`dpa3.errors.UsageError` for two different checkpoints (positional and
-    ``-c``); otherwise the errors of :func:`dpa3.export.freeze.freeze_checkpoint`.
+    ``-c``) or an ``-o`` that is no file name; otherwise the errors of
+    :func:`dpa3.export.freeze.freeze_checkpoint`.
     """
     from ..export.freeze import freeze_checkpoint
 
@@ -49,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
             f"freeze: two checkpoints given ({positional} and -c {args.checkpoint}); give one"
         )
     checkpoint = positional or args.checkpoint or "."
-    out, meta = freeze_checkpoint(checkpoint, args.output, head=args.head)
+    if Path(args.output).name in ("", ".", ".."):
+        raise UsageError(f"freeze: -o '{args.output}' is not a file name")
+    output = str(Path(args.output).with_suffix(".pth"))  # as dp --pt freeze
+    out, meta = freeze_checkpoint(checkpoint, output, head=args.head)
     log.info(
         "wrote %s%s (type map %s, rcut %s A, %d layers, %s)",
         out,

@@ -24,19 +24,47 @@ def build_parser() -> argparse.ArgumentParser:
         "(DeePMD-kit input.json and data compatible).",
     )
     parser.add_argument("--version", action="version", version=f"dpa3 {__version__}")
-    parser.add_argument(
-        "-v",
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="logging verbosity (default INFO)",
-    )
-    parser.add_argument("-l", "--log-path", default=None, help="also write the log to this file")
+    _add_log_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in _SUBCOMMANDS:
         mod.add_parser(sub)
+    for p in sub.choices.values():  # also after the subcommand, as dp allows
+        _add_log_options(p, top=False)
     return parser
+
+
+#: ``-v`` values: dp's names and numbers (0 = ERROR ... 3 = DEBUG)
+_LEVELS = {"0": "ERROR", "1": "WARNING", "2": "INFO", "3": "DEBUG"}
+
+
+def _level(value: str) -> str:
+    v = value.upper()
+    v = _LEVELS.get(v, v)
+    if v not in _LEVELS.values():
+        raise argparse.ArgumentTypeError(
+            f"invalid level {value!r} (DEBUG, INFO, WARNING, ERROR or 3, 2, 1, 0)"
+        )
+    return v
+
+
+def _add_log_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v/--log-level`` and ``-l/--log-path``; on a subcommand they override the ones given
+    before it (their defaults are left to the top level)."""
+    parser.add_argument(
+        "-v",
+        "--log-level",
+        type=_level,
+        default="INFO" if top else argparse.SUPPRESS,
+        metavar="{DEBUG,3,INFO,2,WARNING,1,ERROR,0}",
+        help="logging verbosity (default INFO)",
+    )
+    parser.add_argument(
+        "-l",
+        "--log-path",
+        default=None if top else argparse.SUPPRESS,
+        help="also write the log to this file",
+    )
 
 
 def _setup_logging(level: str, path: str | None) -> None:

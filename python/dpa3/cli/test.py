@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,9 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-m",
         "--model",
         default="model.pth",
-        help="frozen model (.pth) or dpa3 checkpoint (.pt) (default model.pth)",
+        help="frozen model (.pth; NAME means NAME.pth if only that exists, as in dp test) "
+        "or dpa3 checkpoint (.pt) (default model.pth)",
     )
-    p.add_argument(
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
         "-s",
         "--system",
         "--systems",
@@ -30,10 +33,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=["."],
         help="system folders or parent folders searched for systems (default .)",
     )
+    src.add_argument(
+        "-f",
+        "--datafile",
+        default=None,
+        help="a file listing the systems to test, one folder a line (as dp test -f)",
+    )
     p.add_argument(
         "-n", "--numb-test", type=int, default=0, help="frames per system to test (default 0 = all)"
     )
-    p.add_argument("--set-prefix", default="set", help="set folder prefix (default set)")
+    p.add_argument("-S", "--set-prefix", default="set", help="set folder prefix (default set)")
+    p.add_argument(
+        "-d",
+        "--detail-file",
+        default=None,
+        metavar="PREFIX",
+        help="write dp test's detail files PREFIX.e.out, .e_peratom.out, .f.out, .v.out, "
+        ".v_peratom.out and .s.out (a suffix of PREFIX is replaced; several systems are "
+        "appended to the same files)",
+    )
+    p.add_argument(
+        "-a",
+        "--atomic",
+        action="store_true",
+        help="also test atomic energies against set.*/atom_ener.npy",
+    )
     p.add_argument(
         "--device",
         default="auto",
@@ -51,56 +75,96 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _report(title: str, res: SystemErrors) -> None:
-    s = res.stats
-    log.info("# ---------------%s---------------", title)
-    log.info("# number of test data : %d", res.nframes)
-    rows = [
-        ("Energy MAE        ", s["e"].mae, "eV"),
-        ("Energy RMSE       ", s["e"].rmse, "eV"),
-        ("Energy MAE/Natoms ", s["ea"].mae, "eV"),
-        ("Energy RMSE/Natoms", s["ea"].rmse, "eV"),
-        ("Force  MAE        ", s["f"].mae, "eV/A"),
-        ("Force  RMSE       ", s["f"].rmse, "eV/A"),
-    ]
-    if s["v"].count:
-        rows += [
-            ("Virial MAE        ", s["v"].mae, "eV"),
-            ("Virial RMSE       ", s["v"].rmse, "eV"),
-            ("Virial MAE/Natoms ", s["va"].mae, "eV"),
-            ("Virial RMSE/Natoms", s["va"].rmse, "eV"),
-        ]
-    for name, v, unit in rows:
-        log.info("%s : %e %s", name, v, unit)
-    log.info("# -----------------------------------------------")
+#: dp test's result lines, in its order: (error key, MAE line, RMSE line); ``{}`` = the value
+_LINES: tuple[tuple[str, str, str], ...] = (
+    ("e", "Energy MAE         : {} eV", "Energy RMSE        : {} eV"),
+    ("ea", "Energy MAE/Natoms  : {} eV", "Energy RMSE/Natoms : {} eV"),
+    ("f", "Force  MAE         : {} eV/\u00c5", "Force  RMSE        : {} eV/\u00c5"),
+    ("v", "Virial MAE         : {} eV", "Virial RMSE        : {} eV"),
+    ("va", "Virial MAE/Natoms  : {} eV", "Virial RMSE/Natoms : {} eV"),
+    ("s", "Stress MAE         : {} eV/\u00c5\u00b3", "Stress RMSE        : {} eV/\u00c5\u00b3"),
+    ("ae", "Atomic ener MAE    : {} eV", "Atomic ener RMSE   : {} eV"),
+)
+_RULE = "# ----------------------------------------------- "
+
+
+def _report_errors(res: SystemErrors) -> None:
+    """The result lines of ``dp test`` (same wording, order, units and ``%e`` numbers)."""
+    for key, mae, rmse in _LINES:
+        st = res.stats[key]
+        if st.count:
+            log.info(mae.format(f"{st.mae:e}"))
+            log.info(rmse.format(f"{st.rmse:e}"))
+
+
+def _read_datafile(path: str) -> list[str]:
+    from ..errors import DataError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh.read().splitlines()]
+    except OSError as err:
+        raise DataError(f"-f: cannot read the system list '{path}': {err}") from err
+    systems = [ln for ln in lines if ln]
+    if not systems:
+        raise DataError(f"-f: '{path}' lists no system")
+    return systems
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 test``.
 
     Errors: those of :func:`dpa3.device.resolve_device`, :func:`dpa3.export.load.load_model`,
-    :func:`dpa3.data.system.find_systems`/``load_system`` and :func:`dpa3.plot.parity_plot`.
+    :func:`dpa3.data.system.find_systems`/``load_system``, :func:`dpa3.plot.parity_plot`;
+    :class:`dpa3.errors.DataError` for an unreadable ``-f`` list or a missing
+    ``atom_ener.npy`` with ``-a``.
     """
     from ..data.system import find_systems, load_system
     from ..device import describe, resolve_device
     from ..export.load import load_model
-    from ..train.evaluate import SystemErrors, evaluate_system
+    from ..train.evaluate import (
+        SystemErrors,
+        evaluate_system,
+        load_atom_ener,
+        write_details,
+    )
 
     device = resolve_device(args.device, option="--device")
     log.info("%s", describe(args.device, device))
-    model = load_model(args.model, device, head=args.head)
+    model_path = args.model
+    if not Path(model_path).exists() and Path(model_path + ".pth").is_file():
+        model_path += ".pth"  # as dp test -m NAME, which reads NAME.pth
+    model = load_model(model_path, device, head=args.head)
     type_map = list(model.get_type_map())
-    paths = find_systems(args.systems, where="-s")
+    if args.datafile is not None:
+        paths = _read_datafile(args.datafile)
+    else:
+        paths = find_systems(args.systems, where="-s")
     total = SystemErrors()
     samples: dict | None = {} if args.plot else None
-    for path in paths:
-        system = load_system(path, type_map, args.set_prefix)
+    for i, path in enumerate(paths):
+        log.info("# ---------------output of dp test--------------- ")
         log.info("# testing system : %s", path)
-        res = evaluate_system(model, system, args.numb_test, collect=samples)
-        _report("output of dpa3 test", res)
+        system = load_system(path, type_map, args.set_prefix)
+        atom_ener = load_atom_ener(system, args.set_prefix) if args.atomic else None
+        res = evaluate_system(
+            model,
+            system,
+            args.numb_test,
+            collect=samples,
+            atom_ener=atom_ener,
+            details=args.detail_file is not None,
+        )
+        if args.detail_file is not None:
+            write_details(args.detail_file, path, res, system.natoms, append=i > 0)
+        log.info("# number of test data : %d ", res.nframes)
+        _report_errors(res)
+        log.info(_RULE)
         total.merge(res)
-    if len(paths) > 1:
-        _report("weighted average of errors", total)
+    log.info("# ----------weighted average of errors----------- ")
+    log.info("# number of systems : %d", len(paths))
+    _report_errors(total)
+    log.info(_RULE)
     if args.plot:
         from ..plot import parity_plot
 

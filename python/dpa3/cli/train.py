@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -73,6 +74,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: the normalised input, written at the start of training (as dp train's out.json)
+OUT_JSON = "out.json"
+
+
+def _write_out_json(data: dict | None) -> None:
+    """Write ``out.json`` in the working folder atomically (temporary file, then rename)."""
+    if data is None:
+        return
+    path = Path(OUT_JSON)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=4))
+    os.replace(tmp, path)
+    log.info("wrote %s (the input with every default filled in)", path)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 train``.
 
@@ -107,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             skip_neighbor_stat=args.skip_neighbor_stat,
             device=device,
         )
+        if ctx.is_main:
+            _write_out_json(trainer.normalized_input())
         ckpt = trainer.run()
     finally:
         shutdown_distributed()

@@ -10,8 +10,9 @@ the neighbours in the data.  :class:`ModelSection` holds what the section says, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 from ._base import Section
 from .model import SEL_KEYS, AutoSel, ModelConfig
@@ -75,6 +76,49 @@ class ModelSection:
         rf.validate(f"{self.path}.descriptor.repflow")
         return replace(self.template, descriptor=replace(self.template.descriptor, repflow=rf))
 
+    def to_input(self, model: ModelConfig | None = None) -> dict[str, Any]:
+        """The section as a DeePMD-kit ``model`` dict with every key dpa3 reads at its
+        effective value (``model``: the resolved config to write instead of the template,
+        e.g. with the ``"auto"`` selections counted); :meth:`parse` of it gives back the
+        same section (selections as integers)."""
+        cfg = model or self.template
+        desc, fit = cfg.descriptor, cfg.fitting
+        out: dict[str, Any] = {
+            "type": "standard",
+            "type_map": list(cfg.type_map),
+            "descriptor": {
+                "type": "dpa3",
+                "repflow": asdict(desc.repflow),
+                "activation_function": _activation(desc.activation, desc.activation_threshold),
+                "precision": desc.precision,
+                "concat_output_tebd": desc.concat_output_tebd,
+                "use_tebd_bias": desc.use_tebd_bias,
+                "use_loc_mapping": desc.use_loc_mapping,
+                "env_protection": desc.env_protection,
+                "trainable": desc.trainable,
+                "seed": desc.seed,
+            },
+            "fitting_net": {
+                "type": "ener",
+                "neuron": list(fit.neuron),
+                "activation_function": _activation(fit.activation, fit.activation_threshold),
+                "precision": fit.precision,
+                "resnet_dt": fit.resnet_dt,
+                "trainable": fit.trainable,
+                "seed": fit.seed,
+            },
+            "data_stat_nbatch": cfg.data_stat_nbatch,
+            "data_stat_protect": cfg.data_stat_protect,
+            "preset_out_bias": None
+            if cfg.preset_out_bias is None
+            else {"energy": list(cfg.preset_out_bias)},
+        }
+        if self.bias_adjust_mode is not BiasAdjustMode.CHANGE:  # not a key of dp's schema
+            out["bias_adjust_mode"] = self.bias_adjust_mode.value
+        if self.finetune_head is not None:
+            out["finetune_head"] = self.finetune_head
+        return out
+
     @staticmethod
     def parse(sec: Section) -> ModelSection:
         """Parse the section (raises :class:`dpa3.config.ConfigError` naming the key)."""
@@ -85,6 +129,11 @@ class ModelSection:
         auto: dict[str, AutoSel] = {}
         template = ModelConfig.parse(sec, auto)
         return ModelSection(template, auto, head, BiasAdjustMode(mode), sec.path)
+
+
+def _activation(name: str, threshold: float) -> str:
+    """The DeePMD-kit spelling of a parsed activation (``silut:10.0``, ``tanh``, ...)."""
+    return f"{name}:{threshold!r}" if name == "silut" else name
 
 
 __all__ = ["BiasAdjustMode", "ModelSection"]

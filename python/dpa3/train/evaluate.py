@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.system import System
+from ..errors import DataError
 
 
 def predict(
     model: torch.nn.Module, coord: np.ndarray, atype: np.ndarray, box: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """Energy (nf,), force (nf,N,3) and virial (nf,9) of frames with the same atom count."""
+    """Energy (nf,), force (nf,N,3), virial (nf,9) and atomic energy (nf,N) of frames with the
+    same atom count."""
     from ..data.neighbor import build_neighbor_batch
 
     nf, nat = atype.shape
@@ -39,6 +42,7 @@ def predict(
         "energy": out["energy"].detach().cpu().numpy().reshape(nf),
         "force": force.cpu().numpy(),
         "virial": out["virial"].detach().cpu().numpy().reshape(nf, 9),
+        "atom_energy": out["atom_energy"].detach().cpu().numpy().reshape(nf, nat),
     }
 
 
@@ -73,20 +77,34 @@ class ErrorStats:
         return math.sqrt(self.sq_sum / self.count) if self.count else math.nan
 
 
+#: error keys: energy, energy per atom, force, virial, virial per atom, stress (-virial/volume),
+#: atomic energy (``dp test -a``; per system only, not in the weighted average)
+ERROR_KEYS: tuple[str, ...] = ("e", "ea", "f", "v", "va", "s", "ae")
+PER_SYSTEM_ONLY: tuple[str, ...] = ("ae",)
+
+
 @dataclass
 class SystemErrors:
-    """Errors of one system (or a weighted sum of several)."""
+    """Errors of one system (or a weighted sum of several).
+
+    ``details`` holds, when asked for, the reference and predicted arrays of the tested frames
+    (``energy`` (n,), ``force`` (n,N,3), ``virial`` (n,9), and ``stress`` (n,9) when the
+    system is periodic and has virial labels), as the detail files record them.
+    """
 
     nframes: int = 0
     stats: dict[str, ErrorStats] = field(
-        default_factory=lambda: {k: ErrorStats() for k in ("e", "ea", "f", "v", "va")}
+        default_factory=lambda: {k: ErrorStats() for k in ERROR_KEYS}
     )
+    details: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def merge(self, other: SystemErrors) -> None:
-        """Accumulate ``other`` (frame-weighted, as ``dp test``'s weighted average)."""
+        """Accumulate ``other`` (weighted by the number of values, as ``dp test``'s weighted
+        average; the atomic-energy errors stay per system)."""
         self.nframes += other.nframes
         for k, s in other.stats.items():
-            self.stats[k].merge(s)
+            if k not in PER_SYSTEM_ONLY:
+                self.stats[k].merge(s)
 
 
 def evaluate_system(
@@ -95,42 +113,137 @@ def evaluate_system(
     numb_test: int = 0,
     max_atoms_per_batch: int = 1024,
     collect: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] | None = None,
+    atom_ener: np.ndarray | None = None,
+    details: bool = False,
 ) -> SystemErrors:
     """Errors of ``model`` on the first ``numb_test`` frames (0 = all) of ``system``.
 
-    If ``collect`` is given, the labelled predictions and references are appended to
-    ``collect[key] = (preds, refs)`` for ``key`` in energy (per atom), force, virial (per
-    atom), as :func:`dpa3.plot.parity_plot` takes them.
+    Virial and stress errors are taken over the frames with a virial label, and only for a
+    periodic system (as ``dp test``).  ``atom_ener`` (nframes, natoms), the reference atomic
+    energies of the system, adds the atomic-energy errors (``dp test -a``).  ``details`` keeps
+    the arrays of the detail files in ``SystemErrors.details``.  If ``collect`` is given, the
+    labelled predictions and references are appended to ``collect[key] = (preds, refs)`` for
+    ``key`` in energy (per atom), force, virial (per atom), as
+    :func:`dpa3.plot.parity_plot` takes them.
     """
     n = system.nframes if numb_test <= 0 else min(numb_test, system.nframes)
-    bs = max(1, max_atoms_per_batch // system.natoms)
-    res = SystemErrors(nframes=n)
+    nat = system.natoms
+    bs = max(1, max_atoms_per_batch // nat)
+    parts: dict[str, list[np.ndarray]] = {}
     for s in range(0, n, bs):
         idx = np.arange(s, min(n, s + bs))
-        p = predict(
-            model,
-            system.coord[idx],
-            system.atype[idx],
-            None if system.box is None else system.box[idx],
-        )
-        fe, ff, fv = (system.find[k][idx] for k in ("energy", "force", "virial"))
-        de = p["energy"][fe] - system.labels["energy"][idx][fe]
-        res.stats["e"].add(de)
-        res.stats["ea"].add(de / system.natoms)
-        res.stats["f"].add(p["force"][ff] - system.labels["force"][idx][ff])
-        dv = p["virial"][fv] - system.labels["virial"][idx][fv]
+        box = None if system.box is None else system.box[idx]
+        p = predict(model, system.coord[idx], system.atype[idx], box)
+        for k, v in p.items():
+            parts.setdefault(k, []).append(v)
+    pred = {k: np.concatenate(v) for k, v in parts.items()}
+    ref = {k: system.labels[k][:n] for k in ("energy", "force", "virial")}
+    fe, ff, fv = (system.find[k][:n] for k in ("energy", "force", "virial"))
+    if system.box is None:
+        fv = np.zeros_like(fv)
+    res = SystemErrors(nframes=n)
+    de = pred["energy"][fe] - ref["energy"][fe]
+    res.stats["e"].add(de)
+    res.stats["ea"].add(de / nat)
+    res.stats["f"].add(pred["force"][ff] - ref["force"][ff])
+    stress = None
+    if fv.any():
+        vol = np.abs(np.linalg.det(system.box[:n].reshape(n, 3, 3)))[:, None]
+        stress = (-ref["virial"] / vol, -pred["virial"] / vol)
+        dv = pred["virial"][fv] - ref["virial"][fv]
         res.stats["v"].add(dv)
-        res.stats["va"].add(dv / system.natoms)
-        if collect is not None:
-            for key, f, scale in (
-                ("energy", fe, system.natoms),
-                ("force", ff, 1),
-                ("virial", fv, system.natoms),
-            ):
-                pred, ref = collect.setdefault(key, ([], []))
-                pred.append(p[key][f] / scale)
-                ref.append(system.labels[key][idx][f] / scale)
+        res.stats["va"].add(dv / nat)
+        res.stats["s"].add(stress[1][fv] - stress[0][fv])
+    if atom_ener is not None:
+        res.stats["ae"].add(pred["atom_energy"] - atom_ener[:n])
+    if details:
+        res.details = {k: (ref[k], pred[k]) for k in ("energy", "force", "virial")}
+        if stress is not None:
+            res.details["stress"] = stress
+    if collect is not None:
+        for key, f, scale in (("energy", fe, nat), ("force", ff, 1), ("virial", fv, nat)):
+            preds, refs = collect.setdefault(key, ([], []))
+            preds.append(pred[key][f] / scale)
+            refs.append(ref[key][f] / scale)
     return res
 
 
-__all__ = ["ErrorStats", "SystemErrors", "evaluate_system", "predict"]
+_VIRIAL_COLUMNS = " ".join(
+    f"{w}_{q}{a}{b}" for w in ("data", "pred") for q in ("v",) for a in "xyz" for b in "xyz"
+)
+#: detail file suffix -> (details key, header columns, divide by the atom count)
+DETAIL_FILES: tuple[tuple[str, str, str, bool], ...] = (
+    (".e.out", "energy", "data_e pred_e", False),
+    (".e_peratom.out", "energy", "data_e pred_e", True),
+    (".f.out", "force", "data_fx data_fy data_fz pred_fx pred_fy pred_fz", False),
+    (".v.out", "virial", _VIRIAL_COLUMNS, False),
+    (".v_peratom.out", "virial", _VIRIAL_COLUMNS, True),
+    (".s.out", "stress", _VIRIAL_COLUMNS.replace("_v", "_s"), False),
+)
+
+
+def write_details(
+    prefix: str, label: str, res: SystemErrors, natoms: int, append: bool
+) -> list[str]:
+    """Write ``dp test -d PREFIX``'s detail files for one system; returns the files written.
+
+    As DeePMD-kit: the file names are ``PREFIX`` with its suffix (if any) replaced by
+    ``.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out`` and, for a
+    periodic system with virial labels, ``.s.out`` (stress = -virial/volume, eV/Å³); each row
+    holds the reference columns then the predicted ones (``numpy.savetxt``, ``%.18e``); the
+    header ``# <system>: <columns>`` is written when a file is started.  The first system
+    (``append`` false) replaces the files, later systems are appended to them without a
+    header (a file that does not exist yet, or is empty, still gets one).
+    """
+    if res.details is None:
+        raise ValueError("write_details: the errors were evaluated without details=True")
+    base = Path(prefix)
+    written = []
+    for suffix, key, columns, per_atom in DETAIL_FILES:
+        if key not in res.details:
+            continue
+        ref, pred = res.details[key]
+        width = 3 if key == "force" else (1 if key == "energy" else 9)
+        table = np.concatenate((ref.reshape(-1, width), pred.reshape(-1, width)), axis=1)
+        if per_atom:
+            table = table / natoms
+        path = base.with_suffix(suffix)
+        header = f"{label}: {columns}" if key != "stress" else f"{label} (eV/Å³): {columns}"
+        if append and path.exists() and path.stat().st_size > 0:
+            header = ""
+        with path.open("a" if append else "w", encoding="utf-8") as fh:
+            np.savetxt(fh, table, header=header)
+        written.append(str(path))
+    return written
+
+
+def load_atom_ener(system: System, set_prefix: str = "set") -> np.ndarray:
+    """The reference atomic energies ``set.*/atom_ener.npy`` of a system, (nframes, natoms).
+
+    Raises :class:`dpa3.errors.DataError` when a set lacks the file (``dp test -a`` needs it).
+    """
+    sets = sorted(p for p in Path(system.path).glob(f"{set_prefix}.*") if p.is_dir())
+    arrays = []
+    for sdir in sets:
+        f = sdir / "atom_ener.npy"
+        if not f.is_file():
+            raise DataError(f"'{f}' is missing (the atomic-energy test, -a, needs it)")
+        arrays.append(np.load(f).astype(np.float64).reshape(-1, system.natoms))
+    out = np.concatenate(arrays)
+    if out.shape[0] != system.nframes:
+        raise DataError(
+            f"'{system.path}': atom_ener.npy has {out.shape[0]} frames, coord.npy {system.nframes}"
+        )
+    return out
+
+
+__all__ = [
+    "DETAIL_FILES",
+    "ERROR_KEYS",
+    "ErrorStats",
+    "SystemErrors",
+    "evaluate_system",
+    "load_atom_ener",
+    "predict",
+    "write_details",
+]

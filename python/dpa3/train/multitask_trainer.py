@@ -127,6 +127,9 @@ class MultiTaskTrainer(Trainer):
         self.head_inputs = {t.name: t.cfg.record(t.model_cfg) for t in self.tasks}
         return self.mt.record(self.model_cfg)
 
+    def normalized_input(self) -> dict[str, Any] | None:
+        return None  # not implemented for multi-task inputs: no out.json
+
     def _build_model(self, cfgs: dict[str, ModelConfig]) -> torch.nn.Module:
         return MultiTaskModel(cfgs, self.factory)
 

@@ -326,6 +326,10 @@ class Trainer:
         """Hook: the input as checkpoints store it (``"auto"`` selections resolved)."""
         return self.cfg.record(self.tasks[0].model_cfg)
 
+    def normalized_input(self) -> dict[str, Any] | None:
+        """Hook: the input with every default filled in, as ``out.json`` records it."""
+        return self.cfg.normalized(self.tasks[0].model_cfg)
+
     def _build_model(self, cfgs: dict[str, ModelConfig]) -> torch.nn.Module:
         """Hook: the model of the heads ``cfgs``."""
         return self.factory(cfgs[""])
