@@ -44,7 +44,8 @@ class PairDPA3 : public Pair {
   void init_style() override;
   double init_one(int, int) override;
 
-  // only used while capturing the swap schedule (see capture_schedule())
+  // used while capturing the swap schedule (see capture_schedule()) and, reverse only, to
+  // fold the ghost forces of a committee home (devi_comm, pair_dpa3_devi.cpp)
   int pack_forward_comm(int, int *, double *, int, int *) override;
   void unpack_forward_comm(int, int, double *) override;
   int pack_reverse_comm(int, int, double *) override;
