@@ -120,10 +120,13 @@ struct Dpa3Model::Impl {
   int exchange_width = 0;
   std::string metadata;
 
-  // per re-neighbouring state
-  c10::Dict<std::string, at::Tensor> comm_dict;
-  at::Tensor nlist;
-  int nloc = 0;
+  // per re-neighbouring state, shared by the models of a committee (share_graph)
+  struct Graph {
+    c10::Dict<std::string, at::Tensor> comm_dict;
+    at::Tensor nlist;
+    int nloc = 0;
+  };
+  std::shared_ptr<const Graph> graph;
 };
 
 Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int device_rank) :
@@ -257,20 +260,32 @@ void Dpa3Model::set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> 
   t[comm_key("comm")] = torch::full({1}, comm, i64);
   t[comm_key("rank")] = torch::full({1}, rank, i32);
   // every key, in COMM_KEYS order (the model looks them up by name)
-  c10::Dict<std::string, at::Tensor> d;
-  for (int k = 0; k < dpa3::NUM_COMM_KEYS; ++k) d.insert(std::string(dpa3::COMM_KEYS[k]), t[k]);
-  impl->comm_dict = d;
-  impl->nlist = torch::from_blob(const_cast<int64_t *>(nlist.data()), {1, nloc, nnei}, i64)
-                    .clone()
-                    .to(impl->device);
-  impl->nloc = nloc;
+  auto g = std::make_shared<Impl::Graph>();
+  for (int k = 0; k < dpa3::NUM_COMM_KEYS; ++k)
+    g->comm_dict.insert(std::string(dpa3::COMM_KEYS[k]), t[k]);
+  g->nlist = torch::from_blob(const_cast<int64_t *>(nlist.data()), {1, nloc, nnei}, i64)
+                 .clone()
+                 .to(impl->device);
+  g->nloc = nloc;
+  impl->graph = std::move(g);
+}
+
+void Dpa3Model::share_graph(const Dpa3Model &other)
+{
+  if (!other.impl->graph) throw std::runtime_error("share_graph: the other model has no graph");
+  if (other.impl->device != impl->device)
+    throw std::runtime_error("share_graph: the models are on different devices (" +
+                             other.impl->device.str() + ", " + impl->device.str() + ")");
+  impl->graph = other.impl->graph;
 }
 
 void Dpa3Model::compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,
                         bool atomic_virial, Dpa3Result &out)
 {
   const auto nall = static_cast<int64_t>(atype.size());
-  const int64_t nloc = impl->nloc;
+  if (!impl->graph) throw std::runtime_error("compute before set_graph");
+  const Impl::Graph &graph = *impl->graph;
+  const int64_t nloc = graph.nloc;
   try {
     // kernels that the model launches without an explicit device go to the model's GPU
     c10::DeviceGuard guard(impl->device);
@@ -282,9 +297,9 @@ void Dpa3Model::compute(const std::vector<double> &coord, const std::vector<int6
     at::Tensor t = torch::from_blob(const_cast<int64_t *>(atype.data()), {1, nall}, i64)
                        .clone()
                        .to(impl->device);
-    std::vector<c10::IValue> args{x, t, impl->nlist, c10::IValue()};
+    std::vector<c10::IValue> args{x, t, graph.nlist, c10::IValue()};
     torch::jit::Kwargs kwargs{{"do_atomic_virial", c10::IValue(atomic_virial)},
-                              {"comm_dict", c10::IValue(impl->comm_dict)}};
+                              {"comm_dict", c10::IValue(graph.comm_dict)}};
     c10::IValue ret = impl->module.get_method("forward_lower")(args, kwargs);
     if (!ret.isGenericDict()) throw std::runtime_error("forward_lower did not return a dict");
     auto dict = ret.toGenericDict();
@@ -331,7 +346,9 @@ std::vector<double> Dpa3Model::exchange(const std::vector<double> &g, int nall, 
     auto op = c10::Dispatcher::singleton().findSchemaOrThrow(OP_NAME, "");
     // the op's arguments: g, then the schedule in COMM_KEYS order
     torch::jit::Stack stack{x};
-    for (const auto key : dpa3::COMM_KEYS) stack.emplace_back(impl->comm_dict.at(std::string(key)));
+    if (!impl->graph) throw std::runtime_error("exchange before set_graph");
+    for (const auto key : dpa3::COMM_KEYS)
+      stack.emplace_back(impl->graph->comm_dict.at(std::string(key)));
     op.callBoxed(&stack);
     at::Tensor y = stack.at(0).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
     return {y.data_ptr<double>(), y.data_ptr<double>() + y.numel()};

@@ -59,6 +59,11 @@ class Dpa3Model {
   void set_graph(const Dpa3Schedule &sched, const std::vector<int64_t> &nlist, int nloc, int nnei,
                  int64_t comm, int rank);
 
+  // Uses the graph inputs of `other` (set by its set_graph): the same tensors, no copy and no
+  // upload; for the models of a committee (model deviation), which all run on one device.
+  // Throws if the devices differ or `other` has no graph yet.
+  void share_graph(const Dpa3Model &other);
+
   // Evaluates the model on coord [nall * 3] (Angstrom) and atype [nall].
   void compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,
                bool atomic_virial, Dpa3Result &out);

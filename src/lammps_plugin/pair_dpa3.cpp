@@ -1,5 +1,7 @@
 /* ----------------------------------------------------------------------
-   pair_style dpa3 model.pth [device auto|cpu|cuda] [check on|off]
+   pair_style dpa3 model.pth [model2.pth ...] [device auto|cpu|cuda] [check on|off]
+                   [out_freq N] [out_file F] [atomic] [relative L] [relative_v L]
+                   [out_digits D]
    pair_coeff * * El1 El2 ...   (element per atom type, NULL = not handled)
 
    Per step (all ranks, even those without atoms, because the model exchanges
@@ -9,8 +11,10 @@
      - call forward_lower on (x - boxlo) of local + ghost atoms;
      - add forces to all nall rows (LAMMPS folds ghost forces home through its
        reverse comm, hence newton pair on), local energy, and the virial.
-   The input commands (settings(), load_model(), coeff()) are in
-   pair_dpa3_settings.cpp.
+   With several models, the first drives the dynamics; every out_freq steps
+   all of them are evaluated on the same inputs and their deviations written
+   (pair_dpa3_devi.cpp).  The input commands (settings(), load_model(),
+   coeff()) are in pair_dpa3_settings.cpp.
 ------------------------------------------------------------------------- */
 
 #include "pair_dpa3.h"
@@ -54,10 +58,12 @@ constexpr int VIRIAL_ORDER[9] = {0, 4, 8, 3, 6, 7, 1, 2, 5};
 
 PairDPA3::PairDPA3(LAMMPS *lmp) :
     Pair(lmp), device("auto"), run_device("cpu"), mode_logged(false), check_flag(false),
-    check_logged(false), coeff_positional(false), ener_unit(1.0), dist_unit(1.0),
-    comm_dup_done(false), comm_handle(0), dup_comm(nullptr), cap(std::make_unique<Dpa3Capture>()),
-    nloc_model(0), nall_model(0), have_graph(false), cached_nlocal(-1), cached_nghost(-1),
-    cached_ncalls(-1), cached_lastcall(-1), cached_list(nullptr)
+    check_logged(false), out_freq(0), out_file("model_devi.out"), out_atomic(false), out_rel(false),
+    out_rel_v(false), eps(0.0), eps_v(0.0), out_digits(7), devi_fp(nullptr), devi_comm(false),
+    coeff_positional(false), ener_unit(1.0), dist_unit(1.0), comm_dup_done(false), comm_handle(0),
+    dup_comm(nullptr), cap(std::make_unique<Dpa3Capture>()), nloc_model(0), nall_model(0),
+    have_graph(false), cached_nlocal(-1), cached_nghost(-1), cached_ncalls(-1), cached_lastcall(-1),
+    cached_list(nullptr)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -73,6 +79,7 @@ PairDPA3::PairDPA3(LAMMPS *lmp) :
 
 PairDPA3::~PairDPA3()
 {
+  devi_close();
   if (dup_comm) {
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -102,7 +109,7 @@ void PairDPA3::allocate()
 
 void PairDPA3::init_style()
 {
-  if (!model) error->all(FLERR, "pair_style dpa3 has no model loaded");
+  if (models.empty()) error->all(FLERR, "pair_style dpa3 has no model loaded");
   if (coeff_names.empty() || (int) coeff_names.size() != atom->ntypes + 1)
     error->all(FLERR, "pair_style dpa3 needs pair_coeff * * with one element name per atom type");
   if (force->newton_pair == 0)
@@ -119,6 +126,8 @@ void PairDPA3::init_style()
   if (domain->dimension != 3) error->all(FLERR, "pair_style dpa3 requires a 3d system");
   if (check_flag && !atom->tag_enable)
     error->all(FLERR, "pair_style dpa3 check on requires atom IDs");
+  if (out_atomic && !atom->tag_enable)
+    error->all(FLERR, "pair_style dpa3 atomic requires atom IDs (the values are in ID order)");
 
   ener_unit = force->boltz / BOLTZ_METAL;
   dist_unit = force->angstrom;
@@ -136,7 +145,7 @@ void PairDPA3::init_style()
   if (run_device == "cuda" && comm->nprocs > 1 && !mode_logged && comm->me == 0) {
     try {
       utils::logmesg(lmp, "dpa3: ghost-feature exchange between ranks: {}\n",
-                     model->exchange_mode(comm_handle));
+                     models[0]->exchange_mode(comm_handle));
     } catch (const std::exception &e) {
       error->one(FLERR, "pair_style dpa3: {}", e.what());
     }
@@ -146,7 +155,7 @@ void PairDPA3::init_style()
   have_graph = false;
 }
 
-double PairDPA3::init_one(int, int) { return model->rcut() * dist_unit; }
+double PairDPA3::init_one(int, int) { return models[0]->rcut() * dist_unit; }
 
 /* ---------------------------------------------------------------------- */
 
@@ -198,7 +207,9 @@ void PairDPA3::rebuild()
   const int nnei = dpa3_build_nlist(list->inum, list->ilist, list->numneigh, list->firstneigh,
                                     nlocal, fwd_map, nloc_model, nlist);
   try {
-    model->set_graph(sched, nlist, nloc_model, nnei, comm_handle, comm->me);
+    models[0]->set_graph(sched, nlist, nloc_model, nnei, comm_handle, comm->me);
+    // the committee uses the same tensors: no second capture, neighbour matrix or upload
+    for (size_t m = 1; m < models.size(); m++) models[m]->share_graph(*models[0]);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style dpa3: {}", e.what());
   }
@@ -281,6 +292,7 @@ void PairDPA3::unpack_forward_comm(int n, int first, double *buf)
 
 int PairDPA3::pack_reverse_comm(int n, int first, double *buf)
 {
+  if (devi_comm) return devi_pack_reverse(n, first, buf);
   if (cap->phase != Dpa3Capture::REVERSE) return 0;
   const int s = cap->cursor;
   if (s < 0 || cap->recvnum[s] != n || (n > 0 && cap->firstrecv[s] != first)) {
@@ -293,8 +305,12 @@ int PairDPA3::pack_reverse_comm(int n, int first, double *buf)
   return n;
 }
 
-void PairDPA3::unpack_reverse_comm(int n, int *, double *buf)
+void PairDPA3::unpack_reverse_comm(int n, int *list, double *buf)
 {
+  if (devi_comm) {
+    devi_unpack_reverse(n, list, buf);
+    return;
+  }
   if (cap->phase != Dpa3Capture::REVERSE) return;
   const int s = cap->cursor--;
   if (s < 0 || cap->sendnum[s] != n) {
@@ -318,7 +334,7 @@ void PairDPA3::check_exchange()
   for (int k = 0; k < nloc_model; k++) g[k] = static_cast<double>(tag[bkw_map[k]]);
   std::vector<double> y;
   try {
-    y = model->exchange(g, nall_model, 1);
+    y = models[0]->exchange(g, nall_model, 1);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style dpa3: {}", e.what());
   }
@@ -332,6 +348,18 @@ void PairDPA3::check_exchange()
 }
 
 /* ---------------------------------------------------------------------- */
+
+void PairDPA3::compute_failed(const std::string &what)
+{
+  // abort the whole job: returning would leave the other ranks blocked in an exchange.
+  // Write the reason to stderr first: when several ranks fail at once, the first MPI_Abort
+  // can end the job before mpirun has forwarded the other ranks' (buffered) screen output.
+  std::fprintf(stderr, "ERROR on proc %d: pair_style dpa3: %s\n", comm->me, what.c_str());
+  std::fflush(stderr);
+  // give mpirun a moment to forward it: the job is being aborted anyway
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  error->one(FLERR, "pair_style dpa3: {}", what);
+}
 
 void PairDPA3::compute(int eflag, int vflag)
 {
@@ -358,16 +386,9 @@ void PairDPA3::compute(int eflag, int vflag)
   const bool atomic_virial = (vflag_atom || cvflag_atom);
   Dpa3Result res;
   try {
-    model->compute(coord_buf, atype_buf, atomic_virial, res);
+    models[0]->compute(coord_buf, atype_buf, atomic_virial, res);
   } catch (const std::exception &e) {
-    // abort the whole job: returning would leave the other ranks blocked in an exchange.
-    // Write the reason to stderr first: when several ranks fail at once, the first MPI_Abort
-    // can end the job before mpirun has forwarded the other ranks' (buffered) screen output.
-    std::fprintf(stderr, "ERROR on proc %d: pair_style dpa3: %s\n", comm->me, e.what());
-    std::fflush(stderr);
-    // give mpirun a moment to forward it: the job is being aborted anyway
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    error->one(FLERR, "pair_style dpa3: {}", e.what());
+    compute_failed(e.what());
   }
 
   const double force_unit = ener_unit / dist_unit;
@@ -388,4 +409,7 @@ void PairDPA3::compute(int eflag, int vflag)
     for (int k = 0; k < nall_model; k++)
       for (int c = 0; c < 9; c++)
         cvatom[bkw_map[k]][c] += res.atom_virial[9 * k + VIRIAL_ORDER[c]] * ener_unit;
+
+  // the committee runs only on output steps, on the same inputs (pair_dpa3_devi.cpp)
+  if (out_freq > 0 && update->ntimestep % out_freq == 0) model_deviation(res);
 }

@@ -1,7 +1,9 @@
 /* -*- c++ -*- ----------------------------------------------------------
    pair_style dpa3: the DPA3 message-passing potential as a LAMMPS plugin.
 
-   One TorchScript model per rank.  Ghost atoms only need geometry within one
+   One TorchScript model per rank (or a committee of models for the model
+   deviation, pair_dpa3_devi.cpp: the first drives the dynamics, all share one
+   schedule and neighbour matrix).  Ghost atoms only need geometry within one
    cutoff of the local atoms: node features of ghosts are refreshed inside the
    model, layer by layer, by the dpa3::border_exchange op, which replays
    LAMMPS's own swap schedule (captured here at every re-neighbouring through
@@ -19,6 +21,7 @@ PairStyle(dpa3,PairDPA3);
 
 #include "pair.h"
 
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +31,7 @@ namespace LAMMPS_NS {
 class Dpa3Model;
 struct Dpa3Schedule;
 struct Dpa3Capture;
+struct Dpa3Result;
 
 class PairDPA3 : public Pair {
  public:
@@ -40,7 +44,8 @@ class PairDPA3 : public Pair {
   void init_style() override;
   double init_one(int, int) override;
 
-  // only used while capturing the swap schedule (see capture_schedule())
+  // used while capturing the swap schedule (see capture_schedule()) and, reverse only, to
+  // fold the ghost forces of a committee home (devi_comm, pair_dpa3_devi.cpp)
   int pack_forward_comm(int, int *, double *, int, int *) override;
   void unpack_forward_comm(int, int, double *) override;
   int pack_reverse_comm(int, int, double *) override;
@@ -49,19 +54,39 @@ class PairDPA3 : public Pair {
  protected:
   void allocate();
   void load_model();
+  void check_metadata(const std::string &file, const Dpa3Model &model);
   void update_type_map();
   bool need_rebuild();
   void rebuild();
   void capture_schedule();
   void check_exchange();
+  void compute_failed(const std::string &what);
+  // model deviation (pair_dpa3_devi.cpp)
+  void devi_open();
+  void devi_close();
+  void model_deviation(const Dpa3Result &res0);
+  void devi_write(const double vdev[3], const double fdev[3], const std::vector<double> &atomic);
+  int devi_pack_reverse(int n, int first, double *buf);
+  void devi_unpack_reverse(int n, const int *list, const double *buf);
 
-  std::string model_file;
-  std::string device;        // keyword value: "auto", "cpu" or "cuda"
-  std::string run_device;    // what auto resolved to: "cpu" or "cuda"
-  bool mode_logged;          // exchange mode printed (cuda on several ranks)
-  bool check_flag;           // push atom tags through the exchange op at each rebuild
+  std::vector<std::string> model_files;    // model 0 drives the dynamics
+  std::string device;                      // keyword value: "auto", "cpu" or "cuda"
+  std::string run_device;                  // what auto resolved to: "cpu" or "cuda"
+  bool mode_logged;                        // exchange mode printed (cuda on several ranks)
+  bool check_flag;                         // push atom tags through the exchange op at each rebuild
   bool check_logged;
-  std::unique_ptr<Dpa3Model> model;
+  std::vector<std::unique_ptr<Dpa3Model>> models;
+
+  // model deviation: written every out_freq steps when there are several models
+  int out_freq;    // 0 with a single model
+  std::string out_file;
+  bool out_atomic;                   // append the per-atom force deviations
+  bool out_rel, out_rel_v;           // divide by |f| + eps, |virial component / N| + eps_v
+  double eps, eps_v;                 // in LAMMPS force / energy units
+  int out_digits;                    // significant digits written (7 = DeePMD-kit's format)
+  FILE *devi_fp;                     // rank 0
+  bool devi_comm;                    // reverse comm of the committee's ghost forces in progress
+  std::vector<double> devi_force;    // [nall][nmodels][3], LAMMPS indexing and units
 
   std::vector<std::string> coeff_names;    // element per LAMMPS type (1-based); "NULL" = ignored
   bool coeff_positional;                   // pair_coeff * * without names

@@ -1,10 +1,10 @@
 /* ----------------------------------------------------------------------
    pair_style dpa3: the input commands (part of PairDPA3, see pair_dpa3.cpp)
 
-   pair_style dpa3 model.pth [device auto|cpu|cuda] [check on|off]
-     settings(): keywords; load_model(): device and thread choice, loading of
-     the frozen model on every rank (one error message on all ranks), its
-     metadata.
+   pair_style dpa3 model.pth [model2.pth ...] [keywords]
+     settings(): model files and keywords; load_model(): device and thread choice, loading of
+     the frozen model(s) on every rank (one error message on all ranks), their
+     metadata, and that a committee agrees on type map and cutoff.
    pair_coeff * * El1 El2 ...   (element per atom type, NULL = not handled)
      coeff(), update_type_map(): LAMMPS type -> model type.
 ------------------------------------------------------------------------- */
@@ -23,23 +23,76 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <thread>
 
 using namespace LAMMPS_NS;
 
+namespace {
+
+// every keyword of pair_style dpa3; the arguments before the first one are model files
+const char *const KEYWORDS[] = {"device", "check",    "out_freq",   "out_file",
+                                "atomic", "relative", "relative_v", "out_digits"};
+
+bool is_keyword(const std::string &word)
+{
+  for (const char *k : KEYWORDS)
+    if (word == k) return true;
+  return false;
+}
+
+}    // namespace
+
 /* ----------------------------------------------------------------------
-   pair_style dpa3 model.pth [device auto|cpu|cuda] [check on|off]
+   pair_style dpa3 model.pth [model2.pth ...] [device auto|cpu|cuda] [check on|off]
+                   [out_freq N] [out_file F] [atomic] [relative L] [relative_v L]
+                   [out_digits D]
 ------------------------------------------------------------------------- */
 
 void PairDPA3::settings(int narg, char **arg)
 {
   if (narg < 1) error->all(FLERR, "Illegal pair_style dpa3 command: missing model file");
-  model_file = arg[0];
+
+  // model files: the first argument, then every argument up to the first keyword.  A word
+  // that is neither a keyword nor an existing file is reported as an unknown keyword (decided
+  // on rank 0, so that all ranks agree)
+  int nfiles = 1, unknown = 0;
+  if (comm->me == 0) {
+    while (nfiles < narg && !is_keyword(arg[nfiles])) {
+      std::ifstream probe(arg[nfiles], std::ios::binary);
+      if (!probe.good()) {
+        unknown = 1;
+        break;
+      }
+      nfiles++;
+    }
+  }
+  MPI_Bcast(&nfiles, 1, MPI_INT, 0, world);
+  MPI_Bcast(&unknown, 1, MPI_INT, 0, world);
+  if (unknown)
+    error->all(FLERR, "Unknown pair_style dpa3 keyword: {} (nor an existing model file)",
+               arg[nfiles]);
+  model_files.assign(arg, arg + nfiles);
+
   device = "auto";
   check_flag = false;
-  int iarg = 1;
+  out_freq = 0;
+  out_file = "model_devi.out";
+  out_atomic = out_rel = out_rel_v = false;
+  eps = eps_v = 0.0;
+  out_digits = 7;
+  std::string devi_key;    // first model deviation keyword given
+  int iarg = nfiles;
   while (iarg < narg) {
     const std::string key = arg[iarg];
+    if (!is_keyword(key)) error->all(FLERR, "Unknown pair_style dpa3 keyword: {}", key);
+    if (key.rfind("out_", 0) == 0 || key == "atomic" || key.rfind("relative", 0) == 0)
+      if (devi_key.empty()) devi_key = key;
+    if (key == "atomic") {
+      out_atomic = true;
+      iarg += 1;
+      continue;
+    }
     if (iarg + 1 >= narg)
       error->all(FLERR, "Illegal pair_style dpa3 command: missing value after keyword {}", key);
     const std::string value = arg[iarg + 1];
@@ -55,12 +108,38 @@ void PairDPA3::settings(int narg, char **arg)
       device = value;
     } else if (key == "check") {
       check_flag = utils::logical(FLERR, value, false, lmp) == 1;
-    } else {
-      error->all(FLERR, "Unknown pair_style dpa3 keyword: {}", key);
+    } else if (key == "out_freq") {
+      out_freq = utils::inumeric(FLERR, value, false, lmp);
+      if (out_freq < 1)
+        error->all(FLERR, "Illegal pair_style dpa3 keyword out_freq: {} (must be >= 1)", value);
+    } else if (key == "out_file") {
+      out_file = value;
+    } else if (key == "relative") {
+      out_rel = true;
+      eps = utils::numeric(FLERR, value, false, lmp);
+      if (eps < 0.0)
+        error->all(FLERR, "Illegal pair_style dpa3 keyword relative: {} (must be >= 0)", value);
+    } else if (key == "relative_v") {
+      out_rel_v = true;
+      eps_v = utils::numeric(FLERR, value, false, lmp);
+      if (eps_v < 0.0)
+        error->all(FLERR, "Illegal pair_style dpa3 keyword relative_v: {} (must be >= 0)", value);
+    } else if (key == "out_digits") {
+      out_digits = utils::inumeric(FLERR, value, false, lmp);
+      if (out_digits < 1 || out_digits > 17)
+        error->all(FLERR, "Illegal pair_style dpa3 keyword out_digits: {} (use 1 to 17)", value);
     }
     iarg += 2;
   }
+  if (model_files.size() == 1 && !devi_key.empty())
+    error->all(FLERR,
+               "pair_style dpa3 keyword {} needs several models (model deviation: pair_style "
+               "dpa3 m1.pth m2.pth ... out_freq N)",
+               devi_key);
+  if (model_files.size() > 1 && out_freq == 0) out_freq = 100;    // DeePMD-kit's default
+
   load_model();
+  devi_open();
   have_graph = false;
   // a redefined pair_style keeps previous pair_coeff names: re-match them with the new model
   if (allocated && !coeff_names.empty()) update_type_map();
@@ -109,32 +188,59 @@ void PairDPA3::load_model()
     utils::logmesg(lmp, "dpa3: {} torch thread(s) per MPI rank{}\n", nthreads,
                    (omp && std::atoi(omp) > 0) ? " (OMP_NUM_THREADS)" : "");
 
-  model.reset();
-  std::string msg;
-  try {
-    model = std::make_unique<Dpa3Model>(model_file, run_device, local_rank);
-  } catch (const std::exception &e) {
-    msg = e.what();
-    if (msg.empty()) msg = "unknown error";
+  models.clear();
+  for (const auto &file : model_files) {
+    std::string msg;
+    try {
+      models.push_back(std::make_unique<Dpa3Model>(file, run_device, local_rank));
+    } catch (const std::exception &e) {
+      msg = e.what();
+      if (msg.empty()) msg = "unknown error";
+    }
+
+    // agree on failure on all ranks so that every rank stops with the same message
+    int fail_rank = msg.empty() ? comm->nprocs : comm->me;
+    int first_fail = comm->nprocs;
+    MPI_Allreduce(&fail_rank, &first_fail, 1, MPI_INT, MPI_MIN, world);
+    if (first_fail < comm->nprocs) {
+      int len = static_cast<int>(msg.size());
+      MPI_Bcast(&len, 1, MPI_INT, first_fail, world);
+      msg.resize(len);
+      MPI_Bcast(msg.data(), len, MPI_CHAR, first_fail, world);
+      models.clear();
+      error->all(FLERR, "pair_style dpa3: {}", msg);
+    }
+    check_metadata(file, *models.back());
   }
 
-  // agree on failure on all ranks so that every rank stops with the same message
-  int fail_rank = msg.empty() ? comm->nprocs : comm->me;
-  int first_fail = comm->nprocs;
-  MPI_Allreduce(&fail_rank, &first_fail, 1, MPI_INT, MPI_MIN, world);
-  if (first_fail < comm->nprocs) {
-    int len = static_cast<int>(msg.size());
-    MPI_Bcast(&len, 1, MPI_INT, first_fail, world);
-    msg.resize(len);
-    MPI_Bcast(msg.data(), len, MPI_CHAR, first_fail, world);
-    error->all(FLERR, "pair_style dpa3: {}", msg);
+  // a committee shares one neighbour list, exchange schedule and neighbour matrix, and one
+  // pair_coeff: the models must agree on the cutoff and the type map
+  const Dpa3Model &first = *models[0];
+  for (size_t m = 1; m < models.size(); m++) {
+    const Dpa3Model &other = *models[m];
+    if (other.type_map() != first.type_map())
+      error->all(FLERR,
+                 "pair_style dpa3: models '{}' and '{}' have different type maps ([{}] and [{}]); "
+                 "the models of a model deviation must have the same type map",
+                 model_files[0], model_files[m], utils::join_words(first.type_map(), ", "),
+                 utils::join_words(other.type_map(), ", "));
+    if (other.rcut() != first.rcut())
+      error->all(FLERR,
+                 "pair_style dpa3: models '{}' and '{}' have different cutoffs ({} and {} A); "
+                 "the models of a model deviation must have the same cutoff (they share one "
+                 "neighbour list)",
+                 model_files[0], model_files[m], first.rcut(), other.rcut());
   }
+}
 
-  // metadata written by dpa3.export.freeze
+/* metadata written by dpa3.export.freeze; rank 0 logs what was loaded */
+
+void PairDPA3::check_metadata(const std::string &file, const Dpa3Model &model)
+{
   std::string precision = "?", version = "?", torch_version = "?", problem;
   int format = -1;
   try {
-    auto meta = json::parse(model->metadata_json());
+    auto meta = json::parse(model.metadata_json());
     format = meta.value("format_version", -1);
     precision = meta.value("precision", std::string("?"));
     version = meta.value("dpa3_version", std::string("?"));
@@ -143,22 +249,22 @@ void PairDPA3::load_model()
     problem = e.what();
   }
   if (!problem.empty())
-    error->all(FLERR, "pair_style dpa3: model '{}' has unreadable metadata.json: {}", model_file,
+    error->all(FLERR, "pair_style dpa3: model '{}' has unreadable metadata.json: {}", file,
                problem);
   if (format != 1)
     error->all(FLERR,
                "pair_style dpa3: model '{}' has metadata format_version {}, this plugin reads "
                "version 1",
-               model_file, format);
+               file, format);
 
   if (comm->me == 0) {
-    const auto &tm = model->type_map();
+    const auto &tm = model.type_map();
     utils::logmesg(lmp,
                    "dpa3: loaded {} on {} (dpa3 {}, torch {}, {})\n"
                    "dpa3:   type map {}, rcut {} A, {} layers, exchange width {}\n",
-                   model_file, model->device_name(), version, torch_version, precision,
-                   "[" + utils::join_words(tm, ", ") + "]", model->rcut(), model->num_layers(),
-                   model->exchange_width());
+                   file, model.device_name(), version, torch_version, precision,
+                   "[" + utils::join_words(tm, ", ") + "]", model.rcut(), model.num_layers(),
+                   model.exchange_width());
   }
 }
 
@@ -169,7 +275,8 @@ void PairDPA3::load_model()
 void PairDPA3::coeff(int narg, char **arg)
 {
   if (!allocated) allocate();
-  if (!model) error->all(FLERR, "pair_coeff for dpa3 before pair_style dpa3 loaded a model");
+  if (models.empty())
+    error->all(FLERR, "pair_coeff for dpa3 before pair_style dpa3 loaded a model");
   const int ntypes = atom->ntypes;
   if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
     error->all(FLERR,
@@ -178,7 +285,7 @@ void PairDPA3::coeff(int narg, char **arg)
 
   coeff_names.assign(ntypes + 1, "");
   coeff_positional = (narg == 2);
-  const auto &tm = model->type_map();
+  const auto &tm = models[0]->type_map();
   if (coeff_positional) {
     if (ntypes > (int) tm.size())
       error->all(FLERR,
@@ -211,7 +318,7 @@ void PairDPA3::coeff(int narg, char **arg)
 
 void PairDPA3::update_type_map()
 {
-  const auto &tm = model->type_map();
+  const auto &tm = models[0]->type_map();
   const int ntypes = static_cast<int>(coeff_names.size()) - 1;
   type_map.assign(ntypes + 1, -1);
   int nmapped = 0;

@@ -1,0 +1,163 @@
+"""Time per MD step of ``pair_style dpa3`` with one model vs a committee of 4 (model deviation).
+
+Cases, on data.water (192 atoms) and ``replicate 2 2 2`` of it (1,536 atoms):
+
+- 1 model: ``pair_style dpa3 m0.pth``;
+- 4 models, ``out_freq 1``: every step evaluates the 4 models and writes a row;
+- 4 models, ``out_freq 10``: one step in 10 evaluates the 4 models, the others only model 0.
+
+The committee shares one neighbour list, exchange schedule and neighbour matrix, so the
+targets of issue #13 are 4 models / 1 model <= 3.6 with out_freq 1 and <= 1.3 with out_freq 10.
+
+Each case runs ``run WARM`` (model loading, first re-neighbouring, warm-up) and then the timed
+``run STEPS`` (LAMMPS's "Loop time"; steps 11..10+STEPS hold STEPS/10 multiples of 10). The
+cases of one size run interleaved, ``--repeat`` times; the table gives the best time of each.
+
+Models (``--model``): ``fixture`` = the DeePMD-kit checkpoints of tests/data/model_devi (small:
+n_dim 16, 2 layers; m0, m1, m2 and m0 again), or the name of a folder of tests/data/parity
+(e.g. ``water_recipe_f32``, the production-size water recipe: 4 copies of it; the weights do
+not change the time).  Converted with ``dpa3 convert-deepmd`` and frozen in a temporary folder.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_devi_lammps.py --model fixture
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = REPO / "tests" / "data" / "model_devi"
+VENV_BIN = Path(sys.executable).parent
+LMP = shutil.which("lmp", path=str(VENV_BIN)) or shutil.which("lmp")
+MPIRUN = shutil.which("mpirun", path=str(VENV_BIN)) or shutil.which("mpirun")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def make_models(kind: str, workdir: Path) -> list[Path]:
+    """Four frozen models (paths may repeat)."""
+    from dpa3.convert import convert_deepmd
+    from dpa3.export import freeze
+
+    if kind == "fixture":
+        sources = [FIX / f"m{i}.ckpt.pt" for i in (0, 1, 2, 0)]
+    else:
+        sources = [REPO / "tests" / "data" / "parity" / kind / "model.ckpt.pt"] * 4
+    frozen: dict[Path, Path] = {}
+    for src in sources:
+        if src not in frozen:
+            k = len(frozen)
+            model = convert_deepmd(src, workdir / f"m{k}.pt")
+            frozen[src] = freeze(model.eval(), workdir / f"m{k}.pth")
+    return [frozen[s] for s in sources]
+
+
+def script(plugin: Path, models: list[Path], keys: str, reps: int, warm: int,
+           steps: int) -> str:
+    rep = f"replicate {reps} {reps} {reps}\n" if reps > 1 else ""
+    return f"""plugin unload pair dpa3
+plugin load {plugin}
+units metal
+atom_style atomic
+boundary p p p
+read_data data.water
+{rep}pair_style dpa3 {' '.join(map(str, models))} {keys}
+pair_coeff * * O H
+neighbor 1.0 bin
+neigh_modify every 10 delay 0 check yes
+timestep 0.0005
+velocity all create 330.0 4928459 mom yes rot yes dist gaussian
+fix 1 all nve
+thermo 10
+run {warm}
+run {steps}
+"""
+
+
+def run_case(workdir: Path, text: str, nprocs: int, threads: int, timeout: float) -> float:
+    """Seconds per step of the last run of the input."""
+    (workdir / "in.lmp").write_text(text)
+    cmd = [LMP, "-nocite", "-in", "in.lmp", "-log", "log.lammps"]
+    if nprocs > 1:
+        cmd = [MPIRUN, "-np", str(nprocs), *cmd]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("LAMMPS_PLUGIN_PATH", None)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"lmp failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    loops = re.findall(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps", proc.stdout)
+    t, n = loops[-1]
+    return float(t) / int(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="fixture")
+    ap.add_argument("--reps", type=int, nargs="+", default=[1, 2],
+                    help="replications per direction (1: 192 atoms, 2: 1,536 atoms)")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps (a multiple of 10)")
+    ap.add_argument("--warm", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--np", type=int, default=1, help="MPI ranks")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    ap.add_argument("--timeout", type=float, default=1800)
+    args = ap.parse_args(argv)
+
+    from dpa3.lammps import plugin_path
+
+    plugin = plugin_path()
+    work = Path(tempfile.mkdtemp(prefix="dpa3_devi_bench_"))
+    models = make_models(args.model, work)
+    shutil.copy(FIX / "data.water", work / "data.water")
+    cases = [
+        ("1 model", models[:1], ""),
+        ("4 models, out_freq 1", models, "out_freq 1 out_file devi1.out"),
+        ("4 models, out_freq 10", models, "out_freq 10 out_file devi10.out"),
+    ]
+    print(f"# model deviation benchmark: model {args.model}, {args.np} rank(s) x "
+          f"{args.threads} thread(s), {args.steps} timed steps after {args.warm}, best of "
+          f"{args.repeat}")
+    print(f"# CPU: {cpu_model()}, {os.cpu_count()} cores; load at start {loadavg()}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("| atoms | case | s/step | ratio to 1 model | load at start of its runs |")
+    print("|---|---|---|---|---|")
+    for reps in args.reps:
+        natoms = 192 * reps**3
+        best: dict[str, float] = {}
+        loads: dict[str, list[str]] = {}
+        for _ in range(args.repeat):
+            for name, ms, keys in cases:
+                loads.setdefault(name, []).append(loadavg().split()[0])
+                t = run_case(work, script(plugin, ms, keys, reps, args.warm, args.steps),
+                             args.np, args.threads, args.timeout)
+                best[name] = min(best.get(name, t), t)
+        for name, _, _ in cases:
+            print(f"| {natoms} | {name} | {best[name]:.4f} | "
+                  f"{best[name] / best['1 model']:.2f} | {', '.join(loads[name])} |",
+                  flush=True)
+    print(f"# load at end {loadavg()}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
