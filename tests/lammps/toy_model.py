@@ -14,21 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dpa3 import _ops
+
 
 def _exchange(h: torch.Tensor, nall: int, comm_dict: dict[str, torch.Tensor]) -> torch.Tensor:
     """``h [nloc, d]`` -> ``[nall, d]``: ghost rows filled from their owners."""
     pad = torch.zeros(nall - h.shape[0], h.shape[1], dtype=h.dtype, device=h.device)
-    return torch.ops.dpa3.border_exchange(
-        torch.cat([h, pad], dim=0),
-        comm_dict["send_idx"],
-        comm_dict["send_off"],
-        comm_dict["send_num"],
-        comm_dict["recv_num"],
-        comm_dict["send_proc"],
-        comm_dict["recv_proc"],
-        comm_dict["comm"],
-        comm_dict["rank"],
-    )
+    return _ops.border_exchange(torch.cat([h, pad], dim=0), comm_dict)
 
 
 class ToyMessagePassing(nn.Module):

@@ -318,17 +318,7 @@ class ScriptedEnergy(torch.nn.Module):
         coord = coord.detach().requires_grad_(True)
         nloc = coord.shape[0] - int(comm_dict["recv_num"].sum())
         h = torch.tanh(coord * self.w)
-        h_ext = torch.ops.dpa3.border_exchange(
-            h,
-            comm_dict["send_idx"],
-            comm_dict["send_off"],
-            comm_dict["send_num"],
-            comm_dict["recv_num"],
-            comm_dict["send_proc"],
-            comm_dict["recv_proc"],
-            comm_dict["comm"],
-            comm_dict["rank"],
-        )
+        h_ext = _ops.border_exchange(h, comm_dict)
         # pair-like term between each local row and all rows (local + ghost)
         e = (h_ext[:nloc].unsqueeze(1) * h_ext.unsqueeze(0)).sum() + (h_ext**2).sum()
         grads = torch.autograd.grad([e], [coord], create_graph=False)
