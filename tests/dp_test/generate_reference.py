@@ -111,6 +111,8 @@ def run_dp(args: list[str], cwd: Path, log: Path) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     write_systems(OUT)
+    # the cases travel with the fixtures: the test runs dpa3 test with the same arguments
+    (OUT / "cases.json").write_text(json.dumps(CASES, indent=1) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shutil.copy(CKPT, tmp / "m0.ckpt.pt")

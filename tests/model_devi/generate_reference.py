@@ -43,7 +43,6 @@ import deepmd
 import numpy as np
 import torch
 from deepmd.pt.model.model import get_model
-from deepmd.utils.argcheck import normalize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,8 +51,8 @@ _spec = importlib.util.spec_from_file_location(
     "parity_generate_reference", REPO / "tests" / "parity" / "generate_reference.py")
 _parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_parity)
-dp_freeze, save_checkpoint, wrapper_for = (
-    _parity.dp_freeze, _parity.save_checkpoint, _parity.wrapper_for)
+dp_freeze, normalized_input, save_checkpoint, wrapper_for = (
+    _parity.dp_freeze, _parity.normalized_input, _parity.save_checkpoint, _parity.wrapper_for)
 
 OUT = REPO / "tests" / "data" / "model_devi"
 VENV = Path(sys.executable).parent
@@ -91,23 +90,14 @@ DUMP = ("dump            traj all custom {out_freq} traj.lammpstrj id type x y z
 
 
 def model_config(seed: int) -> dict:
-    cfg = {
-        "model": {
-            "type_map": list(TYPE_MAP),
-            "descriptor": {"type": "dpa3", "repflow": copy.deepcopy(REPFLOW),
-                           "precision": "float64", "seed": seed},
-            "fitting_net": {"type": "ener", "precision": "float64", "seed": seed + 1,
-                            "neuron": [24, 24]},
-        },
-        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 3e-5, "decay_steps": 5000},
-        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 20, "start_pref_f": 100,
-                 "limit_pref_f": 60, "start_pref_v": 0.02, "limit_pref_v": 1},
-        "optimizer": {"type": "AdamW", "adam_beta1": 0.9, "adam_beta2": 0.999,
-                      "weight_decay": 0.001},
-        "training": {"training_data": {"systems": ["unused"], "batch_size": 1},
-                     "numb_steps": 1, "seed": 10},
+    model = {
+        "type_map": list(TYPE_MAP),
+        "descriptor": {"type": "dpa3", "repflow": copy.deepcopy(REPFLOW),
+                       "precision": "float64", "seed": seed},
+        "fitting_net": {"type": "ener", "precision": "float64", "seed": seed + 1,
+                        "neuron": [24, 24]},
     }
-    return normalize(cfg)
+    return normalized_input(model)
 
 
 def build_model(seed: int, params: dict) -> torch.nn.Module:

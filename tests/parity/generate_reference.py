@@ -210,24 +210,30 @@ def model_config(name: str) -> dict:
     """Normalised `model` section of a combo (schema defaults filled in by argcheck)."""
     c = COMBOS[name]
     seed = _seed(name) % 100000
-    cfg = {
-        "model": {
-            "type_map": list(TYPE_MAP),
-            "descriptor": {
-                "type": "dpa3",
-                "repflow": copy.deepcopy(c["repflow"]),
-                "precision": c["precision"],
-                "seed": seed,
-                **copy.deepcopy(c["desc"]),
-            },
-            "fitting_net": {
-                "type": "ener",
-                "precision": c["precision"],
-                "seed": seed + 1,
-                **copy.deepcopy(c["fit"]),
-            },
+    model = {
+        "type_map": list(TYPE_MAP),
+        "descriptor": {
+            "type": "dpa3",
+            "repflow": copy.deepcopy(c["repflow"]),
+            "precision": c["precision"],
+            "seed": seed,
+            **copy.deepcopy(c["desc"]),
         },
-        # the rest only satisfies the schema of a full input file
+        "fitting_net": {
+            "type": "ener",
+            "precision": c["precision"],
+            "seed": seed + 1,
+            **copy.deepcopy(c["fit"]),
+        },
+    }
+    return normalized_input(model)
+
+
+def normalized_input(model: dict) -> dict:
+    """A full DeePMD-kit input around ``model``, normalised by argcheck (schema defaults filled
+    in); everything but the model section only satisfies the schema of a full input file."""
+    cfg = {
+        "model": model,
         "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 3e-5, "decay_steps": 5000},
         "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 20, "start_pref_f": 100,
                  "limit_pref_f": 60, "start_pref_v": 0.02, "limit_pref_v": 1},

@@ -28,14 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "tests" / "data" / "dp_test"
 NUM = re.compile(r"[-+]?\d+\.\d+e[-+]\d+")
 
-# case -> dpa3 test arguments (the dp arguments of generate_reference.CASES, model aside)
-CASES = {
-    "single_n2": ["-s", "sys_a", "-n", "2", "-d", "detail"],
-    "datafile": ["-f", "systems.txt", "-d", "detail"],
-    "atomic": ["-s", "sys_a", "-a", "-d", "detail"],
-    "suffix": ["-s", "sys_a", "-n", "1", "-d", "out/res.txt"],
-    "nodetail": ["-s", "sys_b"],
-}
+# case -> test arguments after -m, as the generator gave them to dp test (cases.json)
+CASES: dict[str, list[str]] = json.loads((FIX / "cases.json").read_text())
 
 
 @pytest.fixture(scope="module")
