@@ -166,6 +166,15 @@ def train_input(systems: list[str], seed: int, steps: int) -> dict:
     return cfg
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children: what the run
+    costs independently of the machine's load (wall time on a quiet machine ~ CPU / jobs)."""
+    import resource
+
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -219,10 +228,10 @@ def iteration(
 ) -> dict:
     dpa3, lmp = tool("dpa3"), tool("lmp")
     here = run / f"iter.{it:03d}"
-    times = {}
+    times, cpu = {}, {}
 
     # 1. train the committee (seeds 1..M), then freeze
-    t0 = time.time()
+    t0, c0 = time.time(), cpu_seconds()
     steps = args.train_steps if it == 0 else args.retrain_steps
     cmds = []
     for m in range(args.models):
@@ -241,10 +250,10 @@ def iteration(
         args.jobs,
         environ,
     )
-    times["train"] = time.time() - t0
+    times["train"], cpu["train"] = time.time() - t0, cpu_seconds() - c0
 
     # 2. explore: one LAMMPS run per walker (different initial velocities)
-    t0 = time.time()
+    t0, c0 = time.time(), cpu_seconds()
     cmds = []
     for w in range(args.walkers):
         folder = here / "md" / f"walker_{w}"
@@ -262,10 +271,10 @@ def iteration(
         )
         cmds.append(([lmp, "-in", "in.lammps", "-log", "log.lammps"], folder))
     run_all(cmds, args.jobs, environ)
-    times["md"] = time.time() - t0
+    times["md"], cpu["md"] = time.time() - t0, cpu_seconds() - c0
 
     # 3. select with dpa3 model-devi;  4. label with EMT
-    t0 = time.time()
+    t0, c0 = time.time(), cpu_seconds()
     cmds = []
     for w in range(args.walkers):
         folder = here / "md" / f"walker_{w}"
@@ -293,9 +302,9 @@ def iteration(
             )
         )
     run_all(cmds, args.jobs, environ)
-    times["select"] = time.time() - t0
+    times["select"], cpu["select"] = time.time() - t0, cpu_seconds() - c0
 
-    t0 = time.time()
+    t0, c0 = time.time(), cpu_seconds()
     devi, labelled, new = [], 0, []
     for w in range(args.walkers):
         folder = here / "md" / f"walker_{w}"
@@ -307,7 +316,7 @@ def iteration(
             out.parent.mkdir(parents=True, exist_ok=True)
             labelled += label_emt(cand, out, budget)
             new.append(str(out))
-    times["label"] = time.time() - t0
+    times["label"], cpu["label"] = time.time() - t0, cpu_seconds() - c0
     d = np.concatenate(devi)
     return {
         "iteration": it,
@@ -320,6 +329,7 @@ def iteration(
         "labelled": labelled,
         "new_systems": new,
         "seconds": {k: round(v, 1) for k, v in times.items()},
+        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
         "load_average": os.getloadavg()[0],  # 1-minute load at the end (2 cores: quiet < 2)
     }
 
@@ -358,7 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             run / "summary.json",
             {"args": vars(args), "iterations": rows, "seconds": round(time.time() - t_start, 1)},
         )
-    print(f"done in {time.time() - t_start:.0f} s; numbers in {run / 'summary.json'}")
+    print(
+        f"done in {time.time() - t_start:.0f} s ({cpu_seconds():.0f} CPU s); numbers in "
+        f"{run / 'summary.json'}"
+    )
     return 0
 
 
