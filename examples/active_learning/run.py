@@ -109,13 +109,15 @@ def env() -> dict[str, str]:
 
 
 def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, str]) -> None:
-    """Run the commands, ``jobs`` at a time, each in its folder with its output in ``log``."""
+    """Run the commands, ``jobs`` at a time, each in its folder, output in ``<command>.log``."""
     pending, running = list(cmds), []
     while pending or running:
         while pending and len(running) < jobs:
             cmd, cwd = pending.pop(0)
             cwd.mkdir(parents=True, exist_ok=True)
-            log = open(cwd / "log", "w")  # closed when the process ends
+            # train.log, freeze.log, model-devi.log (dpa3 subcommand) or lmp.log
+            name = cmd[1] if Path(cmd[0]).name == "dpa3" else Path(cmd[0]).name
+            log = open(cwd / f"{name}.log", "w")  # closed when the process ends
             running.append(
                 (
                     subprocess.Popen(
@@ -134,7 +136,7 @@ def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, st
             log.close()
             running.remove(item)
             if proc.returncode:
-                tail = (cwd / "log").read_text()[-3000:]
+                tail = Path(log.name).read_text()[-3000:]
                 sys.exit(f"run.py: {' '.join(cmd)} failed in {cwd}:\n{tail}")
 
 

@@ -42,7 +42,7 @@ def quick_run(tmp_path_factory):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1500,  # ~1 minute on a quiet 2-core machine; generous for a loaded one
         check=False,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
