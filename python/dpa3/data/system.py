@@ -4,8 +4,11 @@ A system folder holds ``type.raw`` (one integer type per atom), optionally ``typ
 (element names, one a line), an optional empty file ``nopbc``, and ``set.*`` folders with
 ``coord.npy`` (nframes, natoms*3), ``box.npy`` (nframes, 9; absent with ``nopbc``) and the
 optional labels ``energy.npy`` (nframes,), ``force.npy`` (nframes, natoms*3) and
-``virial.npy`` (nframes, 9).  In the *mixed-type* layout ``set.*/real_atom_types.npy``
-(nframes, natoms) gives each frame's types and ``type.raw`` is a placeholder.
+``virial.npy`` (nframes, 9), and the per-atom ``atom_ener.npy`` (nframes, natoms; the
+atomic-energy loss term) and ``atom_ener_coeff.npy`` (nframes, natoms; 1 where absent, used
+by the loss option ``enable_atom_ener_coeff``).  In the *mixed-type* layout
+``set.*/real_atom_types.npy`` (nframes, natoms) gives each frame's types and ``type.raw`` is a
+placeholder.
 
 A missing label file switches that label off for the frames of that set, as DeePMD-kit's
 ``find_*`` flags do; the loss then skips the term for those frames.
@@ -22,7 +25,9 @@ import numpy as np
 
 from ..errors import DataError
 
-LABELS: tuple[str, ...] = ("energy", "force", "virial")
+LABELS: tuple[str, ...] = ("energy", "force", "virial", "atom_ener", "atom_ener_coeff")
+#: Value of a label absent from a set (DeePMD-kit's ``DataRequirementItem.default``).
+_LABEL_DEFAULT = {"atom_ener_coeff": 1.0}
 
 
 @dataclass
@@ -226,7 +231,13 @@ def load_system(
             types.append(rt.astype(np.int64))
         else:
             types.append(np.broadcast_to(base_types, (nf, natoms)).copy())
-        for name, width in (("energy", 1), ("force", natoms * 3), ("virial", 9)):
+        for name, width in (
+            ("energy", 1),
+            ("force", natoms * 3),
+            ("virial", 9),
+            ("atom_ener", natoms),
+            ("atom_ener_coeff", natoms),
+        ):
             lfile = sdir / f"{name}.npy"
             if lfile.is_file():
                 arr = _reshape(
@@ -240,7 +251,7 @@ def load_system(
                 labels[name].append(arr.astype(np.float64))
                 finds[name].append(np.ones(nf, dtype=bool))
             else:
-                labels[name].append(np.zeros((nf, width), dtype=np.float64))
+                labels[name].append(np.full((nf, width), _LABEL_DEFAULT.get(name, 0.0)))
                 finds[name].append(np.zeros(nf, dtype=bool))
 
     atype_sys = np.concatenate(types)
@@ -275,6 +286,8 @@ def load_system(
         "energy": np.concatenate(labels["energy"])[:, 0],
         "force": np.concatenate(labels["force"]).reshape(nf_tot, natoms, 3),
         "virial": np.concatenate(labels["virial"]),
+        "atom_ener": np.concatenate(labels["atom_ener"]),
+        "atom_ener_coeff": np.concatenate(labels["atom_ener_coeff"]),
     }
     return System(
         path=str(root),
