@@ -98,8 +98,9 @@ def _children(fields, variants, path: str, ctx: dict[str, str], out: list[dict])
             )
             if walked:
                 sub_ctx = dict(ctx, **{flag: tag})
-                _children(choice.sub_fields.values(), choice.sub_variants.values(), path,
-                          sub_ctx, out)
+                _children(
+                    choice.sub_fields.values(), choice.sub_variants.values(), path, sub_ctx, out
+                )
 
 
 def main() -> int:

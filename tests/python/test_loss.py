@@ -214,8 +214,14 @@ def test_loss_options_change_the_value():
 def test_atomic_energy_frames_without_label():
     """Frames without atom_ener.npy drop out of the atomic-energy term (find flag)."""
     b, pred = reference_batch(REFERENCE["atomic_energy"])
-    cfg = loss_cfg(start_pref_e=0, limit_pref_e=0, start_pref_f=0, limit_pref_f=0,
-                   start_pref_ae=1.0, limit_pref_ae=1.0)
+    cfg = loss_cfg(
+        start_pref_e=0,
+        limit_pref_e=0,
+        start_pref_f=0,
+        limit_pref_f=0,
+        start_pref_ae=1.0,
+        limit_pref_ae=1.0,
+    )
     b.find_atom_ener = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     val, m = EnergyLoss(cfg, 1e-3)(pred, b, 1e-3)
     d = pred["atom_energy"][0, :, 0] - b.atom_ener[0]

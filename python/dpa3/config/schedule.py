@@ -60,8 +60,7 @@ class LearningRateConfig:
             for name in keys:
                 if other != kind and sec.has(name):
                     raise ConfigError(
-                        f"'{sec.key(name)}' belongs to learning_rate type '{other}', "
-                        f"not {kind!r}"
+                        f"'{sec.key(name)}' belongs to learning_rate type '{other}', not {kind!r}"
                     )
         start = sec.get_float("start_lr", 1e-3)
         if not (start > 0 and math.isfinite(start)):
