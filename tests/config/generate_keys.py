@@ -2,8 +2,10 @@
 
 Walks ``deepmd.utils.argcheck.gen_args()`` (the schema ``dp train`` checks an ``input.json``
 against) and writes ``tests/data/config_keys/deepmd_keys.json``: one entry per key path, with
-its type, default, aliases and the backends its documentation names (``"Supported Backend:
-..."``; ``null`` when the documentation names none, i.e. every backend).  Variants are walked
+its type, default, aliases, the backends its documentation names (``"Supported Backend:
+..."``; ``null`` when the documentation names none, i.e. every backend) and ``pt_mentions``:
+whether the quoted key name occurs in DeePMD-kit's PyTorch runtime sources (``deepmd/pt``,
+``deepmd/dpmodel``), i.e. whether ``dp --pt`` can read it at all.  Variants are walked
 where a DPA3 energy model can use them (model ``standard``, descriptor ``dpa3``, fitting
 ``ener``, loss ``ener``, every learning rate, optimizers ``Adam``/``AdamW``); for the other
 choices of a variant flag only the choice itself is listed (dpa3 must refuse it by name).
@@ -35,6 +37,16 @@ WALK = {
 }
 
 _BACKENDS = re.compile(r"\(Supported Backend: ([^)]*)\)")
+
+#: DeePMD-kit's PyTorch runtime: where ``dp --pt`` reads its input keys.
+_PT_SOURCES = ("pt", "dpmodel")
+
+
+def _pt_source_text() -> str:
+    root = Path(argcheck.__file__).resolve().parents[1]
+    return "\n".join(
+        f.read_text(errors="replace") for sub in _PT_SOURCES for f in (root / sub).rglob("*.py")
+    )
 
 
 def _jsonable(v):
@@ -73,6 +85,9 @@ def walk(arg, prefix: str, ctx: dict[str, str], out: list[dict]) -> None:
             "default": _jsonable(arg.default),
             "aliases": sorted(arg.alias),
             "backends": _backends(arg.doc),
+            "pt_mentions": any(
+                f"{q}{n}{q}" in _PT_TEXT for n in (arg.name, *arg.alias) for q in "\"'"
+            ),
         }
     )
     _children(arg.sub_fields.values(), arg.sub_variants.values(), path, ctx, out)
@@ -103,7 +118,12 @@ def _children(fields, variants, path: str, ctx: dict[str, str], out: list[dict])
                 )
 
 
+_PT_TEXT = ""
+
+
 def main() -> int:
+    global _PT_TEXT
+    _PT_TEXT = _pt_source_text()
     out: list[dict] = []
     for arg in argcheck.gen_args(multi_task=False):
         walk(arg, "", {}, out)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_train import MOLECULE, read_lcurve, tiny_input
 
 from dpa3.config._base import ConfigError
@@ -192,3 +193,18 @@ def test_training_with_atomic_energy_term(tmp_path, monkeypatch):
     rows = read_lcurve("lcurve.out")
     assert all(math.isfinite(float(r[-2])) for r in rows)
     assert float(rows[-1][-1]) == pytest.approx(t.lr.value(1), rel=0.05)
+
+
+@pytest.mark.parametrize("frozen", ["descriptor", "fitting_net"])
+def test_trainable_false_freezes_the_block(tmp_path, monkeypatch, frozen):
+    """descriptor/fitting_net ``trainable: false``: that block keeps its initial weights."""
+    monkeypatch.chdir(tmp_path)
+    d = tiny_input(steps=2)
+    d["model"][frozen]["trainable"] = False
+    t = Trainer(d)
+    block = {"descriptor": t.model.descriptor, "fitting_net": t.model.fitting}
+    before = {k: [p.detach().clone() for p in b.parameters()] for k, b in block.items()}
+    t.run()
+    for k, b in block.items():
+        same = all(torch.equal(p, q) for p, q in zip(b.parameters(), before[k], strict=True))
+        assert same == (k == frozen), k

@@ -338,9 +338,9 @@ class FittingConfig:
             ("use_aparam_as_mask", False),
             ("layer_name", None),
             ("default_fparam", None),
+            ("rcond", None),
         ):
             sec.reject_unless_default(name, default)
-        sec.get("rcond")  # accepted and ignored, as DeePMD-kit's PyTorch backend does
         sec.finish()
         return FittingConfig(**kw)
 

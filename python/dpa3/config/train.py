@@ -166,6 +166,7 @@ class DataConfig:
             sys_probs=probs,
             numb_btch=numb_btch,
         )
+        sec.reject_unless_default("min_pair_dist", 0.0, "not supported (frame filtering)")
         if sec.get("rglob_patterns") not in (None, []):
             raise ConfigError(f"'{sec.key('rglob_patterns')}' is not supported by dpa3")
         sec.finish()

@@ -49,6 +49,9 @@ class EnergyModel(nn.Module):
             self.fitting_dtype,
             fgen,
         )
+        # ``trainable: false`` freezes a block (DeePMD-kit sets ``requires_grad`` the same way)
+        self.descriptor.requires_grad_(cfg.descriptor.trainable)
+        self.fitting.requires_grad_(cfg.fitting.trainable)
         self.register_buffer("out_bias", torch.zeros(ntypes, dtype=torch.float64))
         self.register_buffer("out_std", torch.ones(ntypes, dtype=torch.float64))
         self.metadata = {
@@ -155,9 +158,7 @@ class EnergyModel(nn.Module):
         ``virial [nf,9]`` (eV) and optionally ``extended_virial [nf,nall,9]``.
         """
         with torch.no_grad():
-            nlist_f = format_nlist(
-                extended_coord.to(torch.float64), nlist, self.rcut, self.sel
-            )
+            nlist_f = format_nlist(extended_coord.to(torch.float64), nlist, self.rcut, self.sel)
         return self._forward_formatted(
             extended_coord, extended_atype, nlist_f, mapping, do_atomic_virial, comm_dict
         )

@@ -557,8 +557,11 @@ class Trainer:
                     loss, _, lr = self.train_step(step)
                     self.step_times.append(time.perf_counter() - ts)
                     done = step + 1
-                    if (main and t.disp_training
-                            and (done % t.disp_freq == 0 or step == self.start_step)):
+                    if (
+                        main
+                        and t.disp_training
+                        and (done % t.disp_freq == 0 or step == self.start_step)
+                    ):
                         metrics = self._task_metrics(self._validate(lr))
                         fout.write(lcurve.line(done, metrics, lr))
                         log.info("%s", progress.line(done, loss, metrics, lr, t.time_training))
