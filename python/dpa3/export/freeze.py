@@ -141,7 +141,9 @@ def freeze(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.jit.save(frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)})
+        torch.jit.save(
+            frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)}
+        )
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -178,9 +180,8 @@ def load_frozen(
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
         except RuntimeError as exc:
             text = str(exc)
-            if "dpa3::" in text and (
-                "Expected a value of type" in text or "Unknown builtin op" in text
-            ):
+            if "dpa3::" in text and ("Expected a value of type" in text
+                                     or "Unknown builtin op" in text):
                 raise ModelFileError(
                     f"dpa3: {path} calls dpa3 ops with signatures this dpa3 does not have: it "
                     "was frozen by another dpa3 version; re-freeze it with this one "

@@ -203,7 +203,9 @@ def edge_sum(
     if perm is not None and ptr is not None:
         if xn is None:
             return _ops.edge_sum(xc, None, xe, b, center.idx, perm, ptr, None, None, None)
-        return _ops.edge_sum(xc, xn, xe, b, center.idx, perm, ptr, nei.idx, nei.perm, nei.ptr)
+        return _ops.edge_sum(
+            xc, xn, xe, b, center.idx, perm, ptr, nei.idx, nei.perm, nei.ptr
+        )
     out = gather(xc, center)
     if xn is not None:
         out = out + gather(xn, nei)

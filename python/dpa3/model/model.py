@@ -158,7 +158,9 @@ class EnergyModel(nn.Module):
         ``virial [nf,9]`` (eV) and optionally ``extended_virial [nf,nall,9]``.
         """
         with torch.no_grad():
-            nlist_f = format_nlist(extended_coord.to(torch.float64), nlist, self.rcut, self.sel)
+            nlist_f = format_nlist(
+                extended_coord.to(torch.float64), nlist, self.rcut, self.sel
+            )
         return self._forward_formatted(
             extended_coord, extended_atype, nlist_f, mapping, do_atomic_virial, comm_dict
         )
