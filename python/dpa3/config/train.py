@@ -313,6 +313,8 @@ class InputConfig:
         lr, loss, opt, tr = self.learning_rate, self.loss, self.optimizer, self.training
         lr_d = lr.to_input()
         loss_d = {"type": "ener", **asdict(loss)}
+        if loss.relative_f is None:  # dp's schema has no default for it: left out as dp does
+            del loss_d["relative_f"]
         opt_d = {
             "type": opt.type,
             "adam_beta1": opt.beta1,
