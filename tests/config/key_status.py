@@ -266,8 +266,6 @@ REFUSED: dict[str, tuple[object, str]] = {
     "validating.tf32_infer": (True, "DeePMD-kit's full validation"),
     "validating.amp_infer": (True, "DeePMD-kit's full validation"),
     "nvnmd": ({"enable": True}, "NVNMD (TensorFlow only)"),
-    "training.training_data.rglob_patterns": (["*"], "recursive system search"),
-    "training.validation_data.rglob_patterns": (["*"], "recursive system search"),
 }
 for _tag in ("dos", "population", "property", "polar", "dipole", "dpa4_ener"):
     REFUSED[f"model.fitting_net.type = {_tag}"] = (_tag, "non-energy fitting nets")
@@ -299,15 +297,15 @@ INERT: dict[str, tuple[object, str, str]] = {
 }
 
 #: key id -> the helper branch that implements it; the lead flips these after merging.
-#: TODO(lead): after merging ``data`` move the rglob_patterns keys from REFUSED to
-#: IMPLEMENTED (probe ["*"], test in tests/python/test_data_*.py); after merging ``fault``
-#: point training.max_ckpt_keep's test at the new checkpoint tests.
+#: TODO(lead): after merging ``fault`` point training.max_ckpt_keep's test at the new
+#: checkpoint tests and drop it from here.
 OWNED_ELSEWHERE: dict[str, str] = {
-    "training.training_data.rglob_patterns": "data",
-    "training.validation_data.rglob_patterns": "data",
     "training.max_ckpt_keep": "fault",
 }
 IMPLEMENTED["training.max_ckpt_keep"] = (2, f"{T_TRAIN}::test_max_ckpt_keep")
+_T_RGLOB = "tests/python/test_deepmd_data.py::test_rglob_patterns_key"
+IMPLEMENTED["training.training_data.rglob_patterns"] = (["*"], _T_RGLOB)
+IMPLEMENTED["training.validation_data.rglob_patterns"] = (["*"], _T_RGLOB)
 
 
 def load_entries() -> list[dict]:

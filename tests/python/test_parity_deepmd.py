@@ -35,7 +35,7 @@ def _evaluate(model, ref, frame):
 
 
 def _check(model, ref, combo):
-    f32 = combo.endswith("f32")
+    f32 = "f32" in combo  # a float32 descriptor or fitting net
     for frame in _frames(ref):
         out = _evaluate(model, ref, frame)
         for k in KEYS:
@@ -49,12 +49,15 @@ def _check(model, ref, combo):
 
 
 def test_fixture_set_is_complete():
-    """All 12 option combinations of the fixture set are present and parametrise the tests
-    (guards against a silently shrunken set); the list is written out here on purpose."""
+    """All 19 option combinations of the fixture set are present and parametrise the tests
+    (guards against a silently shrunken set); the list is written out here on purpose: the
+    recipe options, then one combination per further option, each with another activation."""
     needed = {
         "water_recipe", "water_recipe_f32", "poly_switch", "nonsmooth_edge", "compress_linear",
         "multi_edge", "dynamic_sel", "sequential", "res_avg", "res_incr", "no_angle_update",
         "concat_tebd_bias",
+        "no_optim_update", "no_loc_mapping", "compress_rate2", "compress_e_rate1",
+        "axis_neuron6", "dynamic_sel_factor4", "desc_f32_fit_f64",
     }
     assert set(COMBOS) == needed, (sorted(needed - set(COMBOS)), sorted(set(COMBOS) - needed))
     manifest = json.loads((PARITY / "manifest.json").read_text())
@@ -118,7 +121,7 @@ def test_training_mode_parity(combo):
 
     model = load_deepmd_model(PARITY / combo / "model.ckpt.pt")
     ref = np.load(PARITY / combo / "reference.npz")
-    f32 = combo.endswith("f32")
+    f32 = "f32" in combo  # a float32 descriptor or fitting net
     frames = [f for f in _frames(ref) if f not in _TRAIN_SKIP_FRAMES.get(combo, set())]
     assert len(frames) >= 3
     for frame in frames:

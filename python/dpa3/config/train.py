@@ -121,10 +121,12 @@ class DataConfig:
     auto_prob: str = "prob_sys_size"
     sys_probs: tuple[float, ...] | None = None
     numb_btch: int = 1
+    rglob_patterns: tuple[str, ...] | None = None
 
     @staticmethod
     def parse(sec: Section, validation: bool = False) -> DataConfig:
-        """Parse a data section; ``systems`` is a list of folders or one parent folder."""
+        """Parse a data section; ``systems`` is a list of folders / HDF5 files or one of them
+        (each searched for systems, see :func:`dpa3.data.system.find_systems`)."""
         systems = sec.get("systems", required=True)
         if isinstance(systems, str):
             systems = [systems]
@@ -133,7 +135,9 @@ class DataConfig:
             or not systems
             or not all(isinstance(s, str) and s for s in systems)
         ):
-            raise ConfigError(f"'{sec.key('systems')}' must be a folder or a list of folders")
+            raise ConfigError(
+                f"'{sec.key('systems')}' must be a folder (or HDF5 file) or a list of them"
+            )
         rule = BatchSizeRule.parse(sec.get("batch_size", "auto"), sec.key("batch_size"))
         auto_prob = sec.get_str("auto_prob", "prob_sys_size")
         if not (
@@ -155,6 +159,11 @@ class DataConfig:
             ):
                 raise ConfigError(f"'{sec.key('sys_probs')}' must be a list of weights >= 0")
             probs = tuple(float(p) for p in probs)
+        patterns = sec.get("rglob_patterns", None)
+        if patterns is not None and (
+            not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns)
+        ):
+            raise ConfigError(f"'{sec.key('rglob_patterns')}' must be a list of glob patterns")
         numb_btch = 1
         if validation:
             numb_btch = max(1, sec.get_int("numb_btch", 1))
@@ -165,10 +174,9 @@ class DataConfig:
             auto_prob=auto_prob,
             sys_probs=probs,
             numb_btch=numb_btch,
+            rglob_patterns=None if patterns is None else tuple(patterns),
         )
         sec.reject_unless_default("min_pair_dist", 0.0, "not supported (frame filtering)")
-        if sec.get("rglob_patterns") not in (None, []):
-            raise ConfigError(f"'{sec.key('rglob_patterns')}' is not supported by dpa3")
         sec.finish()
         return cfg
 
@@ -419,6 +427,8 @@ def _data_dict(d: DataConfig, validation: bool) -> dict[str, Any]:
         "auto_prob": d.auto_prob,
         "sys_probs": None if d.sys_probs is None else list(d.sys_probs),
     }
+    if d.rglob_patterns is not None:
+        out["rglob_patterns"] = list(d.rglob_patterns)
     if d.set_prefix != "set":  # a key DeePMD-kit 3 has dropped (it warns); only when needed
         out["set_prefix"] = d.set_prefix
     if validation:

@@ -253,6 +253,11 @@ class Trainer:
                     valid_seed,
                     where=prefix + "validation_data",
                 )
+            if self.dist.is_main:  # DeePMD-kit's data summary, to check per-system lists by eye
+                for kind, data in (("training", train), ("validation", valid)):
+                    if data is not None:
+                        for line in data.summary(f"{kind} in {name}" if name else kind):
+                            log.info("%s", line)
             tasks.append(Task(name, cfg, train, valid, stat_seed))
         return tasks
 
