@@ -41,6 +41,10 @@ class Batch:
         (nf,) float64: 1 where the frame has the label, else 0.
     system
         Index of the system in its sampler.
+    atom_ener, find_atom_ener
+        (nf, natoms) float64 atomic-energy labels and (nf,) their flags (``None``: not loaded).
+    atom_ener_coeff
+        (nf, natoms) float64 coefficients of ``enable_atom_ener_coeff`` (1 where absent).
     """
 
     coord: torch.Tensor
@@ -53,6 +57,9 @@ class Batch:
     find_force: torch.Tensor
     find_virial: torch.Tensor
     system: int = 0
+    atom_ener: torch.Tensor | None = None
+    find_atom_ener: torch.Tensor | None = None
+    atom_ener_coeff: torch.Tensor | None = None
 
     @property
     def nframes(self) -> int:
@@ -91,6 +98,9 @@ def make_batch(system: System, idx: np.ndarray, sys_index: int = 0) -> Batch:
         find_force=t(system.find["force"]).to(torch.float64),
         find_virial=t(system.find["virial"]).to(torch.float64),
         system=sys_index,
+        atom_ener=t(system.labels["atom_ener"]),
+        find_atom_ener=t(system.find["atom_ener"]).to(torch.float64),
+        atom_ener_coeff=t(system.labels["atom_ener_coeff"]),
     )
 
 

@@ -4,8 +4,11 @@ A system folder holds ``type.raw`` (one integer type per atom), optionally ``typ
 (element names, one a line), an optional empty file ``nopbc``, and ``set.*`` folders with
 ``coord.npy`` (nframes, natoms*3), ``box.npy`` (nframes, 9; absent with ``nopbc``) and the
 optional labels ``energy.npy`` (nframes,), ``force.npy`` (nframes, natoms*3) and
-``virial.npy`` (nframes, 9).  In the *mixed-type* layout ``set.*/real_atom_types.npy``
-(nframes, natoms) gives each frame's types and ``type.raw`` is a placeholder.
+``virial.npy`` (nframes, 9), and the per-atom ``atom_ener.npy`` (nframes, natoms; the
+atomic-energy loss term) and ``atom_ener_coeff.npy`` (nframes, natoms; 1 where absent, used
+by the loss option ``enable_atom_ener_coeff``).  In the *mixed-type* layout
+``set.*/real_atom_types.npy`` (nframes, natoms) gives each frame's types and ``type.raw`` is a
+placeholder.
 
 The same layout inside an HDF5 file (``data.hdf5`` or ``data.hdf5#/group``, as dpdata's
 ``deepmd/hdf5`` writes it) is read through :mod:`dpa3.data.storage`.  Array files may be
@@ -31,7 +34,9 @@ from ..errors import DataError
 if TYPE_CHECKING:
     from .storage import Store
 
-LABELS: tuple[str, ...] = ("energy", "force", "virial")
+LABELS: tuple[str, ...] = ("energy", "force", "virial", "atom_ener", "atom_ener_coeff")
+#: Value of a label absent from a set (DeePMD-kit's ``DataRequirementItem.default``).
+_LABEL_DEFAULT = {"atom_ener_coeff": 1.0}
 
 
 @dataclass
@@ -277,7 +282,13 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
             types.append(rt.astype(np.int64))
         else:
             types.append(np.broadcast_to(base_types, (nf, natoms)).copy())
-        for name, width in (("energy", 1), ("force", natoms * 3), ("virial", 9)):
+        for name, width in (
+            ("energy", 1),
+            ("force", natoms * 3),
+            ("virial", 9),
+            ("atom_ener", natoms),
+            ("atom_ener_coeff", natoms),
+        ):
             lfile = f"{sdir}/{name}.npy"
             if st.is_file(lfile):
                 arr = _reshape(
@@ -291,7 +302,7 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
                 labels[name].append(arr.astype(np.float64))
                 finds[name].append(np.ones(nf, dtype=bool))
             else:
-                labels[name].append(np.zeros((nf, width), dtype=np.float64))
+                labels[name].append(np.full((nf, width), _LABEL_DEFAULT.get(name, 0.0)))
                 finds[name].append(np.zeros(nf, dtype=bool))
 
     atype_sys = np.concatenate(types)
@@ -329,6 +340,8 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
         "energy": np.concatenate(labels["energy"])[:, 0],
         "force": np.concatenate(labels["force"]).reshape(nf_tot, natoms, 3),
         "virial": np.concatenate(labels["virial"]),
+        "atom_ener": np.concatenate(labels["atom_ener"]),
+        "atom_ener_coeff": np.concatenate(labels["atom_ener_coeff"]),
     }
     return System(
         path=root,

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -43,7 +41,8 @@ from .distributed import DistContext
 from .finetune import transfer_state, type_dims
 from .lcurve import Lcurve, Progress, TaskMetrics
 from .loss import EnergyLoss
-from .lr import ExpLR
+from .lr import make_lr
+from .monitor import DeferredInterrupt, Monitor
 from .multitask import branch_checkpoint
 from .optim import build_optimizer
 from .task import Task, model_forward, resolve_sel
@@ -70,30 +69,6 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any] | None) -> None:
     if state and "torch" in state:
         torch.set_rng_state(state["torch"])
-
-
-class _DeferredInterrupt:
-    """Turns the first Ctrl-C into a flag checked between steps (a second one aborts)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> _DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("interrupt: stopping after this step (Ctrl-C again to abort at once)")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 # --------------------------------------------------------------------------------------
@@ -210,7 +185,7 @@ class Trainer:
         else:
             batches = sum(t.train_data.total_batches for t in self.tasks)
             self.numb_steps = math.ceil(tcfg.numb_epoch * batches)
-        self.lr = ExpLR(self.cfg.learning_rate, self.numb_steps)
+        self.lr = make_lr(self.cfg.learning_rate, self.numb_steps)
         for task in self.tasks:
             task.loss = EnergyLoss(task.cfg.loss, self.cfg.learning_rate.start_lr)
         self.optimizer = build_optimizer(
@@ -219,6 +194,7 @@ class Trainer:
         if restart:
             self._load_sampler_state(self._resume(ckpt))
         self.restarted = restart is not None
+        self.monitor = Monitor(tcfg, main=False)  # run() opens the writer and profiler
         self.last_checkpoint: Path | None = None
         self.step_times: list[float] = []
 
@@ -496,8 +472,10 @@ class Trainer:
         return Lcurve({t.name: t.loss.metric_names() for t in self.tasks}, validation)
 
     def _task_metrics(self, val: dict[str, dict[str, float]] | None) -> TaskMetrics:
-        """Per task: the metrics of its last training step and ``_validate``'s."""
-        return {t.name: (t.last_trn, (val or {}).get(t.name)) for t in self.tasks}
+        """Per task: the metrics of its last training step (``disp_avg``: the means since the
+        last display step) and ``_validate``'s."""
+        trn = self.monitor.display_metrics({t.name: t.last_trn for t in self.tasks})
+        return {t.name: (trn[t.name], (val or {}).get(t.name)) for t in self.tasks}
 
     # ------------------------------------------------------------------ loop
     def _draw_task(self) -> Task:
@@ -515,6 +493,7 @@ class Trainer:
         where = f"system {task.train_data.systems[batch.system].path}"
         self._optimize(loss, step, f"task {task.name}, {where}" if task.name else where)
         task.last_trn = metrics
+        self.monitor.step(step + 1, task.name, float(loss.detach()), metrics, lr)
         return float(loss.detach()), metrics, lr
 
     def _set_lr(self, step: int) -> float:
@@ -569,8 +548,10 @@ class Trainer:
             f", {self.dist.world_size} ranks" if self.dist.enabled else "",
         )
         with ExitStack() as stack:
+            self.monitor = Monitor(t, main)
+            stack.callback(self.monitor.close)
             fout = stack.enter_context(open(disp, mode, buffering=1)) if main else None
-            intr = stack.enter_context(_DeferredInterrupt())
+            intr = stack.enter_context(DeferredInterrupt())
             lcurve = self._lcurve()
             if fout is not None and mode == "w":
                 fout.write(lcurve.header())
@@ -581,10 +562,14 @@ class Trainer:
                     loss, _, lr = self.train_step(step)
                     self.step_times.append(time.perf_counter() - ts)
                     done = step + 1
-                    if main and (done % t.disp_freq == 0 or step == self.start_step):
+                    if (
+                        main
+                        and t.disp_training
+                        and (done % t.disp_freq == 0 or step == self.start_step)
+                    ):
                         metrics = self._task_metrics(self._validate(lr))
                         fout.write(lcurve.line(done, metrics, lr))
-                        log.info("%s", progress.line(done, loss, metrics, lr))
+                        log.info("%s", progress.line(done, loss, metrics, lr, t.time_training))
                     step = done
                     if step % t.save_freq == 0:
                         self.save(step)
@@ -600,7 +585,7 @@ class Trainer:
             self.save(step)
         elif self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{step}.pt"):
             self.save(step)
-        if self.step_times:
+        if self.step_times and t.time_training:
             log.info(
                 "finished %d steps in %.1f s (%.3f s/step)",
                 len(self.step_times),
