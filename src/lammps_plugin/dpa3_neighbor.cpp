@@ -1,6 +1,7 @@
 #include "dpa3_neighbor.h"
 
 #include <algorithm>
+#include <cmath>
 
 // same value as in LAMMPS's lmptype.h: the two top bits of a neighbour index carry
 // special-bond flags
@@ -117,4 +118,40 @@ int LAMMPS_NS::dpa3_build_nlist(int inum, const int *ilist, const int *numneigh,
     }
   }
   return nnei;
+}
+
+Dpa3BadPosition LAMMPS_NS::dpa3_check_positions(int inum, const int *ilist, const int *numneigh,
+                                                int *const *firstneigh, int nlocal,
+                                                const std::vector<int> &fwd_map,
+                                                const double *const *x, double min_dist)
+{
+  Dpa3BadPosition bad;
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || fwd_map[i] < 0) continue;
+    if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2])) {
+      bad.i = i;
+      return bad;
+    }
+  }
+  const double min2 = min_dist * min_dist;
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || fwd_map[i] < 0) continue;
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (fwd_map[j] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      // false for a ghost whose position is not finite: its owner reports that
+      if (rsq < min2) {
+        bad.i = i;
+        bad.j = j;
+        bad.r = std::sqrt(rsq);
+        return bad;
+      }
+    }
+  }
+  return bad;
 }

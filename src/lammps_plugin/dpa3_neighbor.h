@@ -65,6 +65,19 @@ int dpa3_build_nlist(int inum, const int *ilist, const int *numneigh, int *const
                      int nlocal, const std::vector<int> &fwd_map, int nloc_model,
                      std::vector<int64_t> &nlist);
 
+// First bad input among the local atoms of a LAMMPS list (NULL types skipped): a position
+// that is not finite (j = -1), or a neighbour closer than min_dist (in the units of x).
+// Only local atoms are tested for finiteness: a non-finite ghost is reported by its owner.
+// i = -1 if there is none.  Neighbour indices are masked with NEIGHMASK.
+struct Dpa3BadPosition {
+  int i = -1, j = -1;
+  double r = 0.0;
+};
+Dpa3BadPosition dpa3_check_positions(int inum, const int *ilist, const int *numneigh,
+                                     int *const *firstneigh, int nlocal,
+                                     const std::vector<int> &fwd_map, const double *const *x,
+                                     double min_dist);
+
 }    // namespace LAMMPS_NS
 
 #endif

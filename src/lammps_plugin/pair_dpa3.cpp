@@ -40,6 +40,7 @@
 #include <thread>
 #include <cstring>
 #include <exception>
+#include <sstream>
 
 using namespace LAMMPS_NS;
 
@@ -51,6 +52,9 @@ constexpr double BOLTZ_METAL = 8.617343e-5;
 
 // model 3x3 row-major virial -> LAMMPS order xx, yy, zz, xy, xz, yz (, yx, zx, zy)
 constexpr int VIRIAL_ORDER[9] = {0, 4, 8, 3, 6, 7, 1, 2, 5};
+
+// Atoms closer than this (Angstrom) are an error, as MIN_DISTANCE in dpa3/data/neighbor.py.
+constexpr double MIN_DISTANCE = 0.1;
 
 }    // namespace
 
@@ -179,6 +183,7 @@ void PairDPA3::rebuild()
   const int nall = nlocal + nghost;
   const int *type = atom->type;
 
+  check_special();
   capture_schedule();
 
   // drop atoms of NULL types
@@ -222,6 +227,32 @@ void PairDPA3::rebuild()
   cached_list = list;
 
   if (check_flag) check_exchange();
+}
+
+/* ----------------------------------------------------------------------
+   Bonded pairs: LAMMPS leaves a 1-2, 1-3 or 1-4 pair out of every neighbour list when its
+   special_bonds factors are both 0 (neighbor->special_flag 0, unless a kspace style keeps
+   them).  The model needs every pair within its cutoff; factors other than 0 keep the pairs
+   (flagged in the high bits, which dpa3 masks off: it computes the full energy, and a classical
+   style of a hybrid applies its own factors).  Called at re-neighbouring, on all ranks.
+------------------------------------------------------------------------- */
+
+void PairDPA3::check_special()
+{
+  if (atom->molecular == Atom::ATOMIC) return;
+  static const char *const name[4] = {"", "1-2", "1-3", "1-4"};
+  std::string excluded;
+  for (int k = 1; k <= 3; k++)
+    if (neighbor->special_flag[k] == 0)
+      excluded += (excluded.empty() ? "" : ", ") + std::string(name[k]);
+  if (excluded.empty()) return;
+  error->all(FLERR,
+             "pair_style dpa3: special_bonds factors of 0 remove the {} pairs of bonded atoms "
+             "from the neighbour list, but the model needs every pair within its cutoff: use "
+             "'special_bonds lj/coul 1 1 1' (with pair_style hybrid/overlay and a classical "
+             "style, nonzero global factors and pair_modify special for that style; see "
+             "docs/lammps.md)",
+             excluded);
 }
 
 /* ----------------------------------------------------------------------
@@ -361,10 +392,40 @@ void PairDPA3::compute_failed(const std::string &what)
   error->one(FLERR, "pair_style dpa3: {}", what);
 }
 
+std::string PairDPA3::atom_name(int i) const
+{
+  if (atom->tag_enable) return "ID " + std::to_string(atom->tag[i]);
+  return "index " + std::to_string(i) + " of rank " + std::to_string(comm->me);
+}
+
+// NaN/inf positions and overlapping atoms: error->one on the rank that sees them (the others
+// are aborted with it, never left waiting in the exchange)
+void PairDPA3::check_positions()
+{
+  const Dpa3BadPosition bad =
+      dpa3_check_positions(list->inum, list->ilist, list->numneigh, list->firstneigh, atom->nlocal,
+                           fwd_map, atom->x, MIN_DISTANCE * dist_unit);
+  if (bad.i < 0) return;
+  double **x = atom->x;
+  std::ostringstream msg;
+  msg.precision(6);
+  if (bad.j < 0) {
+    msg << "atom " << atom_name(bad.i) << " has a non-finite position (" << x[bad.i][0] << ", "
+        << x[bad.i][1] << ", " << x[bad.i][2]
+        << "): the simulation is unstable (time step, thermostat, or the input positions)";
+  } else {
+    msg << "atoms " << atom_name(bad.i) << " and " << atom_name(bad.j) << " are "
+        << bad.r / dist_unit << " Angstrom apart (less than " << MIN_DISTANCE
+        << " Angstrom): overlapping atoms; check the positions and their units";
+  }
+  compute_failed(msg.str());
+}
+
 void PairDPA3::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
   if (need_rebuild()) rebuild();
+  check_positions();
 
   double **x = atom->x;
   double **f = atom->f;

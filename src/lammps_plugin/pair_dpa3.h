@@ -61,6 +61,9 @@ class PairDPA3 : public Pair {
   void capture_schedule();
   void check_exchange();
   void compute_failed(const std::string &what);
+  void check_positions();
+  void check_special();
+  std::string atom_name(int i) const;
   // model deviation (pair_dpa3_devi.cpp)
   void devi_open();
   void devi_close();

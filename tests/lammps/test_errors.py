@@ -1,10 +1,13 @@
-"""Clear errors, never a hang or a crash: bad model files, bad input commands, bad freezes."""
+"""Clear errors, never a hang or a crash: bad model files, bad input commands, bad coordinates
+(NaN/inf, overlapping atoms), bad freezes."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import lmp_driver as L
+import numpy as np
 import pytest
 import torch
 from lmp_helpers import TYPE_MAP, make_system, mpirun, plugin  # noqa: F401
@@ -237,6 +240,68 @@ def test_device_auto_and_cpu_run_on_the_cpu(tmp_path, plugin, mpirun, water, toy
     assert proc.stdout.count("dpa3: device cpu") == 1 and line in proc.stdout, proc.stdout
     assert "loaded" in proc.stdout and " on cpu " in proc.stdout, proc.stdout
     assert "ghost-feature exchange" not in proc.stdout  # printed for CUDA runs only
+
+
+# ---------------------------------------------------------------- bad coordinates
+# On 2 ranks (processors 2 1 1), the bad atoms are owned by rank 1: the rank that sees them
+# stops the job with error->one naming the atom IDs; rank 0, waiting in the exchange, is
+# aborted with it (no hang: the timeout of _fails would fail the test).
+
+
+def _on_rank1(system, count):
+    """Indices of ``count`` atoms well inside rank 1's half (x in [0.6 L, 0.9 L))."""
+    length = system.cell[0, 0]
+    x = system.coord[:, 0]
+    inside = np.nonzero((x >= 0.6 * length) & (x < 0.9 * length))[0]
+    assert len(inside) >= count
+    return [int(i) for i in inside[:count]]
+
+
+@pytest.mark.lammps
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_overlapping_atoms(tmp_path, plugin, mpirun, frames, toy_file, nprocs):
+    system = make_system(frames["water"])
+    a, b = _on_rank1(system, 2)
+    system.coord[b] = system.coord[a] + np.array([0.05, 0.0, 0.0])
+    system.write(tmp_path / "data.lmp")
+    grid = "2 1 1" if nprocs == 2 else None
+    out = _fails(
+        tmp_path,
+        L.make_script(plugin, toy_file, "* * O H", processors=grid),
+        "Angstrom apart (less than 0.1 Angstrom): overlapping atoms",
+        nprocs=nprocs,
+    )
+    ids = sorted(int(m) for m in re.findall(r"atoms ID (\d+) and ID (\d+) are 0.05 ", out)[0])
+    assert ids == sorted([a + 1, b + 1]), out[-3000:]
+    if nprocs == 2:
+        assert "ERROR on proc 1: pair_style dpa3: atoms ID" in out, out[-3000:]
+
+
+@pytest.mark.lammps
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_non_finite_position(tmp_path, plugin, mpirun, frames, toy_file, nprocs):
+    # LAMMPS itself stops at re-neighbouring ("Non-numeric positions"); between two
+    # re-neighbourings only the pair style sees the positions: set one to NaN, then
+    # `run 1 pre no` evaluates the forces without re-neighbouring (a NaN displacement does
+    # not trigger LAMMPS's distance check)
+    system = make_system(frames["water"])
+    system.write(tmp_path / "data.lmp")
+    (bad,) = _on_rank1(system, 1)
+    script = L.make_script(
+        plugin,
+        toy_file,
+        "* * O H",
+        processors="2 1 1" if nprocs == 2 else None,
+        pre=f'variable nan atom "1e308*10-1e308*10"\ngroup bad id {bad + 1}',
+        run="run 0\nset group bad x v_nan\nrun 1 pre no",
+    )
+    message = f"pair_style dpa3: atom ID {bad + 1} has a non-finite position ("
+    out = _fails(tmp_path, script, message, nprocs=nprocs)
+    assert "nan, " in out.split(message, 1)[1][:8], out[-3000:]
+    if nprocs == 2:
+        assert "ERROR on proc 1: " + message in out, out[-3000:]
 
 
 # ---------------------------------------------------------------- freeze

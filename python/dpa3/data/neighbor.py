@@ -59,6 +59,12 @@ _MAX_BINS = 1 << 20
 # Two atoms closer than this (Å) are an error, not an input: overlapping atoms (a wrong unit,
 # a duplicated atom, an exploded trajectory) would otherwise give inf/NaN or absurd energies.
 MIN_DISTANCE = 0.1
+# Neighbours are ordered by (distance, dx, dy, dz), each rounded to this many Å, with
+# (dx, dy, dz) = x_j - x_i: equidistant neighbours (a lattice shell cut by sel) are chosen by
+# geometry, never by atom order or LAMMPS rank, and rounding noise far below this quantum
+# (images built by different additions, other ranks) does not reorder them.  The model's
+# format_nlist (dpa3.model.graph) sorts with the same key.
+TIE_QUANTUM = 1e-8
 # At most this many centres per chunk (row ids then fit int16, which numpy sorts stably in
 # linear time with a radix sort).
 _MAX_ROWS = (1 << 15) - 1
@@ -337,6 +343,33 @@ def _iter_pairs(
         yield i0, i1, qi.take(keep), cj.take(keep), dist[exact]
 
 
+def _break_ties(
+    srt: np.ndarray,
+    row: np.ndarray,
+    dq: np.ndarray,
+    cand: np.ndarray,
+    qi: np.ndarray,
+    cj: np.ndarray,
+) -> np.ndarray:
+    """``srt`` (pairs sorted by row, then rounded distance ``dq``) with every run of equal
+    (row, dq) ordered by the rounded displacement (dx, dy, dz) = x_j - x_i."""
+    r, d = row.take(srt), dq.take(srt)
+    same = (r[1:] == r[:-1]) & (d[1:] == d[:-1])
+    if not same.any():
+        return srt
+    tied = np.zeros(srt.shape[0], dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    pos = np.nonzero(tied)[0]
+    sub = srt.take(pos)
+    diff = cand[cj.take(sub)] - cand[qi.take(sub)]
+    keys = [np.round(diff[:, k] / TIE_QUANTUM) for k in (2, 1, 0)]
+    order = np.lexsort([*keys, dq.take(sub), row.take(sub)])
+    srt = srt.copy()
+    srt[pos] = sub.take(order)
+    return srt
+
+
 # ----------------------------------------------------------------------------------------
 # Public builders
 # ----------------------------------------------------------------------------------------
@@ -399,9 +432,13 @@ def build_neighbor_data(
         row = (qi - i0).astype(np.int16)
         counts = np.bincount(row, minlength=i1 - i0)
         n_neighbors[i0:i1] = counts
-        # Rows by centre, then ascending distance: sort by distance, then stably by row.
-        srt = np.argsort(dist)
+        # Rows by centre, then ascending (distance, dx, dy, dz), rounded to TIE_QUANTUM
+        # (the tie rule of format_nlist): sort by distance, then stably by row; then
+        # re-sort only the runs of equal (row, distance) by the whole key.
+        dq = np.round(dist / TIE_QUANTUM)
+        srt = np.argsort(dq)
         srt = srt.take(np.argsort(row.take(srt), kind="stable"))
+        srt = _break_ties(srt, row, dq, cand, qi, cj)
         # Pairs are now grouped by centre: position within the group = rank by distance.
         rank = np.arange(srt.shape[0], dtype=np.int64) - np.repeat(
             np.cumsum(counts) - counts, counts

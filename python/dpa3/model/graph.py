@@ -37,7 +37,7 @@ def switch(r: torch.Tensor, rs: float, rc: float, use_exp: bool) -> torch.Tensor
 
 
 def format_nlist(
-    ext_coord: torch.Tensor, nlist: torch.Tensor, rcut: float, sel: int
+    ext_coord: torch.Tensor, nlist: torch.Tensor, rcut: float, sel: int, quantum: float
 ) -> torch.Tensor:
     """Sort a raw neighbour list by distance, drop entries beyond ``rcut``, keep ``sel`` columns.
 
@@ -48,10 +48,18 @@ def format_nlist(
     nlist
         ``[nf, nloc, nnei]`` int64 indices into the extended atoms, ``-1`` = empty; any order,
         may include neighbours beyond ``rcut`` (LAMMPS skin).
+    quantum
+        Rounding of the sort key (Å): :data:`dpa3.data.neighbor.TIE_QUANTUM`.
 
     Returns
     -------
     ``[nf, nloc, sel]`` int64: the ``min(sel, #within rcut)`` nearest, ascending, ``-1`` padded.
+
+    Ties: neighbours are ordered by the key (distance, dx, dy, dz), every component rounded
+    to ``quantum`` Å, ``(dx, dy, dz) = x_j - x_i``.  The key depends only on the geometry, so
+    which of several equidistant neighbours (a lattice shell) is kept at ``sel`` or ``a_sel``
+    is the same whatever the order of ``nlist``, the numbering of the atoms or the LAMMPS
+    rank; :mod:`dpa3.data.neighbor` uses the same key.
     """
     nf, nloc, nnei = nlist.shape
     if nnei < sel:
@@ -65,9 +73,19 @@ def format_nlist(
     offs = (torch.arange(nf, device=nlist.device) * nall).view(nf, 1, 1)
     nei = flat[(idx + offs).reshape(-1)].view(nf, nloc, nnei, 3)
     cen = ext_coord[:, :nloc, :].unsqueeze(2)
-    dist = torch.linalg.norm(nei - cen, dim=-1)
+    diff = nei - cen
+    dist = torch.linalg.norm(diff, dim=-1)
     dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
-    dist, order = torch.sort(dist, dim=-1)
+    # lexicographic sort on the rounded key: stable sorts from the last key to the first
+    inv_q = 1.0 / quantum
+    keys = [diff[..., 2], diff[..., 1], diff[..., 0], dist]
+    order = torch.arange(nnei, device=nlist.device).expand(nf, nloc, nnei)
+    for key in keys:
+        k = torch.gather(torch.round(key * inv_q), 2, order)
+        k = torch.where(torch.isnan(k), torch.full_like(k, float("inf")), k)
+        _, o = torch.sort(k, dim=-1, stable=True)
+        order = torch.gather(order, 2, o)
+    dist = torch.gather(dist, 2, order)
     out = torch.gather(nlist, 2, order)
     out = torch.where(dist <= rcut, out, torch.full_like(out, -1))
     return out[:, :, :sel]
@@ -203,9 +221,7 @@ def edge_sum(
     if perm is not None and ptr is not None:
         if xn is None:
             return _ops.edge_sum(xc, None, xe, b, center.idx, perm, ptr, None, None, None)
-        return _ops.edge_sum(
-            xc, xn, xe, b, center.idx, perm, ptr, nei.idx, nei.perm, nei.ptr
-        )
+        return _ops.edge_sum(xc, xn, xe, b, center.idx, perm, ptr, nei.idx, nei.perm, nei.ptr)
     out = gather(xc, center)
     if xn is not None:
         out = out + gather(xn, nei)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import __version__
 from ..config.model import ModelConfig, descriptor_dim_out
+from ..data.neighbor import TIE_QUANTUM
 from .descriptor import DescrptDPA3
 from .graph import format_nlist
 from .network import Activation, FittingNet, to_dtype
@@ -35,6 +36,8 @@ class EnergyModel(nn.Module):
         self.ntypes = ntypes
         self.rcut = cfg.descriptor.repflow.e_rcut
         self.sel = cfg.descriptor.repflow.e_sel
+        # rounding of the neighbour sort key (ties between equidistant neighbours)
+        self.tie_quantum = TIE_QUANTUM
         self.nlayers = cfg.descriptor.repflow.nlayers
         self.n_dim = cfg.descriptor.repflow.n_dim
         self.fitting_dtype = to_dtype(cfg.fitting.precision)
@@ -159,7 +162,7 @@ class EnergyModel(nn.Module):
         """
         with torch.no_grad():
             nlist_f = format_nlist(
-                extended_coord.to(torch.float64), nlist, self.rcut, self.sel
+                extended_coord.to(torch.float64), nlist, self.rcut, self.sel, self.tie_quantum
             )
         return self._forward_formatted(
             extended_coord, extended_atype, nlist_f, mapping, do_atomic_virial, comm_dict
