@@ -26,7 +26,6 @@ Deterministic (fixed frames; the data summary has no random part).  What it does
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -43,6 +42,9 @@ import dpdata
 import numpy as np
 from deepmd.utils.data import DeepmdData
 from deepmd.utils.data_system import process_systems
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scandir_order import reversed_scandir
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "data" / "deepmd_data"
@@ -85,39 +87,6 @@ TRAIN_INPUT = {
         "numb_steps": 1, "seed": 10, "disp_freq": 1, "save_freq": 1,
     },
 }
-
-
-class _Listing:
-    def __init__(self, entries: list) -> None:
-        self.entries = entries
-
-    def __enter__(self) -> _Listing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def __iter__(self):
-        return iter(self.entries)
-
-    def close(self) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def reversed_scandir():
-    """``os.scandir`` lists the entries of a folder by reversed name (``name[::-1]``)."""
-    real = os.scandir
-
-    def scandir(path="."):
-        with real(path) as it:
-            return _Listing(sorted(it, key=lambda e: e.name[::-1]))
-
-    os.scandir = scandir
-    try:
-        yield
-    finally:
-        os.scandir = real
 
 
 def write_data(root: Path) -> None:

@@ -5,16 +5,15 @@ frozen models given to ``dpa3 test`` / :class:`DPA3Calculator`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scandir_order import reversed_scandir
 
 from dpa3.config._base import Section
 from dpa3.config.train import DataConfig
@@ -104,34 +103,6 @@ def test_hdf5_missing_group_is_named(monkeypatch):
 # ----------------------------------------------------------------------------- order
 
 
-class _Listing(list):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def close(self):
-        return None
-
-
-@contextlib.contextmanager
-def _reversed_scandir():
-    """``os.scandir`` lists entries by reversed name, as the generator made it for DeePMD-kit
-    (so that the recorded order does not depend on the file system)."""
-    real = os.scandir
-
-    def scandir(path="."):
-        with real(path) as it:
-            return _Listing(sorted(it, key=lambda e: e.name[::-1]))
-
-    os.scandir = scandir
-    try:
-        yield
-    finally:
-        os.scandir = real
-
-
 @pytest.mark.parametrize("case", sorted(REF["order"]["cases"]))
 def test_systems_come_in_deepmd_order(case, tmp_path, monkeypatch):
     for rel in REF["order"]["tree"]:
@@ -141,7 +112,7 @@ def test_systems_come_in_deepmd_order(case, tmp_path, monkeypatch):
     (tmp_path / "tree" / "c" / "notes.txt").write_text("not a system\n")
     monkeypatch.chdir(tmp_path)
     c = REF["order"]["cases"][case]
-    with _reversed_scandir():
+    with reversed_scandir():
         found = find_systems(c["systems"], patterns=c["rglob_patterns"])
     if c["ordered"]:
         assert found == c["found"]
