@@ -370,7 +370,7 @@ class TrainingConfig:
     disp_freq: int = 1000
     save_freq: int = 1000
     save_ckpt: str = "model.ckpt"
-    max_ckpt_keep: int = 5
+    max_ckpt_keep: int = 5  # newest numbered checkpoints kept; < 1 keeps all
     stat_file: str | None = None
     gradient_max_norm: float = 0.0
     change_bias_after_training: bool = False
@@ -412,7 +412,8 @@ class TrainingConfig:
             gradient_max_norm=sec.get_float("gradient_max_norm", 0.0) or 0.0,
             change_bias_after_training=sec.get_bool("change_bias_after_training", False),
         )
-        for name in ("disp_freq", "save_freq", "max_ckpt_keep"):
+        # max_ckpt_keep below 1 keeps every checkpoint, as in DeePMD-kit
+        for name in ("disp_freq", "save_freq"):
             if kw[name] <= 0:
                 raise ConfigError(f"'{sec.key(name)}' must be positive, got {kw[name]}")
         if kw["gradient_max_norm"] < 0:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -40,6 +38,13 @@ from ..data.loader import Batch, DataSampler
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .distributed import DistContext
+from .faults import (
+    ADVICE,
+    DeferredInterrupt,
+    check_parameters_finite,
+    nonfinite_gradients,
+    nonfinite_loss,
+)
 from .finetune import transfer_state, type_dims
 from .lcurve import Lcurve, Progress, TaskMetrics
 from .loss import EnergyLoss
@@ -70,30 +75,6 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any] | None) -> None:
     if state and "torch" in state:
         torch.set_rng_state(state["torch"])
-
-
-class _DeferredInterrupt:
-    """Turns the first Ctrl-C into a flag checked between steps (a second one aborts)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> _DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("interrupt: stopping after this step (Ctrl-C again to abort at once)")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 # --------------------------------------------------------------------------------------
@@ -220,6 +201,7 @@ class Trainer:
             self._load_sampler_state(self._resume(ckpt))
         self.restarted = restart is not None
         self.last_checkpoint: Path | None = None
+        self._last_where = "no step trained yet"
         self.step_times: list[float] = []
 
     # ------------------------------------------------------------------ building blocks
@@ -434,6 +416,7 @@ class Trainer:
     def save(self, step: int) -> Path:
         """Write the checkpoint of ``step`` completed steps (rank 0 writes; all ranks call)."""
         t = self.cfg.training
+        check_parameters_finite(self.model, step, self._last_where)
         ckpt = self.checkpoint_dict(step)
         if self.dist.is_main:
             self.last_checkpoint = save_checkpoint(ckpt, t.save_ckpt, t.max_ckpt_keep)
@@ -520,27 +503,27 @@ class Trainer:
         return lr
 
     def _optimize(self, loss: torch.Tensor, step: int, where: str) -> None:
-        """Backward, average the gradients over the ranks, clip, optimizer step."""
+        """Backward, average the gradients over the ranks, clip, optimizer step (stops with a
+        message naming ``step`` and ``where`` on a non-finite loss or gradient)."""
+        self._last_where = where
         finite = bool(torch.isfinite(loss))
         if not finite and not self.dist.enabled:
-            raise FloatingPointError(
-                f"the loss is {float(loss)} at step {step} ({where}); lower "
-                "learning_rate.start_lr or check the data"
-            )
+            raise nonfinite_loss(float(loss.detach()), step, where)
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
             loss.backward()
         if self.dist.enabled:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             if not self.dist.average_gradients(params, finite):
+                here = "this rank (" + where + ")" if not finite else "another rank"
                 raise FloatingPointError(
-                    f"the loss is not finite at step {step} on "
-                    f"{'this rank (' + where + ')' if not finite else 'another rank'}; lower "
-                    "learning_rate.start_lr or check the data"
+                    f"the loss is not finite at step {step} on {here}; {ADVICE}"
                 )
         clip = self.cfg.training.gradient_max_norm
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, error_if_nonfinite=True)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if not bool(torch.isfinite(norm)):
+                raise nonfinite_gradients(step, where)
         self.optimizer.step()
 
     def run(self) -> Path:
@@ -565,7 +548,7 @@ class Trainer:
         )
         with ExitStack() as stack:
             fout = stack.enter_context(open(disp, mode, buffering=1)) if main else None
-            intr = stack.enter_context(_DeferredInterrupt())
+            intr = stack.enter_context(DeferredInterrupt())
             lcurve = self._lcurve()
             if fout is not None and mode == "w":
                 fout.write(lcurve.header())
