@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import WATER, tiny_input
 
 from dpa3.cli.main import main
 from dpa3.train.checkpoint import load_checkpoint, resolve_checkpoint
 from dpa3.train.trainer import Trainer
-
-from test_train import WATER, tiny_input
 
 ROOT = Path(__file__).resolve().parents[2]
 TMP = re.compile(r"^\..*\.tmp-\d+$")
@@ -30,7 +29,9 @@ def _temporaries(folder: Path) -> list[str]:
 
 
 def _start_training(folder: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"
+    )
     cmd = [sys.executable, "-m", "dpa3", "train", "input.json", "--skip-neighbor-stat", *extra]
     return subprocess.Popen(
         cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
