@@ -195,9 +195,50 @@ def load_checkpoint(
     return ckpt
 
 
+def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The weights of a frozen dpa3 model (``dpa3 freeze``) as a step-0 checkpoint dict.
+
+    A frozen model is a TorchScript module: its ``state_dict`` holds every parameter and
+    buffer (energy bias included) under the names of the eager model, and ``get_metadata()``
+    its typed model config.  Used by ``--init-frz-model`` and ``dpa3 change-bias``.
+    """
+    import json
+
+    from .. import _ops
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"frozen model '{path}' does not exist")
+    _ops.load_ops()  # the scripted model calls the op library
+    try:
+        module = torch.jit.load(str(p), map_location="cpu")
+        config = json.loads(module.get_metadata()["config"])
+    except Exception as err:  # name the file in the message
+        raise CheckpointError(
+            f"cannot read the weights of '{p}': not a frozen dpa3 model ({err}); a DeePMD-kit "
+            f"model needs 'dpa3 convert-deepmd {p}' first"
+        ) from err
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "dpa3_version": __version__,
+        "torch_version": str(torch.__version__),
+        "step": 0,
+        "model_config": config,
+        "input": None,
+        "model": state,
+        "optimizer": None,
+        "rng": None,
+        "sampler": None,
+        "frozen_from": str(p),
+    }
+
+
 __all__ = [
     "CheckpointError",
     "atomic_torch_save",
+    "frozen_checkpoint",
     "load_checkpoint",
     "make_checkpoint",
     "remove_stale_temporaries",

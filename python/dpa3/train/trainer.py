@@ -36,7 +36,7 @@ from ..config.multitask import RANDOM_BRANCH, MultiTaskConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..errors import ConfigError
-from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .checkpoint import frozen_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .faults import (
     ADVICE,
@@ -93,6 +93,8 @@ class Trainer:
         Checkpoint to continue (model, optimizer, step, RNG and sampler states).
     init_model
         Checkpoint whose weights and statistics start a new run (step 0, fresh optimizer).
+    init_frz_model
+        As ``init_model``, from a frozen model (``dpa3 freeze``; its weights are recovered).
     finetune
         Checkpoint to fine-tune: shared elements keep their parameters, the energy bias is
         re-fitted on the new data (``model.bias_adjust_mode``, default change-by-statistic).
@@ -116,6 +118,7 @@ class Trainer:
         *,
         restart: str | None = None,
         init_model: str | None = None,
+        init_frz_model: str | None = None,
         finetune: str | None = None,
         use_pretrain_script: bool = False,
         model_branch: str | None = None,
@@ -123,8 +126,10 @@ class Trainer:
         model_factory: ModelFactory | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        if sum(x is not None for x in (restart, init_model, finetune)) > 1:
-            raise ConfigError("give only one of --restart, --init-model and --finetune")
+        if sum(x is not None for x in (restart, init_model, init_frz_model, finetune)) > 1:
+            raise ConfigError(
+                "give only one of --restart, --init-model, --init-frz-model and --finetune"
+            )
         self._check_options(finetune, use_pretrain_script, model_branch)
         task_cfgs = self._parse(config)
         self.cfg: InputConfig = next(iter(task_cfgs.values()))  # shared lr / optimizer / loop
@@ -134,19 +139,20 @@ class Trainer:
         tcfg = self.cfg.training
 
         ckpt = None
-        src = restart or init_model or finetune
+        src = restart or init_model or init_frz_model or finetune
         if src is not None:
-            ckpt = load_checkpoint(src)
+            ckpt = frozen_checkpoint(src) if init_frz_model else load_checkpoint(src)
+            how = "restart" if restart else "init-model" if init_model else "finetune"
             log.info(
                 "%s from %s (step %d)",
-                "restart" if restart else "init-model" if init_model else "finetune",
+                "init-frz-model" if init_frz_model else how,
                 src,
                 ckpt["step"],
             )
             ckpt = self._open_checkpoint(ckpt, src, finetune is not None, model_branch)
         pre_cfgs = self._checkpoint_model_configs(ckpt) if ckpt else {}
         pre = next(iter(pre_cfgs.values()), None)  # the (first) pretrained head
-        resume = restart is not None or init_model is not None
+        resume = restart is not None or init_model is not None or init_frz_model is not None
 
         # --- type map and data ------------------------------------------------------------
         type_map = self.cfg.model.type_map
