@@ -38,13 +38,13 @@ def _load(model: str | Path | torch.nn.Module, device: torch.device) -> torch.nn
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"dpa3: no model file {path}")
-    if path.suffix == ".pth":
+    from .export.load import is_deepmd_frozen, load_model
+
+    if path.suffix == ".pth" and not is_deepmd_frozen(path):  # DeePMD-kit's: load_model converts
         from .export.freeze import load_frozen
 
         module, _ = load_frozen(path, map_location=device)
         return module
-    from .export.load import load_model
-
     return load_model(path, device=device)
 
 
@@ -54,7 +54,8 @@ class DPA3Calculator(Calculator):
     Parameters
     ----------
     model
-        A frozen model (``.pth`` from ``dpa3 freeze``), a dpa3 checkpoint (``.pt``), or an
+        A frozen model (``.pth`` from ``dpa3 freeze``), a dpa3 checkpoint (``.pt``), a DPA3
+        energy model frozen by DeePMD-kit (``dp --pt freeze``; converted in memory), or an
         :class:`dpa3.model.EnergyModel` instance.
     device
         ``"auto"`` (default: a CUDA GPU if one is visible, else the CPU), ``"cpu"``, ``"cuda"``,

@@ -22,7 +22,8 @@ from .config import ConfigError, ModelConfig
 from .model import EnergyModel
 
 # keys DeePMD-kit's normalisation adds to a model section that carry no model information
-_DEEPMD_INTERNAL_MODEL_KEYS = ("resuming", "ntypes", "srtab_add_bias", "spin", "type_embedding")
+# (``spin``/``type_embedding`` stay: the model parser refuses them by name unless null)
+_DEEPMD_INTERNAL_MODEL_KEYS = ("resuming", "ntypes", "srtab_add_bias")
 
 
 def _clean_model_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -135,15 +136,33 @@ def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
         if len(heads) != 1:
             raise ConfigError(f"{path}: expected one model head, found {heads}")
         prefix = f"model.{heads[0]}.atomic_model."
+    _check_model_kind(params, path)
+    rel = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return params, rel
+
+
+def _check_model_kind(params: dict[str, Any], path: Path) -> None:
+    """Refuse, naming the key, models that are not a single DPA3 energy model."""
+    kind = params.get("type", "standard")
+    if kind not in ("standard", "ener"):
+        raise ConfigError(
+            f"{path}: 'model.type' = {kind!r} is not supported by dpa3 convert-deepmd (only a "
+            "standard DPA3 energy model; ZBL, linear and frozen combinations are not)")
+    if params.get("use_srtab") is not None:
+        raise ConfigError(f"{path}: 'model.use_srtab' (a ZBL/tabulated model) is not supported "
+                          "by dpa3 convert-deepmd")
+    if params.get("spin") is not None:
+        raise ConfigError(f"{path}: 'model.spin' (a spin model) is not supported by dpa3")
     desc = params.get("descriptor", {})
     if desc.get("type") != "dpa3":
         raise ConfigError(
-            f"{path}: descriptor type is {desc.get('type')!r}; dpa3 converts only DPA3 models")
+            f"{path}: 'model.descriptor.type' = {desc.get('type')!r} is not supported by dpa3 "
+            "convert-deepmd (only DPA3 models)")
     fit = params.get("fitting_net", {})
     if fit.get("type", "ener") != "ener":
-        raise ConfigError(f"{path}: fitting type {fit.get('type')!r}; only energy models convert")
-    rel = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return params, rel
+        raise ConfigError(
+            f"{path}: 'model.fitting_net.type' = {fit.get('type')!r} is not supported by dpa3 "
+            "convert-deepmd (only energy models)")
 
 
 def _map_state(rel: dict[str, torch.Tensor], model: EnergyModel) -> dict[str, torch.Tensor]:
@@ -219,7 +238,10 @@ def load_deepmd_model(path: str | Path) -> EnergyModel:
     """Build an :class:`EnergyModel` with the weights of a DeePMD-kit DPA3 model file."""
     path = Path(path)
     params, rel = _read_deepmd_file(path)
-    cfg = ModelConfig.from_dict(_clean_model_params(params))
+    try:
+        cfg = ModelConfig.from_dict(_clean_model_params(params))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     model = EnergyModel(cfg)
     model.load_state_dict(_map_state(rel, model))
     return model

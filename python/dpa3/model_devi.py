@@ -220,14 +220,19 @@ def read_frames(
     lammps_types: Sequence[str] | None = None,
     fmt: str | None = None,
 ) -> Frames:
-    """Frames of a DeePMD-kit npy system (a folder with ``type.raw``) or an ASE trajectory.
+    """Frames of a DeePMD-kit system (a folder with ``type.raw``, an HDF5 ``file#/group``) or
+    an ASE trajectory.
 
     ``lammps_types`` names the element of LAMMPS type 1, 2, ... (needed for a LAMMPS dump
     without an ``element`` column); ``fmt`` is an ASE format name (default: guessed).
     """
+    from .data.storage import is_hdf5_system_path
     from .data.system import load_system
 
     p = Path(path)
+    if is_hdf5_system_path(str(path)):
+        s = load_system(str(path), type_map, set_prefix)
+        return Frames(str(path), s.coord, s.box, s.atype, tuple(type_map))
     if not p.exists():
         raise DataError(f"system '{path}' does not exist")
     if p.is_dir():

@@ -157,6 +157,15 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
     impl->module = torch::jit::load(path, impl->device, extra);
   } catch (const std::exception &e) {
     const std::string msg = what(e);
+    // a model frozen by DeePMD-kit (`dp --pt freeze`): it calls DeePMD-kit's own ops
+    if (msg.find("deepmd::") != std::string::npos)
+      throw std::runtime_error(
+          "'" + path +
+          "' is a DeePMD-kit frozen model, not a dpa3 one; convert it once with 'dpa3 "
+          "convert-deepmd " +
+          path +
+          " model.ckpt.pt && dpa3 freeze -c model.ckpt.pt -o model-dpa3.pth' and use "
+          "model-dpa3.pth (or run it with DeePMD-kit's pair_style deepmd)");
     // a model frozen by another dpa3 version whose ops had different signatures
     const bool schema = msg.find("dpa3::") != std::string::npos &&
         (msg.find("Expected a value of type") != std::string::npos ||
@@ -174,6 +183,12 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
                              msg);
   }
   impl->module.eval();
+  // loaded (DeePMD-kit's op library is in this process) but a DeePMD-kit model
+  if (extra["metadata.json"].empty() && impl->module.find_method("get_model_def_script"))
+    throw std::runtime_error("'" + path +
+                             "' is a DeePMD-kit frozen model, not a dpa3 one; convert it "
+                             "with 'dpa3 convert-deepmd " +
+                             path + " model.ckpt.pt' and freeze that with 'dpa3 freeze'");
 
   const std::string hint = " (is it a DPA3 model frozen with dpa3.export.freeze?)";
   auto forward_lower = impl->module.find_method("forward_lower");

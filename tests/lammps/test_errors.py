@@ -114,6 +114,17 @@ def test_not_a_dpa3_model(tmp_path, plugin, water):
 
 
 @pytest.mark.lammps
+def test_deepmd_kit_frozen_model_names_the_conversion(tmp_path, plugin, water):
+    """A `dp --pt freeze` file (kept as a fixture, tests/deepmd_data/generate_reference.py)
+    stops with the dpa3 convert-deepmd command, not a TorchScript error about its ops."""
+    from pathlib import Path
+
+    dp_frozen = Path(__file__).resolve().parents[1] / "data" / "deepmd_data" / "m0_frozen.pth"
+    out = _fails(tmp_path, _model_script(plugin, dp_frozen), "is a DeePMD-kit frozen model")
+    assert f"dpa3 convert-deepmd {dp_frozen} model.ckpt.pt" in out, out[-3000:]
+
+
+@pytest.mark.lammps
 def test_model_without_getters(tmp_path, plugin, water):
     lower = _save_script(Lower(), tmp_path / "lower.pth")
     _fails(tmp_path, _model_script(plugin, lower), "has no method get_rcut")

@@ -364,3 +364,40 @@ def test_error_unwritable_out_file(request, tmp_path, plugin, toys, water, nproc
     path = tmp_path / "no_such_dir" / "devi.out"
     _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_file {path}", "run 0"),
            f"cannot open out_file '{path}' for writing: No such file or directory", nprocs)
+
+
+def test_error_out_file_is_a_folder(tmp_path, plugin, toys, water):
+    good, _, _ = toys
+    (tmp_path / "adir").mkdir()
+    path = tmp_path / "adir"
+    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_file {path}", "run 0"),
+           f"cannot open out_file '{path}' for writing: Is a directory")
+
+
+def test_error_second_model_missing(tmp_path, plugin, toys, water):
+    """A misspelt second model file is named, not silently taken for a keyword."""
+    good, _, _ = toys
+    missing = tmp_path / "m2.pht"
+    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {missing} out_freq 10", "run 0"),
+           f"Unknown pair_style dpa3 keyword: {missing} (nor an existing model file)")
+
+
+def test_error_more_bad_values(tmp_path, plugin, toys, water):
+    good, _, _ = toys
+    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_freq ten", "run 0"),
+           "Expected integer parameter instead of 'ten'")
+    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} relative -1", "run 0"),
+           "Illegal pair_style dpa3 keyword relative: -1 (must be >= 0)")
+    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} relative_v -1", "run 0"),
+           "Illegal pair_style dpa3 keyword relative_v: -1 (must be >= 0)")
+
+
+def test_error_atomic_without_atom_ids(tmp_path, plugin, toys, water):
+    good, _, _ = toys
+    script = _toy_script(plugin, f"dpa3 {good} {good} out_freq 1 atomic", "run 0")
+    script = script.replace("units metal", "atom_modify id no\nunits metal").replace(
+        "read_data data.lmp",
+        "lattice sc 2.5\nregion box block 0 3 0 3 0 3\ncreate_box 2 box\n"
+        "create_atoms 1 box\nmass * 1.0\nset type 1 type/fraction 2 0.5 7").replace(
+        "velocity all create 300.0 12345", "velocity all create 300.0 12345 loop local")
+    _fails(tmp_path, script, "pair_style dpa3 atomic requires atom IDs")

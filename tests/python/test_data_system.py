@@ -44,8 +44,9 @@ def test_element_missing_from_type_map():
 
 
 def test_find_systems(tmp_path):
-    found = find_systems([DATA / "alloy-emt-CuAlNi"])
-    assert len(found) == 6 and found == sorted(found)
+    found = find_systems([DATA / "alloy-emt-CuAlNi"])  # DeePMD-kit's order: test_deepmd_data
+    expected = [str(p.parent) for p in sorted(DATA.glob("alloy-emt-CuAlNi/*/type.raw"))]
+    assert sorted(found) == expected and len(expected) == 6
     assert find_systems([DATA / "water" / "data_0"]) == [str(DATA / "water" / "data_0")]
     with pytest.raises(DataError, match="does not exist"):
         find_systems([tmp_path / "nope"])

@@ -1,14 +1,17 @@
-"""Learning-rate schedule (docs/dpa3-spec.md §5.2) against hand-computed values."""
+"""Learning-rate schedules (docs/dpa3-spec.md §5.2) against hand-computed values and
+DeePMD-kit's numbers (tests/data/deepmd_train/lr.json)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
 from dpa3.config._base import ConfigError, Section
-from dpa3.config.train import LearningRateConfig
-from dpa3.train.lr import ExpLR
+from dpa3.config.schedule import LearningRateConfig
+from dpa3.train.lr import ExpLR, make_lr
 
 
 def lr_cfg(**kw) -> LearningRateConfig:
@@ -77,5 +80,37 @@ def test_warmup_in_training_section():
 def test_lr_unknown_key_suggests():
     with pytest.raises(ConfigError, match="did you mean 'decay_steps'"):
         lr_cfg(decay_step=100)
-    with pytest.raises(ConfigError, match="only 'exp'"):
-        lr_cfg(type="cosine")
+    with pytest.raises(ConfigError, match="'learning_rate.type' = 'linear' is not supported"):
+        lr_cfg(type="linear")
+    with pytest.raises(ConfigError, match="'learning_rate.decay_steps' belongs to .* 'exp'"):
+        lr_cfg(type="cosine", decay_steps=100)
+
+
+REFERENCE = json.loads(
+    (Path(__file__).resolve().parents[1] / "data" / "deepmd_train" / "lr.json").read_text()
+)["cases"]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_lr_equals_deepmd(name):
+    """exp, cosine and wsd schedules (warmup, stop_lr_ratio, smooth, short runs) give
+    DeePMD-kit's learning rate at every stored step (tests/config/generate_train_reference.py)."""
+    case = REFERENCE[name]
+    lr = make_lr(lr_cfg(**case["learning_rate"]), case["numb_steps"])
+    got = [lr.value(s) for s in case["steps"]]
+    assert got == pytest.approx(case["lr"], rel=1e-12, abs=0)
+
+
+def test_lr_types_are_distinct():
+    """The references cover every type and each type gives its own column."""
+    kinds = {REFERENCE[n]["learning_rate"].get("type", "exp") for n in REFERENCE}
+    assert kinds == {"exp", "cosine", "wsd"}
+    a = make_lr(lr_cfg(type="cosine", start_lr=1e-3, stop_lr=1e-5), 100)
+    b = make_lr(lr_cfg(start_lr=1e-3, stop_lr=1e-5), 100)
+    assert a.value(50) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert b.value(50) != pytest.approx(a.value(50))
+
+
+def test_warmup_longer_than_run_is_refused():
+    with pytest.raises(ConfigError, match="learning_rate.warmup_steps"):
+        make_lr(lr_cfg(warmup_steps=100), 100)

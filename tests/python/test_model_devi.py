@@ -330,3 +330,46 @@ def test_error_subprocess_exit_code(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "a.pt' does not exist" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--select", "0.5", "0.1"], ["--select LO HI needs LO < HI"]),
+        (["--select", "0.1", "0.1"], ["--select LO HI needs LO < HI"]),
+        (["-f", "0"], ["-f/--frequency must be >= 1"]),
+    ],
+)
+def test_error_bad_options(models, tmp_path, capsys, extra, words):
+    out = tmp_path / "cand"
+    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "water_sys"),
+                  "-o", str(out), *extra], capsys)
+    assert all(w in msg for w in words), msg
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["is_file", "no_parent", "holds_system"])
+def test_error_select_unwritable(models, tmp_path, capsys, case):
+    out = {"is_file": tmp_path / "afile", "no_parent": tmp_path / "missing" / "cand",
+           "holds_system": tmp_path / "cand"}[case]
+    if case == "is_file":
+        out.write_text("x")
+    if case == "holds_system":
+        out.mkdir()
+        (out / "type.raw").write_text("0\n")
+    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "water_sys"),
+                  "--select", "0", "1e9", "-o", str(out)], capsys)
+    assert str(out) in msg
+    assert {"is_file": "not a folder", "no_parent": "parent does not exist",
+            "holds_system": "already holds a system"}[case] in msg
+
+
+def test_error_element_not_in_type_map(models, tmp_path, capsys):
+    import ase
+    import ase.io
+
+    xyz = tmp_path / "cu.extxyz"
+    ase.io.write(xyz, ase.Atoms("OHCu", positions=[[0, 0, 0], [1, 0, 0], [0, 2, 0]]))
+    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(xyz),
+                  "-o", str(tmp_path / "x.out")], capsys)
+    assert "['Cu']" in msg and "not in the models' type map" in msg and str(xyz) in msg

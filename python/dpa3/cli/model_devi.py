@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--models", nargs="+", required=True,
                    help="two or more models: dpa3 checkpoints (.pt) or frozen models (.pth)")
     p.add_argument("-s", "--system", required=True,
-                   help="npy system folder, a folder searched for systems, or a trajectory file")
+                   help="npy system folder or HDF5 file (file.hdf5[#/group]), searched for "
+                   "systems as dp model-devi does, or a trajectory file")
     p.add_argument("-S", "--set-prefix", default="set", help="set folder prefix (default set)")
     p.add_argument("-o", "--output", default="model_devi.out",
                    help="output file (default model_devi.out), replaced if it exists (dp "
@@ -50,11 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _systems(path: str) -> list[str]:
-    """One path, or the npy systems found under a folder that is not itself a system."""
+    """The systems of a folder or HDF5 file as ``dp model-devi -s`` finds them (the folder
+    itself last if it is one), or a trajectory file."""
+    from ..data.storage import is_hdf5_system_path
     from ..data.system import find_systems
 
-    p = Path(path)
-    if p.is_dir() and not (p / "type.raw").is_file():
+    if Path(path).is_dir() or is_hdf5_system_path(path):
         return find_systems([path], where="-s")
     return [path]
 

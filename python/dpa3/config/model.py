@@ -6,6 +6,7 @@ Defaults are DeePMD-kit's *schema* defaults (``deepmd/utils/argcheck.py``), whic
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -170,8 +171,8 @@ class RepflowConfig:
         """Check the cross-field constraints DeePMD-kit asserts (``e_sel``/``a_sel`` too
         unless ``check_sel`` is false: they are still ``"auto"``)."""
 
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(f"'{path}': {msg}")
+        def bad(name: str, msg: str) -> ConfigError:
+            return ConfigError(f"'{path}.{name}': {name} {msg}")
 
         sels = ("e_sel", "a_sel") if check_sel else ()
         for name in (
@@ -184,41 +185,53 @@ class RepflowConfig:
             "n_multi_edge_message",
         ):
             if getattr(self, name) <= 0:
-                raise bad(f"{name} must be positive, got {getattr(self, name)}")
+                raise bad(name, f"must be positive, got {getattr(self, name)}")
+        for name in ("e_rcut", "a_rcut"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise bad(name, f"must be a positive distance, got {getattr(self, name)}")
+        for name in ("e_rcut_smth", "a_rcut_smth"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         if self.e_rcut_smth >= self.e_rcut:
             raise bad(
-                f"e_rcut_smth ({self.e_rcut_smth}) must be smaller than e_rcut ({self.e_rcut})"
+                "e_rcut_smth", f"({self.e_rcut_smth}) must be smaller than e_rcut ({self.e_rcut})"
             )
         if self.a_rcut_smth >= self.a_rcut:
             raise bad(
-                f"a_rcut_smth ({self.a_rcut_smth}) must be smaller than a_rcut ({self.a_rcut})"
+                "a_rcut_smth", f"({self.a_rcut_smth}) must be smaller than a_rcut ({self.a_rcut})"
             )
         if self.a_rcut > self.e_rcut:
-            raise bad(f"a_rcut ({self.a_rcut}) must not exceed e_rcut ({self.e_rcut})")
+            raise bad("a_rcut", f"({self.a_rcut}) must not exceed e_rcut ({self.e_rcut})")
         if check_sel and self.a_sel > self.e_sel:
-            raise bad(f"a_sel ({self.a_sel}) must not exceed e_sel ({self.e_sel})")
+            raise bad("a_sel", f"({self.a_sel}) must not exceed e_sel ({self.e_sel})")
         if self.axis_neuron > self.e_dim or self.axis_neuron > self.n_dim:
-            raise bad(f"axis_neuron ({self.axis_neuron}) must not exceed e_dim and n_dim")
+            raise bad("axis_neuron", f"({self.axis_neuron}) must not exceed e_dim and n_dim")
         if self.a_compress_rate < 0:
-            raise bad("a_compress_rate must be >= 0")
+            raise bad("a_compress_rate", "must be >= 0")
         if self.a_compress_rate > 0:
             if (self.a_dim * self.a_compress_e_rate) % (2 * self.a_compress_rate) != 0:
                 raise bad(
-                    "a_dim * a_compress_e_rate must be divisible by 2 * a_compress_rate "
-                    f"({self.a_dim} * {self.a_compress_e_rate} vs {2 * self.a_compress_rate})"
+                    "a_compress_rate",
+                    "and a_compress_e_rate: a_dim * a_compress_e_rate must be divisible by "
+                    f"2 * a_compress_rate ({self.a_dim} * {self.a_compress_e_rate} vs "
+                    f"{2 * self.a_compress_rate})",
                 )
             if self.a_compress_use_split and (
                 self.n_comp_dim > self.n_dim or self.e_comp_dim > self.e_dim
             ):
-                raise bad("a_compress_use_split needs the compressed widths within n_dim/e_dim")
+                raise bad("a_compress_use_split", "needs the compressed widths within n_dim/e_dim")
+        if self.a_compress_e_rate <= 0:
+            raise bad("a_compress_e_rate", f"must be positive, got {self.a_compress_e_rate}")
         if self.use_dynamic_sel and not self.smooth_edge_update:
-            raise bad("use_dynamic_sel requires smooth_edge_update = true")
+            raise bad("use_dynamic_sel", "requires smooth_edge_update = true")
         if self.sequential_update and (
             self.update_style != "res_residual" or not self.update_angle
         ):
-            raise bad("sequential_update requires update_style 'res_residual' and update_angle")
+            raise bad("sequential_update", "requires update_style 'res_residual' and update_angle")
         if self.use_dynamic_sel and self.sel_reduce_factor <= 0:
-            raise bad("sel_reduce_factor must be positive")
+            raise bad("sel_reduce_factor", "must be positive")
+        if not self.fix_stat_std >= 0:
+            raise bad("fix_stat_std", f"must be >= 0, got {self.fix_stat_std}")
 
 
 @dataclass(frozen=True)
@@ -243,7 +256,8 @@ class DescriptorConfig:
         kind = sec.get("type", required=True)
         if kind != "dpa3":
             raise ConfigError(
-                f"'{sec.key('type')}' is {kind!r}: dpa3 implements only the 'dpa3' descriptor"
+                f"'{sec.key('type')}' = {kind!r} is not supported by dpa3 (only the 'dpa3' "
+                "descriptor)"
             )
         repflow = RepflowConfig.parse(sec.sub("repflow", _REPFLOW_ALIASES, required=True), auto)
         act, thr = parse_activation(
@@ -290,7 +304,9 @@ class FittingConfig:
         """Parse the fitting section; options dpa3 does not implement are rejected by name."""
         kind = sec.get("type", "ener")
         if kind != "ener":
-            raise ConfigError(f"'{sec.key('type')}' is {kind!r}: only 'ener' fitting is supported")
+            raise ConfigError(
+                f"'{sec.key('type')}' = {kind!r} is not supported by dpa3 (only 'ener' fitting)"
+            )
         neuron = sec.get("neuron", [120, 120, 120])
         if not isinstance(neuron, list) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in neuron
@@ -322,9 +338,9 @@ class FittingConfig:
             ("use_aparam_as_mask", False),
             ("layer_name", None),
             ("default_fparam", None),
+            ("rcond", None),
         ):
             sec.reject_unless_default(name, default)
-        sec.get("rcond")  # accepted and ignored, as DeePMD-kit's PyTorch backend does
         sec.finish()
         return FittingConfig(**kw)
 
@@ -360,7 +376,8 @@ class ModelConfig:
         kind = sec.get("type", "standard")
         if kind not in ("standard", "ener"):
             raise ConfigError(
-                f"'{sec.key('type')}' = {kind!r} is not supported (energy models only)"
+                f"'{sec.key('type')}' = {kind!r} is not supported by dpa3 (only the standard "
+                "energy model; ZBL, linear and frozen combinations are not implemented)"
             )
         type_map = sec.get("type_map", required=True)
         if (
@@ -372,8 +389,7 @@ class ModelConfig:
         if len(set(type_map)) != len(type_map):
             raise ConfigError(f"'{sec.key('type_map')}' has duplicate names: {type_map}")
         descriptor = DescriptorConfig.parse(sec.sub("descriptor", required=True), auto)
-        fitting = FittingConfig.parse(
-            sec.sub("fitting_net", FittingConfig.ALIASES, required=True))
+        fitting = FittingConfig.parse(sec.sub("fitting_net", FittingConfig.ALIASES, required=True))
         preset = sec.get("preset_out_bias", None)
         preset_bias = None
         if preset is not None:
@@ -401,8 +417,15 @@ class ModelConfig:
         ):
             sec.reject_unless_default(name, default)
         # accepted; used by the trainer / multi-task bookkeeping, not by the model itself
-        for name in ("finetune_head", "bias_adjust_mode", "data_bias_nsample",
-                     "model_branch_alias", "info", "bridging_r_inner", "bridging_r_outer"):
+        for name in (
+            "finetune_head",
+            "bias_adjust_mode",
+            "data_bias_nsample",
+            "model_branch_alias",
+            "info",
+            "bridging_r_inner",
+            "bridging_r_outer",
+        ):
             sec.get(name)
         cfg = ModelConfig(
             type_map=tuple(type_map),

@@ -199,7 +199,8 @@ class MultiTaskConfig:
             raise ConfigError("'training' must be a JSON object")
         lr = top.get("learning_rate")
         opt = top.get("optimizer")
-        top.get("nvnmd")  # rejected by the single-task parser below
+        validating = top.get("validating")  # checked by the single-task parser below
+        nvnmd = top.get("nvnmd")  # rejected by the single-task parser below
         top.finish()
 
         # --- training: data_dict / model_prob / shared loop options ----------------------
@@ -312,6 +313,9 @@ class MultiTaskConfig:
                 single["learning_rate"] = copy.deepcopy(lr)
             if opt is not None:
                 single["optimizer"] = copy.deepcopy(opt)
+            for key, value in (("validating", validating), ("nvnmd", nvnmd)):
+                if value is not None:
+                    single[key] = copy.deepcopy(value)
             if loss_dict.get(name) is not None:
                 single["loss"] = copy.deepcopy(loss_dict[name])
             try:

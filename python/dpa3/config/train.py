@@ -1,9 +1,10 @@
 """Typed configuration of training: learning rate, loss, optimizer, data and loop options.
 
-Parsed once from the DeePMD-kit sections ``learning_rate``, ``loss``, ``optimizer`` and
-``training`` of ``input.json``.  Defaults are DeePMD-kit's schema defaults.  Keys that
-DeePMD-kit accepts but that only steer its own tooling (``profiling``, ``tensorboard``, ...)
-are accepted and ignored; options dpa3 does not implement are rejected by name.
+Parsed once from the DeePMD-kit sections ``learning_rate``, ``loss``, ``optimizer``
+(:mod:`dpa3.config.schedule`), ``training`` and ``validating`` of ``input.json``.  Defaults are
+DeePMD-kit's schema defaults.  Every key of DeePMD-kit 3.2's schema is either read with its
+meaning or refused by name ("not supported"); tests/config/test_config_keys.py checks this
+against the schema.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from ._base import ConfigError, Section
 from .model import ModelConfig
 from .model_section import ModelSection
+from .schedule import LearningRateConfig, LossConfig, OptimizerConfig
 
 _NUMB_STEPS_ALIASES = {
     "numb_step": "numb_steps",
@@ -24,214 +26,34 @@ _NUMB_STEPS_ALIASES = {
     "stop_batch": "numb_steps",
 }
 
-# DeePMD-kit ``training`` keys that steer only its own logging/profiling tools.
-_IGNORED_TRAINING_KEYS = (
-    "disp_training",
-    "time_training",
-    "profiling",
-    "profiling_file",
-    "enable_profiler",
-    "tensorboard",
-    "tensorboard_log_dir",
-    "tensorboard_freq",
-    "mixed_precision_off",
-)
-
-
-# --------------------------------------------------------------------------------------
-# learning rate
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LearningRateConfig:
-    """``learning_rate`` of type ``exp`` (docs/dpa3-spec.md §5.2).
-
-    ``stop_lr`` is already resolved (from ``stop_lr_ratio`` or the 5e-8 default);
-    ``warmup_steps`` may still be ``None`` when ``warmup_ratio`` is given (resolved against
-    ``numb_steps`` by :meth:`warmup_for`).
-    """
-
-    start_lr: float = 1e-3
-    stop_lr: float = 5e-8
-    decay_steps: int = 5000
-    decay_rate: float | None = None
-    smooth: bool = False
-    warmup_steps: int | None = None
-    warmup_ratio: float | None = None
-    warmup_start_factor: float = 0.0
-
-    @staticmethod
-    def parse(sec: Section, training: Section | None = None) -> LearningRateConfig:
-        """Parse ``learning_rate``; warmup keys may also sit in ``training`` (DeePMD-kit 3.0)."""
-        kind = sec.get("type", "exp")
-        if kind != "exp":
-            raise ConfigError(f"'{sec.key('type')}' = {kind!r}: only 'exp' is supported")
-        start = sec.get_float("start_lr", 1e-3)
-        if start <= 0:
-            raise ConfigError(f"'{sec.key('start_lr')}' must be positive, got {start}")
-        stop = sec.get_float("stop_lr", None)
-        ratio = sec.get_float("stop_lr_ratio", None)
-        if stop is not None and ratio is not None:
-            raise ConfigError(
-                f"give only one of '{sec.key('stop_lr')}' and '{sec.key('stop_lr_ratio')}'"
-            )
-        if ratio is not None:
-            stop = start * ratio
-        if stop is None:
-            stop = 5e-8
-        decay_steps = sec.get_int("decay_steps", 5000)
-        if decay_steps <= 0:
-            raise ConfigError(f"'{sec.key('decay_steps')}' must be positive, got {decay_steps}")
-        decay_rate = sec.get_float("decay_rate", None)
-        sec.get("scale_by_worker")  # accepted; ignored by DeePMD-kit's PyTorch trainer too
-        warm: dict[str, Any] = {}
-        for name, getter in (
-            ("warmup_steps", "get_int"),
-            ("warmup_ratio", "get_float"),
-            ("warmup_start_factor", "get_float"),
-        ):
-            here = getattr(sec, getter)(name, None)
-            there = getattr(training, getter)(name, None) if training is not None else None
-            if here is not None and there is not None:
-                raise ConfigError(f"'{name}' is given both in '{sec.path}' and 'training'")
-            warm[name] = here if here is not None else there
-        if warm["warmup_steps"] is not None and warm["warmup_ratio"] is not None:
-            raise ConfigError("give only one of 'warmup_steps' and 'warmup_ratio'")
-        cfg = LearningRateConfig(
-            start_lr=start,
-            stop_lr=stop,
-            decay_steps=decay_steps,
-            decay_rate=decay_rate,
-            smooth=sec.get_bool("smooth", False),
-            warmup_steps=warm["warmup_steps"],
-            warmup_ratio=warm["warmup_ratio"],
-            warmup_start_factor=0.0
-            if warm["warmup_start_factor"] is None
-            else warm["warmup_start_factor"],
-        )
-        sec.finish()
-        return cfg
-
-    def warmup_for(self, numb_steps: int) -> int:
-        """Number of warmup steps for a run of ``numb_steps`` steps."""
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        if self.warmup_ratio is not None:
-            return int(self.warmup_ratio * numb_steps)
-        return 0
-
-
-# --------------------------------------------------------------------------------------
-# loss
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LossConfig:
-    """``loss`` of type ``ener`` (docs/dpa3-spec.md §5.1); a term is active iff both prefactors
-    are non-zero."""
-
-    start_pref_e: float = 0.02
-    limit_pref_e: float = 1.0
-    start_pref_f: float = 1000.0
-    limit_pref_f: float = 1.0
-    start_pref_v: float = 0.0
-    limit_pref_v: float = 0.0
-    intensive_ener_virial: bool = False
-
-    @property
-    def has_e(self) -> bool:
-        """Whether the energy term is active."""
-        return self.start_pref_e != 0.0 and self.limit_pref_e != 0.0
-
-    @property
-    def has_f(self) -> bool:
-        """Whether the force term is active."""
-        return self.start_pref_f != 0.0 and self.limit_pref_f != 0.0
-
-    @property
-    def has_v(self) -> bool:
-        """Whether the virial term is active."""
-        return self.start_pref_v != 0.0 and self.limit_pref_v != 0.0
-
-    @staticmethod
-    def parse(sec: Section) -> LossConfig:
-        """Parse the ``loss`` section; unimplemented options are rejected by name."""
-        kind = sec.get("type", "ener")
-        if kind != "ener":
-            raise ConfigError(f"'{sec.key('type')}' = {kind!r}: only 'ener' loss is supported")
-        d = LossConfig.__dataclass_fields__
-        kw: dict[str, Any] = {}
-        for name in (
-            "start_pref_e",
-            "limit_pref_e",
-            "start_pref_f",
-            "limit_pref_f",
-            "start_pref_v",
-            "limit_pref_v",
-        ):
-            kw[name] = sec.get_float(name, d[name].default)
-        kw["intensive_ener_virial"] = sec.get_bool("intensive_ener_virial", False)
-        for name in (
-            "start_pref_ae",
-            "limit_pref_ae",
-            "start_pref_pf",
-            "limit_pref_pf",
-            "start_pref_gf",
-            "limit_pref_gf",
-            "start_pref_h",
-            "limit_pref_h",
-        ):
-            v = sec.get_float(name, 0.0)
-            if v != 0.0:
-                raise ConfigError(
-                    f"'{sec.key(name)}' = {v}: this loss term is not supported by dpa3"
-                )
-        sec.reject_unless_default("loss_func", "mse")
-        sec.reject_unless_default("use_huber", False)
-        sec.reject_unless_default("relative_f", None)
-        sec.reject_unless_default("enable_atom_ener_coeff", False)
-        sec.reject_unless_default("use_default_pf", False)
-        sec.reject_unless_default("numb_generalized_coord", 0)
-        sec.reject_unless_default("f_use_norm", False)
-        sec.get("huber_delta")  # meaningful only with use_huber
-        sec.finish()
-        cfg = LossConfig(**kw)
-        if not (cfg.has_e or cfg.has_f or cfg.has_v):
-            raise ConfigError(f"'{sec.path}': every loss term has a zero prefactor")
-        return cfg
-
-
-# --------------------------------------------------------------------------------------
-# optimizer
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """``optimizer`` section: Adam (coupled L2 decay) or AdamW (decoupled, on all parameters)."""
-
-    type: str = "Adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-
-    @staticmethod
-    def parse(sec: Section, opt_type: str | None) -> OptimizerConfig:
-        """Parse ``optimizer`` (``training.opt_type`` is the legacy spelling of its type)."""
-        kind = sec.get_str("type", None)
-        if kind is not None and opt_type is not None and kind != opt_type:
-            raise ConfigError(
-                f"'{sec.key('type')}' = {kind!r} contradicts 'training.opt_type' = {opt_type!r}"
-            )
-        kind = kind or opt_type or "Adam"
-        if kind not in ("Adam", "AdamW"):
-            raise ConfigError(
-                f"optimizer type {kind!r} is not supported by dpa3 (only 'Adam' and 'AdamW')"
-            )
-        cfg = OptimizerConfig(
-            type=kind,
-            beta1=sec.get_float("adam_beta1", 0.9),
-            beta2=sec.get_float("adam_beta2", 0.999),
-            weight_decay=sec.get_float("weight_decay", 0.001 if kind == "AdamW" else 0.0),
-        )
-        sec.finish()
-        return cfg
+# ``training`` keys refused at a non-default value: (default, what dpa3 lacks).
+_REFUSED_TRAINING_KEYS = {
+    "zero_stage": (0, "ZeRO sharding"),
+    "enable_ema": (False, "EMA weights"),
+    "ema_decay": (0.999, "EMA weights"),
+    "ema_ckpt_keep": (None, "EMA weights"),
+    "enable_compile": (False, "torch.compile"),
+    "save_dir": (None, "a checkpoint folder; use a path in save_ckpt"),
+    "ckpt_keep_ratio": (None, "ratio-based checkpoint keeping; use max_ckpt_keep"),
+    "acc_freq": (1, "gradient accumulation (a PaddlePaddle option)"),
+    "neighbor_graph_method": ("auto", "a PyTorch-Exportable option"),
+    "enable_tf32": (False, "TF32 (a PyTorch-Exportable option)"),
+}
+# ``validating``: DeePMD-kit's full validation; accepted only at its defaults.
+_VALIDATING_DEFAULTS = {
+    "full_validation": False,
+    "ema_full_validation": False,
+    "validation_freq": 5000,
+    "save_best": True,
+    "save_best_dir": None,
+    "max_best_ckpt": 1,
+    "validation_metric": "E:MAE",
+    "full_val_file": "val.log",
+    "full_val_start": 0.5,
+    "compiled_infer": False,
+    "tf32_infer": False,
+    "amp_infer": False,
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -299,10 +121,12 @@ class DataConfig:
     auto_prob: str = "prob_sys_size"
     sys_probs: tuple[float, ...] | None = None
     numb_btch: int = 1
+    rglob_patterns: tuple[str, ...] | None = None
 
     @staticmethod
     def parse(sec: Section, validation: bool = False) -> DataConfig:
-        """Parse a data section; ``systems`` is a list of folders or one parent folder."""
+        """Parse a data section; ``systems`` is a list of folders / HDF5 files or one of them
+        (each searched for systems, see :func:`dpa3.data.system.find_systems`)."""
         systems = sec.get("systems", required=True)
         if isinstance(systems, str):
             systems = [systems]
@@ -311,7 +135,9 @@ class DataConfig:
             or not systems
             or not all(isinstance(s, str) and s for s in systems)
         ):
-            raise ConfigError(f"'{sec.key('systems')}' must be a folder or a list of folders")
+            raise ConfigError(
+                f"'{sec.key('systems')}' must be a folder (or HDF5 file) or a list of them"
+            )
         rule = BatchSizeRule.parse(sec.get("batch_size", "auto"), sec.key("batch_size"))
         auto_prob = sec.get_str("auto_prob", "prob_sys_size")
         if not (
@@ -333,6 +159,11 @@ class DataConfig:
             ):
                 raise ConfigError(f"'{sec.key('sys_probs')}' must be a list of weights >= 0")
             probs = tuple(float(p) for p in probs)
+        patterns = sec.get("rglob_patterns", None)
+        if patterns is not None and (
+            not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns)
+        ):
+            raise ConfigError(f"'{sec.key('rglob_patterns')}' must be a list of glob patterns")
         numb_btch = 1
         if validation:
             numb_btch = max(1, sec.get_int("numb_btch", 1))
@@ -343,9 +174,9 @@ class DataConfig:
             auto_prob=auto_prob,
             sys_probs=probs,
             numb_btch=numb_btch,
+            rglob_patterns=None if patterns is None else tuple(patterns),
         )
-        if sec.get("rglob_patterns") not in (None, []):
-            raise ConfigError(f"'{sec.key('rglob_patterns')}' is not supported by dpa3")
+        sec.reject_unless_default("min_pair_dist", 0.0, "not supported (frame filtering)")
         sec.finish()
         return cfg
 
@@ -374,6 +205,16 @@ class TrainingConfig:
     stat_file: str | None = None
     gradient_max_norm: float = 0.0
     change_bias_after_training: bool = False
+    stat_file_mode: str = "update"
+    disp_training: bool = True
+    time_training: bool = True
+    disp_avg: bool = False
+    tensorboard: bool = False
+    tensorboard_log_dir: str = "log"
+    tensorboard_freq: int = 1
+    profiling: bool = False
+    profiling_file: str = "timeline.json"
+    enable_profiler: bool = False
 
     @staticmethod
     def parse(sec: Section) -> TrainingConfig:
@@ -411,9 +252,21 @@ class TrainingConfig:
             stat_file=sec.get_str("stat_file", None),
             gradient_max_norm=sec.get_float("gradient_max_norm", 0.0) or 0.0,
             change_bias_after_training=sec.get_bool("change_bias_after_training", False),
+            stat_file_mode=sec.choice("stat_file_mode", ("update", "read"), "update"),
+            disp_training=sec.get_bool("disp_training", True),
+            time_training=sec.get_bool("time_training", True),
+            disp_avg=sec.get_bool("disp_avg", False),
+            tensorboard=sec.get_bool("tensorboard", False),
+            tensorboard_log_dir=sec.get_str("tensorboard_log_dir", "log"),
+            tensorboard_freq=sec.get_int("tensorboard_freq", 1),
+            profiling=sec.get_bool("profiling", False),
+            profiling_file=sec.get_str("profiling_file", "timeline.json"),
+            enable_profiler=sec.get_bool("enable_profiler", False),
         )
+        if kw["stat_file_mode"] == "read" and kw["stat_file"] is None:
+            raise ConfigError(f"'{sec.key('stat_file_mode')}' = 'read' needs 'training.stat_file'")
         # max_ckpt_keep below 1 keeps every checkpoint, as in DeePMD-kit
-        for name in ("disp_freq", "save_freq"):
+        for name in ("disp_freq", "save_freq", "tensorboard_freq"):
             if kw[name] <= 0:
                 raise ConfigError(f"'{sec.key(name)}' must be positive, got {kw[name]}")
         if kw["gradient_max_norm"] < 0:
@@ -421,9 +274,8 @@ class TrainingConfig:
         mp = sec.get("mixed_precision", None)
         if mp is not None:
             raise ConfigError(f"'{sec.key('mixed_precision')}' is not supported by dpa3")
-        sec.reject_unless_default("zero_stage", 0)
-        sec.reject_unless_default("enable_ema", False)
-        sec.reject_unless_default("enable_compile", False)
+        for name, (default, what) in _REFUSED_TRAINING_KEYS.items():
+            sec.reject_unless_default(name, default, f"not supported ({what})")
         for name in (
             "kf_blocksize",
             "kf_start_pref_e",
@@ -433,8 +285,6 @@ class TrainingConfig:
         ):
             if sec.has(name):
                 raise ConfigError(f"'{sec.key(name)}': the LKF optimizer is not supported")
-        for name in _IGNORED_TRAINING_KEYS:
-            sec.get(name)
         # read by LearningRateConfig / OptimizerConfig
         sec.finish(ignore=("warmup_steps", "warmup_ratio", "warmup_start_factor", "opt_type"))
         return TrainingConfig(**kw)
@@ -470,20 +320,10 @@ class InputConfig:
         same configuration (``model``: the resolved model config, see
         :meth:`ModelSection.to_input`).  Keys dpa3 accepts but ignores are left out."""
         lr, loss, opt, tr = self.learning_rate, self.loss, self.optimizer, self.training
-        lr_d: dict[str, Any] = {
-            "type": "exp",
-            "start_lr": lr.start_lr,
-            "stop_lr": lr.stop_lr,
-            "decay_steps": lr.decay_steps,
-            "decay_rate": lr.decay_rate,
-            "smooth": lr.smooth,
-            "warmup_start_factor": lr.warmup_start_factor,
-        }
-        if lr.warmup_ratio is not None:
-            lr_d["warmup_ratio"] = lr.warmup_ratio
-        else:
-            lr_d["warmup_steps"] = lr.warmup_steps or 0
+        lr_d = lr.to_input()
         loss_d = {"type": "ener", **asdict(loss)}
+        if loss.relative_f is None:  # dp's schema has no default for it: left out as dp does
+            del loss_d["relative_f"]
         opt_d = {
             "type": opt.type,
             "adam_beta1": opt.beta1,
@@ -510,6 +350,16 @@ class InputConfig:
             "stat_file",
             "gradient_max_norm",
             "change_bias_after_training",
+            "stat_file_mode",
+            "disp_training",
+            "time_training",
+            "disp_avg",
+            "tensorboard",
+            "tensorboard_log_dir",
+            "tensorboard_freq",
+            "profiling",
+            "profiling_file",
+            "enable_profiler",
         ):
             if getattr(tr, name) is not None or name != "stat_file":  # dp: no null stat_file
                 training[name] = getattr(tr, name)
@@ -540,7 +390,11 @@ class InputConfig:
                 "'model.shared_dict' and 'model.model_dict' (see examples/multitask)"
             )
         if top.get("nvnmd") is not None:
-            raise ConfigError("'nvnmd' is not supported by dpa3")
+            raise ConfigError("'nvnmd' is not supported by dpa3 (a TensorFlow-only option)")
+        val = top.sub("validating")
+        for name, default in _VALIDATING_DEFAULTS.items():
+            val.reject_unless_default(name, default, "not supported (DeePMD-kit's full validation)")
+        val.finish()
         tr = top.sub("training", _NUMB_STEPS_ALIASES, required=True)
         opt_type = tr.get_str("opt_type", None)
         lr = LearningRateConfig.parse(top.sub("learning_rate"), tr)
@@ -574,6 +428,8 @@ def _data_dict(d: DataConfig, validation: bool) -> dict[str, Any]:
         "auto_prob": d.auto_prob,
         "sys_probs": None if d.sys_probs is None else list(d.sys_probs),
     }
+    if d.rglob_patterns is not None:
+        out["rglob_patterns"] = list(d.rglob_patterns)
     if d.set_prefix != "set":  # a key DeePMD-kit 3 has dropped (it warns); only when needed
         out["set_prefix"] = d.set_prefix
     if validation:

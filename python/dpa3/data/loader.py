@@ -41,6 +41,10 @@ class Batch:
         (nf,) float64: 1 where the frame has the label, else 0.
     system
         Index of the system in its sampler.
+    atom_ener, find_atom_ener
+        (nf, natoms) float64 atomic-energy labels and (nf,) their flags (``None``: not loaded).
+    atom_ener_coeff
+        (nf, natoms) float64 coefficients of ``enable_atom_ener_coeff`` (1 where absent).
     """
 
     coord: torch.Tensor
@@ -53,6 +57,9 @@ class Batch:
     find_force: torch.Tensor
     find_virial: torch.Tensor
     system: int = 0
+    atom_ener: torch.Tensor | None = None
+    find_atom_ener: torch.Tensor | None = None
+    atom_ener_coeff: torch.Tensor | None = None
 
     @property
     def nframes(self) -> int:
@@ -91,6 +98,9 @@ def make_batch(system: System, idx: np.ndarray, sys_index: int = 0) -> Batch:
         find_force=t(system.find["force"]).to(torch.float64),
         find_virial=t(system.find["virial"]).to(torch.float64),
         system=sys_index,
+        atom_ener=t(system.labels["atom_ener"]),
+        find_atom_ener=t(system.find["atom_ener"]).to(torch.float64),
+        atom_ener_coeff=t(system.labels["atom_ener_coeff"]),
     )
 
 
@@ -168,6 +178,13 @@ def system_probabilities(
     return p / p.sum()
 
 
+def _name_column(name: str, width: int = 42) -> str:
+    """A system name in the summary's 42-character column (longer ones: ``-- `` + the end)."""
+    if len(name) <= width:
+        return f"{name:>{width}s}"
+    return "-- " + name[-(width - 3) :]
+
+
 class DataSampler:
     """Draws batches from several systems (one system per batch).
 
@@ -223,9 +240,38 @@ class DataSampler:
         where: str = "training_data",
     ) -> DataSampler:
         """Find, load and wrap the systems of a data section."""
-        paths = find_systems(cfg.systems, where=f"{where}.systems")
+        paths = find_systems(cfg.systems, where=f"{where}.systems", patterns=cfg.rglob_patterns)
+        if cfg.rglob_patterns is not None and (
+            cfg.batch_size.kind == "list" or cfg.sys_probs is not None
+        ):
+            key = "batch_size" if cfg.batch_size.kind == "list" else "sys_probs"
+            raise DataError(
+                f"{where}: a per-system {key} list with rglob_patterns: DeePMD-kit returns "
+                "the systems rglob_patterns find in no fixed order, so the list cannot be "
+                "matched to them; list the systems instead"
+            )
         systems = load_systems(paths, type_map, cfg.set_prefix)
         return cls(systems, cfg.batch_size, cfg.auto_prob, cfg.sys_probs, seed, where)
+
+    def summary(self, name: str) -> list[str]:
+        """The data summary DeePMD-kit logs at the start of training, line by line: each
+        system's path, atoms, batch size, batches (counted per set, as DeePMD-kit prints
+        them), probability and periodicity."""
+        lines = [
+            f"---Summary of DataSystem: {name.capitalize():13s}"
+            "-----------------------------------------------",
+            f"Found {len(self.batchers)} System(s):",
+            f"{_name_column('system')}  {'natoms':<6s}  {'bch_sz':<6s}  {'n_bch':<6s}  "
+            f"{'prob':<9s}  {'pbc':<3s}",
+        ]
+        for b, p in zip(self.batchers, self.probs, strict=True):
+            s = b.system
+            lines.append(
+                f"{_name_column(s.path)}  {s.natoms:6d}  {b.batch_size:6d}  "
+                f"{s.set_batches(b.batch_size):6d}  {p:9.3e}  {'T' if s.pbc else 'F':>3s}"
+            )
+        lines.append("-" * 86)
+        return lines
 
     @property
     def total_batches(self) -> int:

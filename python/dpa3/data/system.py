@@ -1,11 +1,19 @@
-"""DeePMD-kit ``npy`` systems, read once into memory.
+"""DeePMD-kit systems (``npy`` folders and ``deepmd/hdf5`` files), read once into memory.
 
 A system folder holds ``type.raw`` (one integer type per atom), optionally ``type_map.raw``
 (element names, one a line), an optional empty file ``nopbc``, and ``set.*`` folders with
 ``coord.npy`` (nframes, natoms*3), ``box.npy`` (nframes, 9; absent with ``nopbc``) and the
 optional labels ``energy.npy`` (nframes,), ``force.npy`` (nframes, natoms*3) and
-``virial.npy`` (nframes, 9).  In the *mixed-type* layout ``set.*/real_atom_types.npy``
-(nframes, natoms) gives each frame's types and ``type.raw`` is a placeholder.
+``virial.npy`` (nframes, 9), and the per-atom ``atom_ener.npy`` (nframes, natoms; the
+atomic-energy loss term) and ``atom_ener_coeff.npy`` (nframes, natoms; 1 where absent, used
+by the loss option ``enable_atom_ener_coeff``).  In the *mixed-type* layout
+``set.*/real_atom_types.npy`` (nframes, natoms) gives each frame's types and ``type.raw`` is a
+placeholder.
+
+The same layout inside an HDF5 file (``data.hdf5`` or ``data.hdf5#/group``, as dpdata's
+``deepmd/hdf5`` writes it) is read through :mod:`dpa3.data.storage`.  Array files may be
+written with any float precision; ``.raw`` text frames are not read (DeePMD-kit does not
+read them either: convert them with its ``raw_to_set.sh`` or dpdata).
 
 A missing label file switches that label off for the frames of that set, as DeePMD-kit's
 ``find_*`` flags do; the loss then skips the term for those frames.
@@ -17,12 +25,18 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError
 
-LABELS: tuple[str, ...] = ("energy", "force", "virial")
+if TYPE_CHECKING:
+    from .storage import Store
+
+LABELS: tuple[str, ...] = ("energy", "force", "virial", "atom_ener", "atom_ener_coeff")
+#: Value of a label absent from a set (DeePMD-kit's ``DataRequirementItem.default``).
+_LABEL_DEFAULT = {"atom_ener_coeff": 1.0}
 
 
 @dataclass
@@ -46,6 +60,8 @@ class System:
         float64; zero where the label is absent.
     find
         Per label, (nframes,) bool: whether the frame has that label.
+    set_nframes
+        Frames of each ``set.*`` folder, in order (empty when not read from sets).
     """
 
     path: str
@@ -55,6 +71,7 @@ class System:
     atype: np.ndarray
     labels: dict[str, np.ndarray]
     find: dict[str, np.ndarray] = field(default_factory=dict)
+    set_nframes: tuple[int, ...] = ()
 
     @property
     def nframes(self) -> int:
@@ -71,6 +88,12 @@ class System:
         """Whether the system is periodic."""
         return self.box is not None
 
+    def set_batches(self, batch_size: int) -> int:
+        """Batches DeePMD-kit counts for this system in its data summary: per set
+        ``nframes // batch_size``, at least 1 (``DeepmdData.get_sys_numb_batch``)."""
+        sets = self.set_nframes or (self.nframes,)
+        return sum(max(1, n // batch_size) for n in sets)
+
     def has_label(self, name: str) -> bool:
         """Whether any frame carries label ``name``."""
         return bool(self.find[name].any())
@@ -84,74 +107,94 @@ class System:
         return counts
 
 
+def _expand(p: Path, patterns: Sequence[str] | None) -> list[str]:
+    """The systems under one folder in DeePMD-kit's order (``expand_sys_str``: every folder
+    of ``Path.rglob("*")`` holding a ``type.raw``, then the folder itself if it is a system;
+    with ``patterns`` (``rglob_sys_str``) the folders of ``Path.rglob(pattern)`` for each
+    pattern, without duplicates and without the folder itself)."""
+    if patterns is None:
+        found = [str(d) for d in p.rglob("*") if (d / "type.raw").is_file()]
+        if (p / "type.raw").is_file():
+            found.append(str(p))
+        return found
+    found = []
+    for pattern in patterns:
+        found.extend(str(d) for d in p.rglob(pattern) if (d / "type.raw").is_file())
+    return list(dict.fromkeys(found))
+
+
 def find_systems(
-    paths: Iterable[str | os.PathLike],
+    paths: str | Iterable[str | os.PathLike],
     base: str | os.PathLike | None = None,
     where: str = "systems",
+    patterns: Sequence[str] | None = None,
 ) -> list[str]:
-    """Expand ``training_data.systems`` into system folders.
+    """Expand ``training_data.systems`` into systems, as DeePMD-kit's ``process_systems``.
 
-    Each entry is a system folder (it contains ``type.raw``) or a parent folder that is
-    searched recursively for systems (sorted for reproducibility).  Relative paths are taken
-    relative to ``base`` (default: the working directory), as DeePMD-kit does.
+    Each entry (``paths`` may be one string) is searched recursively: a folder gives the
+    systems in its sub-folders, in ``Path.rglob`` order (the file system's order, as
+    DeePMD-kit lists them), followed by the folder itself if it holds ``type.raw``; an HDF5
+    file ``data.hdf5`` or group ``data.hdf5#/group`` gives its direct sub-groups that are
+    systems (name order), then itself if it is one.  ``patterns`` (``rglob_patterns``)
+    keeps the folders matching any of the globs instead; DeePMD-kit returns those in no
+    fixed order, dpa3 in the patterns' ``rglob`` order.  Relative paths are taken relative
+    to ``base`` (default: the working directory).  The systems keep the spelling of the
+    entries (DeePMD-kit prints them so in the data summary).
     """
+    from .storage import h5_child_systems, is_h5_path
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     out: list[str] = []
     for entry in paths:
-        p = Path(entry)
-        if base is not None and not p.is_absolute():
-            p = Path(base) / p
-        if not p.exists():
-            raise DataError(f"{where}: system folder '{entry}' does not exist (looked at '{p}')")
-        if not p.is_dir():
-            raise DataError(f"{where}: '{entry}' is not a folder")
-        if (p / "type.raw").is_file():
-            out.append(str(p))
-            continue
-        found = sorted(str(f.parent) for f in p.rglob("type.raw"))
+        s = str(entry)
+        if base is not None and not os.path.isabs(s):
+            s = os.path.join(str(base), s)
+        if os.path.isdir(s):
+            found = _expand(Path(s), patterns)
+        elif is_h5_path(s):
+            if patterns is not None:
+                raise DataError(
+                    f"{where}: rglob_patterns select folders; '{entry}' is an HDF5 file "
+                    "(list its groups as 'file.hdf5#/group' instead)"
+                )
+            found = h5_child_systems(s)
+        elif os.path.exists(s.partition("#")[0]):
+            raise DataError(f"{where}: '{entry}' is neither a folder nor an HDF5 file")
+        else:
+            raise DataError(f"{where}: system folder '{entry}' does not exist (looked at '{s}')")
         if not found:
-            raise DataError(f"{where}: no system (folder with type.raw) found under '{entry}'")
+            what = f" matching rglob_patterns {list(patterns)}" if patterns is not None else ""
+            raise DataError(
+                f"{where}: no system (folder with type.raw){what} found under '{entry}'"
+            )
         out.extend(found)
     if not out:
         raise DataError(f"{where}: the list of systems is empty")
     return out
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as err:  # report which file is broken
-        raise DataError(f"cannot read '{path}': {err}") from err
-
-
-def _check_finite(arr: np.ndarray, path: Path) -> None:
+def _check_finite(arr: np.ndarray, where: str) -> None:
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)))[0]
-        raise DataError(f"'{path}' contains NaN or inf (first at frame {bad[0]})")
+        raise DataError(f"'{where}' contains NaN or inf (first at frame {bad[0]})")
 
 
-def _reshape(arr: np.ndarray, path: Path, nframes: int | None, width: int, what: str) -> np.ndarray:
+def _reshape(arr: np.ndarray, where: str, nframes: int | None, width: int, what: str) -> np.ndarray:
     """Reshape ``arr`` to (nframes, width) and complain clearly if it cannot be."""
     if arr.ndim == 1 and width != 1 and nframes in (None, 1) and arr.size == width:
         arr = arr[None, :]
     if arr.ndim == 1 and width == 1:
         arr = arr[:, None]
+    if arr.ndim > 2 and nframes is not None and arr.shape[0] == nframes and arr[0].size == width:
+        arr = arr.reshape(nframes, width)  # e.g. (nframes, natoms, 3) force
     if arr.ndim != 2 or arr.shape[1] != width:
-        raise DataError(f"'{path}' has shape {arr.shape}; expected (nframes, {width}) {what}")
+        raise DataError(f"'{where}' has shape {arr.shape}; expected (nframes, {width}) {what}")
     if nframes is not None and arr.shape[0] != nframes:
         raise DataError(
-            f"'{path}' has {arr.shape[0]} frames but coord.npy of that set has {nframes}"
+            f"'{where}' has {arr.shape[0]} frames but coord.npy of that set has {nframes}"
         )
     return arr
-
-
-def _read_type_map(path: Path) -> list[str] | None:
-    f = path / "type_map.raw"
-    if not f.is_file():
-        return None
-    names = f.read_text().split()
-    if not names:
-        raise DataError(f"'{f}' is empty")
-    return names
 
 
 def load_system(
@@ -162,7 +205,8 @@ def load_system(
     Parameters
     ----------
     path
-        System folder.
+        System folder, or an HDF5 system (``data.hdf5``, ``data.hdf5#/group``; see
+        :mod:`dpa3.data.storage`).
     type_map
         Model element names.  The system's ``type_map.raw`` names are looked up in it; without
         ``type_map.raw`` the integer types are used as they are.  ``None`` uses the system's
@@ -170,82 +214,103 @@ def load_system(
     set_prefix
         Prefix of the set folders (DeePMD-kit's ``set_prefix``).
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"system folder '{root}' does not exist")
-    tfile = root / "type.raw"
-    if not tfile.is_file():
-        raise DataError(f"'{root}' is not a system: '{tfile}' is missing")
-    try:
-        base_types = np.loadtxt(tfile, dtype=np.int64, ndmin=1)
-    except ValueError as err:
-        raise DataError(f"'{tfile}' must hold one integer per atom: {err}") from err
+    from .storage import open_store
+
+    with open_store(path) as st:
+        return _read_system(st, type_map, set_prefix)
+
+
+def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> System:
+    root = st.label
+    if not st.is_file("type.raw"):
+        raise DataError(f"'{root}' is not a system: '{st.where('type.raw')}' is missing")
+    base_types = st.ints("type.raw")
     natoms = int(base_types.size)
     if natoms == 0:
-        raise DataError(f"'{tfile}' is empty")
-    sys_names = _read_type_map(root)
+        raise DataError(f"'{st.where('type.raw')}' is empty")
+    sys_names = None
+    if st.is_file("type_map.raw"):
+        sys_names = st.names("type_map.raw")
+        if not sys_names:
+            raise DataError(f"'{st.where('type_map.raw')}' is empty")
     if type_map is None:
         if sys_names is None:
             raise DataError(f"'{root}' has no type_map.raw and no type map was given")
         type_map = sys_names
     type_map = tuple(type_map)
-    nopbc = (root / "nopbc").exists()
-    sets = sorted(p for p in root.glob(f"{set_prefix}.*") if p.is_dir())
+    nopbc = st.is_file("nopbc")
+    sets = st.subdirs(f"{set_prefix}.*")
     if not sets:
         raise DataError(f"'{root}' has no '{set_prefix}.*' folders")
 
-    coords, boxes, types = [], [], []
+    coords, boxes, types, set_nframes = [], [], [], []
     labels: dict[str, list[np.ndarray]] = {k: [] for k in LABELS}
     finds: dict[str, list[np.ndarray]] = {k: [] for k in LABELS}
+    mixed = [st.is_file(f"{d}/real_atom_types.npy") for d in sets]
+    if any(mixed) and not all(mixed):
+        raise DataError(
+            f"'{root}': some sets have real_atom_types.npy (mixed type) and some do not; "
+            "all sets of a system must use the same layout"
+        )
     for sdir in sets:
-        cfile = sdir / "coord.npy"
-        if not cfile.is_file():
-            raise DataError(f"'{cfile}' is missing")
+        cfile = f"{sdir}/coord.npy"
+        if not st.is_file(cfile):
+            raise DataError(f"'{st.where(cfile)}' is missing")
         coord = _reshape(
-            _load_npy(cfile), cfile, None, natoms * 3, f"(natoms = {natoms} from type.raw)"
+            st.array(cfile), st.where(cfile), None, natoms * 3, f"(natoms = {natoms} from type.raw)"
         )
         nf = coord.shape[0]
-        _check_finite(coord, cfile)
+        set_nframes.append(nf)
+        _check_finite(coord, st.where(cfile))
         coords.append(coord.reshape(nf, natoms, 3).astype(np.float64))
         if not nopbc:
-            bfile = sdir / "box.npy"
-            if not bfile.is_file():
+            bfile = f"{sdir}/box.npy"
+            if not st.is_file(bfile):
                 raise DataError(
-                    f"'{bfile}' is missing (add an empty 'nopbc' file to "
+                    f"'{st.where(bfile)}' is missing (add an empty 'nopbc' file to "
                     f"'{root}' for a non-periodic system)"
                 )
-            box = _reshape(_load_npy(bfile), bfile, nf, 9, "cell rows")
-            _check_finite(box, bfile)
+            box = _reshape(st.array(bfile), st.where(bfile), nf, 9, "cell rows")
+            _check_finite(box, st.where(bfile))
             vol = np.linalg.det(box.reshape(nf, 3, 3))
             if np.any(np.abs(vol) < 1e-8):
-                raise DataError(f"'{bfile}' has a degenerate (zero-volume) cell")
+                raise DataError(f"'{st.where(bfile)}' has a degenerate (zero-volume) cell")
             boxes.append(box.astype(np.float64))
-        rfile = sdir / "real_atom_types.npy"
-        if rfile.is_file():
-            rt = _reshape(_load_npy(rfile), rfile, nf, natoms, "types per frame")
+        rfile = f"{sdir}/real_atom_types.npy"
+        if st.is_file(rfile):
+            rt = _reshape(st.array(rfile), st.where(rfile), nf, natoms, "types per frame")
             types.append(rt.astype(np.int64))
         else:
             types.append(np.broadcast_to(base_types, (nf, natoms)).copy())
-        for name, width in (("energy", 1), ("force", natoms * 3), ("virial", 9)):
-            lfile = sdir / f"{name}.npy"
-            if lfile.is_file():
+        for name, width in (
+            ("energy", 1),
+            ("force", natoms * 3),
+            ("virial", 9),
+            ("atom_ener", natoms),
+            ("atom_ener_coeff", natoms),
+        ):
+            lfile = f"{sdir}/{name}.npy"
+            if st.is_file(lfile):
                 arr = _reshape(
-                    _load_npy(lfile),
-                    lfile,
+                    st.array(lfile),
+                    st.where(lfile),
                     nf,
                     width,
                     f"(natoms = {natoms} from type.raw)" if name == "force" else "",
                 )
-                _check_finite(arr, lfile)
+                _check_finite(arr, st.where(lfile))
                 labels[name].append(arr.astype(np.float64))
                 finds[name].append(np.ones(nf, dtype=bool))
             else:
-                labels[name].append(np.zeros((nf, width), dtype=np.float64))
+                labels[name].append(np.full((nf, width), _LABEL_DEFAULT.get(name, 0.0)))
                 finds[name].append(np.zeros(nf, dtype=bool))
 
     atype_sys = np.concatenate(types)
     if np.any(atype_sys < 0):
-        raise DataError(f"'{root}': negative (virtual) atom types are not supported by dpa3")
+        raise DataError(
+            f"'{root}': real_atom_types.npy has type -1 (virtual atoms padding frames to one "
+            "size); dpa3 does not support virtual atoms: write the frames without padding"
+        )
     if sys_names is not None:
         if atype_sys.max() >= len(sys_names):
             raise DataError(
@@ -275,15 +340,18 @@ def load_system(
         "energy": np.concatenate(labels["energy"])[:, 0],
         "force": np.concatenate(labels["force"]).reshape(nf_tot, natoms, 3),
         "virial": np.concatenate(labels["virial"]),
+        "atom_ener": np.concatenate(labels["atom_ener"]),
+        "atom_ener_coeff": np.concatenate(labels["atom_ener_coeff"]),
     }
     return System(
-        path=str(root),
+        path=root,
         type_map=type_map,
         coord=np.concatenate(coords),
         box=None if nopbc else np.concatenate(boxes),
         atype=np.ascontiguousarray(atype),
         labels=lab,
         find={k: np.concatenate(v) for k, v in finds.items()},
+        set_nframes=tuple(set_nframes),
     )
 
 

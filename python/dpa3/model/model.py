@@ -49,6 +49,9 @@ class EnergyModel(nn.Module):
             self.fitting_dtype,
             fgen,
         )
+        # ``trainable: false`` freezes a block (DeePMD-kit sets ``requires_grad`` the same way)
+        self.descriptor.requires_grad_(cfg.descriptor.trainable)
+        self.fitting.requires_grad_(cfg.fitting.trainable)
         self.register_buffer("out_bias", torch.zeros(ntypes, dtype=torch.float64))
         self.register_buffer("out_std", torch.ones(ntypes, dtype=torch.float64))
         self.metadata = {

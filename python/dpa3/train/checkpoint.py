@@ -57,6 +57,17 @@ def make_checkpoint(
     }
 
 
+def rng_state() -> dict[str, Any]:
+    """The ``rng`` entry of a checkpoint (torch's generator)."""
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any] | None) -> None:
+    """Inverse of :func:`rng_state` (``None``: leave the generator as it is)."""
+    if state and "torch" in state:
+        torch.set_rng_state(state["torch"])
+
+
 _TMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 
 
@@ -243,5 +254,7 @@ __all__ = [
     "make_checkpoint",
     "remove_stale_temporaries",
     "resolve_checkpoint",
+    "rng_state",
     "save_checkpoint",
+    "set_rng_state",
 ]

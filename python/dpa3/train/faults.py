@@ -1,4 +1,4 @@
-"""Faults during training: Ctrl-C between steps, and a loss or parameters that are not finite.
+"""Faults during training: a loss, gradients or parameters that are not finite.
 
 A non-finite loss stops training before the optimizer step (the weights stay those of the
 last good step); a step whose gradients or updated weights are not finite stops it before a
@@ -8,41 +8,10 @@ Every message names the step and the batch's system (``where``).
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-from typing import Any
-
 import torch
-
-log = logging.getLogger(__name__)
 
 #: what the user can do about a diverged run
 ADVICE = "lower learning_rate.start_lr or check the data"
-
-
-class DeferredInterrupt:
-    """Turns the first Ctrl-C into a flag checked between steps (a second one aborts)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("interrupt: stopping after this step (Ctrl-C again to abort at once)")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 def nonfinite_loss(loss: float, step: int, where: str) -> FloatingPointError:
@@ -71,7 +40,6 @@ def check_parameters_finite(model: torch.nn.Module, step: int, where: str) -> No
 
 __all__ = [
     "ADVICE",
-    "DeferredInterrupt",
     "check_parameters_finite",
     "nonfinite_gradients",
     "nonfinite_loss",

@@ -105,15 +105,19 @@ class Progress:
         self.n_total = n_total
         self._t, self._step = time.perf_counter(), step
 
-    def line(self, done: int, loss: float, metrics: TaskMetrics, lr: float) -> str:
-        """The line of ``done`` completed steps (and restart the rate's clock)."""
+    def line(
+        self, done: int, loss: float, metrics: TaskMetrics, lr: float, timing: bool = True
+    ) -> str:
+        """The line of ``done`` completed steps (and restart the rate's clock); ``timing``
+        false (``training.time_training``) leaves out the rate and the ETA."""
         now = time.perf_counter()
         rate = (done - self._step) / max(now - self._t, 1e-9)
         self._t, self._step = now, done
-        return (
-            f"step {done}/{self.n_total}  loss {loss:.4e}  {format_metrics(metrics)}  "
-            f"lr {lr:.2e}  {rate:.2f} steps/s  ETA {format_eta((self.n_total - done) / rate)}"
-        )
+        text = f"step {done}/{self.n_total}  loss {loss:.4e}  {format_metrics(metrics)}  "
+        text += f"lr {lr:.2e}"
+        if not timing:
+            return text
+        return f"{text}  {rate:.2f} steps/s  ETA {format_eta((self.n_total - done) / rate)}"
 
 
 __all__ = ["Lcurve", "Progress", "TaskMetrics", "format_eta", "format_metrics"]

@@ -5,6 +5,13 @@
 ``intensive_ener_virial``), force the mean squared component error, virial
 ``mean_c (dW_c)^2 / N_f`` (again ``1/N_f^2`` if intensive).  Each term is averaged over the
 batch with the per-frame ``find_*`` flag, so frames without a label contribute nothing.
+
+Options (DeePMD-kit's ``EnergyStdLoss`` meanings, checked against its numbers in
+tests/python/test_loss.py): ``relative_f`` divides each atom's force error by
+``|F_label| + relative_f``; ``enable_atom_ener_coeff`` compares ``sum_i c_i E_i`` (``c_i`` from
+``atom_ener_coeff.npy``, default 1) with the energy label; the atomic-energy term
+(``start_pref_ae``/``limit_pref_ae``) is the mean squared per-atom energy error against
+``atom_ener.npy``.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import math
 
 import torch
 
-from ..config.train import LossConfig
+from ..config.schedule import LossConfig
 from ..data.loader import Batch
 
 
@@ -32,8 +39,8 @@ class EnergyLoss:
         self.cfg = cfg
         self.start_lr = start_lr
 
-    def prefactors(self, lr: float) -> tuple[float, float, float]:
-        """``(p_e, p_f, p_v)`` at learning rate ``lr`` (0 for inactive terms)."""
+    def prefactors(self, lr: float) -> tuple[float, float, float, float]:
+        """``(p_e, p_f, p_v, p_ae)`` at learning rate ``lr`` (0 for inactive terms)."""
         c = self.cfg
         g = lr / self.start_lr
 
@@ -44,6 +51,7 @@ class EnergyLoss:
             p(c.start_pref_e, c.limit_pref_e, c.has_e),
             p(c.start_pref_f, c.limit_pref_f, c.has_f),
             p(c.start_pref_v, c.limit_pref_v, c.has_v),
+            p(c.start_pref_ae, c.limit_pref_ae, c.has_ae),
         )
 
     def metric_names(self) -> list[str]:
@@ -55,6 +63,8 @@ class EnergyLoss:
             names.append("rmse_f")
         if self.cfg.has_v:
             names.append("rmse_v")
+        if self.cfg.has_ae:
+            names.append("rmse_ae")
         return names
 
     def __call__(
@@ -62,9 +72,10 @@ class EnergyLoss:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss (a scalar tensor with graph) and detached metrics (``nan`` if no label).
 
-        ``pred`` holds ``energy`` (nf, 1), ``force`` (nf, N, 3) and ``virial`` (nf, 9).
+        ``pred`` holds ``energy`` (nf, 1), ``force`` (nf, N, 3) and ``virial`` (nf, 9), and
+        ``atom_energy`` (nf, N, 1) for the atomic-energy term and ``enable_atom_ener_coeff``.
         """
-        pe, pf, pv = self.prefactors(lr)
+        pe, pf, pv, pae = self.prefactors(lr)
         n = float(batch.natoms)
         norm = 1.0 / (n * n) if self.cfg.intensive_ener_virial else 1.0 / n
         nf = batch.nframes
@@ -80,12 +91,20 @@ class EnergyLoss:
             return total / nf, per_label
 
         if self.cfg.has_e:
-            de = (pred["energy"].reshape(nf) - batch.energy.reshape(nf)).to(torch.float64)
+            e_pred = pred["energy"].reshape(nf)
+            if self.cfg.enable_atom_ener_coeff:
+                coeff = batch.atom_ener_coeff
+                if coeff is None:
+                    coeff = torch.ones_like(batch.atype, dtype=torch.float64)
+                e_pred = (coeff * pred["atom_energy"].reshape(nf, -1)).sum(dim=1)
+            de = (e_pred - batch.energy.reshape(nf)).to(torch.float64)
             term, mse = masked(de * de, batch.find_energy)
             loss = loss + pe * norm * term
             metrics["rmse_e"] = math.sqrt(mse) / n if mse == mse else math.nan
         if self.cfg.has_f:
             df = (pred["force"] - batch.force).to(torch.float64)
+            if self.cfg.relative_f is not None:
+                df = df / (batch.force.norm(dim=-1, keepdim=True) + self.cfg.relative_f)
             err = (df * df).reshape(nf, -1).mean(dim=1)
             term, mse = masked(err, batch.find_force)
             loss = loss + pf * term
@@ -96,6 +115,13 @@ class EnergyLoss:
             term, mse = masked(err, batch.find_virial)
             loss = loss + pv * norm * term
             metrics["rmse_v"] = math.sqrt(mse) / n if mse == mse else math.nan
+        if self.cfg.has_ae:
+            if batch.atom_ener is None:
+                raise ValueError("the atomic-energy loss term needs batches with atom_ener")
+            dae = (pred["atom_energy"].reshape(nf, -1) - batch.atom_ener).to(torch.float64)
+            term, mse = masked((dae * dae).mean(dim=1), batch.find_atom_ener)
+            loss = loss + pae * term
+            metrics["rmse_ae"] = math.sqrt(mse) if mse == mse else math.nan
         metrics["rmse"] = math.sqrt(max(float(loss.detach()), 0.0))
         return loss, {k: metrics[k] for k in self.metric_names()}
 

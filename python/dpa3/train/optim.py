@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..config.train import OptimizerConfig
+from ..config.schedule import OptimizerConfig
 
 
 def build_optimizer(

@@ -19,7 +19,7 @@ from ..config.model import AUTO_SEL, SEL_KEYS, AutoSel, ModelConfig
 from ..config.model_section import BiasAdjustMode, ModelSection
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
-from ..data.stats import auto_sel, compute_or_load_energy_stat, neighbor_stat
+from ..data.stats import auto_sel, compute_or_load_energy_stat, load_stat, neighbor_stat
 from ..data.system import System
 from ..errors import ConfigError
 from .distributed import DistContext
@@ -75,13 +75,27 @@ class Task:
         return self.train_data.sample_per_system(self.model_cfg.data_stat_nbatch, self.stat_seed)
 
     def compute_stat(self, head: torch.nn.Module) -> None:
-        """Set ``head``'s energy bias from the statistics of the data (or the ``stat_file``)."""
-        stat = compute_or_load_energy_stat(
-            self.stat_batches(),
-            self.model_cfg.type_map,
-            self.model_cfg.preset_out_bias,
-            self.cfg.training.stat_file,
-        )
+        """Set ``head``'s energy bias from the statistics of the data (or the ``stat_file``;
+        with ``stat_file_mode`` ``read`` only from it, which is never written)."""
+        tr = self.cfg.training
+        if tr.stat_file_mode == "read":
+            cached = load_stat(tr.stat_file)
+            stat = None if cached is None else cached.for_type_map(self.model_cfg.type_map)
+            if stat is None:
+                raise ConfigError(
+                    "'training.stat_file_mode' is 'read' but the stat file "
+                    f"'{tr.stat_file}' is missing or lacks types of {list(self.model_cfg.type_map)}"
+                )
+            for t, v in enumerate(self.model_cfg.preset_out_bias or ()):
+                if v is not None:
+                    stat.bias[t] = float(v)
+        else:
+            stat = compute_or_load_energy_stat(
+                self.stat_batches(),
+                self.model_cfg.type_map,
+                self.model_cfg.preset_out_bias,
+                tr.stat_file,
+            )
         head.set_out_bias(stat.bias, stat.std)
         log.info(
             "%senergy bias per type %s: %s",

@@ -36,19 +36,21 @@ from ..config.multitask import RANDOM_BRANCH, MultiTaskConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..errors import ConfigError
-from .checkpoint import frozen_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
-from .distributed import DistContext
-from .faults import (
-    ADVICE,
-    DeferredInterrupt,
-    check_parameters_finite,
-    nonfinite_gradients,
-    nonfinite_loss,
+from .checkpoint import (
+    frozen_checkpoint,
+    load_checkpoint,
+    make_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
+from .distributed import DistContext
+from .faults import ADVICE, check_parameters_finite, nonfinite_gradients, nonfinite_loss
 from .finetune import transfer_state, type_dims
 from .lcurve import Lcurve, Progress, TaskMetrics
 from .loss import EnergyLoss
-from .lr import ExpLR
+from .lr import make_lr
+from .monitor import DeferredInterrupt, Monitor
 from .multitask import branch_checkpoint
 from .optim import build_optimizer
 from .task import Task, model_forward, resolve_sel
@@ -63,18 +65,6 @@ def default_model_factory(cfg: ModelConfig) -> torch.nn.Module:
     from ..model import EnergyModel
 
     return EnergyModel(cfg)
-
-
-# --------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict[str, Any] | None) -> None:
-    if state and "torch" in state:
-        torch.set_rng_state(state["torch"])
 
 
 # --------------------------------------------------------------------------------------
@@ -197,7 +187,7 @@ class Trainer:
         else:
             batches = sum(t.train_data.total_batches for t in self.tasks)
             self.numb_steps = math.ceil(tcfg.numb_epoch * batches)
-        self.lr = ExpLR(self.cfg.learning_rate, self.numb_steps)
+        self.lr = make_lr(self.cfg.learning_rate, self.numb_steps)
         for task in self.tasks:
             task.loss = EnergyLoss(task.cfg.loss, self.cfg.learning_rate.start_lr)
         self.optimizer = build_optimizer(
@@ -206,6 +196,7 @@ class Trainer:
         if restart:
             self._load_sampler_state(self._resume(ckpt))
         self.restarted = restart is not None
+        self.monitor = Monitor(tcfg, main=False)  # run() opens the writer and profiler
         self.last_checkpoint: Path | None = None
         self._last_where = "no step trained yet"
         self.step_times: list[float] = []
@@ -265,6 +256,11 @@ class Trainer:
                     valid_seed,
                     where=prefix + "validation_data",
                 )
+            if self.dist.is_main:  # DeePMD-kit's data summary, to check per-system lists by eye
+                for kind, data in (("training", train), ("validation", valid)):
+                    if data is not None:
+                        for line in data.summary(f"{kind} in {name}" if name else kind):
+                            log.info("%s", line)
             tasks.append(Task(name, cfg, train, valid, stat_seed))
         return tasks
 
@@ -396,7 +392,7 @@ class Trainer:
         """Load a restart's optimizer and torch RNG states; returns its sampler part."""
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt.get("rng"))
+        set_rng_state(ckpt.get("rng"))
         return ckpt.get("sampler") or {}
 
     def _model_config_record(self) -> dict[str, Any] | None:
@@ -415,7 +411,7 @@ class Trainer:
             input_config=self.input_record,
             model_state=self._model_state(),
             optimizer_state=self.optimizer.state_dict(),
-            rng_state=_rng_state(),
+            rng_state=rng_state(),
             sampler_state=self._sampler_state(),
         )
 
@@ -480,8 +476,10 @@ class Trainer:
         return Lcurve({t.name: t.loss.metric_names() for t in self.tasks}, validation)
 
     def _task_metrics(self, val: dict[str, dict[str, float]] | None) -> TaskMetrics:
-        """Per task: the metrics of its last training step and ``_validate``'s."""
-        return {t.name: (t.last_trn, (val or {}).get(t.name)) for t in self.tasks}
+        """Per task: the metrics of its last training step (``disp_avg``: the means since the
+        last display step) and ``_validate``'s."""
+        trn = self.monitor.display_metrics({t.name: t.last_trn for t in self.tasks})
+        return {t.name: (trn[t.name], (val or {}).get(t.name)) for t in self.tasks}
 
     # ------------------------------------------------------------------ loop
     def _draw_task(self) -> Task:
@@ -499,6 +497,7 @@ class Trainer:
         where = f"system {task.train_data.systems[batch.system].path}"
         self._optimize(loss, step, f"task {task.name}, {where}" if task.name else where)
         task.last_trn = metrics
+        self.monitor.step(step + 1, task.name, float(loss.detach()), metrics, lr)
         return float(loss.detach()), metrics, lr
 
     def _set_lr(self, step: int) -> float:
@@ -553,6 +552,8 @@ class Trainer:
             f", {self.dist.world_size} ranks" if self.dist.enabled else "",
         )
         with ExitStack() as stack:
+            self.monitor = Monitor(t, main)
+            stack.callback(self.monitor.close)
             fout = stack.enter_context(open(disp, mode, buffering=1)) if main else None
             intr = stack.enter_context(DeferredInterrupt())
             lcurve = self._lcurve()
@@ -565,10 +566,14 @@ class Trainer:
                     loss, _, lr = self.train_step(step)
                     self.step_times.append(time.perf_counter() - ts)
                     done = step + 1
-                    if main and (done % t.disp_freq == 0 or step == self.start_step):
+                    if (
+                        main
+                        and t.disp_training
+                        and (done % t.disp_freq == 0 or step == self.start_step)
+                    ):
                         metrics = self._task_metrics(self._validate(lr))
                         fout.write(lcurve.line(done, metrics, lr))
-                        log.info("%s", progress.line(done, loss, metrics, lr))
+                        log.info("%s", progress.line(done, loss, metrics, lr, t.time_training))
                     step = done
                     if step % t.save_freq == 0:
                         self.save(step)
@@ -584,7 +589,7 @@ class Trainer:
             self.save(step)
         elif self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{step}.pt"):
             self.save(step)
-        if self.step_times:
+        if self.step_times and t.time_training:
             log.info(
                 "finished %d steps in %.1f s (%.3f s/step)",
                 len(self.step_times),

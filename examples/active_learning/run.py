@@ -1,0 +1,381 @@
+#!/usr/bin/env python
+"""Concurrent learning on the bundled Cu-Al-Ni data: explore, select, label, retrain.
+
+Every iteration:
+  1. train (iteration 0: from scratch; later: ``--init-model`` from the previous iteration)
+     a committee of small DPA3 models that differ only in their seeds, and freeze them;
+  2. explore: LAMMPS NVT at a temperature above the training data with
+     ``pair_style dpa3 m0.pth m1.pth ... out_freq N out_file model_devi.out`` (model 0 drives),
+     the trajectory dumped at the same steps;
+  3. select: ``dpa3 model-devi -m ... -s traj.lammpstrj -t Cu Al Ni --select LO HI -o candidates``
+     (frames whose max force deviation lies in [LO, HI));
+  4. label: the stand-in for DFT, ASE's EMT, gives energy, forces and virial of (at most
+     ``--max-label``) candidates, written as a DeePMD-kit npy system that joins the training set.
+
+    python examples/active_learning/run.py                # everything in runs/active_learning/
+    python examples/active_learning/run.py --quick -o DIR # a smoke run (tests/examples)
+
+Needs ``dpa3`` and ``lmp`` on PATH (or next to this Python), ASE and the dpa3 LAMMPS plugin.
+Per iteration it prints the fraction of candidate frames and the mean and max over frames of
+``max_devi_f``; ``summary.json`` in the run folder holds the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DATA = ROOT / "examples" / "data" / "alloy-emt-CuAlNi"
+RECIPE = ROOT / "examples" / "alloy" / "input.json"  # the full alloy recipe, shrunk below
+START = ROOT / "examples" / "lammps" / "data.alloy"  # 72-atom fcc Cu-Al-Ni, LAMMPS types 1..3
+TYPE_MAP = ["Cu", "Al", "Ni"]
+
+LAMMPS_INPUT = """\
+units           metal
+atom_style      atomic
+boundary        p p p
+read_data       {data}
+pair_style      dpa3 {models} out_freq {out_freq} out_file model_devi.out
+pair_coeff      * * Cu Al Ni
+neighbor        1.0 bin
+timestep        0.001
+velocity        all create {temp} {seed} mom yes rot yes dist gaussian
+fix             nvt all nvt temp {temp} {temp} 0.1
+dump            traj all custom {out_freq} traj.lammpstrj id type x y z
+dump_modify     traj sort id format float %.10g
+thermo          {thermo}
+run             {steps}
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-o", "--run-dir", default=str(ROOT / "runs" / "active_learning"))
+    p.add_argument("--iterations", type=int, default=3, help="explorations (default 3)")
+    p.add_argument("--models", type=int, default=4, help="committee size (default 4)")
+    p.add_argument("--train-steps", type=int, default=800, help="iteration 0 (default 800)")
+    p.add_argument("--retrain-steps", type=int, default=400, help="later (default 400)")
+    p.add_argument("--md-steps", type=int, default=1000, help="per walker (default 1000)")
+    p.add_argument("--walkers", type=int, default=2, help="MD runs per iteration (default 2)")
+    p.add_argument("--out-freq", type=int, default=10, help="model-devi/dump every N steps")
+    p.add_argument("--temp", type=float, default=1500.0, help="MD temperature in K")
+    p.add_argument("--lo", type=float, default=0.1, help="select max_devi_f >= LO (eV/A)")
+    p.add_argument("--hi", type=float, default=1.0, help="select max_devi_f < HI (eV/A)")
+    p.add_argument("--max-label", type=int, default=60, help="labelled frames per iteration")
+    p.add_argument("--jobs", type=int, default=2, help="trainings/walkers run at once")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 iteration, 2 models, a few steps"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.iterations, args.models, args.walkers = 1, 2, 1
+        args.train_steps, args.md_steps, args.out_freq = 10, 20, 2
+    if args.models < 2:
+        p.error("--models must be >= 2 (a deviation needs a committee)")
+    if not 0 <= args.lo < args.hi:
+        p.error("--lo/--hi: need 0 <= LO < HI")
+    return args
+
+
+def tool(name: str) -> str:
+    """``dpa3``/``lmp``: next to this Python first (a venv that is not activated), else PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        sys.exit(f"run.py: '{name}' not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def env() -> dict[str, str]:
+    """One torch thread per process (the jobs share the cores); the plugin folder for lmp."""
+    e = dict(os.environ, OMP_NUM_THREADS="1")
+    plugin = subprocess.run(
+        [sys.executable, "-m", "dpa3.lammps"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not plugin:
+        sys.exit("run.py: the dpa3 LAMMPS plugin is not built (python -m dpa3.lammps is empty)")
+    e["LAMMPS_PLUGIN_PATH"] = plugin
+    return e
+
+
+def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, str]) -> None:
+    """Run the commands, ``jobs`` at a time, each in its folder, output in ``<command>.log``."""
+    pending, running = list(cmds), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd, cwd = pending.pop(0)
+            cwd.mkdir(parents=True, exist_ok=True)
+            # train.log, freeze.log, model-devi.log (dpa3 subcommand) or lmp.log
+            name = cmd[1] if Path(cmd[0]).name == "dpa3" else Path(cmd[0]).name
+            log = open(cwd / f"{name}.log", "w")  # closed when the process ends
+            running.append(
+                (
+                    subprocess.Popen(
+                        cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=environ
+                    ),
+                    cmd,
+                    cwd,
+                    log,
+                )
+            )
+        time.sleep(0.2)
+        for item in list(running):
+            proc, cmd, cwd, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            if proc.returncode:
+                tail = Path(log.name).read_text()[-3000:]
+                sys.exit(f"run.py: {' '.join(cmd)} failed in {cwd}:\n{tail}")
+
+
+def train_input(systems: list[str], seed: int, steps: int) -> dict:
+    """examples/alloy/input.json made small: 2 layers, narrow, fixed sel, no validation."""
+    cfg = json.loads(RECIPE.read_text())
+    cfg.pop("_comment", None)
+    rep = cfg["model"]["descriptor"]["repflow"]
+    rep.update(
+        n_dim=32,
+        e_dim=16,
+        a_dim=8,
+        nlayers=2,
+        e_rcut=5.0,
+        e_rcut_smth=4.5,
+        a_rcut=3.5,
+        a_rcut_smth=3.0,
+        e_sel=80,
+        a_sel=30,
+    )  # fixed sel: same in every round
+    cfg["model"]["descriptor"]["seed"] = seed
+    cfg["model"]["fitting_net"].update(neuron=[32, 32], seed=seed)
+    cfg["learning_rate"].update(start_lr=2e-3, stop_lr=1e-4, decay_steps=max(1, steps // 20))
+    tr = cfg["training"]
+    tr.pop("validation_data", None)
+    tr.pop("stat_file", None)
+    tr["training_data"].update(systems=systems, batch_size="auto:32")
+    tr.update(numb_steps=steps, seed=seed, disp_freq=max(1, steps // 10), save_freq=steps)
+    return cfg
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children: what the run
+    costs independently of the machine's load (wall time on a quiet machine ~ CPU / jobs)."""
+    import resource
+
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def label_emt(candidates: Path, out: Path, max_label: int) -> int:
+    """EMT energy, forces and virial of (at most ``max_label``, evenly spaced) candidate frames
+    of the npy system ``candidates``, written as the labelled npy system ``out``."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    atype = np.loadtxt(candidates / "type.raw", dtype=int, ndmin=1)
+    names = (candidates / "type_map.raw").read_text().split()
+    coord = np.load(candidates / "set.000" / "coord.npy")
+    box = np.load(candidates / "set.000" / "box.npy")
+    pick = np.unique(np.linspace(0, len(coord) - 1, min(max_label, len(coord))).round().astype(int))
+    energy, force, virial = [], [], []
+    for k in pick:
+        atoms = Atoms(
+            [names[t] for t in atype],
+            positions=coord[k].reshape(-1, 3),
+            cell=box[k].reshape(3, 3),
+            pbc=True,
+        )
+        atoms.calc = EMT()
+        energy.append(atoms.get_potential_energy())
+        force.append(atoms.get_forces().reshape(-1))
+        # DeePMD-kit's virial: -stress x volume (ASE's stress is dE/d(strain) / volume)
+        virial.append((-atoms.get_stress(voigt=False) * atoms.get_volume()).reshape(9))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "set.000").mkdir(parents=True)
+    shutil.copy(candidates / "type.raw", tmp / "type.raw")
+    shutil.copy(candidates / "type_map.raw", tmp / "type_map.raw")
+    arrays = {
+        "coord": coord[pick],
+        "box": box[pick],
+        "energy": np.array(energy),
+        "force": np.array(force),
+        "virial": np.array(virial),
+    }
+    for key, value in arrays.items():
+        np.save(tmp / "set.000" / f"{key}.npy", value)
+    os.replace(tmp, out)
+    return len(pick)
+
+
+def iteration(
+    it: int, args: argparse.Namespace, systems: list[str], run: Path, environ: dict[str, str]
+) -> dict:
+    dpa3, lmp = tool("dpa3"), tool("lmp")
+    here = run / f"iter.{it:03d}"
+    times, cpu = {}, {}
+
+    # 1. train the committee (seeds 1..M), then freeze
+    t0, c0 = time.time(), cpu_seconds()
+    steps = args.train_steps if it == 0 else args.retrain_steps
+    cmds = []
+    for m in range(args.models):
+        folder = here / "train" / f"model_{m}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "input.json", train_input(systems, seed=m + 1, steps=steps))
+        cmd = [dpa3, "train", "input.json", "--skip-neighbor-stat"]
+        if it > 0:
+            prev = run / f"iter.{it - 1:03d}" / "train" / f"model_{m}" / "model.ckpt.pt"
+            cmd += ["--init-model", str(prev)]
+        cmds.append((cmd, folder))
+    run_all(cmds, args.jobs, environ)
+    models = [here / "train" / f"model_{m}" / "model.pth" for m in range(args.models)]
+    run_all(
+        [([dpa3, "freeze", "-c", ".", "-o", "model.pth"], p.parent) for p in models],
+        args.jobs,
+        environ,
+    )
+    times["train"], cpu["train"] = time.time() - t0, cpu_seconds() - c0
+
+    # 2. explore: one LAMMPS run per walker (different initial velocities)
+    t0, c0 = time.time(), cpu_seconds()
+    cmds = []
+    for w in range(args.walkers):
+        folder = here / "md" / f"walker_{w}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "in.lammps").write_text(
+            LAMMPS_INPUT.format(
+                data=START,
+                models=" ".join(map(str, models)),
+                out_freq=args.out_freq,
+                temp=args.temp,
+                seed=1000 + 17 * it + w,
+                steps=args.md_steps,
+                thermo=max(args.out_freq, args.md_steps // 10),
+            )
+        )
+        cmds.append(([lmp, "-in", "in.lammps", "-log", "log.lammps"], folder))
+    run_all(cmds, args.jobs, environ)
+    times["md"], cpu["md"] = time.time() - t0, cpu_seconds() - c0
+
+    # 3. select with dpa3 model-devi;  4. label with EMT
+    t0, c0 = time.time(), cpu_seconds()
+    cmds = []
+    for w in range(args.walkers):
+        folder = here / "md" / f"walker_{w}"
+        shutil.rmtree(folder / "candidates", ignore_errors=True)
+        cmds.append(
+            (
+                [
+                    dpa3,
+                    "model-devi",
+                    "-m",
+                    *map(str, models),
+                    "-s",
+                    "traj.lammpstrj",
+                    "-t",
+                    *TYPE_MAP,
+                    "-f",
+                    str(args.out_freq),
+                    "--select",
+                    str(args.lo),
+                    str(args.hi),
+                    "-o",
+                    "candidates",
+                ],
+                folder,
+            )
+        )
+    run_all(cmds, args.jobs, environ)
+    times["select"], cpu["select"] = time.time() - t0, cpu_seconds() - c0
+
+    t0, c0 = time.time(), cpu_seconds()
+    devi, labelled, new = [], 0, []
+    for w in range(args.walkers):
+        folder = here / "md" / f"walker_{w}"
+        devi.append(np.loadtxt(folder / "model_devi.out", ndmin=2)[:, 4])  # LAMMPS's max_devi_f
+        cand = folder / "candidates"
+        if (cand / "type.raw").is_file():
+            budget = max(1, args.max_label // args.walkers)
+            out = here / "data" / f"walker_{w}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            labelled += label_emt(cand, out, budget)
+            new.append(str(out))
+    times["label"], cpu["label"] = time.time() - t0, cpu_seconds() - c0
+    d = np.concatenate(devi)
+    return {
+        "iteration": it,
+        "frames": int(d.size),
+        "candidate": float(np.mean((d >= args.lo) & (d < args.hi))),
+        "accurate": float(np.mean(d < args.lo)),
+        "failed": float(np.mean(d >= args.hi)),
+        "max_devi_f_mean": float(d.mean()),
+        "max_devi_f_max": float(d.max()),
+        "labelled": labelled,
+        "new_systems": new,
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
+        "load_average": os.getloadavg()[0],  # 1-minute load at the end (2 cores: quiet < 2)
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = Path(args.run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    environ = env()
+    systems = sorted(str(p) for p in DATA.iterdir() if (p / "type.raw").is_file())
+    print(
+        f"active learning in {run}: {args.models} models, {args.walkers} walker(s) of "
+        f"{args.md_steps} steps at {args.temp:g} K, select {args.lo:g} <= max_devi_f < "
+        f"{args.hi:g} eV/A",
+        flush=True,
+    )
+    print(
+        f"{'iter':>4} {'frames':>6} {'candidate':>9} {'accurate':>8} {'failed':>6} "
+        f"{'mean max_devi_f':>15} {'max max_devi_f':>14} {'labelled':>8} {'train+md s':>10}",
+        flush=True,
+    )
+    t_start, rows = time.time(), []
+    for it in range(args.iterations):
+        row = iteration(it, args, systems, run, environ)
+        systems += row["new_systems"]
+        rows.append(row)
+        s = row["seconds"]
+        print(
+            f"{it:>4} {row['frames']:>6} {row['candidate']:>9.3f} {row['accurate']:>8.3f} "
+            f"{row['failed']:>6.3f} {row['max_devi_f_mean']:>15.4f} "
+            f"{row['max_devi_f_max']:>14.4f} {row['labelled']:>8} "
+            f"{s['train']:>5.0f}+{s['md']:<4.0f}",
+            flush=True,
+        )
+        write_json(
+            run / "summary.json",
+            {"args": vars(args), "iterations": rows, "seconds": round(time.time() - t_start, 1)},
+        )
+    print(
+        f"done in {time.time() - t_start:.0f} s ({cpu_seconds():.0f} CPU s); numbers in "
+        f"{run / 'summary.json'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

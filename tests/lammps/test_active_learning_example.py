@@ -1,0 +1,131 @@
+"""examples/active_learning/run.py --quick: one explore-select-label round end to end.
+
+Two models trained a few steps, 20 LAMMPS steps with ``pair_style dpa3 m0 m1 out_freq 2``,
+``dpa3 model-devi --select``, EMT labels.  Checked against independent references: the selected
+frames are those whose ``max_devi_f`` in the *plugin's* model_devi.out lies in [LO, HI), their
+coordinates are the dumped frames (read with ASE), and the labels are ASE's EMT evaluated here
+with DeePMD-kit's virial convention (virial = -stress x volume).  The full run (3 iterations,
+4 models, the numbers in examples/active_learning/README.md) is measured, not run here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from lmp_helpers import ROOT, plugin  # noqa: F401
+
+pytestmark = pytest.mark.lammps
+SCRIPT = ROOT / "examples" / "active_learning" / "run.py"
+LO, HI = 0.0, 1.0e3  # every frame of the quick run is a candidate (its deviations are ~5e-3)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("al")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "-o",
+            str(run),
+            "--lo",
+            str(LO),
+            "--hi",
+            str(HI),
+            "--max-label",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,  # ~1 minute on a quiet 2-core machine; generous for a loaded one
+        check=False,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return run, proc.stdout
+
+
+def test_prints_fractions(plugin, quick_run):
+    run, out = quick_run
+    rows = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] == "0"]
+    assert len(rows) == 1, out
+    candidate, accurate, failed = map(float, rows[0][2:5])
+    for x in (candidate, accurate, failed):
+        assert 0.0 <= x <= 1.0
+    assert abs(candidate + accurate + failed - 1.0) < 2e-3
+    summary = json.loads((run / "summary.json").read_text())
+    (it,) = summary["iterations"]
+    assert it["frames"] == 11 and it["candidate"] == pytest.approx(candidate, abs=1e-3)
+    devi = np.loadtxt(run / "iter.000" / "md" / "walker_0" / "model_devi.out", ndmin=2)
+    assert it["max_devi_f_max"] == pytest.approx(devi[:, 4].max())
+    assert it["max_devi_f_mean"] == pytest.approx(devi[:, 4].mean())
+
+
+def test_selected_frames_are_the_dumped_ones(plugin, quick_run):
+    import ase.io
+
+    run, _ = quick_run
+    walker = run / "iter.000" / "md" / "walker_0"
+    lmp = np.loadtxt(walker / "model_devi.out", ndmin=2)
+    assert lmp.shape == (11, 7) and list(lmp[:, 0]) == list(range(0, 21, 2))
+    expected = np.nonzero((lmp[:, 4] >= LO) & (lmp[:, 4] < HI))[0]
+    assert len(expected) == 11
+    # dpa3 model-devi re-evaluated the dumped frames: the plugin's force deviations (its file
+    # has dp model-devi's extra devi_e column)
+    ours = np.loadtxt(walker / "candidates" / "model_devi.out", ndmin=2)
+    np.testing.assert_allclose(ours[:, 4:7], lmp[:, 4:7], rtol=1e-3, atol=1e-6)
+    frames = ase.io.read(
+        walker / "traj.lammpstrj",
+        index=":",
+        format="lammps-dump-text",
+        specorder=["Cu", "Al", "Ni"],
+    )
+    cand = walker / "candidates"
+    coord = np.load(cand / "set.000" / "coord.npy")
+    box = np.load(cand / "set.000" / "box.npy")
+    assert coord.shape == (len(expected), 72 * 3)
+    names = (cand / "type_map.raw").read_text().split()
+    atype = np.loadtxt(cand / "type.raw", dtype=int)
+    assert [names[t] for t in atype] == frames[0].get_chemical_symbols()
+    for k, f in enumerate(expected):
+        np.testing.assert_allclose(coord[k].reshape(-1, 3), frames[f].get_positions(), atol=1e-8)
+        np.testing.assert_allclose(box[k].reshape(3, 3), frames[f].cell[:], atol=1e-8)
+
+
+def test_labels_are_emt(plugin, quick_run):
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    run, _ = quick_run
+    data = run / "iter.000" / "data" / "walker_0"
+    cand = np.load(run / "iter.000" / "md" / "walker_0" / "candidates" / "set.000" / "coord.npy")
+    s = data / "set.000"
+    coord, box = np.load(s / "coord.npy"), np.load(s / "box.npy")
+    energy, force, virial = (
+        np.load(s / "energy.npy"),
+        np.load(s / "force.npy"),
+        np.load(s / "virial.npy"),
+    )
+    assert len(coord) == 4 and energy.shape == (4,) and force.shape == (4, 216)
+    assert virial.shape == (4, 9)
+    names = (data / "type_map.raw").read_text().split()
+    atype = np.loadtxt(data / "type.raw", dtype=int)
+    for k in range(len(coord)):
+        assert np.any(np.all(cand == coord[k], axis=1))  # a candidate frame
+        atoms = Atoms(
+            [names[t] for t in atype],
+            positions=coord[k].reshape(-1, 3),
+            cell=box[k].reshape(3, 3),
+            pbc=True,
+        )
+        atoms.calc = EMT()
+        assert energy[k] == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(force[k].reshape(-1, 3), atoms.get_forces(), atol=1e-10)
+        stress = atoms.get_stress(voigt=False)
+        np.testing.assert_allclose(virial[k].reshape(3, 3), -stress * atoms.get_volume(), atol=1e-9)
+    # distinct frames, spread over the candidates
+    assert len({c.tobytes() for c in coord}) == 4
