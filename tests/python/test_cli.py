@@ -23,7 +23,8 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     for cmd in (
-        "train", "freeze", "test", "neighbor-stat", "convert-deepmd", "info", "plot", "model-devi"
+        "train", "freeze", "test", "neighbor-stat", "convert-deepmd", "info", "plot", "model-devi",
+        "change-bias", "show",
     ):
         assert cmd in out
 

@@ -9,11 +9,33 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import DPA3Error
-from . import convert, freeze, info, model_devi, neighbor_stat, plot, test, train
+from . import (
+    change_bias,
+    convert,
+    freeze,
+    info,
+    model_devi,
+    neighbor_stat,
+    plot,
+    show,
+    test,
+    train,
+)
 
 log = logging.getLogger("dpa3")
 
-_SUBCOMMANDS = (train, freeze, test, neighbor_stat, convert, info, plot, model_devi)
+_SUBCOMMANDS = (
+    train,
+    freeze,
+    test,
+    neighbor_stat,
+    convert,
+    info,
+    plot,
+    model_devi,
+    change_bias,
+    show,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``dpa3 train input.json [--restart CKPT | --init-model CKPT | --finetune CKPT]``.
+"""``dpa3 train input.json [--restart CKPT | --init-model CKPT | --init-frz-model PTH |
+--finetune CKPT]``.
 
 A multi-task input (``model.model_dict``) trains one head per task on a shared descriptor
 (:mod:`dpa3.train.multitask_trainer`).  Started by ``torchrun`` (``RANK``/``WORLD_SIZE``
@@ -40,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--init-model",
         metavar="CKPT",
         help="start a new run from these weights and statistics",
+    )
+    g.add_argument(
+        "-f",
+        "--init-frz-model",
+        metavar="MODEL",
+        help="start a new run from the weights and statistics of a frozen model (.pth)",
     )
     g.add_argument(
         "-t",
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             data,
             restart=args.restart,
             init_model=args.init_model,
+            init_frz_model=args.init_frz_model,
             finetune=args.finetune,
             use_pretrain_script=args.use_pretrain_script,
             model_branch=args.model_branch,

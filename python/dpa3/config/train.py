@@ -201,7 +201,7 @@ class TrainingConfig:
     disp_freq: int = 1000
     save_freq: int = 1000
     save_ckpt: str = "model.ckpt"
-    max_ckpt_keep: int = 5
+    max_ckpt_keep: int = 5  # newest numbered checkpoints kept; < 1 keeps all
     stat_file: str | None = None
     gradient_max_norm: float = 0.0
     change_bias_after_training: bool = False
@@ -265,7 +265,8 @@ class TrainingConfig:
         )
         if kw["stat_file_mode"] == "read" and kw["stat_file"] is None:
             raise ConfigError(f"'{sec.key('stat_file_mode')}' = 'read' needs 'training.stat_file'")
-        for name in ("disp_freq", "save_freq", "max_ckpt_keep", "tensorboard_freq"):
+        # max_ckpt_keep below 1 keeps every checkpoint, as in DeePMD-kit
+        for name in ("disp_freq", "save_freq", "tensorboard_freq"):
             if kw[name] <= 0:
                 raise ConfigError(f"'{sec.key(name)}' must be positive, got {kw[name]}")
         if kw["gradient_max_norm"] < 0:

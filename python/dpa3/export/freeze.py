@@ -235,6 +235,9 @@ def freeze_checkpoint(
     metadata: dict[str, Any] = {"checkpoint": str(source), "step": int(ckpt.get("step", -1))}
     if head is not None:
         metadata["head"] = head
+    inp = ckpt.get("input") or {}
+    if head is None and inp.get("converted_from") is not None:  # for dpa3 show
+        metadata["converted_model"] = inp.get("model")
     out = freeze(model, output, metadata=metadata)
     _, meta = load_frozen(out)
     return out, meta

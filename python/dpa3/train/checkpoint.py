@@ -2,9 +2,13 @@
 
 ``<save_ckpt>-<step>.pt`` holds a dict (see :func:`make_checkpoint`); ``<save_ckpt>.pt`` is
 a symlink to the newest one and the text file ``checkpoint`` (next to it) names it, as
-DeePMD-kit does.  Every file is written to a temporary name in the same folder and moved
-into place with ``os.replace``, so a crash during a save leaves the previous checkpoint and
-pointer intact.  Only the newest ``max_ckpt_keep`` checkpoints are kept.
+DeePMD-kit does.  Every file is written to a temporary name in the same folder
+(``.<name>.tmp-<pid>``), flushed to disk and moved into place with ``os.replace``, so a crash
+or a ``kill -9`` during a save leaves the previous checkpoint and pointer intact; the
+temporary file such a crash leaves is removed by the next save.  Retention follows
+DeePMD-kit's ``max_ckpt_keep``: after a save the newest ``max_ckpt_keep`` checkpoints are
+kept (a value below 1 keeps all), and numbered ones above the step just saved (left by a
+longer earlier run in the same folder) are removed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +57,79 @@ def make_checkpoint(
     }
 
 
+def rng_state() -> dict[str, Any]:
+    """The ``rng`` entry of a checkpoint (torch's generator)."""
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any] | None) -> None:
+    """Inverse of :func:`rng_state` (``None``: leave the generator as it is)."""
+    if state and "torch" in state:
+        torch.set_rng_state(state["torch"])
+
+
+_TMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path, names: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporary files (``.<name>.tmp-<pid>``) that other processes left for the
+    target names accepted by ``names`` (a save killed mid-write; only one process writes a
+    run's checkpoints, possibly on another node of a shared file system, so the pid is not
+    checked for liveness); returns the removed paths."""
+    removed = []
+    for p in folder.iterdir():
+        m = _TMP.match(p.name)
+        if m and names(m.group("name")) and int(m.group("pid")) != os.getpid():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    tmp = _tmp_name(path)
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def _atomic_symlink(target: str, link: Path) -> None:
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(link)
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     try:
@@ -86,19 +141,34 @@ def _atomic_symlink(target: str, link: Path) -> None:
 
 
 def save_checkpoint(ckpt: dict[str, Any], prefix: str, max_keep: int) -> Path:
-    """Write ``<prefix>-<step>.pt``, update ``<prefix>.pt`` and ``checkpoint``, prune old ones."""
+    """Write ``<prefix>-<step>.pt``, update ``<prefix>.pt`` and ``checkpoint``, prune old ones
+    (DeePMD-kit's ``max_ckpt_keep`` rule, see the module docstring)."""
     pre = Path(prefix)
     pre.parent.mkdir(parents=True, exist_ok=True)
-    path = pre.with_name(f"{pre.name}-{ckpt['step']}.pt")
+    step = int(ckpt["step"])
+    path = pre.with_name(f"{pre.name}-{step}.pt")
+    pattern = re.compile(re.escape(pre.name) + r"-(\d+)\.pt$")
+    ours = {pre.name + ".pt", "checkpoint"}
+    for p in remove_stale_temporaries(
+        pre.parent, lambda n: n in ours or pattern.match(n) is not None
+    ):
+        log.info("removed %s, left by a save that was killed", p)
     atomic_torch_save(ckpt, path)
     _atomic_symlink(path.name, pre.with_name(f"{pre.name}.pt"))
     _atomic_write_text(pre.parent / "checkpoint", path.name + "\n")
-    pattern = re.compile(re.escape(pre.name) + r"-(\d+)\.pt$")
-    olds = sorted(
-        (int(m.group(1)), p) for p in pre.parent.iterdir() if (m := pattern.match(p.name))
-    )
-    for _, p in olds[:-max_keep] if max_keep > 0 else []:
-        if p != path:
+    _fsync_dir(pre.parent)
+    olds = []
+    for p in pre.parent.iterdir():
+        m = pattern.match(p.name)
+        if m is None or p.is_symlink() or p == path:
+            continue
+        if int(m.group(1)) > step:  # left by a longer earlier run in this folder
+            p.unlink(missing_ok=True)
+        else:
+            olds.append((int(m.group(1)), p))
+    olds.sort()
+    if max_keep > 0:
+        for _, p in olds[: max(0, len(olds) + 1 - max_keep)]:
             p.unlink(missing_ok=True)
     log.info("saved checkpoint %s", path)
     return path
@@ -136,11 +206,55 @@ def load_checkpoint(
     return ckpt
 
 
+def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The weights of a frozen dpa3 model (``dpa3 freeze``) as a step-0 checkpoint dict.
+
+    A frozen model is a TorchScript module: its ``state_dict`` holds every parameter and
+    buffer (energy bias included) under the names of the eager model, and ``get_metadata()``
+    its typed model config.  Used by ``--init-frz-model`` and ``dpa3 change-bias``.
+    """
+    import json
+
+    from .. import _ops
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"frozen model '{path}' does not exist")
+    _ops.load_ops()  # the scripted model calls the op library
+    try:
+        module = torch.jit.load(str(p), map_location="cpu")
+        config = json.loads(module.get_metadata()["config"])
+    except Exception as err:  # name the file in the message
+        raise CheckpointError(
+            f"cannot read the weights of '{p}': not a frozen dpa3 model ({err}); a DeePMD-kit "
+            f"model needs 'dpa3 convert-deepmd {p}' first"
+        ) from err
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "dpa3_version": __version__,
+        "torch_version": str(torch.__version__),
+        "step": 0,
+        "model_config": config,
+        "input": None,
+        "model": state,
+        "optimizer": None,
+        "rng": None,
+        "sampler": None,
+        "frozen_from": str(p),
+    }
+
+
 __all__ = [
     "CheckpointError",
     "atomic_torch_save",
+    "frozen_checkpoint",
     "load_checkpoint",
     "make_checkpoint",
+    "remove_stale_temporaries",
     "resolve_checkpoint",
+    "rng_state",
     "save_checkpoint",
+    "set_rng_state",
 ]

@@ -36,8 +36,16 @@ from ..config.multitask import RANDOM_BRANCH, MultiTaskConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..errors import ConfigError
-from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .checkpoint import (
+    frozen_checkpoint,
+    load_checkpoint,
+    make_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .distributed import DistContext
+from .faults import ADVICE, check_parameters_finite, nonfinite_gradients, nonfinite_loss
 from .finetune import transfer_state, type_dims
 from .lcurve import Lcurve, Progress, TaskMetrics
 from .loss import EnergyLoss
@@ -60,18 +68,6 @@ def default_model_factory(cfg: ModelConfig) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict[str, Any] | None) -> None:
-    if state and "torch" in state:
-        torch.set_rng_state(state["torch"])
-
-
-# --------------------------------------------------------------------------------------
 # trainer
 # --------------------------------------------------------------------------------------
 class Trainer:
@@ -87,6 +83,8 @@ class Trainer:
         Checkpoint to continue (model, optimizer, step, RNG and sampler states).
     init_model
         Checkpoint whose weights and statistics start a new run (step 0, fresh optimizer).
+    init_frz_model
+        As ``init_model``, from a frozen model (``dpa3 freeze``; its weights are recovered).
     finetune
         Checkpoint to fine-tune: shared elements keep their parameters, the energy bias is
         re-fitted on the new data (``model.bias_adjust_mode``, default change-by-statistic).
@@ -110,6 +108,7 @@ class Trainer:
         *,
         restart: str | None = None,
         init_model: str | None = None,
+        init_frz_model: str | None = None,
         finetune: str | None = None,
         use_pretrain_script: bool = False,
         model_branch: str | None = None,
@@ -117,8 +116,10 @@ class Trainer:
         model_factory: ModelFactory | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        if sum(x is not None for x in (restart, init_model, finetune)) > 1:
-            raise ConfigError("give only one of --restart, --init-model and --finetune")
+        if sum(x is not None for x in (restart, init_model, init_frz_model, finetune)) > 1:
+            raise ConfigError(
+                "give only one of --restart, --init-model, --init-frz-model and --finetune"
+            )
         self._check_options(finetune, use_pretrain_script, model_branch)
         task_cfgs = self._parse(config)
         self.cfg: InputConfig = next(iter(task_cfgs.values()))  # shared lr / optimizer / loop
@@ -128,19 +129,20 @@ class Trainer:
         tcfg = self.cfg.training
 
         ckpt = None
-        src = restart or init_model or finetune
+        src = restart or init_model or init_frz_model or finetune
         if src is not None:
-            ckpt = load_checkpoint(src)
+            ckpt = frozen_checkpoint(src) if init_frz_model else load_checkpoint(src)
+            how = "restart" if restart else "init-model" if init_model else "finetune"
             log.info(
                 "%s from %s (step %d)",
-                "restart" if restart else "init-model" if init_model else "finetune",
+                "init-frz-model" if init_frz_model else how,
                 src,
                 ckpt["step"],
             )
             ckpt = self._open_checkpoint(ckpt, src, finetune is not None, model_branch)
         pre_cfgs = self._checkpoint_model_configs(ckpt) if ckpt else {}
         pre = next(iter(pre_cfgs.values()), None)  # the (first) pretrained head
-        resume = restart is not None or init_model is not None
+        resume = restart is not None or init_model is not None or init_frz_model is not None
 
         # --- type map and data ------------------------------------------------------------
         type_map = self.cfg.model.type_map
@@ -196,6 +198,7 @@ class Trainer:
         self.restarted = restart is not None
         self.monitor = Monitor(tcfg, main=False)  # run() opens the writer and profiler
         self.last_checkpoint: Path | None = None
+        self._last_where = "no step trained yet"
         self.step_times: list[float] = []
 
     # ------------------------------------------------------------------ building blocks
@@ -389,7 +392,7 @@ class Trainer:
         """Load a restart's optimizer and torch RNG states; returns its sampler part."""
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt.get("rng"))
+        set_rng_state(ckpt.get("rng"))
         return ckpt.get("sampler") or {}
 
     def _model_config_record(self) -> dict[str, Any] | None:
@@ -408,13 +411,14 @@ class Trainer:
             input_config=self.input_record,
             model_state=self._model_state(),
             optimizer_state=self.optimizer.state_dict(),
-            rng_state=_rng_state(),
+            rng_state=rng_state(),
             sampler_state=self._sampler_state(),
         )
 
     def save(self, step: int) -> Path:
         """Write the checkpoint of ``step`` completed steps (rank 0 writes; all ranks call)."""
         t = self.cfg.training
+        check_parameters_finite(self.model, step, self._last_where)
         ckpt = self.checkpoint_dict(step)
         if self.dist.is_main:
             self.last_checkpoint = save_checkpoint(ckpt, t.save_ckpt, t.max_ckpt_keep)
@@ -504,27 +508,27 @@ class Trainer:
         return lr
 
     def _optimize(self, loss: torch.Tensor, step: int, where: str) -> None:
-        """Backward, average the gradients over the ranks, clip, optimizer step."""
+        """Backward, average the gradients over the ranks, clip, optimizer step (stops with a
+        message naming ``step`` and ``where`` on a non-finite loss or gradient)."""
+        self._last_where = where
         finite = bool(torch.isfinite(loss))
         if not finite and not self.dist.enabled:
-            raise FloatingPointError(
-                f"the loss is {float(loss)} at step {step} ({where}); lower "
-                "learning_rate.start_lr or check the data"
-            )
+            raise nonfinite_loss(float(loss.detach()), step, where)
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
             loss.backward()
         if self.dist.enabled:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             if not self.dist.average_gradients(params, finite):
+                here = "this rank (" + where + ")" if not finite else "another rank"
                 raise FloatingPointError(
-                    f"the loss is not finite at step {step} on "
-                    f"{'this rank (' + where + ')' if not finite else 'another rank'}; lower "
-                    "learning_rate.start_lr or check the data"
+                    f"the loss is not finite at step {step} on {here}; {ADVICE}"
                 )
         clip = self.cfg.training.gradient_max_norm
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, error_if_nonfinite=True)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if not bool(torch.isfinite(norm)):
+                raise nonfinite_gradients(step, where)
         self.optimizer.step()
 
     def run(self) -> Path:
