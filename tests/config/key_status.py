@@ -296,13 +296,12 @@ INERT: dict[str, tuple[object, str, str]] = {
     "loss.huber_delta": (0.1, "only-with loss.use_huber", "used only by the Huber loss"),
 }
 
-#: key id -> the helper branch that implements it; the lead flips these after merging.
-#: TODO(lead): after merging ``fault`` point training.max_ckpt_keep's test at the new
-#: checkpoint tests and drop it from here.
-OWNED_ELSEWHERE: dict[str, str] = {
-    "training.max_ckpt_keep": "fault",
-}
-IMPLEMENTED["training.max_ckpt_keep"] = (2, f"{T_TRAIN}::test_max_ckpt_keep")
+#: key id -> the branch that implements it while it is not merged (none at present).
+OWNED_ELSEWHERE: dict[str, str] = {}
+IMPLEMENTED["training.max_ckpt_keep"] = (
+    2,
+    "tests/python/test_train_faults.py::test_max_ckpt_keep_as_deepmd_kit",
+)
 _T_RGLOB = "tests/python/test_deepmd_data.py::test_rglob_patterns_key"
 IMPLEMENTED["training.training_data.rglob_patterns"] = (["*"], _T_RGLOB)
 IMPLEMENTED["training.validation_data.rglob_patterns"] = (["*"], _T_RGLOB)
