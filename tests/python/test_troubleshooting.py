@@ -159,7 +159,9 @@ def check_row(area: str, row: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("area", "row"), _rows(), ids=[f"{a.split()[0]}-{i}" for i, (a, _) in enumerate(_rows())]
+    ("area", "row"),
+    _rows(),
+    ids=[re.sub(r"\W+", "_", area)[:24] + f"-{i}" for i, (area, _) in enumerate(_rows())],
 )
 def test_row_is_asserted_by_its_test_and_in_the_code(area, row):
     check_row(area, row)
