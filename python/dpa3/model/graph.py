@@ -76,15 +76,22 @@ def format_nlist(
     diff = nei - cen
     dist = torch.linalg.norm(diff, dim=-1)
     dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
-    # lexicographic sort on the rounded key: stable sorts from the last key to the first
     inv_q = 1.0 / quantum
-    keys = [diff[..., 2], diff[..., 1], diff[..., 0], dist]
-    order = torch.arange(nnei, device=nlist.device).expand(nf, nloc, nnei)
-    for key in keys:
-        k = torch.gather(torch.round(key * inv_q), 2, order)
-        k = torch.where(torch.isnan(k), torch.full_like(k, float("inf")), k)
-        _, o = torch.sort(k, dim=-1, stable=True)
-        order = torch.gather(order, 2, o)
+    kd = torch.round(dist * inv_q)
+    kd = torch.where(torch.isnan(kd), torch.full_like(kd, float("inf")), kd)
+    kd_sorted, order = torch.sort(kd, dim=-1, stable=True)
+    # the rounded distance alone orders every row without equal finite distances (the usual
+    # case: one sort); only with ties, the lexicographic sort on the whole key, stable sorts
+    # from the last key to the first
+    tied = (kd_sorted[..., 1:] == kd_sorted[..., :-1]) & torch.isfinite(kd_sorted[..., 1:])
+    if bool(tied.any()):
+        keys = [diff[..., 2], diff[..., 1], diff[..., 0], dist]
+        order = torch.arange(nnei, device=nlist.device).expand(nf, nloc, nnei)
+        for key in keys:
+            k = torch.gather(torch.round(key * inv_q), 2, order)
+            k = torch.where(torch.isnan(k), torch.full_like(k, float("inf")), k)
+            _, o = torch.sort(k, dim=-1, stable=True)
+            order = torch.gather(order, 2, o)
     dist = torch.gather(dist, 2, order)
     out = torch.gather(nlist, 2, order)
     out = torch.where(dist <= rcut, out, torch.full_like(out, -1))
