@@ -24,8 +24,9 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 This module is the only place in the package that names ``torch.ops.dpa3``: it loads the library
 and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,
 :func:`scatter_rows`, :func:`edge_sum`, :func:`center_outer`, :func:`angle_block`,
-:func:`border_exchange`); scripted models inline them, so a frozen model calls the registered ops
-directly.  :data:`COMM_KEYS` defines the exchange schedule (``comm_dict``) keys and their order.
+:func:`border_exchange`, :func:`allreduce_min`); scripted models inline them, so a frozen model
+calls the registered ops directly.  :data:`COMM_KEYS` defines the exchange schedule
+(``comm_dict``) keys and their order.
 In a process where the LAMMPS plugin has already loaded the library (the plugin links it),
 loading is skipped: registering the ``dpa3`` namespace twice aborts.
 """
@@ -220,6 +221,12 @@ def border_exchange(g: torch.Tensor, comm_dict: dict[str, torch.Tensor]) -> torc
         comm_dict["comm"],
         comm_dict["rank"],
     )
+
+
+def allreduce_min(x: torch.Tensor, comm_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Element-wise minimum of ``x`` over the ranks of ``comm_dict["comm"]`` (a collective:
+    every rank must call it; ``x`` itself without MPI)."""
+    return torch.ops.dpa3.allreduce_min(x, comm_dict["comm"])
 
 
 def gather_rows(

@@ -39,6 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="multi-task checkpoint: the head (task) to freeze into a single-task model",
     )
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="per process: above this estimate (GiB) of the layers' autograd graph, evaluation "
+        "recomputes the layers one at a time instead of keeping them (less memory, about 1.4x "
+        "the time of a step; default 8; 0 always recomputes)",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,7 +69,15 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.output).name in ("", ".", ".."):
         raise UsageError(f"freeze: -o '{args.output}' is not a file name")
     output = str(Path(args.output).with_suffix(".pth"))  # as dp --pt freeze
-    out, meta = freeze_checkpoint(checkpoint, output, head=args.head)
+    budget = args.memory_budget
+    if budget is not None and not budget >= 0:  # also NaN
+        raise UsageError(f"freeze: --memory-budget {budget} must be a number of GiB >= 0")
+    out, meta = freeze_checkpoint(
+        checkpoint,
+        output,
+        head=args.head,
+        graph_budget_bytes=None if budget is None else int(budget * 1024**3),
+    )
     log.info(
         "wrote %s%s (type map %s, rcut %s A, %d layers, %s)",
         out,

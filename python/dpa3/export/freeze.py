@@ -141,9 +141,7 @@ def freeze(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.jit.save(
-            frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)}
-        )
+        torch.jit.save(frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -180,8 +178,9 @@ def load_frozen(
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
         except RuntimeError as exc:
             text = str(exc)
-            if "dpa3::" in text and ("Expected a value of type" in text
-                                     or "Unknown builtin op" in text):
+            if "dpa3::" in text and (
+                "Expected a value of type" in text or "Unknown builtin op" in text
+            ):
                 raise ModelFileError(
                     f"dpa3: {path} calls dpa3 ops with signatures this dpa3 does not have: it "
                     "was frozen by another dpa3 version; re-freeze it with this one "
@@ -199,6 +198,7 @@ def freeze_checkpoint(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str] = "model.pth",
     head: str | None = None,
+    graph_budget_bytes: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Freeze a dpa3 training checkpoint: a single-task one, or one head of a multi-task one.
 
@@ -211,6 +211,10 @@ def freeze_checkpoint(
     head
         The head (task) of a multi-task checkpoint; must be ``None`` for a single-task one.
         It is recorded in the metadata as ``head``.
+    graph_budget_bytes
+        The frozen model's ``graph_budget_bytes`` (per process: evaluation keeps every layer's
+        autograd graph while its estimate fits, and recomputes the layers above it;
+        ``docs/internals.md``, "Memory"); None keeps the default.
 
     Returns
     -------
@@ -232,6 +236,8 @@ def freeze_checkpoint(
     source = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(source)
     model = checkpoint_model(ckpt, head, source=source)
+    if graph_budget_bytes is not None:
+        model.graph_budget_bytes = int(graph_budget_bytes)
     metadata: dict[str, Any] = {"checkpoint": str(source), "step": int(ckpt.get("step", -1))}
     if head is not None:
         metadata["head"] = head

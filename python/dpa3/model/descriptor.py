@@ -9,14 +9,16 @@ the ghost-feature exchange op (``comm_dict``, one frame, LAMMPS swap schedule).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
 from .exchange import ghost_features, ops_loaded
-from .graph import angle_cosine, build_graph, make_rows, switch
+from .graph import Rows, angle_cosine, build_graph, make_rows, switch
 from .network import Activation, Linear, TypeEmbedding, to_dtype
+from .prepared import CHUNK_ANGLES, Chunk, Prepared
 from .repflow import RepFlowLayer
 
 
@@ -44,6 +46,8 @@ class DescrptDPA3(nn.Module):
         )
         self.edge_embd = Linear(1, rf.e_dim, bias=True, dtype=self.dtype, generator=generator)
         self.angle_embd = Linear(1, rf.a_dim, bias=False, dtype=self.dtype, generator=generator)
+        # angles per block of centres in the low-memory backward pass (:meth:`coord_grad`)
+        self.chunk_angles: int = CHUNK_ANGLES
         self.layers = nn.ModuleList(
             [RepFlowLayer(rf, self.act, self.dtype, generator) for _ in range(rf.nlayers)]
         )
@@ -53,32 +57,18 @@ class DescrptDPA3(nn.Module):
             "stddev", torch.full((ntypes, 4), rf.fix_stat_std or 1.0, dtype=self.dtype)
         )
 
-    def forward(
+    def prepare(
         self,
         ext_coord: torch.Tensor,
         ext_atype: torch.Tensor,
         nlist: torch.Tensor,
-        mapping: torch.Tensor | None,
-        comm_dict: dict[str, torch.Tensor] | None,
-    ) -> torch.Tensor:
-        """Descriptor of the local atoms.
+        mapping: Optional[torch.Tensor],  # noqa: UP045 (TorchScript needs Optional)
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> Prepared:
+        """The graph, the geometric factors and the initial features (see :class:`Prepared`).
 
-        Parameters
-        ----------
-        ext_coord
-            ``[nf, nall, 3]`` float64 extended coordinates (Å).
-        ext_atype
-            ``[nf, nall]`` int64 types; only the local rows ``[:, :nloc]`` are read.
-        nlist
-            ``[nf, nloc, e_sel]`` formatted list (sorted, cut at ``e_rcut``, ``-1`` padded).
-        mapping
-            ``[nf, nall]`` owner local index of each extended atom (single process), or None.
-        comm_dict
-            Exchange schedule (LAMMPS path, ``nf == 1``), or None.
-
-        Returns
-        -------
-        ``[nf, nloc, dim_out]`` in the descriptor precision.
+        Arguments as :meth:`forward`; ``ext_coord`` may require grad: everything geometric in
+        the result is differentiable with respect to it.
         """
         nf, nloc, _ = nlist.shape
         nall = ext_coord.shape[1]
@@ -96,14 +86,12 @@ class DescrptDPA3(nn.Module):
         a_weight = (
             torch.index_select(asw, 0, g.a_eij) * torch.index_select(asw, 0, g.a_eik)
         ).unsqueeze(-1) / math.sqrt(self.a_norm)
-
         if self.edge_init_use_dist:
-            e = self.edge_embd(r.unsqueeze(-1))
+            e_in = r.unsqueeze(-1)
         else:
-            e = self.act(self.edge_embd((sw * inv / std[:, 0]).unsqueeze(-1)))
-        a = self.angle_embd(angle_cosine(g.diff, r, g.a_eij, g.a_eik))
+            e_in = (sw * inv / std[:, 0]).unsqueeze(-1)
+        cos = angle_cosine(g.diff, r, g.a_eij, g.a_eik)
         tebd = self.type_embedding()[atype]
-        n = self.act(tebd)
 
         if comm_dict is None:
             frame = torch.div(g.center, nloc, rounding_mode="floor")
@@ -127,16 +115,335 @@ class DescrptDPA3(nn.Module):
             use_ops = ops_loaded()
         nnode = nf * nloc
         nedge = g.center.shape[0]
-        rc = make_rows(g.center, nnode, use_ops)
-        rn = make_rows(nei, nnode if comm_dict is None else nall, use_ops)
-        rij = make_rows(g.a_eij, nedge, use_ops)
-        rik = make_rows(g.a_eik, nedge, use_ops)
-        fused = use_ops and not self.training and self.layers[0].act_code >= 0
-        for layer in self.layers:
-            n_ext = ghost_features(n, nall, comm_dict)
-            n, e, a = layer(
-                n, n_ext, e, a, rc, rn, h2sw, sw, a_weight, g.is_angle_edge, rij, rik, fused
-            )
+        return Prepared(
+            tebd,
+            e_in,
+            cos,
+            h2sw,
+            sw,
+            a_weight,
+            g.is_angle_edge,
+            make_rows(g.center, nnode, use_ops),
+            make_rows(nei, nnode if comm_dict is None else nall, use_ops),
+            make_rows(g.a_eij, nedge, use_ops),
+            make_rows(g.a_eik, nedge, use_ops),
+            nall,
+            use_ops and not self.training and self.layers[0].act_code >= 0,
+        )
+
+    def initial_features(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer-0 inputs ``n [Nn, n_dim]``, ``e [E, e_dim]``, ``a [A, a_dim]``."""
+        if self.edge_init_use_dist:
+            e = self.edge_embd(p.e_in)
+        else:
+            e = self.act(self.edge_embd(p.e_in))
+        return self.act(p.tebd), e, self.angle_embd(p.cos)
+
+    def _level(self, i: int) -> int:
+        """Outputs of layer ``i`` that the stack uses (see :meth:`RepFlowLayer.forward`)."""
+        return max(0, min(2, len(self.layers) - 1 - i))
+
+    def output(self, n: torch.Tensor, p: Prepared, nf: int, nloc: int) -> torch.Tensor:
+        """Descriptor ``[nf, nloc, dim_out]`` from the last node features ``n [Nn, n_dim]``."""
         if self.concat_output_tebd:
-            n = torch.cat([n, tebd], dim=-1)
+            n = torch.cat([n, p.tebd], dim=-1)
         return n.view(nf, nloc, self.dim_out)
+
+    def forward(
+        self,
+        ext_coord: torch.Tensor,
+        ext_atype: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: Optional[torch.Tensor],  # noqa: UP045
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> torch.Tensor:
+        """Descriptor of the local atoms.
+
+        Parameters
+        ----------
+        ext_coord
+            ``[nf, nall, 3]`` float64 extended coordinates (Å).
+        ext_atype
+            ``[nf, nall]`` int64 types; only the local rows ``[:, :nloc]`` are read.
+        nlist
+            ``[nf, nloc, e_sel]`` formatted list (sorted, cut at ``e_rcut``, ``-1`` padded).
+        mapping
+            ``[nf, nall]`` owner local index of each extended atom (single process), or None.
+        comm_dict
+            Exchange schedule (LAMMPS path, ``nf == 1``), or None.
+
+        Returns
+        -------
+        ``[nf, nloc, dim_out]`` in the descriptor precision.
+        """
+        nf, nloc, _ = nlist.shape
+        return self.run(
+            self.prepare(ext_coord, ext_atype, nlist, mapping, comm_dict), nf, nloc, comm_dict
+        )
+
+    def run(
+        self,
+        p: Prepared,
+        nf: int,
+        nloc: int,
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> torch.Tensor:
+        """:meth:`forward` from the prepared batch ``p`` (``[nf, nloc, dim_out]``)."""
+        n, e, a = self.initial_features(p)
+        for i, layer in enumerate(self.layers):
+            n, e, a = layer(
+                n,
+                ghost_features(n, p.nall, comm_dict),
+                e,
+                a,
+                p.center,
+                p.nei,
+                p.h2sw,
+                p.sw,
+                p.a_weight,
+                p.is_a,
+                p.a_eij,
+                p.a_eik,
+                p.fused,
+                self._level(i),
+            )
+        return self.output(n, p, nf, nloc)
+
+    # ------------------------------------------------------------ low-memory evaluation
+    def stack_inputs(
+        self,
+        p: Prepared,
+        chunks: list[Chunk],
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
+
+        Returns the inputs ``n``, ``e``, ``a`` of layers ``1 .. L-1`` (three lists of ``L - 1``
+        tensors; layer 0's are recomputed from ``p``) and the last node features ``[Nn, n_dim]``.
+        A layer returns the outputs the next one does not read unchanged, so the lists share
+        those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
+        :meth:`chunks`) after one exchange, writing into the next layer's inputs.
+        """
+        ns: list[torch.Tensor] = []
+        es: list[torch.Tensor] = []
+        as_: list[torch.Tensor] = []
+        n, e, a = self.initial_features(p)
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                ns.append(n)
+                es.append(e)
+                as_.append(a)
+            level = self._level(i)
+            n_ext = ghost_features(n, p.nall, comm_dict)
+            keep_e, keep_a = layer.passes_through(level)
+            n_new = torch.empty_like(n)
+            e_new = e if keep_e else torch.empty_like(e)
+            a_new = a if keep_a else torch.empty_like(a)
+            for c in chunks:
+                n2, e2, a2 = layer(
+                    n[c.c0 : c.c1],
+                    n_ext,
+                    e[c.e0 : c.e1],
+                    a[c.a0 : c.a1],
+                    c.center,
+                    c.nei,
+                    p.h2sw[c.e0 : c.e1],
+                    p.sw[c.e0 : c.e1],
+                    p.a_weight[c.a0 : c.a1],
+                    p.is_a[c.e0 : c.e1],
+                    c.a_eij,
+                    c.a_eik,
+                    p.fused,
+                    level,
+                )
+                n_new[c.c0 : c.c1] = n2
+                if not keep_e:
+                    e_new[c.e0 : c.e1] = e2
+                if not keep_a:
+                    a_new[c.a0 : c.a1] = a2
+            n, e, a = n_new, e_new, a_new
+        return ns, es, as_, n
+
+    def chunks(self, p: Prepared) -> list[Chunk]:
+        """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
+        more is a block of its own; one block without the op library's inverse indices)."""
+        cptr = p.center.ptr
+        aptr = p.a_eij.ptr
+        nnode = p.tebd.shape[0]
+        nedge = p.sw.shape[0]
+        nangle = p.a_weight.shape[0]
+        if cptr is None or aptr is None or nangle <= self.chunk_angles:
+            return [Chunk(0, nnode, 0, nedge, 0, nangle, p.center, p.nei, p.a_eij, p.a_eik)]
+        # angles before each centre, to cut at centre boundaries
+        a_before: list[int] = aptr.index_select(0, cptr).tolist()
+        e_before: list[int] = cptr.tolist()
+        n_nei = p.nei.ptr
+        nrows = nnode if n_nei is None else n_nei.shape[0] - 1
+        out: list[Chunk] = []
+        c0 = 0
+        while c0 < nnode:
+            c1 = c0 + 1
+            while c1 < nnode and a_before[c1 + 1] - a_before[c0] <= self.chunk_angles:
+                c1 += 1
+            e0, e1 = e_before[c0], e_before[c1]
+            a0, a1 = a_before[c0], a_before[c1]
+            ne = e1 - e0
+            center = Rows(
+                p.center.idx[e0:e1] - c0,
+                torch.arange(ne, dtype=torch.long, device=cptr.device),
+                cptr[c0 : c1 + 1] - e0,
+            )
+            nei = make_rows(p.nei.idx[e0:e1], nrows, True)
+            eij = Rows(
+                p.a_eij.idx[a0:a1] - e0,
+                torch.arange(a1 - a0, dtype=torch.long, device=cptr.device),
+                aptr[e0 : e1 + 1] - a0,
+            )
+            eik = make_rows(p.a_eik.idx[a0:a1] - e0, ne, True)
+            out.append(Chunk(c0, c1, e0, e1, a0, a1, center, nei, eij, eik))
+            c0 = c1
+        return out
+
+    def coord_grad(
+        self,
+        coord: torch.Tensor,
+        p: Prepared,
+        chunks: list[Chunk],
+        ns: list[torch.Tensor],
+        es: list[torch.Tensor],
+        as_: list[torch.Tensor],
+        gn: torch.Tensor,
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> Optional[torch.Tensor]:  # noqa: UP045
+        """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
+
+        Each layer is run again with a graph from its kept inputs (:meth:`stack_inputs`,
+        emptied here as the pass goes down) and differentiated at once, block of centres by
+        block (:meth:`chunks`), so only one block's graph exists at any time.  The exchange
+        of a layer runs once, outside the blocks; the gradient of the ghost features is summed
+        over the blocks and sent home through its backward.  The geometric factors' gradients
+        are summed over the layers and taken back to ``coord`` (the tensor ``p`` was prepared
+        from) through the graph of :meth:`prepare`, with those of layer 0's inputs.
+        ``gn [Nn, n_dim]`` is the gradient of the output with respect to the last node
+        features.  Returns ``[nf, nall, 3]`` or None.
+        """
+        gh = torch.zeros_like(p.h2sw)
+        gs = torch.zeros_like(p.sw)
+        gw = torch.zeros_like(p.a_weight)
+        ge: Optional[torch.Tensor] = None  # noqa: UP045
+        ga: Optional[torch.Tensor] = None  # noqa: UP045
+        nlayers = len(self.layers)
+        for k in range(nlayers):
+            target = nlayers - 1 - k
+            if target == 0:
+                with torch.no_grad():
+                    n0, e0, a0 = self.initial_features(p)
+                n = n0.requires_grad_(True)
+                e = e0.requires_grad_(True)
+                a = a0.requires_grad_(True)
+            else:
+                n = ns.pop().detach().requires_grad_(True)
+                e = es.pop().detach().requires_grad_(True)
+                a = as_.pop().detach().requires_grad_(True)
+            n_ext = ghost_features(n, p.nall, comm_dict)
+            n_ext_leaf = n_ext.detach().requires_grad_(True)
+            g_ext = torch.zeros_like(n_ext)
+            g_n = torch.zeros_like(n)
+            # the gradients of a block's edges and angles come from that block only: they
+            # overwrite the incoming ones block by block (no second [A, a_dim] buffer)
+            ge_out = _Grad(ge, e)
+            ga_out = _Grad(ga, a)
+            for c in chunks:
+                nc = n[c.c0 : c.c1].detach().requires_grad_(True)
+                ec = e[c.e0 : c.e1].detach().requires_grad_(True)
+                ac = a[c.a0 : c.a1].detach().requires_grad_(True)
+                hc = p.h2sw[c.e0 : c.e1].detach().requires_grad_(True)
+                sc = p.sw[c.e0 : c.e1].detach().requires_grad_(True)
+                wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
+                n2, e2, a2 = nc, ec, ac
+                # TorchScript unrolls this loop: a layer picked by a run-time index
+                for i, layer in enumerate(self.layers):
+                    if i == target:
+                        n2, e2, a2 = layer(
+                            nc,
+                            n_ext_leaf,
+                            ec,
+                            ac,
+                            c.center,
+                            c.nei,
+                            hc,
+                            sc,
+                            wc,
+                            p.is_a[c.e0 : c.e1],
+                            c.a_eij,
+                            c.a_eik,
+                            p.fused,
+                            self._level(i),
+                        )
+                outs: list[torch.Tensor] = [n2]
+                gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
+                if ge is not None:
+                    outs.append(e2)
+                    gouts.append(ge[c.e0 : c.e1])
+                if ga is not None:
+                    outs.append(a2)
+                    gouts.append(ga[c.a0 : c.a1])
+                grads = torch.autograd.grad(
+                    outs, [nc, n_ext_leaf, ec, ac, hc, sc, wc], gouts, allow_unused=True
+                )
+                with torch.no_grad():
+                    _add_to(g_n, c.c0, grads[0])
+                    _add_to(g_ext, 0, grads[1])
+                    ge_out.put(c.e0, c.e1, grads[2])
+                    ga_out.put(c.a0, c.a1, grads[3])
+                    _add_to(gh, c.e0, grads[4])
+                    _add_to(gs, c.e0, grads[5])
+                    _add_to(gw, c.a0, grads[6])
+            g_back: list[Optional[torch.Tensor]] = [g_ext]  # noqa: UP045
+            g_home = torch.autograd.grad([n_ext], [n], g_back, allow_unused=True)[0]
+            if g_home is not None:
+                g_n = g_n + g_home
+            gn = g_n
+            ge = ge_out.result()
+            ga = ga_out.result()
+        _, e0, a0 = self.initial_features(p)  # layer 0's inputs again, with their graph
+        outs0: list[torch.Tensor] = [p.h2sw, p.sw, p.a_weight]
+        gouts0: list[Optional[torch.Tensor]] = [gh, gs, gw]  # noqa: UP045
+        if ge is not None:
+            outs0.append(e0)
+            gouts0.append(ge)
+        if ga is not None:
+            outs0.append(a0)
+            gouts0.append(ga)
+        return torch.autograd.grad(outs0, [coord], gouts0, allow_unused=True)[0]
+
+
+def _add_to(acc: torch.Tensor, start: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045
+    """``acc[start : start + len(g)] += g`` (nothing for None)."""
+    if g is not None:
+        acc[start : start + g.shape[0]] += g
+
+
+class _Grad:
+    """The gradient of a layer input, written block by block into the buffer of the incoming
+    gradient of the same shape (or a new one), or None if no block has one."""
+
+    def __init__(self, incoming: Optional[torch.Tensor], like: torch.Tensor) -> None:  # noqa: UP045
+        self.buf = incoming
+        self.like = like
+        self.used = False
+
+    def put(self, start: int, stop: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045
+        buf = self.buf
+        if g is None:
+            if buf is not None:
+                buf[start:stop].zero_()
+            return
+        if buf is None:
+            buf = torch.zeros_like(self.like)
+            self.buf = buf
+        buf[start:stop].copy_(g)
+        self.used = True
+
+    def result(self) -> Optional[torch.Tensor]:  # noqa: UP045
+        return self.buf if self.used else None

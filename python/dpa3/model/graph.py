@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _ops
+from .prepared import Rows
 
 
 def switch(r: torch.Tensor, rs: float, rc: float, use_exp: bool) -> torch.Tensor:
@@ -165,19 +166,6 @@ def angle_cosine(
         -1, keepdim=True
     ) * (1.0 - 1e-6)
     return cos / math.sqrt(math.pi)
-
-
-class Rows(NamedTuple):
-    """An index ``idx [M]`` into ``n`` rows, with its inverse in CSR form for fast scatters.
-
-    ``perm = argsort(idx)`` and ``ptr [n+1]``: the entries of ``idx`` equal to ``r`` are
-    ``perm[ptr[r]:ptr[r+1]]``.  Without the op library ``perm``/``ptr`` are None and the plain
-    ``index_select``/``index_add`` are used.
-    """
-
-    idx: torch.Tensor
-    perm: Optional[torch.Tensor]  # noqa: UP045 (TorchScript needs typing.Optional here)
-    ptr: Optional[torch.Tensor]  # noqa: UP045
 
 
 def make_rows(idx: torch.Tensor, n: int, use_ops: bool) -> Rows:

@@ -13,14 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from .. import __version__, _ops
 from ..config.model import ModelConfig, descriptor_dim_out
 from ..data.neighbor import TIE_QUANTUM
-from .descriptor import DescrptDPA3
+from .descriptor import DescrptDPA3, Prepared
 from .graph import format_nlist
 from .network import Activation, FittingNet, to_dtype
 
 SERIAL_VERSION = 1
+
+# Default of ``EnergyModel.graph_budget_bytes`` (see ``docs/internals.md``, "Memory").
+GRAPH_BUDGET_BYTES = 8 * 1024**3
 
 
 class EnergyModel(nn.Module):
@@ -38,8 +41,13 @@ class EnergyModel(nn.Module):
         self.sel = cfg.descriptor.repflow.e_sel
         # rounding of the neighbour sort key (ties between equidistant neighbours)
         self.tie_quantum = TIE_QUANTUM
+        # evaluation keeps every layer's graph while its estimate stays within this many
+        # bytes per process, and recomputes the layers one at a time above it
+        self.graph_budget_bytes: int = GRAPH_BUDGET_BYTES
         self.nlayers = cfg.descriptor.repflow.nlayers
         self.n_dim = cfg.descriptor.repflow.n_dim
+        self.e_dim = cfg.descriptor.repflow.e_dim
+        self.a_dim = cfg.descriptor.repflow.a_dim
         self.fitting_dtype = to_dtype(cfg.fitting.precision)
         self.descriptor = DescrptDPA3(cfg.descriptor, ntypes, gen)
         fseed = cfg.fitting.seed
@@ -123,10 +131,63 @@ class EnergyModel(nn.Module):
         """Atomic energies ``[nf, nloc]`` float64 (virtual atoms, type < 0, give 0)."""
         nloc = nlist.shape[1]
         d = self.descriptor(coord, ext_atype, nlist, mapping, comm_dict)
+        return self._fit(d, ext_atype[:, :nloc])
+
+    def _fit(self, d: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
+        """Atomic energies ``[nf, nloc]`` float64 from the descriptor ``d [nf, nloc, dim_out]``
+        and the local types ``atype [nf, nloc]`` (virtual atoms, type < 0, give 0)."""
         e_net = self.fitting(d.to(self.fitting_dtype)).squeeze(-1).to(torch.float64)
-        atype = ext_atype[:, :nloc]
         e_atom = e_net + self.out_bias[atype.clamp(min=0)]
         return torch.where(atype >= 0, e_atom, torch.zeros_like(e_atom))
+
+    def _graph_bytes(self, p: Prepared) -> int:
+        """Estimated bytes of the layers' autograd graph for the prepared batch ``p``: about
+        ``nlayers * (2 A a_dim + 12 E e_dim)`` numbers of the descriptor precision."""
+        nedge = p.sw.shape[0]
+        nangle = p.a_weight.shape[0]
+        numbers = self.nlayers * (2 * nangle * self.a_dim + 12 * nedge * self.e_dim)
+        return numbers * p.sw.element_size()
+
+    def _low_memory(self, p: Prepared, comm_dict: dict[str, torch.Tensor] | None) -> bool:
+        """Whether to recompute the layers (the graph estimate exceeds the budget; under
+        LAMMPS on any rank, so that every rank runs the same exchanges)."""
+        if self.nlayers == 0:
+            return False
+        fits = self._graph_bytes(p) <= self.graph_budget_bytes
+        if comm_dict is None:
+            return not fits
+        flag = torch.tensor([1 if fits else 0], dtype=torch.int64)
+        return int(_ops.allreduce_min(flag, comm_dict)[0]) == 0
+
+    def _energy_low_memory(
+        self,
+        coord: torch.Tensor,
+        ext_atype: torch.Tensor,
+        p: Prepared,
+        nf: int,
+        nloc: int,
+        comm_dict: dict[str, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Atomic energies ``[nf, nloc]`` and ``dE/d coord [nf, nall, 3]`` (or None) for the
+        batch ``p`` prepared from ``coord``, keeping only each layer's inputs for the backward
+        pass (``docs/internals.md``, "Memory").
+
+        First derivatives only (evaluation): the layers run without a graph, then
+        :meth:`DescrptDPA3.coord_grad` runs them again one at a time, last first, each
+        differentiated as soon as it is built.  Same function as :meth:`_atomic_energy` with
+        ``autograd.grad``, up to rounding.
+        """
+        desc = self.descriptor
+        chunks = desc.chunks(p)
+        with torch.no_grad():
+            ns, es, as_, n_last = desc.stack_inputs(p, chunks, comm_dict)
+        n_last = n_last.detach().requires_grad_(True)
+        e_atom = self._fit(desc.output(n_last, p, nf, nloc), ext_atype[:, :nloc])
+        gn = torch.autograd.grad([e_atom.sum()], [n_last], allow_unused=True)[0]
+        if gn is None:
+            gn = torch.zeros_like(n_last)
+        grad = desc.coord_grad(coord, p, chunks, ns, es, as_, gn, comm_dict)
+        return e_atom.detach(), grad
 
     @torch.jit.export
     def forward_lower(
@@ -180,19 +241,25 @@ class EnergyModel(nn.Module):
         """:meth:`forward_lower` on a formatted list ``nlist [nf, nloc, sel]`` (sorted by
         distance, cut at ``rcut``, ``-1`` padded), as :func:`~.graph.format_nlist` and the
         Python neighbour search (:mod:`dpa3.data.neighbor`) produce it."""
-        nloc = nlist.shape[1]
+        nf, nloc = nlist.shape[0], nlist.shape[1]
         coord = extended_coord.to(torch.float64).detach().requires_grad_(True)
-        e_atom = self._atomic_energy(coord, extended_atype, nlist, mapping, comm_dict)
-        energy = e_atom.sum(dim=1, keepdim=True)
         create_graph = self.training
-        grads = torch.autograd.grad(
-            [energy.sum()],
-            [coord],
-            create_graph=create_graph,
-            retain_graph=create_graph or do_atomic_virial,
-            allow_unused=True,
-        )
-        g0 = grads[0]
+        p = self.descriptor.prepare(coord, extended_atype, nlist, mapping, comm_dict)
+        if create_graph or do_atomic_virial or not self._low_memory(p, comm_dict):
+            d = self.descriptor.run(p, nf, nloc, comm_dict)
+            e_atom = self._fit(d, extended_atype[:, :nloc])
+            energy = e_atom.sum(dim=1, keepdim=True)
+            grads = torch.autograd.grad(
+                [energy.sum()],
+                [coord],
+                create_graph=create_graph,
+                retain_graph=create_graph or do_atomic_virial,
+                allow_unused=True,
+            )
+            g0 = grads[0]
+        else:
+            e_atom, g0 = self._energy_low_memory(coord, extended_atype, p, nf, nloc, comm_dict)
+            energy = e_atom.sum(dim=1, keepdim=True)
         force = torch.zeros_like(coord) if g0 is None else -g0
         ext_virial = (force.unsqueeze(-1) * coord.unsqueeze(-2)).reshape(
             coord.shape[0], coord.shape[1], 9

@@ -332,6 +332,16 @@ class RepFlowLayer(nn.Module):
             updates.append(msg[:, h * self.n_dim : (h + 1) * self.n_dim])
         return self._combine(n, updates, self.n_residual)
 
+    def passes_through(self, level: int) -> tuple[bool, bool]:
+        """Whether :meth:`forward` at ``level`` returns its ``e`` and its ``a`` unchanged."""
+        if level == 0 and not self.sequential:
+            return True, True
+        if not self.update_angle:
+            return False, True
+        if level == 1 and not self.sequential:
+            return False, True
+        return False, False
+
     # ----------------------------------------------------------------- forward
     def forward(
         self,
@@ -348,6 +358,7 @@ class RepFlowLayer(nn.Module):
         a_eij: Rows,
         a_eik: Rows,
         fused: bool = False,
+        level: int = 2,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
@@ -356,8 +367,15 @@ class RepFlowLayer(nn.Module):
         ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle;
         ``fused`` runs the angle block in the C++ kernel (evaluation only; needs the inverse
         indices of the op library in the ``Rows``).
+
+        ``level`` says which outputs the caller uses: 2 all three, 1 ``(n, e)``, 0 ``n`` only
+        (the last layers of a stack: the descriptor reads only node features).  Outputs not
+        asked for are returned unchanged (``e``, ``a``) and their work is skipped where the
+        update order allows it (the parallel update: ``sequential_update`` computes all).
         """
         n_j = gather(n_ext, nei)
+        if level == 0 and not self.sequential:
+            return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw), e, a
         v_self = self.act(
             self._pair_linear(
                 self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
@@ -405,6 +423,21 @@ class RepFlowLayer(nn.Module):
             n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
+        if level == 1:  # the edge messages of the angles only, no angle update
+            lin1 = self.edge_angle_linear1
+            assert lin1 is not None
+            b1 = lin1.bias
+            assert b1 is not None
+            if fused:
+                red, _ = self._angle_fused(
+                    lin1.matrix, b1, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight
+                )
+                v_ang = self._finish_edges(red, e, is_a)
+            else:
+                p = self._angle_one(lin1.matrix, b1, a, nc, ec, center, a_eij, a_eik)
+                v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
+            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
+            return n_new, self._combine(e, [v_self, v_ang], self.e_residual), a
         if fused:
             lin1 = self.edge_angle_linear1
             lin_a = self.angle_self_linear

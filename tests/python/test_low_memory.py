@@ -1,0 +1,261 @@
+"""The low-memory evaluation (layers recomputed one at a time in the backward pass).
+
+Above ``EnergyModel.graph_budget_bytes`` (the estimated size of the layers' autograd graph),
+evaluation keeps only each layer's inputs and runs the layers again, last first, while it
+differentiates them (``docs/internals.md``, "Memory").  These tests force that path with a
+budget of 0 and check it against DeePMD-kit's own numbers for every parity combination, through
+the device-generic kernels, on the exchange-op path of a frozen model, and that the choice of the
+path follows the budget (on every rank alike).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import alloy_frame, make_model, small_cell_frame
+
+PARITY = Path(__file__).resolve().parents[1] / "data" / "parity"
+COMBOS = sorted(p.name for p in PARITY.iterdir() if (p / "reference.npz").exists())
+KEYS = ("energy", "force", "virial")
+
+
+@contextlib.contextmanager
+def count_recomputations(monkeypatch):
+    """Count the calls of the low-memory backward pass (eager models)."""
+    from dpa3.model.descriptor import DescrptDPA3
+
+    calls = []
+    original = DescrptDPA3.coord_grad
+
+    def spy(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(DescrptDPA3, "coord_grad", spy)
+    yield calls
+
+
+def _check_against_deepmd(model, combo):
+    ref = np.load(PARITY / combo / "reference.npz")
+    f32 = "f32" in combo
+    for frame in [str(f) for f in ref["frames"]]:
+        coord = torch.tensor(ref[f"{frame}.coord"], dtype=torch.float64)
+        atype = torch.tensor(ref[f"{frame}.atype"], dtype=torch.long)
+        key = f"{frame}.box"
+        box = torch.tensor(ref[key], dtype=torch.float64) if key in ref.files else None
+        out = model(coord, atype, box)
+        for k in KEYS:
+            got = out[k].detach().numpy()
+            want = ref[f"{frame}.{k}"].reshape(got.shape)
+            tol = 1e-5 * max(np.abs(want).max(), 1.0) if f32 else 1e-10
+            err = np.abs(got - want).max()
+            assert err < tol, f"{combo}/{frame}/{k}: max |diff| {err:.3e} > {tol:.1e}"
+
+
+@pytest.mark.parametrize("combo", COMBOS)
+def test_low_memory_path_gives_deepmd_numbers(combo, monkeypatch):
+    """Every parity combination; the layers run in blocks of about 3,000 angles (several
+    blocks on the 192-atom water frame, one on the small frames)."""
+    from dpa3.convert import load_deepmd_model
+
+    model = load_deepmd_model(PARITY / combo / "model.ckpt.pt").eval()
+    model.graph_budget_bytes = 0
+    model.descriptor.chunk_angles = 3000
+    with count_recomputations(monkeypatch) as calls:
+        _check_against_deepmd(model, combo)
+    assert len(calls) == 4, calls  # one per frame: the path under test really ran
+
+
+@pytest.mark.parametrize(
+    "combo", ["water_recipe_f32", "sequential", "no_angle_update", "multi_edge", "compress_linear"]
+)
+def test_low_memory_path_through_generic_kernels(combo, monkeypatch):
+    """The same with the device-generic kernels (what a CUDA build runs)."""
+    from dpa3 import _ops
+    from dpa3.convert import load_deepmd_model
+
+    model = load_deepmd_model(PARITY / combo / "model.ckpt.pt").eval()
+    model.graph_budget_bytes = 0
+    with count_recomputations(monkeypatch) as calls, _ops.generic_kernels():
+        _check_against_deepmd(model, combo)
+    assert calls
+
+
+def _lower(model, frame):
+    from dpa3.data.neighbor import build_neighbor_batch
+
+    coord, atype, box = frame
+    nb = build_neighbor_batch(
+        coord[None], None if box is None else box[None], model.get_rcut(), model.get_sel()[0]
+    )
+    return nb.ext_coord, torch.tensor(atype)[nb.mapping], nb.nlist, nb.mapping, len(atype)
+
+
+def _fold(x, mapping, nloc):
+    return torch.zeros(1, nloc, x.shape[2], dtype=x.dtype).index_add(1, mapping[0], x)
+
+
+@pytest.mark.parametrize(
+    "combo", ["water_recipe_f32", "sequential", "no_angle_update", "concat_tebd_bias", "res_avg"]
+)
+def test_frozen_low_memory_model_on_the_exchange_path(combo, tmp_path):
+    """A model frozen with a zero budget, through the border_exchange op (self swaps, as one
+    LAMMPS rank runs it) and through the mapping path, equals the eager model's standard path:
+    the exchange runs again inside each recomputed layer and its backward there."""
+    from exchange_reference import self_swap_comm_dict
+
+    from dpa3.convert import load_deepmd_model
+    from dpa3.export.freeze import freeze, load_frozen
+
+    eager = load_deepmd_model(PARITY / combo / "model.ckpt.pt").eval()
+    eager.graph_budget_bytes = 0
+    eager.descriptor.chunk_angles = 40  # blocks of one or a few centres
+    frozen, _ = load_frozen(freeze(eager, tmp_path / "model.pth"))
+    assert frozen.graph_budget_bytes == 0 and frozen.descriptor.chunk_angles == 40
+    eager.graph_budget_bytes = 1 << 60  # the reference: the standard path
+    atol = 1e-5 if "f32" in combo else 1e-12
+    for frame in (small_cell_frame(), alloy_frame()):
+        ext, ext_t, nlist, mapping, nloc = _lower(eager, frame)
+        ref = eager.forward_lower(ext, ext_t, nlist, mapping, False, None)
+        comm = self_swap_comm_dict(mapping, nloc, n_swaps=4)
+        for got in (
+            frozen.forward_lower(ext, ext_t, nlist, mapping, False, None),
+            frozen.forward_lower(ext, ext_t, nlist, None, False, comm),
+        ):
+            for k in ("energy", "atom_energy", "virial"):
+                assert (got[k] - ref[k]).abs().max().item() < atol, k
+            f_got = _fold(got["extended_force"], mapping, nloc)
+            f_ref = _fold(ref["extended_force"], mapping, nloc)
+            assert f_ref.abs().max() > 1e-6
+            assert (f_got - f_ref).abs().max().item() < atol
+
+
+def test_the_budget_chooses_the_path(monkeypatch):
+    """Standard path while the estimate fits the budget, recomputation above it; training
+    (second derivatives) and per-atom virials always keep the graph."""
+    from dpa3.model.model import GRAPH_BUDGET_BYTES
+
+    model = make_model(seed=3)
+    assert model.graph_budget_bytes == GRAPH_BUDGET_BYTES == 8 * 1024**3
+    coord, atype, box = alloy_frame()
+    args = (torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None])
+    ext, ext_t, nlist, mapping, _ = _lower(model, alloy_frame())
+    p = model.descriptor.prepare(ext, ext_t, nlist, mapping, None)
+    nedge, nangle = p.sw.shape[0], p.a_weight.shape[0]
+    rf = model.cfg.descriptor.repflow
+    # the documented estimate: nlayers * (2 A a_dim + 12 E e_dim) numbers of 8 bytes (float64)
+    est = rf.nlayers * (2 * nangle * rf.a_dim + 12 * nedge * rf.e_dim) * 8
+    assert model._graph_bytes(p) == est
+    with count_recomputations(monkeypatch) as calls:
+        model.graph_budget_bytes = est
+        model(*args)
+        assert calls == []
+        model.graph_budget_bytes = est - 1
+        low = model(*args)
+        assert len(calls) == 1
+        model(*args, do_atomic_virial=True)
+        assert len(calls) == 1
+        model.train()
+        model(*args)
+        assert len(calls) == 1
+    model.eval()
+    model.graph_budget_bytes = 1 << 60
+    std = model(*args)
+    for k in KEYS:
+        assert (low[k] - std[k]).abs().max().item() < 1e-12, k
+
+
+def test_any_rank_over_the_budget_sends_every_rank_down_the_low_memory_path(monkeypatch):
+    """Under LAMMPS every rank must run the same exchanges: the choice is the minimum over the
+    ranks of "fits" (allreduce_min), so a rank whose own graph fits still recomputes when another
+    rank's does not (here the other rank is played by a patched allreduce_min)."""
+    from exchange_reference import self_swap_comm_dict
+
+    from dpa3 import _ops
+
+    model = make_model(seed=4)
+    ext, ext_t, nlist, mapping, nloc = _lower(model, alloy_frame())
+    comm = self_swap_comm_dict(mapping, nloc, n_swaps=2)
+    seen = []
+
+    def other_rank_does_not_fit(flag, comm_dict):
+        seen.append(int(flag[0]))
+        return torch.zeros_like(flag)
+
+    monkeypatch.setattr(_ops, "allreduce_min", other_rank_does_not_fit)
+    with count_recomputations(monkeypatch) as calls:
+        model.forward_lower(ext, ext_t, nlist, None, False, comm)
+    assert seen == [1] and len(calls) == 1  # this rank fitted, and recomputed all the same
+    monkeypatch.undo()
+    with count_recomputations(monkeypatch) as calls:
+        model.forward_lower(ext, ext_t, nlist, None, False, comm)  # the real op, one process
+    assert calls == []
+
+
+def test_freeze_memory_budget_option(tmp_path, capsys, monkeypatch):
+    """``dpa3 freeze --memory-budget GIB`` stores the budget in the frozen model (0: always
+    recompute); a negative or NaN budget is a one-line usage error."""
+    import json
+
+    from test_train import tiny_input
+
+    from dpa3.cli.main import main
+    from dpa3.export.freeze import load_frozen
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "input.json").write_text(json.dumps(tiny_input(steps=0)))
+    assert main(["train", "input.json", "--skip-neighbor-stat"]) == 0
+    assert main(["freeze", "model.ckpt.pt", "-o", "low.pth", "--memory-budget", "0"]) == 0
+    assert main(["freeze", "model.ckpt.pt", "-o", "half.pth", "--memory-budget", "0.5"]) == 0
+    assert main(["freeze", "model.ckpt.pt", "-o", "default.pth"]) == 0
+    assert load_frozen(tmp_path / "low.pth")[0].graph_budget_bytes == 0
+    assert load_frozen(tmp_path / "half.pth")[0].graph_budget_bytes == 512 * 1024**2
+    assert load_frozen(tmp_path / "default.pth")[0].graph_budget_bytes == 8 * 1024**3
+    capsys.readouterr()
+    for bad in ("-1", "nan"):
+        assert main(["freeze", "model.ckpt.pt", "-o", "bad.pth", "--memory-budget", bad]) == 1
+        err = capsys.readouterr().err
+        assert "--memory-budget" in err and "GiB >= 0" in err, err
+    assert not (tmp_path / "bad.pth").exists()
+
+
+def test_blocks_of_centres_cover_every_edge_and_angle_once():
+    """The blocks of the low-memory path: consecutive whole centres, each block's edges and
+    angles the contiguous ranges of its centres, its row indices those of the batch rebased
+    to the block (checked against the batch's own indices), at most ``chunk_angles`` angles
+    unless one centre has more."""
+    from dpa3.model.graph import gather
+
+    model = make_model(seed=5)
+    frame = alloy_frame()
+    ext, ext_t, nlist, mapping, nloc = _lower(model, frame)
+    p = model.descriptor.prepare(ext, ext_t, nlist, mapping, None)
+    center = p.center.idx
+    for limit in (1, 50, 400, 1 << 30):
+        model.descriptor.chunk_angles = limit
+        chunks = model.descriptor.chunks(p)
+        assert chunks[0].c0 == 0 and chunks[-1].c1 == nloc
+        assert [c.c1 for c in chunks[:-1]] == [c.c0 for c in chunks[1:]]
+        assert chunks[-1].e1 == center.shape[0] and chunks[-1].a1 == p.a_weight.shape[0]
+        for c in chunks:
+            edges = torch.nonzero((center >= c.c0) & (center < c.c1)).squeeze(1)
+            assert edges.tolist() == list(range(c.e0, c.e1))
+            angles = torch.nonzero((p.a_eij.idx >= c.e0) & (p.a_eij.idx < c.e1)).squeeze(1)
+            assert angles.tolist() == list(range(c.a0, c.a1))
+            assert c.a1 - c.a0 <= limit or c.c1 - c.c0 == 1
+            assert torch.equal(c.center.idx + c.c0, center[c.e0 : c.e1])
+            assert torch.equal(c.nei.idx, p.nei.idx[c.e0 : c.e1])
+            assert torch.equal(c.a_eij.idx + c.e0, p.a_eij.idx[c.a0 : c.a1])
+            assert torch.equal(c.a_eik.idx + c.e0, p.a_eik.idx[c.a0 : c.a1])
+            # the inverse indices gather the same rows as the plain index
+            x = torch.randn(int(c.e1 - c.e0), 3, dtype=torch.float64)
+            for rows in (c.a_eij, c.a_eik):
+                assert torch.equal(gather(x, rows), x[rows.idx])
+        if limit == 1:
+            assert len(chunks) == nloc
+        if limit == 1 << 30:
+            assert len(chunks) == 1
