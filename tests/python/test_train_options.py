@@ -74,14 +74,21 @@ DP_TRAIN = Path(__file__).resolve().parents[1] / "data" / "dp_train"
 
 def _read_events(log_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list]]:
     """The event files of ``log_dir`` read back with tensorboard's own reader: scalars
-    (tag -> [(step, value)]) and histograms (tag -> steps)."""
+    (tag -> [(step, value)]) and histograms (tag -> [(step, number of values, sum of
+    squares)])."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
     scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]}
-    hists = {t: [e.step for e in acc.Histograms(t)] for t in tags["histograms"]}
+    hists = {
+        t: [
+            (e.step, e.histogram_value.num, e.histogram_value.sum_squares)
+            for e in acc.Histograms(t)
+        ]
+        for t in tags["histograms"]
+    }
     return scalars, hists
 
 
@@ -110,7 +117,7 @@ def test_tensorboard_real_writer_as_dp(tmp_path, monkeypatch):
     theirs, their_top = split(dp["scalars"])
     assert ours == theirs
     assert sorted(hists) == dp["histograms"] == ["Default/grad/param_norms"]
-    assert hists["Default/grad/param_norms"] == [1, 2]
+    assert [h[0] for h in hists["Default/grad/param_norms"]] == [1, 2]
     for step in (1, 2):  # ten parameters per step, as dp
         assert sum(step in [s for s, _ in ev[g]] for g in our_top) == 10
         assert sum(step in dp["scalars"][g] for g in their_top) == 10
@@ -134,7 +141,14 @@ def test_tensorboard_real_writer_as_dp(tmp_path, monkeypatch):
         assert math.sqrt(loss) == pytest.approx(rmse, rel=1e-5)
     for s, v in ev["Default/lr"]:  # exp decay every step over 2 steps: lr of step s - 1
         assert v == pytest.approx(2e-3 * (1e-4 / 2e-3) ** ((s - 1) / 2), rel=1e-6)
-    assert all(v > 0 for _, v in ev["Default/grad/total_norm"])
+    # the histogram holds one norm per parameter with a gradient (with nlayers 1 the edge and
+    # angle updates of the last layer get none); their root sum of squares is the total
+    nparams = sum(1 for p in t.model.parameters() if p.requires_grad)
+    for (s, num, sq), (s2, total) in zip(
+        hists["Default/grad/param_norms"], ev["Default/grad/total_norm"], strict=True
+    ):
+        assert s == s2 and 10 < num <= nparams and total > 0
+        assert math.sqrt(sq) == pytest.approx(total, rel=1e-5)
 
 
 def test_tensorboard_needs_the_package(tmp_path, monkeypatch):
