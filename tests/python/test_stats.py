@@ -9,15 +9,8 @@ import pytest
 
 from dpa3.config.model import AutoSel
 from dpa3.data.neighbor import neighbor_counts
-from dpa3.data.stats import (
-    EnergyStat,
-    auto_sel,
-    fit_energy_bias,
-    load_stat,
-    neighbor_stat,
-    save_stat,
-    stat_file_path,
-)
+from dpa3.data.stat_file import EnergyStat, load_stat, save_stat, sort_by_atomic_number
+from dpa3.data.stats import auto_sel, fit_energy_bias, neighbor_stat
 from dpa3.data.system import load_system
 from dpa3.errors import ConfigError
 
@@ -53,16 +46,57 @@ def test_preset_bias_removed_from_regression():
     assert bias[0] == pytest.approx(want)
 
 
-def test_stat_file_roundtrip_and_subset(tmp_path):
-    assert stat_file_path(tmp_path / "dpa3.hdf5") == tmp_path / "dpa3.npz"
-    st = EnergyStat(("O", "H", "C"), np.array([1.0, 2.0, 3.0]), np.ones(3))
-    p = save_stat(tmp_path / "dpa3.hdf5", st)
-    assert p.is_file()
-    back = load_stat(tmp_path / "dpa3.hdf5")
-    sub = back.for_type_map(["H", "O"])
-    np.testing.assert_array_equal(sub.bias, [2.0, 1.0])
-    assert back.for_type_map(["N"]) is None
-    assert load_stat(tmp_path / "other.npz") is None
+@pytest.mark.parametrize("name", ["dpa3.hdf5", "dpa3.H5", "stat_dir", "stat.npz"])
+def test_stat_file_roundtrip_per_type_map(tmp_path, name):
+    """One group per type map ("O H C"); another type map has none; an .h5/.hdf5 name is one
+    HDF5 file, any other a folder of suffix-less .npy files (DeePMD-kit's rule)."""
+    p = tmp_path / name
+    st = EnergyStat(("O", "H", "C"), np.array([1.0, 2.0, 3.0]), np.full(3, 0.5), ("H", "C", "O"))
+    assert save_stat(p, st) == p
+    assert p.is_file() == name.lower().endswith((".hdf5", ".h5"))
+    if p.is_dir():
+        assert sorted(x.name for x in (p / "O H C").iterdir()) == [
+            "bias_atom_energy",
+            "observed_type",
+            "std_atom_energy",
+        ]
+        assert np.load(p / "O H C" / "bias_atom_energy").shape == (3, 1)
+    back = load_stat(p, ["O", "H", "C"])
+    np.testing.assert_array_equal(back.bias, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(back.std, [0.5, 0.5, 0.5])
+    assert back.observed == ("H", "C", "O")
+    assert load_stat(p, ["H", "O", "C"]) is None  # another type map: another group
+    save_stat(p, EnergyStat(("H", "O"), np.array([-1.0, -2.0]), np.ones(2), ("H", "O")))
+    np.testing.assert_array_equal(load_stat(p, ["O", "H", "C"]).bias, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(load_stat(p, ["H", "O"]).bias, [-1.0, -2.0])
+    assert load_stat(tmp_path / "other.hdf5", ["O"]) is None
+    assert not list(tmp_path.glob(".*tmp*")) and not list(p.rglob(".*tmp*") if p.is_dir() else [])
+
+
+def test_stat_file_interrupted_write_and_bad_file(tmp_path):
+    """A group with DeePMD-kit's transaction marker counts as missing; a file that is not
+    HDF5 is named in the error."""
+    p = tmp_path / "stat"
+    save_stat(p, EnergyStat(("O",), np.array([1.0]), np.ones(1), ("O",)))
+    np.save((p / "O" / "__deepmd_output_stat_transaction__").open("wb"), np.array([1], np.uint8))
+    assert load_stat(p, ["O"]) is None
+    bad = tmp_path / "junk.hdf5"
+    bad.write_text("not hdf5")
+    with pytest.raises(ConfigError, match="junk.hdf5' is not a readable HDF5 file"):
+        load_stat(bad, ["O"])
+
+
+def test_observed_type_order():
+    """observed_type lists elements by atomic number (DeePMD-kit's sort_element_type);
+    names that are not elements last."""
+    assert sort_by_atomic_number(["O", "Cu", "H", "X", "C", "Og"]) == [
+        "H",
+        "C",
+        "O",
+        "Cu",
+        "Og",
+        "X",
+    ]
 
 
 def brute_counts(coord, box, rcut, atype, ntypes):

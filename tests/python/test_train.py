@@ -185,7 +185,7 @@ def test_short_water_training_loss_drops(tmp_path, monkeypatch):
     ]
     assert (tmp_path / "checkpoint").read_text().strip() == "model.ckpt-8.pt"
     assert os.readlink(tmp_path / "model.ckpt.pt") == "model.ckpt-8.pt"
-    assert (tmp_path / "dpa3.npz").exists() is False  # no stat_file requested
+    assert not list(tmp_path.glob("*.hdf5"))  # no stat_file requested
 
 
 def test_restart_is_bit_identical(tmp_path, monkeypatch):
@@ -274,7 +274,7 @@ def test_stat_file_written_and_reused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     d = tiny_input(steps=0, stat_file="./dpa3.hdf5")
     t = Trainer(d)
-    assert (tmp_path / "dpa3.npz").is_file()
+    assert (tmp_path / "dpa3.hdf5").is_file()
     bias = t.model.out_bias.clone()
     assert bias[0] != 0  # carbon bias from the lstsq on molecule energies
     d2 = copy.deepcopy(d)

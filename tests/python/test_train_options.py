@@ -3,10 +3,11 @@ tensorboard, profiling, stat_file_mode, and the per-atom labels of the atomic-en
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,62 +69,97 @@ def test_disp_training_and_time_training(tmp_path, monkeypatch, caplog):
     assert any("finished" in r.getMessage() for r in caplog.records)
 
 
-class _Writer:
-    def __init__(self, log_dir: str) -> None:
-        self.log_dir = log_dir
-        self.scalars: list[tuple[str, float, int]] = []
-        self.closed = False
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.scalars.append((tag, float(value), step))
-
-    def close(self) -> None:
-        self.closed = True
+DP_TRAIN = Path(__file__).resolve().parents[1] / "data" / "dp_train"
 
 
-def test_tensorboard_scalars(tmp_path, monkeypatch):
-    """As dp: lr, loss and every metric under ``Default/`` at step 1 and every
-    tensorboard_freq steps, in tensorboard_log_dir."""
+def _read_events(log_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list]]:
+    """The event files of ``log_dir`` read back with tensorboard's own reader: scalars
+    (tag -> [(step, value)]) and histograms (tag -> [(step, number of values, sum of
+    squares)])."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]}
+    hists = {
+        t: [
+            (e.step, e.histogram_value.num, e.histogram_value.sum_squares)
+            for e in acc.Histograms(t)
+        ]
+        for t in tags["histograms"]
+    }
+    return scalars, hists
+
+
+def test_tensorboard_real_writer_as_dp(tmp_path, monkeypatch):
+    """With the real ``tensorboard`` package (installed by scripts/setup.sh), on the input
+    ``dp --pt train`` ran for tests/data/dp_train/tensorboard.json: the same tags at the same
+    steps as DeePMD-kit (``grad_top10/`` names its parameters, dpa3 its own: compared by
+    count), and the values are the lcurve's columns at the lcurve's steps."""
+    for name in ("mol", "water"):
+        shutil.copytree(DP_TRAIN / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    writers: list[_Writer] = []
-
-    def factory(log_dir: str) -> _Writer:
-        writers.append(_Writer(log_dir))
-        return writers[-1]
-
-    monkeypatch.setattr("dpa3.train.monitor.summary_writer", factory)
-    d = tiny_input(steps=5, tensorboard=True, tensorboard_log_dir="tb", tensorboard_freq=2)
+    d = json.loads((DP_TRAIN / "input.json").read_text())
+    assert d["training"]["tensorboard"] and d["training"]["gradient_max_norm"] > 0
     t = Trainer(d)
     seen = _record_steps(t)
     t.run()
-    (w,) = writers
-    assert w.log_dir == "tb" and w.closed
-    steps = sorted({s for _, _, s in w.scalars})
-    assert steps == [1, 2, 4]
-    tags = {tag for tag, _, s in w.scalars if s == 2}
-    assert tags == {
-        "Default/lr",
-        "Default/loss",
-        "Default/rmse",
-        "Default/rmse_e",
-        "Default/rmse_f",
-    }
-    got = {tag: v for tag, v, s in w.scalars if s == 4}
-    assert got["Default/rmse_f"] == pytest.approx(seen[3]["rmse_f"], rel=1e-12)
-    assert got["Default/lr"] == pytest.approx(t.lr.value(3), rel=1e-12)
+    assert len(list(Path("tb").glob("events.out.tfevents.*"))) == 1
+    ev, hists = _read_events(Path("tb"))
+    dp = json.loads((DP_TRAIN / "tensorboard.json").read_text())
+
+    def split(tags: dict) -> tuple[dict, list]:
+        top = [g for g in tags if g.startswith("Default/grad_top10/")]
+        return {g: s for g, s in tags.items() if g not in top}, top
+
+    ours, our_top = split({g: [s for s, _ in v] for g, v in ev.items()})
+    theirs, their_top = split(dp["scalars"])
+    assert ours == theirs
+    assert sorted(hists) == dp["histograms"] == ["Default/grad/param_norms"]
+    assert [h[0] for h in hists["Default/grad/param_norms"]] == [1, 2]
+    for step in (1, 2):  # ten parameters per step, as dp
+        assert sum(step in [s for s, _ in ev[g]] for g in our_top) == 10
+        assert sum(step in dp["scalars"][g] for g in their_top) == 10
+    # the values: the lcurve's columns (printed with 3 or 2 digits), full precision against
+    # each step's own metrics, and DeePMD-kit's relations between the terms
+    header = Path("lcurve.out").read_text().splitlines()[0].lstrip("#").split()
+    rows = read_lcurve("lcurve.out")
+    assert [int(r[0]) for r in rows] == [1, 2]
+    for c, col in zip(header[1:], zip(*[r[1:] for r in rows], strict=True), strict=True):
+        tag = "Default/" + c.removesuffix("_trn")
+        rel = 6e-2 if c == "lr" else 6e-3
+        assert [v for _, v in ev[tag]] == pytest.approx([float(x) for x in col], rel=rel)
+    for s, v in ev["Default/rmse_f"]:
+        assert v == pytest.approx(seen[s - 1]["rmse_f"], rel=1e-6)
+    for (_, l2f), (_, rf) in zip(ev["Default/l2_force_loss"], ev["Default/rmse_f"], strict=True):
+        assert l2f == pytest.approx(rf**2, rel=1e-5)
+    for (_, l2e), (_, re) in zip(ev["Default/l2_ener_loss"], ev["Default/rmse_e"], strict=True):
+        natoms = math.sqrt(l2e) / re  # rmse_e is per atom: a 7- or a 192-atom frame
+        assert natoms == pytest.approx(7, rel=1e-5) or natoms == pytest.approx(192, rel=1e-5)
+    for (_, loss), (_, rmse) in zip(ev["Default/loss"], ev["Default/rmse"], strict=True):
+        assert math.sqrt(loss) == pytest.approx(rmse, rel=1e-5)
+    for s, v in ev["Default/lr"]:  # exp decay every step over 2 steps: lr of step s - 1
+        assert v == pytest.approx(2e-3 * (1e-4 / 2e-3) ** ((s - 1) / 2), rel=1e-6)
+    # the histogram holds one norm per parameter with a gradient (with nlayers 1 the edge and
+    # angle updates of the last layer get none); their root sum of squares is the total
+    nparams = sum(1 for p in t.model.parameters() if p.requires_grad)
+    for (s, num, sq), (s2, total) in zip(
+        hists["Default/grad/param_norms"], ev["Default/grad/total_norm"], strict=True
+    ):
+        assert s == s2 and 10 < num <= nparams and total > 0
+        assert math.sqrt(sq) == pytest.approx(total, rel=1e-5)
 
 
 def test_tensorboard_needs_the_package(tmp_path, monkeypatch):
-    """Without the tensorboard package the run stops with a clear error; with it, event
-    files are written."""
+    """Without the tensorboard package (import failure simulated) the run stops with an
+    error that says how to install it."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     t = Trainer(tiny_input(steps=1, tensorboard=True, tensorboard_log_dir="tb"))
-    if importlib.util.find_spec("tensorboard") is None:
-        with pytest.raises(ConfigError, match="'training.tensorboard'.*pip install tensorboard"):
-            t.run()
-    else:
+    with pytest.raises(ConfigError, match="'training.tensorboard'.*pip install tensorboard"):
         t.run()
-        assert list(Path("tb").glob("events.out.tfevents.*"))
+    assert not Path("tb").exists()
 
 
 def test_profiling_writes_a_trace(tmp_path, monkeypatch):
@@ -149,9 +185,9 @@ def test_stat_file_mode_read(tmp_path, monkeypatch):
         InputConfig.from_dict(tiny_input(stat_file_mode="read"))
     with pytest.raises(ConfigError, match="'training.stat_file_mode' is 'read'"):
         Trainer(tiny_input(steps=0, stat_file="s.hdf5", stat_file_mode="read"))
-    assert not Path("s.npz").exists()
+    assert not Path("s.hdf5").exists()
     bias = Trainer(tiny_input(steps=0, stat_file="s.hdf5")).model.out_bias.clone()
-    assert Path("s.npz").is_file()
+    assert Path("s.hdf5").is_file()
     again = Trainer(tiny_input(steps=0, stat_file="s.hdf5", stat_file_mode="read", seed=5))
     assert np.array_equal(again.model.out_bias.numpy(), bias.numpy())
 

@@ -26,8 +26,9 @@ Rules (what dpa3 implements):
   which is the special case where all tasks name the same list).
 * ``loss_dict`` gives each task its ``ener`` loss (a task left out gets the default loss);
   ``learning_rate`` and ``optimizer`` are shared.
-* ``training.data_dict.<task>`` holds ``training_data``, ``validation_data`` and
-  ``stat_file`` of that task; every other ``training`` key is shared by all tasks.
+* ``training.data_dict.<task>`` holds ``training_data``, ``validation_data``, ``stat_file``
+  and ``stat_file_mode`` of that task (as in DeePMD-kit 3.2's schema); every other
+  ``training`` key is shared by all tasks.
 * ``training.model_prob``: a weight >= 0 for *every* task (normalised to probabilities);
   without it, tasks are drawn in proportion to their number of training systems (what
   DeePMD-kit's code does).  ``numb_steps`` is required (``numb_epoch`` is single-task).
@@ -51,7 +52,7 @@ from .train import InputConfig
 #: ``--model-branch`` value that asks for a freshly initialised fitting net.
 RANDOM_BRANCH = "RANDOM"
 
-_DATA_KEYS = ("training_data", "validation_data", "stat_file")
+_DATA_KEYS = ("training_data", "validation_data", "stat_file", "stat_file_mode")
 
 
 def is_multitask_input(data: Any) -> bool:
@@ -92,6 +93,7 @@ def task_error(msg: str, task: str, desc_key: str) -> str:
     table = (
         ("training.training_data", f"training.data_dict.{task}.training_data"),
         ("training.validation_data", f"training.data_dict.{task}.validation_data"),
+        ("training.stat_file_mode", f"training.data_dict.{task}.stat_file_mode"),
         ("training.stat_file", f"training.data_dict.{task}.stat_file"),
         ("loss", f"loss_dict.{task}"),
         ("model.descriptor", f"model.shared_dict.{desc_key}"),
@@ -155,6 +157,51 @@ class MultiTaskConfig:
         for key in self.tasks[self.names[0]].model.auto_sel:
             repflow[key] = getattr(model.descriptor.repflow, key)
         return out
+
+    def normalized(self, models: dict[str, ModelConfig]) -> dict[str, Any]:
+        """The input with every key dpa3 reads at its effective value, as ``out.json``, in
+        DeePMD-kit's multi-task layout (``model.shared_dict``/``model_dict``, ``loss_dict``,
+        ``training.model_prob``/``data_dict``), built from each task's single-task
+        :meth:`InputConfig.normalized` (``models``: each head's resolved model config).
+
+        One difference from ``dp``'s out.json: a ``model_dict`` entry keeps the references
+        to ``shared_dict`` that the input has (``"descriptor": "<key>"``, and ``type_map``
+        when given by name) and ``shared_dict`` holds the normalised descriptor.  ``dp``
+        writes expanded copies there, from which neither dpa3 nor ``dp`` itself can train
+        (``dp``: "Multitask model must have only one type_map!"); with the references both
+        train from this file, with the shared descriptor.
+        """
+        per = {n: cfg.normalized(models[n]) for n, cfg in self.tasks.items()}
+        first = per[self.names[0]]
+        src = self.source["model"]
+        shared = copy.deepcopy(src.get("shared_dict", {}))
+        shared[self.descriptor_key] = first["model"]["descriptor"]
+        model_dict: dict[str, Any] = {}
+        for n, d in per.items():
+            given = src["model_dict"][n]
+            model = {
+                "type_map": given["type_map"]
+                if isinstance(given["type_map"], str)
+                else list(self.task_type_maps[n]),
+                "descriptor": given["descriptor"],
+            }
+            model.update((k, v) for k, v in d["model"].items() if k not in model)
+            model_dict[n] = model
+        training = {
+            "model_prob": dict(self.model_prob or {}),
+            "data_dict": {
+                n: {k: d["training"][k] for k in _DATA_KEYS if k in d["training"]}
+                for n, d in per.items()
+            },
+        }
+        training.update((k, v) for k, v in first["training"].items() if k not in _DATA_KEYS)
+        return {
+            "model": {"shared_dict": shared, "model_dict": model_dict},
+            "learning_rate": first["learning_rate"],
+            "loss_dict": {n: d["loss"] for n, d in per.items()},
+            "optimizer": first["optimizer"],
+            "training": training,
+        }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> MultiTaskConfig:

@@ -4,8 +4,8 @@
 The energy bias solves ``min_b sum_f (E_f - sum_t c_ft b_t)^2`` with ``numpy.linalg.lstsq``
 (``rcond=None``), ``c_ft`` being the number of atoms of type ``t`` in frame ``f``; types absent
 from the data get the minimum-norm value 0.  ``preset_out_bias`` entries are fixed and taken
-out of the regression.  Results can be cached in ``training.stat_file`` (an ``.npz`` file,
-keyed by element name so that a different type map can reuse it).
+out of the regression.  Results can be cached in ``training.stat_file``, in DeePMD-kit's
+layout (:mod:`dpa3.data.stat_file`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .neighbor import neighbor_counts
+from .stat_file import EnergyStat, load_stat, save_stat, sort_by_atomic_number
 from .system import System
 
 log = logging.getLogger(__name__)
-
-STAT_FILE_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -94,65 +92,14 @@ def stat_frames(batches: Sequence[Sequence], ntypes: int) -> tuple[np.ndarray, n
     return np.concatenate(es), np.concatenate(cs).astype(np.float64)
 
 
-# --------------------------------------------------------------------------------------
-# stat file
-# --------------------------------------------------------------------------------------
-def stat_file_path(stat_file: str | os.PathLike) -> Path:
-    """Where the cache really lives: DeePMD-kit's ``*.hdf5`` names become ``*.npz``."""
-    p = Path(stat_file)
-    if p.suffix.lower() in (".hdf5", ".h5"):
-        return p.with_suffix(".npz")
-    if p.suffix.lower() != ".npz":
-        return p.with_name(p.name + ".npz")
-    return p
-
-
-@dataclass
-class EnergyStat:
-    """Per-element energy bias and residual std."""
-
-    type_map: tuple[str, ...]
-    bias: np.ndarray
-    std: np.ndarray
-
-    def for_type_map(self, type_map: Sequence[str]) -> EnergyStat | None:
-        """The same statistics for another type map (``None`` if an element is missing)."""
-        if any(t not in self.type_map for t in type_map):
-            return None
-        idx = [self.type_map.index(t) for t in type_map]
-        return EnergyStat(tuple(type_map), self.bias[idx].copy(), self.std[idx].copy())
-
-
-def save_stat(path: str | os.PathLike, stat: EnergyStat) -> Path:
-    """Write ``stat`` atomically to the ``.npz`` cache; returns the real path."""
-    p = stat_file_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        version=np.int64(STAT_FILE_VERSION),
-        type_map=np.array(stat.type_map),
-        energy_bias=stat.bias,
-        energy_std=stat.std,
-    )
-    os.replace(tmp, p)
-    return p
-
-
-def load_stat(path: str | os.PathLike) -> EnergyStat | None:
-    """Read the cache, or ``None`` if there is none."""
-    p = stat_file_path(path)
-    if not p.is_file():
-        return None
-    with np.load(p, allow_pickle=False) as z:
-        if int(z["version"]) != STAT_FILE_VERSION:
-            log.warning("ignoring stat file %s of another version", p)
-            return None
-        return EnergyStat(
-            tuple(str(s) for s in z["type_map"]),
-            np.array(z["energy_bias"], dtype=np.float64),
-            np.array(z["energy_std"], dtype=np.float64),
-        )
+def observed_types(batches: Sequence[Sequence], type_map: Sequence[str]) -> tuple[str, ...]:
+    """The elements present in sampled batches (every frame, labelled or not), ordered by
+    atomic number (DeePMD-kit's ``observed_type``)."""
+    seen: set[int] = set()
+    for per_sys in batches:
+        for b in per_sys:
+            seen.update(int(t) for t in np.unique(b.atype.numpy()) if 0 <= t < len(type_map))
+    return tuple(sort_by_atomic_number([type_map[t] for t in sorted(seen)]))
 
 
 def compute_or_load_energy_stat(
@@ -161,26 +108,24 @@ def compute_or_load_energy_stat(
     preset: Sequence[float | None] | None = None,
     stat_file: str | os.PathLike | None = None,
 ) -> EnergyStat:
-    """Energy statistics from sampled batches, or from ``stat_file`` if it covers ``type_map``.
+    """Energy statistics from sampled batches, or from ``stat_file`` if it has the group of
+    ``type_map`` (:mod:`dpa3.data.stat_file`); computed statistics are written to it.
 
     A preset bias always overrides the cached value of its type.
     """
     if stat_file is not None:
-        cached = load_stat(stat_file)
+        cached = load_stat(stat_file, type_map)
         if cached is not None:
-            sub = cached.for_type_map(type_map)
-            if sub is not None:
-                log.info("energy bias read from %s", stat_file_path(stat_file))
-                if preset is not None:
-                    for t, v in enumerate(preset):
-                        if v is not None:
-                            sub.bias[t] = float(v)
-                return sub
+            log.info("energy bias read from %s (group '%s')", stat_file, " ".join(type_map))
+            for t, v in enumerate(preset or ()):
+                if v is not None:
+                    cached.bias[t] = float(v)
+            return cached
     e, c = stat_frames(batches, len(type_map))
     if e.size == 0:
         log.warning("no energy labels in the statistics sample: the energy bias stays 0")
     bias, std = fit_energy_bias(e, c, preset)
-    stat = EnergyStat(tuple(type_map), bias, std)
+    stat = EnergyStat(tuple(type_map), bias, std, observed_types(batches, type_map))
     if stat_file is not None:
         where = save_stat(stat_file, stat)
         log.info("energy bias written to %s", where)
@@ -224,14 +169,11 @@ def auto_sel(max_count: int, factor: float = 1.1) -> int:
 
 
 __all__ = [
-    "EnergyStat",
     "NeighborStat",
     "auto_sel",
     "compute_or_load_energy_stat",
     "fit_energy_bias",
-    "load_stat",
     "neighbor_stat",
-    "save_stat",
-    "stat_file_path",
+    "observed_types",
     "stat_frames",
 ]

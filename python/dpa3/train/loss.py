@@ -12,6 +12,10 @@ tests/python/test_loss.py): ``relative_f`` divides each atom's force error by
 ``atom_ener_coeff.npy``, default 1) with the energy label; the atomic-energy term
 (``start_pref_ae``/``limit_pref_ae``) is the mean squared per-atom energy error against
 ``atom_ener.npy``.
+
+After each call, :attr:`EnergyLoss.l2` holds DeePMD-kit's ``l2_*_loss`` values of that batch
+(the mean squared error of each term over its labelled frames, before the ``1/N_f`` and the
+prefactor; ``nan`` without labels), which ``dp`` logs to TensorBoard only.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class EnergyLoss:
     def __init__(self, cfg: LossConfig, start_lr: float) -> None:
         self.cfg = cfg
         self.start_lr = start_lr
+        #: ``l2_ener_loss`` (eV^2), ``l2_force_loss`` ((eV/A)^2), ``l2_virial_loss`` (eV^2),
+        #: ``l2_atom_ener_loss`` (eV^2) of the last call, for the active terms
+        self.l2: dict[str, float] = {}
 
     def prefactors(self, lr: float) -> tuple[float, float, float, float]:
         """``(p_e, p_f, p_v, p_ae)`` at learning rate ``lr`` (0 for inactive terms)."""
@@ -82,6 +89,7 @@ class EnergyLoss:
         dev = batch.coord.device
         loss = torch.zeros((), dtype=torch.float64, device=dev)
         metrics: dict[str, float] = {}
+        self.l2 = {}
 
         def masked(err: torch.Tensor, find: torch.Tensor) -> tuple[torch.Tensor, float]:
             """Batch mean of ``find * err`` and the mean over labelled frames (for RMSE)."""
@@ -100,6 +108,7 @@ class EnergyLoss:
             de = (e_pred - batch.energy.reshape(nf)).to(torch.float64)
             term, mse = masked(de * de, batch.find_energy)
             loss = loss + pe * norm * term
+            self.l2["l2_ener_loss"] = mse
             metrics["rmse_e"] = math.sqrt(mse) / n if mse == mse else math.nan
         if self.cfg.has_f:
             df = (pred["force"] - batch.force).to(torch.float64)
@@ -108,12 +117,14 @@ class EnergyLoss:
             err = (df * df).reshape(nf, -1).mean(dim=1)
             term, mse = masked(err, batch.find_force)
             loss = loss + pf * term
+            self.l2["l2_force_loss"] = mse
             metrics["rmse_f"] = math.sqrt(mse) if mse == mse else math.nan
         if self.cfg.has_v:
             dv = (pred["virial"].reshape(nf, 9) - batch.virial).to(torch.float64)
             err = (dv * dv).mean(dim=1)
             term, mse = masked(err, batch.find_virial)
             loss = loss + pv * norm * term
+            self.l2["l2_virial_loss"] = mse
             metrics["rmse_v"] = math.sqrt(mse) / n if mse == mse else math.nan
         if self.cfg.has_ae:
             if batch.atom_ener is None:
@@ -121,6 +132,7 @@ class EnergyLoss:
             dae = (pred["atom_energy"].reshape(nf, -1) - batch.atom_ener).to(torch.float64)
             term, mse = masked((dae * dae).mean(dim=1), batch.find_atom_ener)
             loss = loss + pae * term
+            self.l2["l2_atom_ener_loss"] = mse
             metrics["rmse_ae"] = math.sqrt(mse) if mse == mse else math.nan
         metrics["rmse"] = math.sqrt(max(float(loss.detach()), 0.0))
         return loss, {k: metrics[k] for k in self.metric_names()}

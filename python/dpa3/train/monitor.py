@@ -5,8 +5,13 @@ TensorBoard scalars (``tensorboard``) and the PyTorch profiler (``profiling``,
 * ``disp_avg``: the training metrics of a display step are the mean of every step's metrics
   since the previous display step (that step excluded), per task.
 * ``tensorboard``: at steps ``s`` (1-based) with ``s % tensorboard_freq == 0`` or ``s == 1``
-  the scalars ``<task>/lr``, ``<task>/loss`` and ``<task>/<metric>`` are written to
-  ``tensorboard_log_dir`` (``<task>`` is ``Default`` in a single-task run, as in ``dp``).
+  the scalars ``<task>/lr``, ``<task>/loss``, ``<task>/<metric>`` (the lcurve's RMSEs) and
+  ``<task>/l2_<term>_loss`` (mean squared errors, see :class:`dpa3.train.loss.EnergyLoss`) are
+  written to ``tensorboard_log_dir`` (``<task>`` is ``Default`` in a single-task run, as in
+  ``dp``); with ``gradient_max_norm`` > 0 also the gradient norms before clipping:
+  ``<task>/grad/total_norm``, the histogram ``<task>/grad/param_norms`` (one norm per
+  parameter) and ``<task>/grad_top10/<parameter>`` for the ten largest (dpa3's parameter
+  names, which differ from DeePMD-kit's).
 * ``profiling``: a chrome trace of steps 17-19 written to ``profiling_file``;
   ``enable_profiler``: the same steps as TensorBoard traces in ``tensorboard_log_dir``.
 
@@ -65,6 +70,8 @@ class Monitor:
         self._sums: dict[str, dict[str, float]] = {}
         self._counts: dict[str, int] = {}
         self.writer = None
+        self._grads: list[tuple[str, float]] = []
+        self._total_norm: float | None = None
         if cfg.tensorboard and main:
             self.writer = (writer_factory or summary_writer)(cfg.tensorboard_log_dir)
         self._prof: Any = None
@@ -82,8 +89,35 @@ class Monitor:
             )
             self._prof.start()
 
-    def step(self, done: int, task: str, loss: float, metrics: Mapping[str, float], lr: float):
-        """Record the step that completed ``done`` steps and trained ``task``."""
+    def _writes(self, done: int) -> bool:
+        """Whether the step that completes ``done`` steps is written to TensorBoard."""
+        return self.writer is not None and (done % self.cfg.tensorboard_freq == 0 or done == 1)
+
+    def before_clip(self, done: int, model: torch.nn.Module) -> None:
+        """Record the per-parameter gradient norms before clipping (TensorBoard steps only)."""
+        if self._writes(done):
+            self._grads = [
+                (name, float(p.grad.detach().norm()))
+                for name, p in model.named_parameters()
+                if p.grad is not None
+            ]
+
+    def after_clip(self, done: int, total_norm: torch.Tensor) -> None:
+        """Record the total gradient norm before clipping (``clip_grad_norm_``'s result)."""
+        if self._writes(done):
+            self._total_norm = float(total_norm)
+
+    def step(
+        self,
+        done: int,
+        task: str,
+        loss: float,
+        metrics: Mapping[str, float],
+        lr: float,
+        extra: Mapping[str, float] | None = None,
+    ) -> None:
+        """Record the step that completed ``done`` steps and trained ``task``; ``extra``:
+        scalars only TensorBoard shows (the ``l2_*_loss`` values)."""
         if self._prof is not None:
             self._prof.step()
         if self.cfg.disp_avg:
@@ -91,12 +125,20 @@ class Monitor:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             self._counts[task] = self._counts.get(task, 0) + 1
-        if self.writer is not None and (done % self.cfg.tensorboard_freq == 0 or done == 1):
+        if self._writes(done):
             tag = task or "Default"
             self.writer.add_scalar(f"{tag}/lr", lr, done)
             self.writer.add_scalar(f"{tag}/loss", loss, done)
-            for k, v in metrics.items():
+            for k, v in {**(extra or {}), **metrics}.items():
                 self.writer.add_scalar(f"{tag}/{k}", v, done)
+            if self._total_norm is not None:
+                self.writer.add_scalar(f"{tag}/grad/total_norm", self._total_norm, done)
+            if self._grads:
+                norms = torch.tensor([g for _, g in self._grads], dtype=torch.float32)
+                self.writer.add_histogram(f"{tag}/grad/param_norms", norms, done)
+                for name, g in sorted(self._grads, key=lambda x: x[1], reverse=True)[:10]:
+                    self.writer.add_scalar(f"{tag}/grad_top10/{name}", g, done)
+        self._grads, self._total_norm = [], None
 
     def display_metrics(
         self, last: Mapping[str, Mapping[str, float] | None]

@@ -128,7 +128,7 @@ class MultiTaskTrainer(Trainer):
         return self.mt.record(self.model_cfg)
 
     def normalized_input(self) -> dict[str, Any] | None:
-        return None  # not implemented for multi-task inputs: no out.json
+        return self.mt.normalized({t.name: t.model_cfg for t in self.tasks})
 
     def _build_model(self, cfgs: dict[str, ModelConfig]) -> torch.nn.Module:
         return MultiTaskModel(cfgs, self.factory)

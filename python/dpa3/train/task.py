@@ -19,7 +19,8 @@ from ..config.model import AUTO_SEL, SEL_KEYS, AutoSel, ModelConfig
 from ..config.model_section import BiasAdjustMode, ModelSection
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
-from ..data.stats import auto_sel, compute_or_load_energy_stat, load_stat, neighbor_stat
+from ..data.stat_file import load_stat
+from ..data.stats import auto_sel, compute_or_load_energy_stat, neighbor_stat
 from ..data.system import System
 from ..errors import ConfigError
 from .distributed import DistContext
@@ -79,12 +80,12 @@ class Task:
         with ``stat_file_mode`` ``read`` only from it, which is never written)."""
         tr = self.cfg.training
         if tr.stat_file_mode == "read":
-            cached = load_stat(tr.stat_file)
-            stat = None if cached is None else cached.for_type_map(self.model_cfg.type_map)
+            stat = load_stat(tr.stat_file, self.model_cfg.type_map)
             if stat is None:
                 raise ConfigError(
                     "'training.stat_file_mode' is 'read' but the stat file "
-                    f"'{tr.stat_file}' is missing or lacks types of {list(self.model_cfg.type_map)}"
+                    f"'{tr.stat_file}' is missing or has no statistics for the type map "
+                    f"{list(self.model_cfg.type_map)} (group '{' '.join(self.model_cfg.type_map)}')"
                 )
             for t, v in enumerate(self.model_cfg.preset_out_bias or ()):
                 if v is not None:

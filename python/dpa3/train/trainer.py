@@ -497,7 +497,7 @@ class Trainer:
         where = f"system {task.train_data.systems[batch.system].path}"
         self._optimize(loss, step, f"task {task.name}, {where}" if task.name else where)
         task.last_trn = metrics
-        self.monitor.step(step + 1, task.name, float(loss.detach()), metrics, lr)
+        self.monitor.step(step + 1, task.name, float(loss.detach()), metrics, lr, task.loss.l2)
         return float(loss.detach()), metrics, lr
 
     def _set_lr(self, step: int) -> float:
@@ -526,7 +526,9 @@ class Trainer:
                 )
         clip = self.cfg.training.gradient_max_norm
         if clip > 0:
+            self.monitor.before_clip(step + 1, self.model)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.monitor.after_clip(step + 1, norm)
             if not bool(torch.isfinite(norm)):
                 raise nonfinite_gradients(step, where)
         self.optimizer.step()
