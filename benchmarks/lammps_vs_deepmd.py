@@ -232,15 +232,21 @@ def run_guarded(cmd: list[str], case_dir: Path, env: dict[str, str], *, timeout:
     return proc.returncode, stop, guard_peak, time.perf_counter() - t0
 
 
-def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int, ranks: int, threads: int,
-               warmup: int, steps: int, timeout: float, min_free: int) -> Result:
+def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int | tuple[int, int, int],
+               ranks: int, threads: int, warmup: int, steps: int, timeout: float,
+               min_free: int) -> Result:
+    """One LAMMPS run of the 192-atom water box replicated ``reps`` times along each axis
+    (an int: the same along all three)."""
     case_dir.mkdir(parents=True, exist_ok=True)
     for old in case_dir.glob("maxrss.*"):
         old.unlink()
+    grid = (reps, reps, reps) if isinstance(reps, int) else tuple(reps)
+    copies = grid[0] * grid[1] * grid[2]
     inp = case_dir / "in.lmp"
     inp.write_text(INPUT.format(
-        title=f"{side.name}: {model.name}, water x{reps**3}, {ranks} rank(s) x {threads} thread(s)",
-        data=DATA, replicate=f"replicate       {reps} {reps} {reps}\n" if reps > 1 else "",
+        title=f"{side.name}: {model.name}, water x{copies}, {ranks} rank(s) x {threads} thread(s)",
+        data=DATA,
+        replicate=f"replicate       {grid[0]} {grid[1]} {grid[2]}\n" if copies > 1 else "",
         plugin=side.plugin, pair_style=side.pair_style, model=model, warmup=warmup,
         steps=steps))
     env, env_set = run_env(threads)

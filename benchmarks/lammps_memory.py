@@ -1,0 +1,150 @@
+"""LAMMPS peak memory per atom at growing water boxes: ``pair_style dpa3`` vs DeePMD-kit.
+
+    .venv/bin/python benchmarks/lammps_memory.py [--grids 1x1x1 2x2x2 4x4x4 4x4x8] [--ranks 2]
+        [--cores 2] [--steps 1] [--deepmd-max-atoms 1536] [--memory-budget GIB] [--output F]
+
+The float32 water recipe (6 layers, weights written by DeePMD-kit,
+``tests/data/parity/water_recipe_f32/model.ckpt.pt``) on the 192-atom box of
+``examples/lammps/data.water`` replicated ``NXxNYxNZ`` times, ``--ranks`` MPI ranks x
+``--cores / --ranks`` threads, NVT as in ``benchmarks/lammps_vs_deepmd.py`` (whose LAMMPS runner
+this uses: peak resident set of every rank by ``/usr/bin/time``, summed over the ranks; a guard
+stops a run before the machine runs out of memory). Each case runs 0 warm-up and ``--steps`` MD
+steps; the time per step is LAMMPS's loop time of the timed run (on a busy machine, compare
+sizes, not absolute times). dpa3 runs with the frozen model's default ``graph_budget_bytes``
+(8 GiB per process: above it, evaluation recomputes the layers block by block; see
+``docs/internals.md``, "Memory") unless ``--memory-budget`` is given; DeePMD-kit runs up to
+``--deepmd-max-atoms``. Writes a markdown report (default ``benchmarks/results_memory.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lammps_report import CKPT6, GIB, ROOT, cpu_model, loadavg, meminfo
+from lammps_vs_deepmd import TCMALLOC, Side, run_lammps
+
+HERE = Path(__file__).resolve().parent
+
+
+def grid(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"'{text}' is not NXxNYxNZ (e.g. 4x4x8)")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def sh(cmd: list, **kw) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grids", type=grid, nargs="+",
+                    default=[grid(g) for g in ("1x1x1", "2x2x2", "4x4x4", "4x4x8")])
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--deepmd-max-atoms", type=int, default=1536)
+    ap.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                    help="dpa3 freeze --memory-budget (default: the model's default)")
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--min-free-gb", type=float, default=1.0)
+    ap.add_argument("--deepmd-venv", type=Path, default=ROOT / ".venv-deepmd")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "lammps_memory")
+    ap.add_argument("--output", type=Path, default=HERE / "results_memory.md")
+    args = ap.parse_args()
+
+    import dpa3.lammps
+
+    ours = Path(sys.prefix)
+    dp_venv = args.deepmd_venv.resolve()
+    dp_py = dp_venv / "bin" / "python"
+    dp_site = subprocess.run(
+        [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    sides = {
+        "dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3"),
+        "deepmd": Side("DeePMD-kit", dp_venv,
+                       Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so", "deepmd"),
+    }
+    if not Path(TCMALLOC).exists():
+        raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    models = {"dpa3": work / "dpa3.pth", "deepmd": work / "deepmd.pth"}
+    sh([ours / "bin" / "dpa3", "convert-deepmd", CKPT6, work / "dpa3.pt"])
+    budget = [] if args.memory_budget is None else ["--memory-budget", str(args.memory_budget)]
+    sh([ours / "bin" / "dpa3", "freeze", "-c", work / "dpa3.pt", "-o", models["dpa3"], *budget])
+    sh([dp_venv / "bin" / "dp", "--pt", "freeze", "-c", CKPT6, "-o", models["deepmd"]], cwd=work,
+       env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    mem = meminfo()
+    start = dt.datetime.now(dt.timezone.utc)
+    load_start = loadavg()
+    threads = max(1, args.cores // args.ranks)
+    rows = []
+    for g in args.grids:
+        natoms = 192 * g[0] * g[1] * g[2]
+        for key in ("dpa3", "deepmd"):
+            if key == "deepmd" and natoms > args.deepmd_max_atoms:
+                continue
+            case = work / f"{key}_{g[0]}x{g[1]}x{g[2]}_np{args.ranks}"
+            res = run_lammps(sides[key], models[key], case, reps=g, ranks=args.ranks,
+                             threads=threads, warmup=0, steps=args.steps, timeout=args.timeout,
+                             min_free=int(args.min_free_gb * GIB))
+            peak = res.peak if res.status == "ok" else None
+            mb = f"{peak / natoms / 1e6:.2f}" if peak else "-"
+            e0 = f"{res.e0 / natoms:.6f}" if res.e0 is not None else "-"
+            sps = f"{res.s_per_step:.2f}" if res.s_per_step else "-"
+            rows.append((natoms, g, key, res.status, mb, peak, sps, e0, res.load_before,
+                         res.command))
+            print(f"{natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
+                  f"{sps} s/step, E0/atom {e0} (load {res.load_before})", flush=True)
+
+    end = dt.datetime.now(dt.timezone.utc)
+    budget_text = ("the default budget" if args.memory_budget is None
+                   else f"--memory-budget {args.memory_budget}")
+    lines = [
+        "# LAMMPS peak memory per atom: `pair_style dpa3` vs DeePMD-kit",
+        "",
+        f"Measured {start:%Y-%m-%d %H:%M} - {end:%H:%M} UTC by",
+        "",
+        "```bash",
+        "bash scripts/install_deepmd_lammps.sh   # once",
+        ".venv/bin/python benchmarks/lammps_memory.py " + " ".join(sys.argv[1:]),
+        "```",
+        "",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores; memory {mem['MemTotal'] / GIB:.1f} GB "
+        f"({mem['MemAvailable'] / GIB:.1f} GB available at the start).",
+        f"- Load average (1, 5, 15 min) at the start {load_start}, at the end {loadavg()}; "
+        "other jobs shared the machine when the load is above ~2: times are then slow, memory "
+        "is not affected.",
+        f"- {args.ranks} rank(s) x {threads} thread(s), {args.steps} MD step(s) after setup; "
+        "peak = sum over ranks of each rank's maximum resident set (libtorch, LAMMPS and the "
+        "model included).",
+        f"- dpa3 frozen with {budget_text} (docs/internals.md, \"Memory\").",
+        "",
+        "| atoms | replicate | code | status | peak GB | MB/atom | s/step | E(step 0)/atom, eV |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for natoms, g, key, status, mb, peak, sps, e0, _load, _cmd in rows:
+        gb = f"{peak / GIB:.2f}" if peak else "-"
+        lines.append(f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
+                     f"{gb} | {mb} | {sps} | {e0} |")
+    lines += ["", "Commands (first case of each code):", ""]
+    seen = set()
+    for row in rows:
+        if row[2] not in seen:
+            seen.add(row[2])
+            lines.append(f"- `{row[9]}`")
+    args.output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
