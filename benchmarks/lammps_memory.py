@@ -11,7 +11,7 @@ this uses: peak resident set of every rank by ``/usr/bin/time``, summed over the
 stops a run before the machine runs out of memory). Each case runs 0 warm-up and ``--steps`` MD
 steps; the time per step is LAMMPS's loop time of the timed run (on a busy machine, compare
 sizes, not absolute times). dpa3 runs with the frozen model's default ``graph_budget_bytes``
-(8 GiB per process: above it, evaluation recomputes the layers block by block; see
+(4 GiB per process: above it, evaluation recomputes the layers block by block; see
 ``docs/internals.md``, "Memory") unless ``--memory-budget`` is given; DeePMD-kit runs up to
 ``--deepmd-max-atoms``. Writes a markdown report (default ``benchmarks/results_memory.md``).
 """

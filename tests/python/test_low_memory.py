@@ -140,7 +140,7 @@ def test_the_budget_chooses_the_path(monkeypatch):
     from dpa3.model.model import GRAPH_BUDGET_BYTES
 
     model = make_model(seed=3)
-    assert model.graph_budget_bytes == GRAPH_BUDGET_BYTES == 8 * 1024**3
+    assert model.graph_budget_bytes == GRAPH_BUDGET_BYTES == 4 * 1024**3
     coord, atype, box = alloy_frame()
     args = (torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None])
     ext, ext_t, nlist, mapping, _ = _lower(model, alloy_frame())
@@ -214,7 +214,7 @@ def test_freeze_memory_budget_option(tmp_path, capsys, monkeypatch):
     assert main(["freeze", "model.ckpt.pt", "-o", "default.pth"]) == 0
     assert load_frozen(tmp_path / "low.pth")[0].graph_budget_bytes == 0
     assert load_frozen(tmp_path / "half.pth")[0].graph_budget_bytes == 512 * 1024**2
-    assert load_frozen(tmp_path / "default.pth")[0].graph_budget_bytes == 8 * 1024**3
+    assert load_frozen(tmp_path / "default.pth")[0].graph_budget_bytes == 4 * 1024**3
     capsys.readouterr()
     for bad in ("-1", "nan"):
         assert main(["freeze", "model.ckpt.pt", "-o", "bad.pth", "--memory-budget", bad]) == 1

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="GIB",
         help="per process: above this estimate (GiB) of the layers' autograd graph, evaluation "
         "recomputes the layers one at a time instead of keeping them (less memory, about 1.4x "
-        "the time of a step; default 8; 0 always recomputes)",
+        "the time of a step; default 4; 0 always recomputes)",
     )
     p.set_defaults(func=run)
 

@@ -23,7 +23,7 @@ from .network import Activation, FittingNet, to_dtype
 SERIAL_VERSION = 1
 
 # Default of ``EnergyModel.graph_budget_bytes`` (see ``docs/internals.md``, "Memory").
-GRAPH_BUDGET_BYTES = 8 * 1024**3
+GRAPH_BUDGET_BYTES = 4 * 1024**3
 
 
 class EnergyModel(nn.Module):
