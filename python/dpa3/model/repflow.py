@@ -228,9 +228,10 @@ class RepFlowLayer(nn.Module):
         """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
 
         Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` and the
-        residual update of ``a`` by the remaining ``D - n_red`` columns (first derivatives only;
-        evaluation mode, with the op library's inverse indices).  ``a W_a`` is formed block by
-        block inside the kernel, so no ``[A, D]`` tensor is materialised.
+        residual update of ``a`` by the remaining ``D - n_red`` columns (derivatives up to
+        second order: evaluation and training; needs the op library's inverse indices).
+        ``a W_a`` is formed block by block inside the kernel, so no ``[A, D]`` tensor is
+        materialised, in the backward and double backward either.
         """
         ptr = a_eij.ptr
         nptr = center.ptr
@@ -354,8 +355,8 @@ class RepFlowLayer(nn.Module):
         ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
         ``sw [E]`` edge switch; ``a_weight [A, 1]`` is ``asw_ij asw_ik / sqrt(a_norm)``;
         ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle;
-        ``fused`` runs the angle block in the C++ kernel (evaluation only; needs the inverse
-        indices of the op library in the ``Rows``).
+        ``fused`` runs the angle block in the C++ kernel (up to second derivatives; needs the
+        inverse indices of the op library in the ``Rows``).
         """
         n_j = gather(n_ext, nei)
         v_self = self.act(
