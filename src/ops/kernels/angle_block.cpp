@@ -356,6 +356,7 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
                                const at::Tensor &nptr, int64_t de, int64_t act, double thr,
                                double alpha, const at::Tensor &beta)
   {
+    ctx->set_materialize_grads(false);
     AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     auto out = prim::angle_block_fwd(in);
     ctx->save_for_backward({a, wa, pe, vk, w, eik, aptr, nptr, beta});
@@ -369,13 +370,25 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
   static variable_list backward(AutogradContext *ctx, variable_list grads)
   {
     auto s = ctx->get_saved_variables();
+    const int64_t de = ctx->saved_data["de"].toInt();
+    const int64_t nedge = s[2].size(0), nangle = s[0].size(0), da = s[1].size(1) - de;
+    // An unused output has no gradient: zeros for the kernels, and no gradient for beta when
+    // the angle output is unused (as in the composite path, where beta is then not reached;
+    // AdamW would decay a parameter with a zero gradient, not one without).
+    const at::Tensor gred = grads[0].defined() ? grads[0] : at::zeros({nedge, de}, s[0].options());
+    const at::Tensor gaout = grads[1].defined() ? grads[1]
+                                                : at::zeros({nangle, da}, s[0].options());
     // needs_input_grad counts tensor arguments only: beta is the 9th
-    const bool need_wa = ctx->needs_input_grad(1), need_beta = ctx->needs_input_grad(8);
-    // grads are materialised (zeros for an unused output)
-    auto g = AngleBlockBackward::apply(
-        s[0], s[1], s[2], s[3], s[4], s[8], grads[0], grads[1], s[5], s[6], s[7],
-        ctx->saved_data["de"].toInt(), ctx->saved_data["act"].toInt(),
-        ctx->saved_data["thr"].toDouble(), ctx->saved_data["alpha"].toDouble(), need_wa, need_beta);
+    const bool need_wa = ctx->needs_input_grad(1);
+    const bool need_beta = ctx->needs_input_grad(8) && grads[1].defined();
+    // w (beta) enters the first derivatives only multiplied by gred (gaout): without that
+    // gradient it is passed detached, so that second derivatives do not reach it either
+    const at::Tensor w = grads[0].defined() ? s[4] : s[4].detach();
+    const at::Tensor beta = grads[1].defined() ? s[8] : s[8].detach();
+    auto g = AngleBlockBackward::apply(s[0], s[1], s[2], s[3], w, beta, gred, gaout, s[5], s[6],
+                                       s[7], de, ctx->saved_data["act"].toInt(),
+                                       ctx->saved_data["thr"].toDouble(),
+                                       ctx->saved_data["alpha"].toDouble(), need_wa, need_beta);
     at::Tensor none;
     return {g[0], need_wa ? g[1] : none,  g[2], g[3], g[4], none, none, none, none, none, none,
             none, need_beta ? g[5] : none};
