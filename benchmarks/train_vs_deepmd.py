@@ -36,6 +36,10 @@ per-atom energy offset of the fitting net (different random streams in the two t
 ``--test-frames K`` additionally runs ``dp test`` / ``dpa3 test`` on the first K frames of the
 validation system with each tool's final checkpoint.
 
+The peak RSS column is the peak resident memory of each training process (``wait4``'s
+``ru_maxrss``: start-up, data and every training step included).  ``--dp`` names DeePMD-kit's
+``dp`` when it lives in another virtual environment than dpa3 (same torch version assumed).
+
 Prints (and writes to ``--out``) a markdown table with the exact command and the load average.
 """
 
@@ -173,36 +177,52 @@ def collect(tool: str, workdir: Path, res: dict) -> dict:
     return res
 
 
-def run_tool(tool: str, cfg: dict, workdir: Path, env: dict, timeout: float) -> dict:
+def run_with_peak_rss(cmd: list[str], cwd: Path, env: dict, out, timeout: float):
+    """Run ``cmd``; returns (return code or a timeout message, peak RSS of the process in MiB).
+
+    The peak resident set size comes from ``wait4`` (``ru_maxrss`` of this child alone, its
+    own waited-for children included): the whole training process, start-up and data included.
+    """
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return p.returncode, ru.ru_maxrss / 1024.0
+        if time.monotonic() > deadline:
+            p.kill()
+            _, status, ru = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return f"timeout after {timeout:.0f} s", ru.ru_maxrss / 1024.0
+        time.sleep(0.2)
+
+
+def run_tool(tool: str, cfg: dict, workdir: Path, env: dict, timeout: float, dp: str) -> dict:
     workdir.mkdir(parents=True)
     (workdir / "input.json").write_text(json.dumps(cfg, indent=2))
     bindir = Path(sys.executable).parent
     if tool == "deepmd":
-        cmd = [str(bindir / "dp"), "--pt", "train", "input.json", "-l", "train.log"]
+        cmd = [dp, "--pt", "train", "input.json", "-l", "train.log"]
     else:
         cmd = [str(bindir / "dpa3"), "-l", "train.log", "train", "input.json"]
     load0 = loadavg()
     t0 = time.perf_counter()
     with open(workdir / "out.log", "w") as out:
-        try:
-            rc = subprocess.run(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                check=False,
-                                timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {timeout:.0f} s"
+        rc, peak = run_with_peak_rss(cmd, workdir, env, out, timeout)
     wall = time.perf_counter() - t0
     res = {"tool": tool, "wall": wall, "load_before": load0, "load_after": loadavg(),
-           "rc": rc, "dir": str(workdir)}
+           "rc": rc, "dir": str(workdir), "peak_rss_mib": peak}
     (workdir / "meta.json").write_text(json.dumps(res))
     return collect(tool, workdir, res)
 
 
-def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict) -> dict:
+def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict, dp: str) -> dict:
     """rmse of energy/atom and force over the first ``frames`` frames with the final checkpoint."""
     bindir = Path(sys.executable).parent
     if tool == "deepmd":
         ckpt = (workdir / "model.ckpt.pt").resolve()
-        cmd = [str(bindir / "dp"), "--pt", "test", "-m", str(ckpt), "-s", system,
+        cmd = [dp, "--pt", "test", "-m", str(ckpt), "-s", system,
                "-n", str(frames)]
     else:
         ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
@@ -229,6 +249,9 @@ def main() -> None:
     ap.add_argument("--small-disp", type=int, default=20)
     ap.add_argument("--preload", default=TCMALLOC, help="LD_PRELOAD for both ('' for none)")
     ap.add_argument("--deepmd-workers", type=int, default=0, help="DeePMD-kit NUM_WORKERS")
+    ap.add_argument("--dp", default=str(Path(sys.executable).parent / "dp"),
+                    help="DeePMD-kit's dp executable (default: the one next to this Python); "
+                    "dpa3 is always the one next to this Python")
     ap.add_argument("--test-frames", type=int, default=0,
                     help="also dp test / dpa3 test on this many validation frames (0: no)")
     ap.add_argument("--timeout", type=float, default=900.0,
@@ -290,7 +313,7 @@ def main() -> None:
                         shutil.rmtree(wd)
                     print(f"[{time.perf_counter() - t_start:7.1f} s] {name}, {nt} thread(s), "
                           f"{tool}: {steps} steps in {wd} (load {loadavg()})", flush=True)
-                    res = run_tool(tool, cfg, wd, env, args.timeout)
+                    res = run_tool(tool, cfg, wd, env, args.timeout, args.dp)
                     if "error" in res:
                         print(f"  FAILED (rc {res['rc']}):\n{res['error']}", flush=True)
                     else:
@@ -305,7 +328,7 @@ def main() -> None:
                               flush=True)
                         if args.test_frames > 0 and not res["partial"]:
                             sysd = cfg["training"]["validation_data"]["systems"][0]
-                            res["test"] = run_test(tool, wd, sysd, args.test_frames, env)
+                            res["test"] = run_test(tool, wd, sysd, args.test_frames, env, args.dp)
                             print(f"  test on {args.test_frames} frames: {res['test']}",
                                   flush=True)
                     r[tool] = res
@@ -324,11 +347,16 @@ def main() -> None:
                   else f" (step {res['step']})")
         return v
 
+    def rss(res):
+        v = res.get("peak_rss_mib")
+        return "n/a" if v is None else f"{v:.0f}"
+
     lines = [
         ("| config | steps | threads | DeePMD-kit s/step | dpa3 s/step | dpa3 / DeePMD-kit "
         "| same, median interval | rmse_e_val DeePMD-kit | rmse_e_val dpa3 "
-        "| rmse_f_val DeePMD-kit | rmse_f_val dpa3 | load (1/5/15 min) before DeePMD-kit ; dpa3 |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rmse_f_val DeePMD-kit | rmse_f_val dpa3 | peak RSS MiB DeePMD-kit ; dpa3 "
+        "| load (1/5/15 min) before DeePMD-kit ; dpa3 |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d, o = r["deepmd"], r["dpa3"]
@@ -340,7 +368,8 @@ def main() -> None:
             f"| {r['config']} | {r['steps']} | {r['threads']} | {f(d, 's_per_step', '.3f')} "
             f"| {f(o, 's_per_step', '.3f')} | {ratio} | {ratio_med} | {f(d, 'rmse_e_val', '.2e')} "
             f"| {f(o, 'rmse_e_val', '.2e')} | {f(d, 'rmse_f_val', '.2e')} "
-            f"| {f(o, 'rmse_f_val', '.2e')} | {d['load_before']} ; {o['load_before']} |"
+            f"| {f(o, 'rmse_f_val', '.2e')} | {rss(d)} ; {rss(o)} "
+            f"| {d['load_before']} ; {o['load_before']} |"
         )
     if args.test_frames > 0:
         lines += ["", (f"`dp test` / `dpa3 test` on the first {args.test_frames} frames of the "

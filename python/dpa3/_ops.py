@@ -8,10 +8,11 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 - ``enable_mpi() -> bool``: whether the library was built with MPI;
 - ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``;
 - the compute ops of the RepFlow layers, differentiable (``gather_rows``, ``scatter_rows``,
-  ``edge_sum``, ``center_outer``; ``angle_block`` to first order), each built on primitive
+  ``edge_sum``, ``center_outer``; ``angle_block`` to second order), each built on primitive
   operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``, ``_outer_h``,
-  ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``) that have a CPU kernel (fused
-  loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the rest);
+  ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``) that have a
+  CPU kernel (fused loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the
+  rest);
 - ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU
   too (see :func:`generic_kernels`);
 - ``exchange_mode(comm, device) -> str``: how ``border_exchange`` moves features on ``device``
@@ -282,6 +283,6 @@ def angle_block(
     alpha: float,
     beta: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """The fused angle block of a RepFlow layer (evaluation, first derivatives):
+    """The fused angle block of a RepFlow layer (first and second derivatives):
     ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_block``)."""
     return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)

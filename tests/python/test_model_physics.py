@@ -171,29 +171,48 @@ def test_forward_lower_accepts_raw_unsorted_lists_with_skin(frames):
     assert np.abs(shuffled["virial"][0].detach().numpy() - ref["virial"]).max() < 1e-9
 
 
+def _composite(model, on: bool) -> None:
+    """Force the composite PyTorch angle path (the one of activations without a kernel)."""
+    for layer in model.descriptor.layers:
+        layer.act_code = -1 if on else {"silu": 0, "silut": 1, "tanh": 2}[layer.act.name]
+
+
 @pytest.mark.parametrize(
     "repflow", [{}, {"sequential_update": True}, {"smooth_edge_update": False}]
 )
-def test_fused_inference_kernel_equals_composite_training_path(frames, repflow):
-    """Evaluation runs the angle block in the fused C++ kernel, training in plain PyTorch."""
+def test_fused_kernel_equals_composite_path(frames, repflow):
+    """The fused C++ angle kernel (evaluation and training) = the composite PyTorch path."""
     model = make_model(seed=12, **repflow)
     coord, atype, box = frames["alloy"]
     ev = evaluate(model, coord, atype, box, atomic=True)
     model.train()
     tr = evaluate(model, coord, atype, box, atomic=True)
+    _composite(model, True)
+    comp = evaluate(model, coord, atype, box, atomic=True)
+    _composite(model, False)
     for k in ("energy", "force", "virial", "atom_virial"):
-        assert np.abs(ev[k] - tr[k]).max() < 1e-11, k
+        assert np.abs(ev[k] - comp[k]).max() < 1e-11, k
+        assert np.abs(tr[k] - comp[k]).max() < 1e-11, k
 
 
-def test_fused_kernel_refuses_second_derivatives(frames):
+def test_fused_kernel_second_derivatives_through_the_model(frames):
+    """Forces with create_graph and their gradient (what a force loss needs) through the fused
+    kernel equal the composite path's."""
     from dpa3.data.neighbor import build_neighbor_batch
 
-    model = make_model(seed=13)  # eval mode: fused kernel
+    model = make_model(seed=13)  # eval mode; the angle path does not depend on the mode
     coord, atype, box = frames["small_cell"]
     nb = build_neighbor_batch(coord[None], box[None], 4.5, 80)
-    x = nb.ext_coord.clone().requires_grad_(True)
-    e = model._atomic_energy(x, torch.tensor(atype)[nb.mapping], nb.nlist, nb.mapping, None).sum()
-    with pytest.raises(RuntimeError, match="first derivatives only"):
-        torch.autograd.grad(e, x, create_graph=True)
-    (g,) = torch.autograd.grad(e, x)  # plain forces are fine
-    assert g.abs().max() > 0
+    res = []
+    for composite in (False, True):
+        _composite(model, composite)
+        x = nb.ext_coord.clone().requires_grad_(True)
+        t = torch.tensor(atype)[nb.mapping]
+        e = model._atomic_energy(x, t, nb.nlist, nb.mapping, None).sum()
+        (g,) = torch.autograd.grad(e, x, create_graph=True)
+        (gg,) = torch.autograd.grad((g * torch.sin(g)).sum(), x)
+        res.append((g.detach(), gg))
+    _composite(model, False)
+    assert res[0][1].abs().max() > 0
+    for a, b in zip(res[0], res[1], strict=True):
+        assert (a - b).abs().max() < 1e-10

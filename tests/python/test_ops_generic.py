@@ -109,8 +109,13 @@ def test_center_outer(dtype) -> None:
 @pytest.mark.parametrize("act,thr", [(0, 0.0), (1, 0.5), (2, 0.0)])
 @pytest.mark.parametrize("de,da", [(4, 3), (0, 3), (4, 0)])
 def test_angle_block(dtype, act, thr, de, da) -> None:
-    """Forward and every first derivative (the op is first-order on every device)."""
-    t, _, eik, aptr, nptr, _ = block_case(6, de, da, dtype=dtype, scale=2.0)
+    """Forward, every first and every second derivative (the op is differentiable twice on
+    every device: the fused _angle_block_bwd2 kernel vs its generic implementation)."""
+    # float32: inputs of scale 1 (at scale 2 the pre-activations reach |x| ~ 8, where 1 - tanh^2
+    # and the silu derivatives lose digits: both implementations then differ from the float64
+    # values by ~4e-5 relative in the second derivatives, the rounding of the formula itself)
+    scale = 2.0 if dtype == torch.float64 else 1.0
+    t, _, eik, aptr, nptr, _ = block_case(6, de, da, dtype=dtype, scale=scale)
     keys = ["a", "wa", "pe", "vk", "w"] + (["beta"] if da else [])
 
     def fn(*xs):
@@ -118,7 +123,7 @@ def test_angle_block(dtype, act, thr, de, da) -> None:
         red, aout = run_block(tt, eik, aptr, nptr, de, act, thr, 0.7)
         return [red, aout] if da else [red]
 
-    compare(fn, [t[k] for k in keys], 1, dtype, f"angle_block act={act}")
+    compare(fn, [t[k] for k in keys], 2, dtype, f"angle_block act={act}")
 
 
 def test_switch_selects_the_generic_aten_implementation() -> None:

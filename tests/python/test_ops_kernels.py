@@ -1,7 +1,7 @@
 """The compute kernels of the op library against plain PyTorch formulas written here.
 
-``dpa3::angle_block`` (the fused angle block, evaluation only) and ``dpa3::center_outer`` (the
-per-centre outer-product sums of the symmetrisation, any derivative order).
+``dpa3::angle_block`` (the fused angle block, differentiable twice) and ``dpa3::center_outer``
+(the per-centre outer-product sums of the symmetrisation, any derivative order).
 """
 
 from __future__ import annotations
@@ -198,11 +198,12 @@ def test_angle_block_same_result_for_any_thread_count() -> None:
             assert torch.equal(x, y)
 
 
-def test_angle_block_refuses_second_derivatives_and_bad_layout() -> None:
+def test_angle_block_refuses_third_derivatives_and_bad_layout() -> None:
     t, eij, eik, aptr, nptr, _ = block_case(5, 4, 3)
     red, _ = run_block(t, eik, aptr, nptr, 4, 0, 0.0, 1.0)
-    with pytest.raises(RuntimeError, match="first derivatives only"):
-        torch.autograd.grad(red.sum(), t["a"], create_graph=True)
+    (g,) = torch.autograd.grad(red.square().sum(), t["a"], create_graph=True)
+    with pytest.raises(RuntimeError, match="up to second order"):
+        torch.autograd.grad(g.square().sum(), t["pe"], create_graph=True)
     # point the last angle's k-edge at an edge of another centre
     centre_of_edge = torch.repeat_interleave(torch.arange(len(nptr) - 1), nptr.diff())
     last_centre = int(centre_of_edge[eij[-1]])

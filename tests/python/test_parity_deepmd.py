@@ -106,17 +106,18 @@ def test_generic_kernels_parity(combo, mode):
         _check(model, ref, combo)
 
 
-# The 192-atom water frame in training mode needs ~20 GB with the full recipes (every
-# [angles, width] intermediate is kept for the double backward); their other three frames
-# (alloy, small cell, molecule) run the same code paths.
+# The 192-atom water frame in training mode with the full recipes is slow on 2 cores (and
+# needed ~20 GB when the composite angle path kept every [angles, width] intermediate for the
+# double backward); their other three frames (alloy, small cell, molecule) run the same code
+# paths.
 _TRAIN_SKIP_FRAMES = {"water_recipe": {"water"}, "water_recipe_f32": {"water"}}
 
 
 @pytest.mark.parametrize("combo", COMBOS)
 def test_training_mode_parity(combo):
-    """Training mode (the composite angle path, forces with create_graph, as ``dpa3 train``
-    evaluates the model) gives DeePMD-kit's numbers and agrees with evaluation mode (the
-    fused angle kernel) to 1e-10 in float64, for every parity combination."""
+    """Training mode (forces with create_graph through the twice-differentiable fused angle
+    kernel, as ``dpa3 train`` evaluates the model) gives DeePMD-kit's numbers and agrees with
+    evaluation mode to 1e-10 in float64, for every parity combination."""
     from dpa3.convert import load_deepmd_model
 
     model = load_deepmd_model(PARITY / combo / "model.ckpt.pt")

@@ -107,9 +107,10 @@ class DescrptDPA3(nn.Module):
             nei = g.nei_ext
 
         # With the op library, gathers and their adjoint scatters use precomputed inverse
-        # indices (fast in any derivative order), and evaluation (first derivatives only) runs
-        # the angle block in the fused C++ kernel; training (create_graph for force losses)
-        # keeps the composite, twice-differentiable path.
+        # indices (fast in any derivative order), and the angle block runs in the fused C++
+        # kernel, in evaluation and in training (it is differentiable twice: forces with
+        # create_graph, then the loss gradient). Activations the kernel does not implement
+        # (act_code < 0) and a missing op library use the composite PyTorch path.
         use_ops = True
         if not torch.jit.is_scripting():
             use_ops = ops_loaded()
@@ -128,7 +129,7 @@ class DescrptDPA3(nn.Module):
             make_rows(g.a_eij, nedge, use_ops),
             make_rows(g.a_eik, nedge, use_ops),
             nall,
-            use_ops and not self.training and self.layers[0].act_code >= 0,
+            use_ops and self.layers[0].act_code >= 0,
         )
 
     def initial_features(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

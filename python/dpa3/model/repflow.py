@@ -228,9 +228,10 @@ class RepFlowLayer(nn.Module):
         """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
 
         Same math as :meth:`_angle_input` + activation + :meth:`_reduce_to_edges` and the
-        residual update of ``a`` by the remaining ``D - n_red`` columns (first derivatives only;
-        evaluation mode, with the op library's inverse indices).  ``a W_a`` is formed block by
-        block inside the kernel, so no ``[A, D]`` tensor is materialised.
+        residual update of ``a`` by the remaining ``D - n_red`` columns (derivatives up to
+        second order: evaluation and training; needs the op library's inverse indices).
+        ``a W_a`` is formed block by block inside the kernel, so no ``[A, D]`` tensor is
+        materialised, in the backward and double backward either.
         """
         ptr = a_eij.ptr
         nptr = center.ptr
@@ -365,8 +366,8 @@ class RepFlowLayer(nn.Module):
         ``h2sw [E, 3]`` is ``h2 * sw`` (the switch enters the symmetrisation squared);
         ``sw [E]`` edge switch; ``a_weight [A, 1]`` is ``asw_ij asw_ik / sqrt(a_norm)``;
         ``is_a [E]`` marks the angle edges; ``a_eij``/``a_eik [A]`` the two edges of each angle;
-        ``fused`` runs the angle block in the C++ kernel (evaluation only; needs the inverse
-        indices of the op library in the ``Rows``).
+        ``fused`` runs the angle block in the C++ kernel (up to second derivatives; needs the
+        inverse indices of the op library in the ``Rows``).
 
         ``level`` says which outputs the caller uses: 2 all three, 1 ``(n, e)``, 0 ``n`` only
         (the last layers of a stack: the descriptor reads only node features).  Outputs not

@@ -22,8 +22,11 @@
    fast: the composite formulation is bound by memory traffic of [A, D]
    tensors, not by arithmetic.
 
-   First derivatives only (the backward refuses to run with grad mode on;
-   training with force losses uses the composite PyTorch path).
+   Derivatives up to second order: the backward is itself an autograd
+   Function (AngleBlockBackward) whose backward is the fused kernel of
+   angle_block_grad2.cpp, so training with force losses (forces by autograd
+   with create_graph, then the loss gradient) runs here too. Third
+   derivatives are refused.
 ------------------------------------------------------------------------- */
 
 #include <ATen/ATen.h>
@@ -38,6 +41,7 @@
 #include <cmath>
 #include <vector>
 
+#include "angle_common.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -45,66 +49,7 @@ namespace dpa3 {
 
 namespace {
 
-constexpr int64_t kBlockAngles = 1024;
-
-// Row-major C [M, N] = op(A) op(B) + beta C, op(X) = X or X^T (tA/tB), leading dimensions in
-// elements, through at::mm_out on views of the buffers (no allocation; torch's own BLAS dispatch
-// and threading rules apply inside our parallel region).
-template <typename T>
-void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
-               const T *b, int64_t ldb, T beta, T *c, int64_t ldc)
-{
-  if (m == 0 || n == 0) return;
-  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor A = at::from_blob(const_cast<T *>(a),
-                               ta ? at::IntArrayRef{k, m} : at::IntArrayRef{m, k}, {lda, 1}, opt);
-  at::Tensor B = at::from_blob(const_cast<T *>(b),
-                               tb ? at::IntArrayRef{n, k} : at::IntArrayRef{k, n}, {ldb, 1}, opt);
-  at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, opt);
-  if (ta) A = A.t();
-  if (tb) B = B.t();
-  if (beta == T(0))
-    at::mm_out(C, A, B);
-  else
-    C.addmm_(A, B, beta, 1);
-}
-
-template <typename T> struct ActParams {
-  int64_t kind;
-  T thr, slope, silu_t;
-};
-
-template <typename T> ActParams<T> act_params(int64_t kind, double threshold)
-{
-  const double s = 1.0 / (1.0 + std::exp(-threshold));
-  return {kind, T(threshold), T(s * (1.0 + threshold * (1.0 - s))), T(threshold * s)};
-}
-
-// y = act(x), dy = act'(x) for n values (dy may be null)
-template <typename T>
-DPA3_INLINE void activate(const ActParams<T> &f, const T *x, T *y, T *dy, int64_t n)
-{
-  if (f.kind == ACT_TANH) {
-    for (int64_t d = 0; d < n; ++d) y[d] = std::tanh(x[d]);
-    if (dy)
-      for (int64_t d = 0; d < n; ++d) dy[d] = T(1) - y[d] * y[d];
-    return;
-  }
-  for (int64_t d = 0; d < n; ++d) {
-    const T s = T(1) / (T(1) + std::exp(-x[d]));
-    y[d] = x[d] * s;
-    if (dy) dy[d] = s * (T(1) + x[d] * (T(1) - s));
-  }
-  if (f.kind == ACT_SILUT) {
-    for (int64_t d = 0; d < n; ++d) {
-      if (x[d] >= f.thr) {    // rare: the tanh tail above the threshold
-        const T t = std::tanh(f.slope * (x[d] - f.thr));
-        y[d] = t + f.silu_t;
-        if (dy) dy[d] = f.slope * (T(1) - t * t);
-      }
-    }
-  }
-}
+using namespace angle;
 
 // Everything one block needs; rows are absolute (angle q, edge e), buffers are block-relative.
 template <typename T> struct Block {
@@ -228,44 +173,6 @@ AngleArgs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &p
           alpha};
 }
 
-// Cuts the centres into blocks of about kBlockAngles angles (at least one centre each; the cut
-// does not depend on the number of threads, so neither do the results) and calls
-// block(first edge, end edge, buf) for every block, in parallel over blocks. buf is a scratch
-// vector owned by each thread's range of blocks (grown, never shrunk: one allocation per thread
-// and call instead of one per block).
-template <typename T, typename F>
-void for_each_block(const AngleArgs &in, std::atomic<bool> &bad, F &&block)
-{
-  const int64_t ncenter = in.nptr.numel() - 1;
-  const int64_t *np = in.nptr.data_ptr<int64_t>(), *ap = in.aptr.data_ptr<int64_t>(),
-                *ek = in.eik.data_ptr<int64_t>();
-  const int64_t nedge = in.pe.size(0);
-  if (np[ncenter] != nedge || ap[nedge] != in.a.size(0)) {
-    bad = true;
-    return;
-  }
-  std::vector<int64_t> start{0};    // first centre of every block, then ncenter
-  for (int64_t c = 0; c < ncenter;) {
-    const int64_t q0 = ap[np[c]];
-    int64_t cend = c + 1;
-    while (cend < ncenter && ap[np[cend + 1]] - q0 <= kBlockAngles) ++cend;
-    start.push_back(cend);
-    c = cend;
-  }
-  const int64_t nblock = int64_t(start.size()) - 1;
-  at::parallel_for(0, nblock, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> buf;
-    for (int64_t k = b0; k < b1; ++k) {
-      const int64_t c = start[k], cend = start[k + 1];
-      for (int64_t i = c; i < cend; ++i)    // every k-edge must belong to the angle's centre
-        for (int64_t q = ap[np[i]]; q < ap[np[i + 1]]; ++q)
-          if (ek[q] < np[i] || ek[q] >= np[i + 1]) bad = true;
-      if (bad) return;
-      block(np[c], np[cend], buf);
-    }
-  });
-}
-
 }    // namespace
 
 // CPU kernel of dpa3::_angle_block_fwd: {red [E, de], aout [A, D - de]}
@@ -372,6 +279,75 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The first derivatives as a differentiable function of the forward's inputs and of the incoming
+// gradients (gred, gaout): its backward (the second derivatives of angle_block) is the primitive
+// _angle_block_bwd2. Inputs are saved as given (not their contiguous copies) so that gradients
+// flow back to them.
+class AngleBlockBackward : public torch::autograd::Function<AngleBlockBackward> {
+ public:
+  static variable_list forward(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
+                               const at::Tensor &pe, const at::Tensor &vk, const at::Tensor &w,
+                               const at::Tensor &beta, const at::Tensor &gred,
+                               const at::Tensor &gaout, const at::Tensor &eik,
+                               const at::Tensor &aptr, const at::Tensor &nptr, int64_t de,
+                               int64_t act, double thr, double alpha, bool need_wa, bool need_beta)
+  {
+    ctx->set_materialize_grads(false);
+    AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    auto g = prim::angle_block_bwd(in, gred, gaout, need_wa, need_beta);
+    ctx->save_for_backward({a, wa, pe, vk, w, beta, gred, gaout, eik, aptr, nptr});
+    ctx->saved_data["de"] = de;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["thr"] = thr;
+    ctx->saved_data["alpha"] = alpha;
+    // {ga, gwa, gpe, gvk, gw (w's shape), gbeta (beta's shape)}; gwa/gbeta empty unless asked
+    return {g[0],
+            g[1],
+            g[2],
+            g[3],
+            g[4].reshape(w.sizes()),
+            need_beta ? g[5].reshape(beta.sizes()) : g[5]};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list gg)
+  {
+    TORCH_CHECK(!c10::GradMode::is_enabled(),
+                "dpa3::angle_block supports derivatives up to second order only");
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &w = s[4], &beta = s[5];
+    AngleArgs in =
+        checked(s[0], s[1], s[2], s[3], w, s[8], s[9], s[10], ctx->saved_data["de"].toInt(),
+                ctx->saved_data["act"].toInt(), ctx->saved_data["thr"].toDouble(),
+                ctx->saved_data["alpha"].toDouble(), beta);
+    // undefined or empty (not computed) upstream gradients count as zero
+    auto opt = [](const at::Tensor &t) {
+      return t.defined() && t.numel() > 0 ? t : at::Tensor();
+    };
+    const bool need_wa = ctx->needs_input_grad(1), need_beta = ctx->needs_input_grad(5);
+    auto d = prim::angle_block_bwd2(
+        in, s[6], s[7], {opt(gg[0]), opt(gg[1]), opt(gg[2]), opt(gg[3]), opt(gg[4]), opt(gg[5])},
+        need_wa, need_beta);
+    at::Tensor none;
+    return {d[0],
+            need_wa ? d[1] : none,
+            d[2],
+            d[3],
+            d[4].reshape(w.sizes()),
+            need_beta ? d[5].reshape(beta.sizes()) : none,
+            d[6],
+            d[7],
+            none,
+            none,
+            none,
+            none,
+            none,
+            none,
+            none,
+            none,
+            none};
+  }
+};
+
 class AngleBlock : public torch::autograd::Function<AngleBlock> {
  public:
   static variable_list forward(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
@@ -380,49 +356,42 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
                                const at::Tensor &nptr, int64_t de, int64_t act, double thr,
                                double alpha, const at::Tensor &beta)
   {
+    ctx->set_materialize_grads(false);
     AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     auto out = prim::angle_block_fwd(in);
-    ctx->save_for_backward({in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.beta});
+    ctx->save_for_backward({a, wa, pe, vk, w, eik, aptr, nptr, beta});
     ctx->saved_data["de"] = de;
     ctx->saved_data["act"] = act;
     ctx->saved_data["thr"] = thr;
     ctx->saved_data["alpha"] = alpha;
-    ctx->saved_data["w_shape"] = w.sizes().vec();
-    ctx->saved_data["beta_shape"] = beta.sizes().vec();
     return out;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads)
   {
-    TORCH_CHECK(!c10::GradMode::is_enabled(),
-                "dpa3::angle_block supports first derivatives only (no create_graph); "
-                "train with the model in training mode, which uses the composite path");
     auto s = ctx->get_saved_variables();
-    AngleArgs in{s[0],
-                 s[1],
-                 s[2],
-                 s[3],
-                 s[4],
-                 s[5],
-                 s[6],
-                 s[7],
-                 s[8],
-                 ctx->saved_data["de"].toInt(),
-                 ctx->saved_data["act"].toInt(),
-                 ctx->saved_data["thr"].toDouble(),
-                 ctx->saved_data["alpha"].toDouble()};
-    const bool need_wa = ctx->needs_input_grad(1), need_beta = ctx->needs_input_grad(8);
-    auto g = prim::angle_block_bwd(in, grads[0], grads[1], need_wa, need_beta);
-    at::Tensor gw = g[4].reshape(ctx->saved_data["w_shape"].toIntVector());
-    at::Tensor gbeta = need_beta ? g[5].reshape(ctx->saved_data["beta_shape"].toIntVector())
-                                 : at::Tensor();
-    return {g[0],         need_wa ? g[1] : at::Tensor(),
-            g[2],         g[3],
-            gw,           at::Tensor(),
-            at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(),
-            gbeta};
+    const int64_t de = ctx->saved_data["de"].toInt();
+    const int64_t nedge = s[2].size(0), nangle = s[0].size(0), da = s[1].size(1) - de;
+    // An unused output has no gradient: zeros for the kernels, and no gradient for beta when
+    // the angle output is unused (as in the composite path, where beta is then not reached;
+    // AdamW would decay a parameter with a zero gradient, not one without).
+    const at::Tensor gred = grads[0].defined() ? grads[0] : at::zeros({nedge, de}, s[0].options());
+    const at::Tensor gaout = grads[1].defined() ? grads[1]
+                                                : at::zeros({nangle, da}, s[0].options());
+    // needs_input_grad counts tensor arguments only: beta is the 9th
+    const bool need_wa = ctx->needs_input_grad(1);
+    const bool need_beta = ctx->needs_input_grad(8) && grads[1].defined();
+    // w (beta) enters the first derivatives only multiplied by gred (gaout): without that
+    // gradient it is passed detached, so that second derivatives do not reach it either
+    const at::Tensor w = grads[0].defined() ? s[4] : s[4].detach();
+    const at::Tensor beta = grads[1].defined() ? s[8] : s[8].detach();
+    auto g = AngleBlockBackward::apply(s[0], s[1], s[2], s[3], w, beta, gred, gaout, s[5], s[6],
+                                       s[7], de, ctx->saved_data["act"].toInt(),
+                                       ctx->saved_data["thr"].toDouble(),
+                                       ctx->saved_data["alpha"].toDouble(), need_wa, need_beta);
+    at::Tensor none;
+    return {g[0], need_wa ? g[1] : none,  g[2], g[3], g[4], none, none, none, none, none, none,
+            none, need_beta ? g[5] : none};
   }
 };
 

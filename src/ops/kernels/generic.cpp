@@ -62,17 +62,20 @@ at::Tensor generic::outer_g(const at::Tensor &g, const at::Tensor &G, const at::
 
 namespace {
 
-// y = act(x) and, if dy is given, act'(x): the activations of angle_block.cpp
-at::Tensor activate(const at::Tensor &x, int64_t act, double thr, at::Tensor *dy)
+// y = act(x) and, if dy (ddy) is given, act'(x) (act''(x)): the activations of angle_common.h
+at::Tensor activate(const at::Tensor &x, int64_t act, double thr, at::Tensor *dy,
+                    at::Tensor *ddy = nullptr)
 {
   if (act == ACT_TANH) {
     at::Tensor y = at::tanh(x);
     if (dy) *dy = 1 - y * y;
+    if (ddy) *ddy = -2 * y * *dy;
     return y;
   }
   const at::Tensor s = at::sigmoid(x);
   at::Tensor y = x * s;
   if (dy) *dy = s * (1 + x * (1 - s));
+  if (ddy) *ddy = s * (1 - s) * (2 + x * (1 - 2 * s));
   if (act == ACT_SILUT) {
     // above the threshold: tanh(slope (x - thr)) + silu(thr), slope = silu'(thr)
     const double st = 1.0 / (1.0 + std::exp(-thr));
@@ -81,6 +84,7 @@ at::Tensor activate(const at::Tensor &x, int64_t act, double thr, at::Tensor *dy
     const at::Tensor t = at::tanh(slope * (x - thr));
     y = at::where(tail, t + thr * st, y);
     if (dy) *dy = at::where(tail, slope * (1 - t * t), *dy);
+    if (ddy) *ddy = at::where(tail, -2 * slope * slope * t * (1 - t * t), *ddy);
   }
   return y;
 }
@@ -138,6 +142,57 @@ std::vector<at::Tensor> generic::angle_block_bwd(const AngleArgs &in, const at::
   // beta has da entries (none when da == 0); empty when not asked for, as on the CPU
   const at::Tensor gbeta = need_beta ? (gaout * y.narrow(1, de, da)).sum(0) : at::empty({0}, opt);
   return {ga, gwa, gpe, gvk, gw, gbeta};
+}
+
+// The formulas are derived in angle_block_grad2.cpp (same names); [A, D] intermediates.
+std::vector<at::Tensor> generic::angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
+                                                  const at::Tensor &gaout, const AngleGrads &gg,
+                                                  bool need_wa, bool need_beta)
+{
+  const int64_t width = in.wa.size(1), de = in.de, da = width - de, nedge = in.pe.size(0);
+  const int64_t nangle = in.a.size(0);
+  const auto opt = in.a.options();
+  const at::Tensor eij = angle_edges(in);
+  at::Tensor dy, ddy;
+  const at::Tensor y = activate(pre_activation(in, eij), in.act, in.thr, &dy, &ddy);
+  const at::Tensor gred_q = gred.index_select(0, eij);    // [A, de]
+  const at::Tensor w = in.w.unsqueeze(1);
+  at::Tensor gy = w * gred_q;
+  if (da > 0) gy = at::cat({gy, in.beta * gaout}, 1);
+  const at::Tensor gx = gy * dy;
+  // H = Ga Wa + a GWa + Gpe[ij] + Gvk[ik], K = [Gw gred[ij], Gbeta gaout]
+  at::Tensor h = at::zeros({nangle, width}, opt);
+  if (gg.ga.defined()) h = h + gg.ga.mm(in.wa);
+  if (gg.gwa.defined()) h = h + in.a.mm(gg.gwa);
+  if (gg.gpe.defined()) h = h + gg.gpe.index_select(0, eij);
+  if (gg.gvk.defined()) h = h + gg.gvk.index_select(0, in.eik);
+  at::Tensor k = at::zeros({nangle, width}, opt);
+  if (gg.gw.defined()) k.narrow(1, 0, de).copy_(gg.gw.reshape({-1, 1}) * gred_q);
+  if (gg.gbeta.defined() && da > 0) k.narrow(1, de, da).copy_(gg.gbeta.reshape({-1}) * gaout);
+  const at::Tensor p = h * dy;
+  const at::Tensor x = h * gy * ddy + k * dy;    // dL/dx [A, D]
+  at::Tensor da_ = x.mm(in.wa.t());
+  if (gg.gwa.defined()) da_ = da_ + gx.mm(gg.gwa.t());
+  at::Tensor dwa = at::empty({0}, opt);
+  if (need_wa) {
+    dwa = in.a.t().mm(x);
+    if (gg.ga.defined()) dwa = dwa + gg.ga.t().mm(gx);
+  }
+  const at::Tensor dpe = at::zeros({nedge, width}, opt).index_add_(0, eij, x);
+  const at::Tensor dvk = at::zeros({nedge, width}, opt).index_add_(0, in.eik, x);
+  const at::Tensor p_e = p.narrow(1, 0, de), p_a = p.narrow(1, de, da);
+  const at::Tensor dw = (p_e * gred_q).sum(1);
+  at::Tensor dgred_q = w * p_e;
+  if (gg.gw.defined()) dgred_q = dgred_q + gg.gw.reshape({-1, 1}) * y.narrow(1, 0, de);
+  const at::Tensor dgred = at::zeros({nedge, de}, opt).index_add_(0, eij, dgred_q);
+  const at::Tensor dbeta = need_beta ? (p_a * gaout).sum(0) : at::empty({0}, opt);
+  at::Tensor dgaout = at::zeros({nangle, da}, opt);
+  if (da > 0) {
+    dgaout = in.beta * p_a;
+    if (gg.gbeta.defined()) dgaout = dgaout + gg.gbeta.reshape({-1}) * y.narrow(1, de, da);
+    if (gg.ga.defined() && in.alpha != 0.0) dgaout = dgaout + in.alpha * gg.ga;
+  }
+  return {da_, dwa, dpe, dvk, dw, dbeta, dgred, dgaout};
 }
 
 }    // namespace dpa3

@@ -44,11 +44,20 @@ enum Act : int64_t { ACT_SILU = 0, ACT_SILUT = 1, ACT_TANH = 2 };
 //   outer_h(h [E, k], G [N, k, d], idx [E])                 -> [E, d]
 //   outer_g(g [E, d], G [N, k, d], idx [E])                 -> [E, k]
 //   angle_block_fwd(...) -> {red [E, de], aout [A, D - de]}  (see angle_block.cpp)
-//   angle_block_bwd(...) -> {ga, gwa, gpe, gvk, gw, gbeta}   (gwa/gbeta undefined unless asked)
+//   angle_block_bwd(...) -> {ga, gwa, gpe, gvk, gw, gbeta}   (gwa/gbeta empty unless asked)
+//   angle_block_bwd2(..., gred, gaout, gg, ...) -> {da, dwa, dpe, dvk, dw, dbeta, dgred, dgaout}
+//     the gradients of <gg, angle_block_bwd(...)> w.r.t. its inputs (angle_block_grad2.cpp;
+//     dwa/dbeta empty unless asked)
 struct AngleArgs {
   at::Tensor a, wa, pe, vk, w, eik, aptr, nptr, beta;
   int64_t de, act;
   double thr, alpha;
+};
+
+// Incoming gradients of the outputs of angle_block_bwd (shapes: ga [A, da_in], gwa [da_in, D],
+// gpe and gvk [E, D], gw [A], gbeta [D - de]); undefined ones count as zero.
+struct AngleGrads {
+  at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
 };
 
 namespace cpu {
@@ -63,6 +72,9 @@ at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &i
 std::vector<at::Tensor> angle_block_fwd(const AngleArgs &in);
 std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
                                         const at::Tensor &gaout, bool need_wa, bool need_beta);
+std::vector<at::Tensor> angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
+                                         const at::Tensor &gaout, const AngleGrads &gg,
+                                         bool need_wa, bool need_beta);
 }    // namespace cpu
 
 namespace generic {
@@ -77,6 +89,9 @@ at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &i
 std::vector<at::Tensor> angle_block_fwd(const AngleArgs &in);
 std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
                                         const at::Tensor &gaout, bool need_wa, bool need_beta);
+std::vector<at::Tensor> angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
+                                         const at::Tensor &gaout, const AngleGrads &gg,
+                                         bool need_wa, bool need_beta);
 }    // namespace generic
 
 #ifdef DPA3_USE_CUDA
@@ -104,6 +119,9 @@ at::Tensor outer_g(const at::Tensor &g, const at::Tensor &G, const at::Tensor &i
 std::vector<at::Tensor> angle_block_fwd(const AngleArgs &in);
 std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
                                         const at::Tensor &gaout, bool need_wa, bool need_beta);
+std::vector<at::Tensor> angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
+                                         const at::Tensor &gaout, const AngleGrads &gg,
+                                         bool need_wa, bool need_beta);
 }    // namespace prim
 
 }    // namespace dpa3

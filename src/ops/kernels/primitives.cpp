@@ -1,6 +1,7 @@
 /* ----------------------------------------------------------------------
    dpa3: the primitive operators (dpa3::_gather, _segment_sum, _edge_sum,
-   _outer_sum, _outer_h, _outer_g, _angle_block_fwd, _angle_block_bwd):
+   _outer_sum, _outer_h, _outer_g, _angle_block_fwd, _angle_block_bwd,
+   _angle_block_bwd2):
    schemas, their CPU and CUDA kernels, and the calls used by the autograd
    Functions of the differentiable ops (see kernels.h).
 
@@ -111,6 +112,23 @@ template <bool Cpu> struct Kernels {
     return fused() ? cpu::angle_block_bwd(in, gr, ga, need_wa, need_beta)
                    : generic::angle_block_bwd(in, gr, ga, need_wa, need_beta);
   }
+
+  static std::vector<at::Tensor>
+  angle_bwd2(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe, const at::Tensor &vk,
+             const at::Tensor &w, const at::Tensor &eik, const at::Tensor &aptr,
+             const at::Tensor &nptr, int64_t de, int64_t act, double thr, double alpha,
+             const at::Tensor &beta, const at::Tensor &gred, const at::Tensor &gaout,
+             const std::optional<at::Tensor> &gga, const std::optional<at::Tensor> &ggwa,
+             const std::optional<at::Tensor> &ggpe, const std::optional<at::Tensor> &ggvk,
+             const std::optional<at::Tensor> &ggw, const std::optional<at::Tensor> &ggbeta,
+             bool need_wa, bool need_beta)
+  {
+    const AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    const AngleGrads gg{opt_or_undefined(gga),  opt_or_undefined(ggwa), opt_or_undefined(ggpe),
+                        opt_or_undefined(ggvk), opt_or_undefined(ggw),  opt_or_undefined(ggbeta)};
+    return fused() ? cpu::angle_block_bwd2(in, gred, gaout, gg, need_wa, need_beta)
+                   : generic::angle_block_bwd2(in, gred, gaout, gg, need_wa, need_beta);
+  }
 };
 
 template <class Sig> c10::TypedOperatorHandle<Sig> op(const char *name)
@@ -213,6 +231,26 @@ std::vector<at::Tensor> prim::angle_block_bwd(const AngleArgs &in, const at::Ten
                 in.alpha, in.beta, gr, ga, need_wa, need_beta);
 }
 
+std::vector<at::Tensor> prim::angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
+                                               const at::Tensor &gaout, const AngleGrads &gg,
+                                               bool need_wa, bool need_beta)
+{
+  using OptT = const std::optional<at::Tensor> &;
+  using Sig = std::vector<at::Tensor>(
+      const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+      const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t,
+      int64_t, double, double, const at::Tensor &, const at::Tensor &, const at::Tensor &, OptT,
+      OptT, OptT, OptT, OptT, OptT, bool, bool);
+  static const auto h = op<Sig>("dpa3::_angle_block_bwd2");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  auto o = [](const at::Tensor &t) {
+    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+  };
+  return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
+                in.alpha, in.beta, gred, gaout, o(gg.ga), o(gg.gwa), o(gg.gpe), o(gg.gvk), o(gg.gw),
+                o(gg.gbeta), need_wa, need_beta);
+}
+
 }    // namespace dpa3
 
 TORCH_LIBRARY_FRAGMENT(dpa3, m)
@@ -230,6 +268,11 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.def("_angle_block_bwd(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
         "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
         "Tensor? gred, Tensor? gaout, bool need_wa, bool need_beta) -> Tensor[]");
+  // the gradients of <gg, _angle_block_bwd(...)> (second derivatives of angle_block)
+  m.def("_angle_block_bwd2(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
+        "Tensor gred, Tensor gaout, Tensor? gga, Tensor? ggwa, Tensor? ggpe, Tensor? ggvk, "
+        "Tensor? ggw, Tensor? ggbeta, bool need_wa, bool need_beta) -> Tensor[]");
   // process-wide: run the generic kernels on the CPU too (tests, diagnostics); returns the
   // previous setting
   m.def("set_generic_kernels(bool on) -> bool", &dpa3::set_generic_kernels_op);
@@ -243,7 +286,8 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.impl("_outer_h", &K::outer_h);           \
   m.impl("_outer_g", &K::outer_g);           \
   m.impl("_angle_block_fwd", &K::angle_fwd); \
-  m.impl("_angle_block_bwd", &K::angle_bwd)
+  m.impl("_angle_block_bwd", &K::angle_bwd); \
+  m.impl("_angle_block_bwd2", &K::angle_bwd2)
 
 TORCH_LIBRARY_IMPL(dpa3, CPU, m) { DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<true>); }
 
