@@ -217,20 +217,27 @@ def run_tool(tool: str, cfg: dict, workdir: Path, env: dict, timeout: float, dp:
     return collect(tool, workdir, res)
 
 
-def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict, dp: str) -> dict:
-    """rmse of energy/atom and force over the first ``frames`` frames with the final checkpoint."""
-    bindir = Path(sys.executable).parent
-    if tool == "deepmd":
+def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict,
+             dp: str | None = None, ckpt: Path | None = None, bindir: Path | None = None,
+             log_name: str = "test.log") -> dict:
+    """rmse of energy/atom (``e``) and force (``f``) over the first ``frames`` frames of
+    ``system`` with checkpoint ``ckpt`` (default: the tool's final checkpoint in ``workdir``),
+    by ``dp --pt test`` (``dp``, default ``bindir/dp``) / ``dpa3 test`` from ``bindir``
+    (default: this interpreter's bin); the tool's output goes to ``workdir/log_name``."""
+    bindir = Path(sys.executable).parent if bindir is None else bindir
+    if ckpt is None and tool == "deepmd":
         ckpt = (workdir / "model.ckpt.pt").resolve()
-        cmd = [dp, "--pt", "test", "-m", str(ckpt), "-s", system,
+    elif ckpt is None:
+        ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
+        ckpt = ckpts[-1]
+    if tool == "deepmd":
+        cmd = [dp or str(bindir / "dp"), "--pt", "test", "-m", str(ckpt), "-s", system,
                "-n", str(frames)]
     else:
-        ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
-        cmd = [str(bindir / "dpa3"), "test", "-m", str(ckpts[-1]), "-s", system,
-               "-n", str(frames)]
+        cmd = [str(bindir / "dpa3"), "test", "-m", str(ckpt), "-s", system, "-n", str(frames)]
     p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     text = p.stdout + p.stderr
-    (workdir / "test.log").write_text(text)
+    (workdir / log_name).write_text(text)
     out = {}
     for key, pat in (("e", r"Energy RMSE/Natoms\s*:\s*([0-9.eE+-]+)"),
                      ("f", r"Force\s+RMSE\s*:\s*([0-9.eE+-]+)")):
