@@ -172,7 +172,7 @@ IMPLEMENTED: dict[str, tuple[object, str]] = {
     "training.change_bias_after_training": (True, f"{T_TRAIN}::test_change_bias_after_training"),
     "training.disp_training": (False, f"{T_OPT}::test_disp_training_and_time_training"),
     "training.time_training": (False, f"{T_OPT}::test_disp_training_and_time_training"),
-    "training.disp_avg": (True, f"{T_OPT}::test_disp_avg"),
+    "training.disp_avg": (True, f"{T_OPT}::test_disp_avg_as_dp"),
     "training.profiling": (True, f"{T_OPT}::test_profiling_writes_a_trace"),
     "training.profiling_file": ("t.json", f"{T_OPT}::test_profiling_writes_a_trace"),
     "training.enable_profiler": (True, ""),
@@ -301,7 +301,7 @@ INERT: dict[str, tuple[object, str, str]] = {
 OWNED_ELSEWHERE: dict[str, str] = {}
 IMPLEMENTED["training.max_ckpt_keep"] = (
     2,
-    "tests/python/test_train_faults.py::test_max_ckpt_keep_as_deepmd_kit",
+    "tests/python/test_train.py::test_max_ckpt_keep_as_dp",
 )
 _T_RGLOB = "tests/python/test_deepmd_data.py::test_rglob_patterns_key"
 IMPLEMENTED["training.training_data.rglob_patterns"] = (["*"], _T_RGLOB)

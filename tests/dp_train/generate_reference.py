@@ -28,7 +28,20 @@ copies of the systems:
    2 steps): keeps its ``out.json`` as ``mt_out.json``;
 6. ``dpa3 train mt_input.json`` (2 steps), then ``dp --pt train`` on the ``out.json`` dpa3
    wrote: keeps that file as ``mt_out_dpa3.json`` and the lines of dp's log that say it shared
-   the descriptor and saved the model as ``mt_dp_from_dpa3.log``.
+   the descriptor and saved the model as ``mt_dp_from_dpa3.log``;
+7. ``disp_avg`` (``DISP_INPUT``: ``mol`` alone, batch size 2, 7 steps, same seeds): three runs
+   that train identically and differ only in what they display, ``disp_freq`` 1 (every
+   step's own metrics), ``disp_freq`` 3 and ``disp_freq`` 3 with ``disp_avg``: keeps their
+   ``lcurve.out`` as ``dp_lcurve_disp1.out``, ``dp_lcurve_disp3.out``,
+   ``dp_lcurve_disp3_avg.out``;
+8. ``max_ckpt_keep`` (``CKPT_INPUT``: ``DISP_INPUT`` with ``save_freq`` 2 and
+   ``max_ckpt_keep`` 2): 7 steps (saves at 2, 4, 6, 7), then 3 steps in the same folder
+   (saves at 2, 3; the longer run's later checkpoints are left over): keeps, after each run,
+   the checkpoint files of the folder (name -> ``file`` or the symlink's target) and the
+   text of ``checkpoint`` in ``ckpt_reference.json``.
+
+``generate_reference.py [STEP ...]`` runs only the named steps (``stat`` = 2-4, ``mt`` = 5-6,
+``disp`` = 7, ``ckpt`` = 8; default all), so the other fixtures stay byte-identical.
 """
 
 from __future__ import annotations
@@ -133,6 +146,21 @@ MT_INPUT = {
     },
 }
 
+DISP_INPUT = {
+    "model": INPUT["model"],
+    "learning_rate": INPUT["learning_rate"],
+    "loss": LOSS,
+    "training": {
+        "training_data": {"systems": ["mol"], "batch_size": 2},
+        "numb_steps": 7,
+        "seed": 10,
+        "disp_freq": 1,
+        "save_freq": 100,
+        "gradient_max_norm": 5.0,
+    },
+}
+CKPT_INPUT = dict(DISP_INPUT, training=dict(DISP_INPUT["training"], save_freq=2, max_ckpt_keep=2))
+
 
 def write_systems(root: Path) -> None:
     """The first frames of each source system, every ``set.000`` array kept."""
@@ -192,89 +220,142 @@ def tensorboard_scalars(log_dir: Path) -> dict:
     }
 
 
-def main() -> None:
+def ckpt_listing(folder: Path) -> dict:
+    """The checkpoint files of a run folder: name -> ``file`` or ``-> target`` (symlinks),
+    and the text of the ``checkpoint`` pointer file."""
+    files = {
+        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "file"
+        for p in sorted(folder.iterdir())
+        if p.name.startswith("model.ckpt")
+    }
+    return {"files": files, "checkpoint": (folder / "checkpoint").read_text()}
+
+
+def step_disp(tmp: Path) -> None:
+    """7. ``lcurve.out`` with ``disp_freq`` 1, 3, and 3 with ``disp_avg``."""
+    runs = {
+        "disp1": {},
+        "disp3": {"disp_freq": 3},
+        "disp3_avg": {"disp_freq": 3, "disp_avg": True},
+    }
+    for name, extra in runs.items():
+        work = scratch(tmp, name)
+        dp_train(work, dict(DISP_INPUT, training=dict(DISP_INPUT["training"], **extra)))
+        shutil.copy(work / "lcurve.out", OUT / f"dp_lcurve_{name}.out")
+    (OUT / "disp_input.json").write_text(json.dumps(DISP_INPUT, indent=4) + "\n")
+
+
+def step_ckpt(tmp: Path) -> None:
+    """8. ``max_ckpt_keep`` 2: 7 steps, then 3 steps in the same folder."""
+    work = scratch(tmp, "ckpt")
+    ref = {}
+    dp_train(work, CKPT_INPUT)
+    ref["steps7"] = ckpt_listing(work)
+    dp_train(work, dict(CKPT_INPUT, training=dict(CKPT_INPUT["training"], numb_steps=3)))
+    ref["steps7_then_3"] = ckpt_listing(work)
+    (OUT / "ckpt_reference.json").write_text(json.dumps(ref, indent=1) + "\n")
+    (OUT / "ckpt_input.json").write_text(json.dumps(CKPT_INPUT, indent=4) + "\n")
+
+
+def step_stat(tmp: Path) -> None:
+    """2-4. Stat files (HDF5 and folder), TensorBoard, DeePMD-kit reading dpa3's file."""
+    ref: dict = {}
+    # 2. HDF5 stat file + tensorboard
+    work = scratch(tmp, "h5")
+    dp_train(work, INPUT)
+    shutil.copy(work / "stat.hdf5", OUT / "dp_stat.hdf5")
+    ref["dp"] = bias_of(work / "model.ckpt-2.pt")
+    (OUT / "tensorboard.json").write_text(
+        json.dumps(tensorboard_scalars(work / "tb"), indent=1) + "\n"
+    )
+    # 3. folder stat file
+    work = scratch(tmp, "dir")
+    dp_train(
+        work,
+        dict(INPUT, training=dict(INPUT["training"], stat_file="stat_dir", tensorboard=False)),
+    )
+    if (OUT / "dp_stat_dir").exists():
+        shutil.rmtree(OUT / "dp_stat_dir")
+    shutil.copytree(work / "stat_dir", OUT / "dp_stat_dir")
+    # 4. DeePMD-kit reads the file dpa3 writes
+    work = scratch(tmp, "dpa3")
+    code = (
+        "import json; from dpa3.train.trainer import Trainer; "
+        "d = json.load(open('input.json')); d['training']['numb_steps'] = 0; "
+        "d['training']['stat_file'] = 'dpa3_stat.hdf5'; d['training']['tensorboard'] = False; "
+        "d['training']['training_data'] = {'systems': ['mol'], 'batch_size': 6}; "
+        "Trainer(d)"
+    )
+    (work / "input.json").write_text(json.dumps(INPUT, indent=4) + "\n")
+    run(
+        [str(DPA3_PYTHON), "-c", code],
+        work,
+        work / "dpa3.log",
+        env={"PYTHONPATH": str(REPO / "python")},
+    )
+    shutil.copy(work / "dpa3_stat.hdf5", OUT / "dpa3_stat.hdf5")
+    (work / "model.ckpt-2.pt").unlink(missing_ok=True)
+    dp_train(
+        work,
+        dict(
+            INPUT,
+            training=dict(
+                INPUT["training"],
+                stat_file="dpa3_stat.hdf5",
+                stat_file_mode="read",
+                tensorboard=False,
+            ),
+        ),
+    )
+    ref["dp_read_dpa3"] = bias_of(work / "model.ckpt-2.pt")
+    (OUT / "stat_reference.json").write_text(json.dumps(ref, indent=1) + "\n")
+    (OUT / "input.json").write_text(json.dumps(INPUT, indent=4) + "\n")
+
+
+def step_mt(tmp: Path) -> None:
+    """5-6. Multi-task ``out.json`` both ways."""
+    # 5. multi-task out.json
+    work = scratch(tmp, "mt")
+    dp_train(work, MT_INPUT)
+    (OUT / "mt_input.json").write_text(json.dumps(MT_INPUT, indent=4) + "\n")
+    shutil.copy(work / "out.json", OUT / "mt_out.json")
+    # 6. DeePMD-kit trains from the multi-task out.json dpa3 writes
+    work = scratch(tmp, "mt_dpa3")
+    (work / "mt_input.json").write_text(json.dumps(MT_INPUT, indent=4) + "\n")
+    run(
+        [str(DPA3_PYTHON), "-m", "dpa3", "train", "mt_input.json", "--skip-neighbor-stat"],
+        work,
+        work / "dpa3.log",
+        env={"PYTHONPATH": str(REPO / "python")},
+    )
+    shutil.copy(work / "out.json", OUT / "mt_out_dpa3.json")
+    again = scratch(tmp, "mt_dp_again")
+    dp_train(again, json.loads((work / "out.json").read_text()))
+    keep = [
+        ln.split("DEEPMD ", 1)[1]
+        for ln in (again / "train.log").read_text().splitlines()
+        if "Shared params" in ln or "Trained model has been saved" in ln
+    ]
+    (OUT / "mt_dp_from_dpa3.log").write_text("\n".join(keep) + "\n")
+
+
+STEPS = {"stat": step_stat, "mt": step_mt, "disp": step_disp, "ckpt": step_ckpt}
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(STEPS)
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise SystemExit(f"unknown step(s) {unknown}; choose from {list(STEPS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     write_systems(OUT)
-    ref: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # 2. HDF5 stat file + tensorboard
-        work = scratch(tmp, "h5")
-        dp_train(work, INPUT)
-        shutil.copy(work / "stat.hdf5", OUT / "dp_stat.hdf5")
-        ref["dp"] = bias_of(work / "model.ckpt-2.pt")
-        (OUT / "tensorboard.json").write_text(
-            json.dumps(tensorboard_scalars(work / "tb"), indent=1) + "\n"
-        )
-        # 3. folder stat file
-        work = scratch(tmp, "dir")
-        dp_train(
-            work,
-            dict(INPUT, training=dict(INPUT["training"], stat_file="stat_dir", tensorboard=False)),
-        )
-        if (OUT / "dp_stat_dir").exists():
-            shutil.rmtree(OUT / "dp_stat_dir")
-        shutil.copytree(work / "stat_dir", OUT / "dp_stat_dir")
-        # 4. DeePMD-kit reads the file dpa3 writes
-        work = scratch(tmp, "dpa3")
-        code = (
-            "import json; from dpa3.train.trainer import Trainer; "
-            "d = json.load(open('input.json')); d['training']['numb_steps'] = 0; "
-            "d['training']['stat_file'] = 'dpa3_stat.hdf5'; d['training']['tensorboard'] = False; "
-            "d['training']['training_data'] = {'systems': ['mol'], 'batch_size': 6}; "
-            "Trainer(d)"
-        )
-        (work / "input.json").write_text(json.dumps(INPUT, indent=4) + "\n")
-        run(
-            [str(DPA3_PYTHON), "-c", code],
-            work,
-            work / "dpa3.log",
-            env={"PYTHONPATH": str(REPO / "python")},
-        )
-        shutil.copy(work / "dpa3_stat.hdf5", OUT / "dpa3_stat.hdf5")
-        (work / "model.ckpt-2.pt").unlink(missing_ok=True)
-        dp_train(
-            work,
-            dict(
-                INPUT,
-                training=dict(
-                    INPUT["training"],
-                    stat_file="dpa3_stat.hdf5",
-                    stat_file_mode="read",
-                    tensorboard=False,
-                ),
-            ),
-        )
-        ref["dp_read_dpa3"] = bias_of(work / "model.ckpt-2.pt")
-        (OUT / "stat_reference.json").write_text(json.dumps(ref, indent=1) + "\n")
-        (OUT / "input.json").write_text(json.dumps(INPUT, indent=4) + "\n")
-        # 5. multi-task out.json
-        work = scratch(tmp, "mt")
-        dp_train(work, MT_INPUT)
-        (OUT / "mt_input.json").write_text(json.dumps(MT_INPUT, indent=4) + "\n")
-        shutil.copy(work / "out.json", OUT / "mt_out.json")
-        # 6. DeePMD-kit trains from the multi-task out.json dpa3 writes
-        work = scratch(tmp, "mt_dpa3")
-        (work / "mt_input.json").write_text(json.dumps(MT_INPUT, indent=4) + "\n")
-        run(
-            [str(DPA3_PYTHON), "-m", "dpa3", "train", "mt_input.json", "--skip-neighbor-stat"],
-            work,
-            work / "dpa3.log",
-            env={"PYTHONPATH": str(REPO / "python")},
-        )
-        shutil.copy(work / "out.json", OUT / "mt_out_dpa3.json")
-        again = scratch(tmp, "mt_dp_again")
-        dp_train(again, json.loads((work / "out.json").read_text()))
-        keep = [
-            ln.split("DEEPMD ", 1)[1]
-            for ln in (again / "train.log").read_text().splitlines()
-            if "Shared params" in ln or "Trained model has been saved" in ln
-        ]
-        (OUT / "mt_dp_from_dpa3.log").write_text("\n".join(keep) + "\n")
+        for name in names:
+            STEPS[name](Path(tmp))
     (OUT / "versions.txt").write_text(
         f"deepmd-kit {deepmd.__version__}\ntorch {torch.__version__}\nnumpy {np.__version__}\n"
     )
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

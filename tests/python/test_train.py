@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,46 @@ def test_atomic_checkpoint_write_survives_crash(tmp_path, monkeypatch):
     back = load_checkpoint(tmp_path)  # via the 'checkpoint' pointer
     assert back["step"] == 5 and torch.equal(back["w"], good["w"])
     assert resolve_checkpoint(tmp_path / "model.ckpt.pt").resolve().name == "model.ckpt-5.pt"
+
+
+DP_TRAIN = Path(__file__).resolve().parents[1] / "data" / "dp_train"
+
+
+def _ckpt_listing(folder: Path) -> dict:
+    """As tests/dp_train/generate_reference.py records it (step 8)."""
+    files = {
+        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "file"
+        for p in sorted(folder.iterdir())
+        if p.name.startswith("model.ckpt")
+    }
+    return {"files": files, "checkpoint": (folder / "checkpoint").read_text()}
+
+
+def test_max_ckpt_keep_as_dp(tmp_path, monkeypatch):
+    """``max_ckpt_keep`` 2, ``save_freq`` 2: after 7 steps and after 3 more steps run in the
+    same folder, the same checkpoint files, symlink and ``checkpoint`` text as
+    ``dp --pt train`` left on the same input (tests/data/dp_train/ckpt_reference.json)."""
+    ref = json.loads((DP_TRAIN / "ckpt_reference.json").read_text())
+    d = json.loads((DP_TRAIN / "ckpt_input.json").read_text())
+    shutil.copytree(DP_TRAIN / "mol", tmp_path / "mol")
+    monkeypatch.chdir(tmp_path)
+    Trainer(d).run()
+    assert _ckpt_listing(tmp_path) == ref["steps7"]
+    d["training"]["numb_steps"] = 3
+    Trainer(d).run()
+    assert _ckpt_listing(tmp_path) == ref["steps7_then_3"]
+
+
+def test_max_ckpt_keep_below_one_keeps_every_file(tmp_path):
+    """DeePMD-kit's ``CheckpointStore.prune`` returns at once for a value below 1: nothing
+    is removed, not even the numbered files a longer earlier run left."""
+    pre = str(tmp_path / "model.ckpt")
+    for s in (2, 4, 6, 1):
+        save_checkpoint({"format": ckpt_mod.CHECKPOINT_FORMAT, "step": s}, pre, 0)
+    assert sorted(p.name for p in tmp_path.glob("model.ckpt-*.pt")) == [
+        f"model.ckpt-{s}.pt" for s in (1, 2, 4, 6)
+    ]
+    assert (tmp_path / "checkpoint").read_text() == "model.ckpt-1.pt"
 
 
 def test_max_ckpt_keep(tmp_path):

@@ -55,6 +55,67 @@ def test_disp_avg(tmp_path, monkeypatch, avg):
         assert float(rows[2][2]) != pytest.approx(seen[5]["rmse_e"], rel=6e-3)
 
 
+DP_DISP = Path(__file__).resolve().parents[1] / "data" / "dp_train"
+
+
+def _lcurve(path: Path) -> tuple[list[str], list[int], np.ndarray]:
+    """``lcurve.out``: header tokens, steps, (rows, columns) values after the step."""
+    lines = Path(path).read_text().splitlines()
+    rows = [ln.split() for ln in lines if not ln.startswith("#")]
+    return lines[0].split(), [int(r[0]) for r in rows], np.array([r[1:] for r in rows], float)
+
+
+def _check_disp_rule(per_step, last, avg) -> None:
+    """``disp_freq`` 3 over 7 steps: rows at steps 1, 3, 6 (not 7); without ``disp_avg`` a
+    row is that step's own metrics (the ``disp_freq`` 1 row), with it the mean of the metrics
+    of the steps since the previous row (1 | 2-3 | 4-6); the lr column is the step's."""
+    _, s1, v1 = per_step
+    for _, steps, vals in (last, avg):
+        assert steps == [1, 3, 6]
+        assert vals[:, -1].tolist() == [v1[s1.index(s), -1] for s in steps]
+    assert last[2].tolist() == [v1[s1.index(s)].tolist() for s in (1, 3, 6)]
+    metrics = v1[:, :-1]  # values printed with 3 digits: means agree to rounding
+    for row, group in zip(avg[2][:, :-1], ([1], [2, 3], [4, 5, 6]), strict=True):
+        want = metrics[[s1.index(s) for s in group]].mean(axis=0)
+        assert row == pytest.approx(want, rel=6e-3)
+    assert not np.allclose(avg[2][1:, :-1], last[2][1:, :-1], rtol=1e-2)  # the rule shows
+
+
+def test_disp_avg_rule_holds_on_dp_lcurves():
+    """The rule dpa3 implements, read off ``dp --pt train``'s own ``lcurve.out`` files
+    (tests/dp_train/generate_reference.py step 7: the same run displayed three ways)."""
+    _check_disp_rule(
+        *(_lcurve(DP_DISP / f"dp_lcurve_{n}.out") for n in ("disp1", "disp3", "disp3_avg"))
+    )
+
+
+def test_disp_avg_as_dp(tmp_path, monkeypatch):
+    """dpa3 on the input of those dp runs: the same header, rows and lr column as dp, and
+    the same averaging rule on dpa3's own printed numbers (loss values differ: other
+    weights)."""
+    shutil.copytree(DP_DISP / "mol", tmp_path / "mol")
+    base = json.loads((DP_DISP / "disp_input.json").read_text())
+    got = []
+    for name, extra in (
+        ("disp1", {}),
+        ("disp3", {"disp_freq": 3}),
+        ("disp3_avg", {"disp_freq": 3, "disp_avg": True}),
+    ):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        d = json.loads(json.dumps(base))
+        d["training"].update(extra, training_data={"systems": ["../mol"], "batch_size": 2})
+        Trainer(d).run()
+        mine, dp = _lcurve("lcurve.out"), _lcurve(DP_DISP / f"dp_lcurve_{name}.out")
+        assert mine[0] == dp[0] and mine[1] == dp[1]
+        assert mine[2][:, -1].tolist() == dp[2][:, -1].tolist()
+        assert (tmp_path / name / "lcurve.out").read_text().splitlines()[1] == (
+            DP_DISP / f"dp_lcurve_{name}.out"
+        ).read_text().splitlines()[1]
+        got.append(mine)
+    _check_disp_rule(*got)
+
+
 def test_disp_training_and_time_training(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="dpa3")

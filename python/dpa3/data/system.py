@@ -1,19 +1,29 @@
 """DeePMD-kit systems (``npy`` folders and ``deepmd/hdf5`` files), read once into memory.
 
-A system folder holds ``type.raw`` (one integer type per atom), optionally ``type_map.raw``
-(element names, one a line), an optional empty file ``nopbc``, and ``set.*`` folders with
-``coord.npy`` (nframes, natoms*3), ``box.npy`` (nframes, 9; absent with ``nopbc``) and the
-optional labels ``energy.npy`` (nframes,), ``force.npy`` (nframes, natoms*3) and
-``virial.npy`` (nframes, 9), and the per-atom ``atom_ener.npy`` (nframes, natoms; the
-atomic-energy loss term) and ``atom_ener_coeff.npy`` (nframes, natoms; 1 where absent, used
-by the loss option ``enable_atom_ener_coeff``).  In the *mixed-type* layout
+A system folder holds ``type.raw`` (one integer type per atom, whitespace-separated),
+optionally ``type_map.raw`` (element names, whitespace-separated), an optional empty file
+``nopbc``, and ``set.*`` folders (read in name order) with ``coord.npy`` (nframes, natoms*3),
+``box.npy`` (nframes, 9; absent or ignored with ``nopbc``) and the optional labels
+``energy.npy`` (nframes,), ``force.npy`` (nframes, natoms*3) and ``virial.npy`` (nframes, 9),
+and the per-atom ``atom_ener.npy`` (nframes, natoms; the atomic-energy loss term) and
+``atom_ener_coeff.npy`` (nframes, natoms; 1 where absent, used by the loss option
+``enable_atom_ener_coeff``), also spelled ``atomic_ener.npy``/``atomic_ener_coeff.npy``.
+Each array may also have the shapes DeePMD-kit reads (:func:`_reshape`: (nframes, natoms, 3),
+(nframes, 3, 3), (nframes, 1) energies, a one-frame set without the frame axis), any integer
+or float dtype, byte order and memory order.  In the *mixed-type* layout
 ``set.*/real_atom_types.npy`` (nframes, natoms) gives each frame's types and ``type.raw`` is a
-placeholder.
+placeholder; without ``type_map.raw`` those types index the model's type map (as in
+``dp --pt train``).  Files the energy model never asks for (``atom_pref``, ``fparam``,
+``aparam``, ``numb_copy``, ...) are not read, as in DeePMD-kit; the input keys that would use
+them are refused in :mod:`dpa3.config`.  Refused with a :class:`DataError` naming the file:
+other shapes (DeePMD-kit would reshape them in memory order, or fail in one of its two
+readers) and virtual atoms (type -1).  ``tests/python/test_npy_layouts.py`` compares each
+layout with what DeePMD-kit's ``DeepmdData`` reads.
 
 The same layout inside an HDF5 file (``data.hdf5`` or ``data.hdf5#/group``, as dpdata's
-``deepmd/hdf5`` writes it) is read through :mod:`dpa3.data.storage`.  Array files may be
-written with any float precision; ``.raw`` text frames are not read (DeePMD-kit does not
-read them either: convert them with its ``raw_to_set.sh`` or dpdata).
+``deepmd/hdf5`` writes it) is read through :mod:`dpa3.data.storage`.  ``.raw`` text frames
+are not read (DeePMD-kit does not read them either: convert them with its ``raw_to_set.sh``
+or dpdata).
 
 A missing label file switches that label off for the frames of that set, as DeePMD-kit's
 ``find_*`` flags do; the loss then skips the term for those frames.
@@ -180,21 +190,55 @@ def _check_finite(arr: np.ndarray, where: str) -> None:
         raise DataError(f"'{where}' contains NaN or inf (first at frame {bad[0]})")
 
 
-def _reshape(arr: np.ndarray, where: str, nframes: int | None, width: int, what: str) -> np.ndarray:
-    """Reshape ``arr`` to (nframes, width) and complain clearly if it cannot be."""
-    if arr.ndim == 1 and width != 1 and nframes in (None, 1) and arr.size == width:
-        arr = arr[None, :]
-    if arr.ndim == 1 and width == 1:
+def _reshape(
+    arr: np.ndarray,
+    where: str,
+    nframes: int | None,
+    width: int,
+    what: str,
+    inner: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Reshape ``arr`` to (nframes, width) where DeePMD-kit reads it so, else a clear error.
+
+    Accepted, as both of DeePMD-kit's readers (``dp test``'s whole sets and ``dp --pt
+    train``'s frames) read them: (nframes, width); (nframes,) when width is 1; (nframes,
+    *inner) with ``inner`` the per-frame shape ((natoms, 3) for coordinates and forces,
+    (3, 3) for cells and virials, (natoms, 1) for per-atom values); and a set of one frame
+    stored without the frame axis: (width,), ``inner``, or () when width is 1 (for
+    coord.npy, which counts the frames, ``nframes`` None: only (width,)).  Any other shape
+    is refused, even with the right number of values: DeePMD-kit reshapes such arrays in
+    memory order (a force array of shape (nframes, 3, natoms) becomes other forces) or reads
+    them in one reader only.
+    """
+    inner = inner or (width,)
+    one = ((width,),) if nframes is None else ((width,), inner) if nframes == 1 else ()
+    if arr.shape in one or (arr.ndim == 0 and width == 1 and nframes == 1):
+        arr = arr.reshape(1, width)
+    elif arr.ndim == 1 and width == 1 and nframes is not None:
         arr = arr[:, None]
-    if arr.ndim > 2 and nframes is not None and arr.shape[0] == nframes and arr[0].size == width:
-        arr = arr.reshape(nframes, width)  # e.g. (nframes, natoms, 3) force
+    elif arr.ndim >= 2 and arr.shape[1:] == inner:
+        arr = arr.reshape(arr.shape[0], width)
     if arr.ndim != 2 or arr.shape[1] != width:
-        raise DataError(f"'{where}' has shape {arr.shape}; expected (nframes, {width}) {what}")
+        alt = "" if inner == (width,) else f" or (nframes, {', '.join(map(str, inner))})"
+        raise DataError(
+            f"'{where}' has shape {arr.shape}; expected (nframes, {width}){alt} {what}".rstrip()
+        )
     if nframes is not None and arr.shape[0] != nframes:
         raise DataError(
             f"'{where}' has {arr.shape[0]} frames but coord.npy of that set has {nframes}"
         )
     return arr
+
+
+def _label_file(st: Store, sdir: str, name: str) -> str:
+    """``<set>/<name>.npy``; for a per-atom label ``atom_X`` missing under that name, the
+    spelling ``atomic_X.npy`` that DeePMD-kit also reads (``DeepmdData._get_data_path``)."""
+    rel = f"{sdir}/{name}.npy"
+    if not st.is_file(rel) and name.startswith("atom_"):
+        alt = f"{sdir}/atomic_{name[5:]}.npy"
+        if st.is_file(alt):
+            return alt
+    return rel
 
 
 def load_system(
@@ -257,7 +301,12 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
         if not st.is_file(cfile):
             raise DataError(f"'{st.where(cfile)}' is missing")
         coord = _reshape(
-            st.array(cfile), st.where(cfile), None, natoms * 3, f"(natoms = {natoms} from type.raw)"
+            st.array(cfile),
+            st.where(cfile),
+            None,
+            natoms * 3,
+            f"(natoms = {natoms} from type.raw)",
+            (natoms, 3),
         )
         nf = coord.shape[0]
         set_nframes.append(nf)
@@ -270,7 +319,7 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
                     f"'{st.where(bfile)}' is missing (add an empty 'nopbc' file to "
                     f"'{root}' for a non-periodic system)"
                 )
-            box = _reshape(st.array(bfile), st.where(bfile), nf, 9, "cell rows")
+            box = _reshape(st.array(bfile), st.where(bfile), nf, 9, "cell rows", (3, 3))
             _check_finite(box, st.where(bfile))
             vol = np.linalg.det(box.reshape(nf, 3, 3))
             if np.any(np.abs(vol) < 1e-8):
@@ -282,14 +331,14 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
             types.append(rt.astype(np.int64))
         else:
             types.append(np.broadcast_to(base_types, (nf, natoms)).copy())
-        for name, width in (
-            ("energy", 1),
-            ("force", natoms * 3),
-            ("virial", 9),
-            ("atom_ener", natoms),
-            ("atom_ener_coeff", natoms),
+        for name, width, inner in (
+            ("energy", 1, (1,)),
+            ("force", natoms * 3, (natoms, 3)),
+            ("virial", 9, (3, 3)),
+            ("atom_ener", natoms, (natoms, 1)),
+            ("atom_ener_coeff", natoms, (natoms, 1)),
         ):
-            lfile = f"{sdir}/{name}.npy"
+            lfile = _label_file(st, sdir, name)
             if st.is_file(lfile):
                 arr = _reshape(
                     st.array(lfile),
@@ -297,6 +346,7 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
                     nf,
                     width,
                     f"(natoms = {natoms} from type.raw)" if name == "force" else "",
+                    inner,
                 )
                 _check_finite(arr, st.where(lfile))
                 labels[name].append(arr.astype(np.float64))

@@ -6,9 +6,10 @@ DeePMD-kit does.  Every file is written to a temporary name in the same folder
 (``.<name>.tmp-<pid>``), flushed to disk and moved into place with ``os.replace``, so a crash
 or a ``kill -9`` during a save leaves the previous checkpoint and pointer intact; the
 temporary file such a crash leaves is removed by the next save.  Retention follows
-DeePMD-kit's ``max_ckpt_keep``: after a save the newest ``max_ckpt_keep`` checkpoints are
-kept (a value below 1 keeps all), and numbered ones above the step just saved (left by a
-longer earlier run in the same folder) are removed.
+DeePMD-kit's ``max_ckpt_keep``: after a save, numbered checkpoints above the step just saved
+(left by a longer earlier run in the same folder) are removed and the newest
+``max_ckpt_keep`` are kept; a value below 1 keeps every file (tests/data/dp_train/
+``ckpt_reference.json`` holds what ``dp --pt train`` leaves).
 """
 
 from __future__ import annotations
@@ -155,10 +156,10 @@ def save_checkpoint(ckpt: dict[str, Any], prefix: str, max_keep: int) -> Path:
         log.info("removed %s, left by a save that was killed", p)
     atomic_torch_save(ckpt, path)
     _atomic_symlink(path.name, pre.with_name(f"{pre.name}.pt"))
-    _atomic_write_text(pre.parent / "checkpoint", path.name + "\n")
+    _atomic_write_text(pre.parent / "checkpoint", path.name)  # no newline, as dp writes it
     _fsync_dir(pre.parent)
     olds = []
-    for p in pre.parent.iterdir():
+    for p in pre.parent.iterdir() if max_keep > 0 else ():
         m = pattern.match(p.name)
         if m is None or p.is_symlink() or p == path:
             continue
@@ -167,9 +168,8 @@ def save_checkpoint(ckpt: dict[str, Any], prefix: str, max_keep: int) -> Path:
         else:
             olds.append((int(m.group(1)), p))
     olds.sort()
-    if max_keep > 0:
-        for _, p in olds[: max(0, len(olds) + 1 - max_keep)]:
-            p.unlink(missing_ok=True)
+    for _, p in olds[: max(0, len(olds) + 1 - max_keep)]:
+        p.unlink(missing_ok=True)
     log.info("saved checkpoint %s", path)
     return path
 
