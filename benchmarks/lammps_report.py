@@ -329,7 +329,10 @@ e_sel 120, a_sel 30, fitting 240×3), weights written by DeePMD-kit:
 `{rel(CKPT6)}` (6 layers); the 3-layer model takes its first three layers and everything else
 (DeePMD-kit's `get_model` with `nlayers` 3, saved as a DeePMD-kit checkpoint). Matmul-type
 floating-point operations per atom and MD step (energy, forces and virial of the eager model,
-192 atoms, `torch.utils.flop_counter.FlopCounterMode`; element-wise work is not counted):
+192 atoms, `torch.utils.flop_counter.FlopCounterMode`; element-wise work is not counted; the
+matrix products inside dpa3's fused C++ kernels are counted by the formulas that
+`dpa3._ops.register_flop_formulas()` registers, 2 M N K per product as the kernels compute them,
+recomputations in the backward pass included):
 
 {chr(10).join(flops_lines)}
 

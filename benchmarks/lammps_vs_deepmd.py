@@ -38,7 +38,9 @@ LAMMPS s/step of the same code (target for dpa3: <= 1.2).  ``--no-ase`` skips th
 
 Also printed: the model's floating-point operations per atom and MD step (matmul-type operations
 counted by ``torch.utils.flop_counter.FlopCounterMode`` on the eager model's
-energy+forces+virial evaluation: dpa3's, and DeePMD-kit's in its venv), this CPU's float32
+energy+forces+virial evaluation: dpa3's, the matrix products inside its fused C++ kernels
+included by the formulas of ``dpa3._ops.register_flop_formulas``, and DeePMD-kit's in its
+venv), this CPU's float32
 ``torch.mm`` throughput measured in the same run, and the fraction of it each code achieves.
 Writes the tables, the machine load and the exact commands to ``benchmarks/results_lammps.md``.
 """
@@ -111,15 +113,19 @@ def mm_gflops(threads: int, n: int = 2048, seconds: float = 4.0) -> float:
 
 
 def dpa3_flops(ckpt: Path, threads: int) -> tuple[float, int, float]:
-    """Matmul FLOPs of dpa3's eager model (evaluation mode, as in LAMMPS) on 192 atoms."""
+    """Matmul FLOPs of dpa3's eager model (evaluation mode, as in LAMMPS) on 192 atoms,
+    the matrix products inside the op library's fused kernels included
+    (``dpa3._ops.register_flop_formulas``)."""
     import torch
 
+    from dpa3._ops import register_flop_formulas
     from dpa3.convert import load_deepmd_model
 
     torch.set_num_threads(threads)
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     tmap = list(raw["_extra_state"]["model_params"]["type_map"])
     model = load_deepmd_model(str(ckpt))
+    register_flop_formulas()  # the products inside the fused kernels (torch.ops.dpa3._*)
     model.eval()
     coord, names, cell = water_frame()
     atype = torch.tensor([tmap.index(n) for n in names])[None]

@@ -28,6 +28,8 @@ and defines one TorchScript-able function per op that the model calls (:func:`ga
 :func:`border_exchange`, :func:`allreduce_min`); scripted models inline them, so a frozen model
 calls the registered ops directly.  :data:`COMM_KEYS` defines the exchange schedule
 (``comm_dict``) keys and their order.
+:func:`register_flop_formulas` (explicit, idempotent) tells ``torch.utils.flop_counter`` how many
+FLOPs the matrix products inside the primitives' kernels do, which it cannot see.
 In a process where the LAMMPS plugin has already loaded the library (the plugin links it),
 loading is skipped: registering the ``dpa3`` namespace twice aborts.
 """
@@ -286,3 +288,109 @@ def angle_block(
     """The fused angle block of a RepFlow layer (first and second derivatives):
     ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_block``)."""
     return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP formulas of the primitives for ``torch.utils.flop_counter.FlopCounterMode``.  A
+# dispatch-mode counter sees a primitive (``torch.ops.dpa3._angle_block_fwd`` ...) as one call
+# and not the ATen calls made inside its kernel, so without these formulas the matrix products
+# done inside the fused kernels count 0.  Each formula counts 2 M N K per product
+# (FlopCounterMode's convention for ``aten.mm``/``aten.bmm``), from the input shapes, as the CPU
+# kernel does the work.  Primitives without matrix-product-like work have no formula (they
+# count 0, as element-wise ATen ops do): ``_gather``, ``_segment_sum`` (copies and additions)
+# and ``_edge_sum`` (``xc[idx_c] + xn[idx_n] + xe + b``: additions only).
+
+
+def _angle_fwd_flops(a, wa, *_args, out_shape=None, **_kwargs) -> int:
+    """``_angle_block_fwd(a [A, da_in], wa [da_in, D], ...)``: ``a wa`` once, 2 A da_in D.
+
+    src/ops/kernels/angle_block.cpp, ``cpu::angle_block_fwd``: per block of ``nq`` angles
+    ``gemm_rows(false, false, nq, width, da_in, a_blk, ..., wa, ...)``; the blocks cover every
+    angle once (``for_each_block``), so the ``nq`` sum to ``A``.  (generic.cpp:
+    ``pre_activation``, ``in.a.mm(in.wa)``.)
+    """
+    nangle, da_in = a
+    return 2 * nangle * da_in * wa[1]
+
+
+def _angle_bwd_flops(
+    a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, gred, gaout, need_wa,
+    need_beta, out_shape=None, **_kwargs,
+) -> int:  # fmt: skip
+    """``_angle_block_bwd``: 2 A da_in D for each of ``a wa`` (recomputed), ``g_pre wa^T``
+    and, if ``need_wa``, ``a^T g_pre``.
+
+    src/ops/kernels/angle_block.cpp, ``cpu::angle_block_bwd``, per block of ``nq`` angles:
+    ``gemm_rows(false, false, nq, width, da_in, a_blk, ..., wa, ...)`` (the forward product,
+    recomputed instead of kept), ``gemm_rows(false, true, nq, da_in, width, buf, ..., wa, ...)``
+    (``g_a``) and, when ``need_wa``, ``gemm_rows(true, false, da_in, width, nq, a_blk, ...)``
+    (``g_wa``).  (generic.cpp: ``pre_activation``, ``gpre.mm(in.wa.t())``,
+    ``in.a.t().mm(gpre)``.)
+    """
+    nangle, da_in = a
+    return 2 * nangle * da_in * wa[1] * (3 if need_wa else 2)
+
+
+def _outer_sum_flops(h, g, *_args, out_shape=None, **_kwargs) -> int:
+    """``_outer_sum(h [E, k], g [E, d], ...) -> [N, k, d]``: one multiply-add per edge and
+    output element of its centre, 2 E k d.
+
+    src/ops/kernels/center_outer.cpp, ``outer_sum_body``: ``oc[j] += hc * ge[j]`` for every
+    edge ``e``, ``c < k``, ``j < d``.  (generic.cpp forms ``h.unsqueeze(2) * g.unsqueeze(1)``
+    and ``index_add_``: element-wise ATen ops, which FlopCounterMode counts 0; as a matrix
+    product it is ``bmm([E, k, 1], [E, 1, d])``, 2 E k d.)
+    """
+    nedge, k = h
+    return 2 * nedge * k * g[1]
+
+
+def _outer_h_flops(h, G, *_args, out_shape=None, **_kwargs) -> int:
+    """``_outer_h(h [E, k], G [N, k, d], idx) -> [E, d]``: 2 E k d.
+
+    center_outer.cpp, ``outer_h_body``: ``o[j] += hc * Gc[j]`` for ``c < k``, ``j < d``.
+    (generic.cpp: ``bmm(h.unsqueeze(1) [E, 1, k], G[idx] [E, k, d])``.)
+    """
+    nedge, k = h
+    return 2 * nedge * k * G[2]
+
+
+def _outer_g_flops(g, G, *_args, out_shape=None, **_kwargs) -> int:
+    """``_outer_g(g [E, d], G [N, k, d], idx) -> [E, k]``: 2 E k d.
+
+    center_outer.cpp, ``outer_g_body``: ``acc += ge[j] * Gc[j]`` for ``c < k``, ``j < d``.
+    (generic.cpp: ``bmm(G[idx] [E, k, d], g.unsqueeze(2) [E, d, 1])``.)
+    """
+    nedge, d = g
+    return 2 * nedge * G[1] * d
+
+
+def flop_formulas() -> dict:
+    """``{torch.ops.dpa3._primitive: formula}`` for every primitive that does matrix-product
+    work (usable as ``FlopCounterMode(custom_mapping=flop_formulas())``).
+
+    Raises RuntimeError if the op library is not built.
+    """
+    if not load_ops():
+        raise RuntimeError("dpa3: the op library libdpa3_ops.so is not built")
+    ops = torch.ops.dpa3
+    return {
+        ops._angle_block_fwd: _angle_fwd_flops,
+        ops._angle_block_bwd: _angle_bwd_flops,
+        ops._outer_sum: _outer_sum_flops,
+        ops._outer_h: _outer_h_flops,
+        ops._outer_g: _outer_g_flops,
+    }
+
+
+def register_flop_formulas() -> None:
+    """Register :func:`flop_formulas` with ``torch.utils.flop_counter`` (idempotent).
+
+    Every ``FlopCounterMode`` created afterwards in this process counts the matrix products
+    done inside the fused kernels (it copies the registry when it is created).  Explicit, never
+    done on import; a primitive that already has a formula keeps it.
+    """
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    for op, formula in flop_formulas().items():
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
