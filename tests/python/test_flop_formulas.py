@@ -159,18 +159,22 @@ def _model_count(model, frame) -> dict[str, int]:
 
 def test_whole_model_counts_the_composite_model_plus_the_recomputation() -> None:
     """Energy, forces and virial of the eager model: with the fused angle kernel (evaluation)
-    the count is the composite path's (descriptor in training mode: the angle block in ATen
-    calls; the rest through the same primitives) plus one recomputed ``a W_a`` per layer."""
+    the count is the composite path's (the angle block in ATen calls, as for an activation the
+    kernel does not implement; the rest through the same primitives) plus one recomputed
+    ``a W_a`` per layer."""
     model = make_model(seed=3)
     frame = alloy_frame()
     fused = _model_count(model, frame)
     with _ops.generic_kernels():
         generic = _model_count(model, frame)
-    model.descriptor.train()  # the composite angle block; the model still evaluates
+    codes = [layer.act_code for layer in model.descriptor.layers]
+    for layer in model.descriptor.layers:  # the composite angle block (as for activations the
+        layer.act_code = -1  # kernel does not implement); the rest through the same primitives
     try:
         composite = _model_count(model, frame)
     finally:
-        model.descriptor.eval()
+        for layer, code in zip(model.descriptor.layers, codes, strict=True):
+            layer.act_code = code
     assert fused == generic
     assert "dpa3._angle_block_fwd" not in composite and fused["dpa3._angle_block_fwd"] > 0
     assert fused["dpa3._angle_block_bwd"] == 2 * fused["dpa3._angle_block_fwd"]
