@@ -27,6 +27,7 @@ re-raised on every rank, so no rank waits forever in a collective.
 from __future__ import annotations
 
 import datetime
+import importlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -249,6 +250,14 @@ def init_distributed(
         backend = "nccl"
     else:
         backend = "gloo"
+    # torch.distributed.nn binds ``group=group.WORLD`` as default arguments when first
+    # imported (torch does so lazily, e.g. through torch._dynamo when the optimizer is built).
+    # Imported after the group exists, those defaults keep it alive past
+    # destroy_process_group, and its worker threads then release tensors during interpreter
+    # shutdown: a rare "terminate called without an active exception" (SIGABRT) at exit.
+    # Imported first, the defaults are None.
+    importlib.import_module("torch.distributed.nn")
+
     dist.init_process_group(
         backend=backend,
         rank=rank,
