@@ -168,7 +168,10 @@ IMPLEMENTED: dict[str, tuple[object, str]] = {
     "training.disp_file": ("lc.out", T_TRAIN),
     "training.disp_freq": (5, T_TRAIN),
     "training.save_freq": (5, T_TRAIN),
-    "training.save_ckpt": ("m.ckpt", T_TRAIN),
+    "training.save_ckpt": (
+        "m.ckpt",
+        "tests/python/test_checkpoint.py::test_save_ckpt_in_a_folder_as_dp",
+    ),
     "training.change_bias_after_training": (True, f"{T_TRAIN}::test_change_bias_after_training"),
     "training.disp_training": (False, f"{T_OPT}::test_disp_training_and_time_training"),
     "training.time_training": (False, f"{T_OPT}::test_disp_training_and_time_training"),
@@ -301,7 +304,7 @@ INERT: dict[str, tuple[object, str, str]] = {
 OWNED_ELSEWHERE: dict[str, str] = {}
 IMPLEMENTED["training.max_ckpt_keep"] = (
     2,
-    "tests/python/test_train.py::test_max_ckpt_keep_as_dp",
+    "tests/python/test_checkpoint.py::test_max_ckpt_keep_as_dp",
 )
 _T_RGLOB = "tests/python/test_deepmd_data.py::test_rglob_patterns_key"
 IMPLEMENTED["training.training_data.rglob_patterns"] = (["*"], _T_RGLOB)

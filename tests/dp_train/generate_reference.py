@@ -38,10 +38,14 @@ copies of the systems:
    ``max_ckpt_keep`` 2): 7 steps (saves at 2, 4, 6, 7), then 3 steps in the same folder
    (saves at 2, 3; the longer run's later checkpoints are left over): keeps, after each run,
    the checkpoint files of the folder (name -> ``file`` or the symlink's target) and the
-   text of ``checkpoint`` in ``ckpt_reference.json``.
+   text of ``checkpoint`` in ``ckpt_reference.json``;
+9. ``save_ckpt`` in a sub-folder (``CKPT_INPUT`` with ``save_ckpt`` ``run/model.ckpt``,
+   7 steps): keeps, in ``ckpt_dir_reference.json``, every file of the working folder and of
+   ``run/`` (``file``, ``folder`` or the symlink's target) and the text of each ``checkpoint``.
 
 ``generate_reference.py [STEP ...]`` runs only the named steps (``stat`` = 2-4, ``mt`` = 5-6,
-``disp`` = 7, ``ckpt`` = 8; default all), so the other fixtures stay byte-identical.
+``disp`` = 7, ``ckpt`` = 8, ``ckptdir`` = 9; default all), so the other fixtures stay
+byte-identical.
 """
 
 from __future__ import annotations
@@ -257,6 +261,32 @@ def step_ckpt(tmp: Path) -> None:
     (OUT / "ckpt_input.json").write_text(json.dumps(CKPT_INPUT, indent=4) + "\n")
 
 
+def folder_listing(folder: Path, skip: set[str]) -> dict:
+    """Every entry of ``folder`` but ``skip``: ``file``, ``folder`` or ``-> target``, and the
+    text of a ``checkpoint`` file in it (``None`` if there is none)."""
+    files = {
+        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "folder" if p.is_dir() else "file"
+        for p in sorted(folder.iterdir())
+        if p.name not in skip
+    }
+    ptr = folder / "checkpoint"
+    return {"files": files, "checkpoint": ptr.read_text() if ptr.is_file() else None}
+
+
+def step_ckptdir(tmp: Path) -> None:
+    """9. ``save_ckpt`` ``run/model.ckpt``: where the checkpoints and the pointer go."""
+    work = scratch(tmp, "ckptdir")
+    inp = dict(CKPT_INPUT, training=dict(CKPT_INPUT["training"], save_ckpt="run/model.ckpt"))
+    dp_train(work, inp)
+    skip = {*SYSTEMS, "input.json", "train.log", "lcurve.out", "out.json"}
+    ref = {
+        "input": inp,
+        "work": folder_listing(work, skip),
+        "run": folder_listing(work / "run", set()),
+    }
+    (OUT / "ckpt_dir_reference.json").write_text(json.dumps(ref, indent=1) + "\n")
+
+
 def step_stat(tmp: Path) -> None:
     """2-4. Stat files (HDF5 and folder), TensorBoard, DeePMD-kit reading dpa3's file."""
     ref: dict = {}
@@ -339,7 +369,13 @@ def step_mt(tmp: Path) -> None:
     (OUT / "mt_dp_from_dpa3.log").write_text("\n".join(keep) + "\n")
 
 
-STEPS = {"stat": step_stat, "mt": step_mt, "disp": step_disp, "ckpt": step_ckpt}
+STEPS = {
+    "stat": step_stat,
+    "mt": step_mt,
+    "disp": step_disp,
+    "ckpt": step_ckpt,
+    "ckptdir": step_ckptdir,
+}
 
 
 def main(argv: list[str]) -> None:

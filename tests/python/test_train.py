@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,7 @@ import torch
 
 from dpa3.config._base import ConfigError
 from dpa3.config.train import InputConfig
-from dpa3.train import checkpoint as ckpt_mod
-from dpa3.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from dpa3.train.checkpoint import load_checkpoint
 from dpa3.train.trainer import Trainer, model_forward
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
@@ -212,82 +210,6 @@ def test_restart_is_bit_identical(tmp_path, monkeypatch):
     assert read_lcurve(a / "lcurve.out")[3:] == read_lcurve(b / "lcurve.out")
 
 
-def test_atomic_checkpoint_write_survives_crash(tmp_path, monkeypatch):
-    pre = str(tmp_path / "model.ckpt")
-    good = {
-        "format": ckpt_mod.CHECKPOINT_FORMAT,
-        "version": 1,
-        "step": 5,
-        "w": torch.arange(1000.0),
-    }
-    save_checkpoint(good, pre, 5)
-    real_save = torch.save
-
-    def crashing_save(obj, f, *a, **k):
-        f.write(b"partial garbage")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(dict(good, step=10), pre, 5)
-    monkeypatch.setattr(torch, "save", real_save)
-    assert not (tmp_path / "model.ckpt-10.pt").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    back = load_checkpoint(tmp_path)  # via the 'checkpoint' pointer
-    assert back["step"] == 5 and torch.equal(back["w"], good["w"])
-    assert resolve_checkpoint(tmp_path / "model.ckpt.pt").resolve().name == "model.ckpt-5.pt"
-
-
-DP_TRAIN = Path(__file__).resolve().parents[1] / "data" / "dp_train"
-
-
-def _ckpt_listing(folder: Path) -> dict:
-    """As tests/dp_train/generate_reference.py records it (step 8)."""
-    files = {
-        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "file"
-        for p in sorted(folder.iterdir())
-        if p.name.startswith("model.ckpt")
-    }
-    return {"files": files, "checkpoint": (folder / "checkpoint").read_text()}
-
-
-def test_max_ckpt_keep_as_dp(tmp_path, monkeypatch):
-    """``max_ckpt_keep`` 2, ``save_freq`` 2: after 7 steps and after 3 more steps run in the
-    same folder, the same checkpoint files, symlink and ``checkpoint`` text as
-    ``dp --pt train`` left on the same input (tests/data/dp_train/ckpt_reference.json)."""
-    ref = json.loads((DP_TRAIN / "ckpt_reference.json").read_text())
-    d = json.loads((DP_TRAIN / "ckpt_input.json").read_text())
-    shutil.copytree(DP_TRAIN / "mol", tmp_path / "mol")
-    monkeypatch.chdir(tmp_path)
-    Trainer(d).run()
-    assert _ckpt_listing(tmp_path) == ref["steps7"]
-    d["training"]["numb_steps"] = 3
-    Trainer(d).run()
-    assert _ckpt_listing(tmp_path) == ref["steps7_then_3"]
-
-
-def test_max_ckpt_keep_below_one_keeps_every_file(tmp_path):
-    """DeePMD-kit's ``CheckpointStore.prune`` returns at once for a value below 1: nothing
-    is removed, not even the numbered files a longer earlier run left."""
-    pre = str(tmp_path / "model.ckpt")
-    for s in (2, 4, 6, 1):
-        save_checkpoint({"format": ckpt_mod.CHECKPOINT_FORMAT, "step": s}, pre, 0)
-    assert sorted(p.name for p in tmp_path.glob("model.ckpt-*.pt")) == [
-        f"model.ckpt-{s}.pt" for s in (1, 2, 4, 6)
-    ]
-    assert (tmp_path / "checkpoint").read_text() == "model.ckpt-1.pt"
-
-
-def test_max_ckpt_keep(tmp_path):
-    pre = str(tmp_path / "run" / "model.ckpt")
-    for s in (1, 2, 3, 4):
-        save_checkpoint({"format": ckpt_mod.CHECKPOINT_FORMAT, "step": s}, pre, 2)
-    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt") if not p.is_symlink()) == [
-        "model.ckpt-3.pt",
-        "model.ckpt-4.pt",
-    ]
-
-
 def test_keyboard_interrupt_saves_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     t = Trainer(tiny_input(steps=10, save_freq=100))
@@ -358,19 +280,6 @@ def test_init_model_and_finetune_new_type_map(tmp_path, monkeypatch):
     nb = t.model.out_bias
     assert not math.isclose(float(nb[2]), float(ob[0]))
     t.run()
-
-
-def test_checkpoint_contents(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    d = tiny_input(steps=1)
-    Trainer(d).run()
-    ck = load_checkpoint(tmp_path)
-    assert set(ck) >= {"model_config", "input", "model", "optimizer", "step", "rng", "sampler"}
-    from dpa3.config.model import ModelConfig
-
-    cfg = ModelConfig.from_typed_dict(ck["model_config"])
-    assert cfg.type_map == ("C", "H", "O")
-    json.dumps(ck["input"])  # the raw input stays JSON
 
 
 # ------------------------------------------------------------------------------- examples

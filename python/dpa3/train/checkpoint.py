@@ -1,8 +1,11 @@
 """Checkpoints: atomic writes, DeePMD-kit style names and the ``checkpoint`` pointer file.
 
 ``<save_ckpt>-<step>.pt`` holds a dict (see :func:`make_checkpoint`); ``<save_ckpt>.pt`` is
-a symlink to the newest one and the text file ``checkpoint`` (next to it) names it, as
-DeePMD-kit does.  Every file is written to a temporary name in the same folder
+a symlink to the newest one and the text file ``checkpoint`` names it, as DeePMD-kit does:
+training writes ``checkpoint`` in the working folder with the path as ``save_ckpt`` gives it
+(``run/model.ckpt-2.pt`` for ``save_ckpt`` ``run/model.ckpt``; an absolute path stays
+absolute), so ``dpa3 freeze`` / ``dp freeze`` with the default ``-c .`` find it; a pointer is
+read relative to its own folder.  Every file is written to a temporary name in the same folder
 (``.<name>.tmp-<pid>``), flushed to disk and moved into place with ``os.replace``, so a crash
 or a ``kill -9`` during a save leaves the previous checkpoint and pointer intact; the
 temporary file such a crash leaves is removed by the next save.  Retention follows
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "dpa3.checkpoint"
 CHECKPOINT_VERSION = 1
+#: The pointer file training updates: in the working folder, as ``dp`` writes it.
+POINTER = "checkpoint"
 
 
 def make_checkpoint(
@@ -141,23 +146,45 @@ def _atomic_symlink(target: str, link: Path) -> None:
             tmp.unlink()
 
 
-def save_checkpoint(ckpt: dict[str, Any], prefix: str, max_keep: int) -> Path:
-    """Write ``<prefix>-<step>.pt``, update ``<prefix>.pt`` and ``checkpoint``, prune old ones
-    (DeePMD-kit's ``max_ckpt_keep`` rule, see the module docstring)."""
+def save_checkpoint(
+    ckpt: dict[str, Any],
+    prefix: str | os.PathLike,
+    max_keep: int,
+    pointer: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``<prefix>-<step>.pt``, update ``<prefix>.pt`` and the pointer file, prune old
+    ones (DeePMD-kit's ``max_ckpt_keep`` rule, see the module docstring).
+
+    ``pointer``: the ``checkpoint`` file to update (default: ``checkpoint`` next to the
+    checkpoints; training passes ``checkpoint`` in the working folder, as ``dp`` does).  It
+    holds the new file's name if it lies next to it, else its path relative to the pointer's
+    folder (absolute if ``prefix`` is).
+    """
     pre = Path(prefix)
     pre.parent.mkdir(parents=True, exist_ok=True)
+    ptr = pre.parent / "checkpoint" if pointer is None else Path(pointer)
     step = int(ckpt["step"])
     path = pre.with_name(f"{pre.name}-{step}.pt")
     pattern = re.compile(re.escape(pre.name) + r"-(\d+)\.pt$")
     ours = {pre.name + ".pt", "checkpoint"}
-    for p in remove_stale_temporaries(
+    stale = remove_stale_temporaries(
         pre.parent, lambda n: n in ours or pattern.match(n) is not None
-    ):
+    )
+    apart = ptr.parent.resolve() != pre.parent.resolve()
+    if apart:
+        stale += remove_stale_temporaries(ptr.parent, lambda n: n == ptr.name)
+    for p in stale:
         log.info("removed %s, left by a save that was killed", p)
     atomic_torch_save(ckpt, path)
     _atomic_symlink(path.name, pre.with_name(f"{pre.name}.pt"))
-    _atomic_write_text(pre.parent / "checkpoint", path.name)  # no newline, as dp writes it
+    if not apart:
+        name = path.name
+    else:
+        name = str(path) if path.is_absolute() else os.path.relpath(path, ptr.parent)
+    _atomic_write_text(ptr, name)  # no newline, as dp writes it
     _fsync_dir(pre.parent)
+    if apart:
+        _fsync_dir(ptr.parent)
     olds = []
     for p in pre.parent.iterdir() if max_keep > 0 else ():
         m = pattern.match(p.name)
@@ -247,6 +274,7 @@ def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = [
+    "POINTER",
     "CheckpointError",
     "atomic_torch_save",
     "frozen_checkpoint",

@@ -37,6 +37,7 @@ from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..errors import ConfigError
 from .checkpoint import (
+    POINTER,
     frozen_checkpoint,
     load_checkpoint,
     make_checkpoint,
@@ -421,7 +422,7 @@ class Trainer:
         check_parameters_finite(self.model, step, self._last_where)
         ckpt = self.checkpoint_dict(step)
         if self.dist.is_main:
-            self.last_checkpoint = save_checkpoint(ckpt, t.save_ckpt, t.max_ckpt_keep)
+            self.last_checkpoint = save_checkpoint(ckpt, t.save_ckpt, t.max_ckpt_keep, POINTER)
         else:
             pre = Path(t.save_ckpt)
             self.last_checkpoint = pre.with_name(f"{pre.name}-{step}.pt")
