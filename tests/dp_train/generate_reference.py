@@ -64,6 +64,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import deepmd
 import numpy as np
 import torch
+from listing import ckpt_listing, folder_listing  # this folder (the script's)
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "data" / "dp_train"
@@ -224,17 +225,6 @@ def tensorboard_scalars(log_dir: Path) -> dict:
     }
 
 
-def ckpt_listing(folder: Path) -> dict:
-    """The checkpoint files of a run folder: name -> ``file`` or ``-> target`` (symlinks),
-    and the text of the ``checkpoint`` pointer file."""
-    files = {
-        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "file"
-        for p in sorted(folder.iterdir())
-        if p.name.startswith("model.ckpt")
-    }
-    return {"files": files, "checkpoint": (folder / "checkpoint").read_text()}
-
-
 def step_disp(tmp: Path) -> None:
     """7. ``lcurve.out`` with ``disp_freq`` 1, 3, and 3 with ``disp_avg``."""
     runs = {
@@ -259,18 +249,6 @@ def step_ckpt(tmp: Path) -> None:
     ref["steps7_then_3"] = ckpt_listing(work)
     (OUT / "ckpt_reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     (OUT / "ckpt_input.json").write_text(json.dumps(CKPT_INPUT, indent=4) + "\n")
-
-
-def folder_listing(folder: Path, skip: set[str]) -> dict:
-    """Every entry of ``folder`` but ``skip``: ``file``, ``folder`` or ``-> target``, and the
-    text of a ``checkpoint`` file in it (``None`` if there is none)."""
-    files = {
-        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "folder" if p.is_dir() else "file"
-        for p in sorted(folder.iterdir())
-        if p.name not in skip
-    }
-    ptr = folder / "checkpoint"
-    return {"files": files, "checkpoint": ptr.read_text() if ptr.is_file() else None}
 
 
 def step_ckptdir(tmp: Path) -> None:

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,9 @@ from test_train import tiny_input
 from dpa3.train import checkpoint as ckpt_mod
 from dpa3.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from dpa3.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dp_train"))
+from listing import ckpt_listing, folder_listing
 
 
 def test_atomic_checkpoint_write_survives_crash(tmp_path, monkeypatch):
@@ -46,16 +49,6 @@ def test_atomic_checkpoint_write_survives_crash(tmp_path, monkeypatch):
 DP_TRAIN = Path(__file__).resolve().parents[1] / "data" / "dp_train"
 
 
-def _ckpt_listing(folder: Path) -> dict:
-    """As tests/dp_train/generate_reference.py records it (step 8)."""
-    files = {
-        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "file"
-        for p in sorted(folder.iterdir())
-        if p.name.startswith("model.ckpt")
-    }
-    return {"files": files, "checkpoint": (folder / "checkpoint").read_text()}
-
-
 def test_max_ckpt_keep_as_dp(tmp_path, monkeypatch):
     """``max_ckpt_keep`` 2, ``save_freq`` 2: after 7 steps and after 3 more steps run in the
     same folder, the same checkpoint files, symlink and ``checkpoint`` text as
@@ -65,10 +58,10 @@ def test_max_ckpt_keep_as_dp(tmp_path, monkeypatch):
     shutil.copytree(DP_TRAIN / "mol", tmp_path / "mol")
     monkeypatch.chdir(tmp_path)
     Trainer(d).run()
-    assert _ckpt_listing(tmp_path) == ref["steps7"]
+    assert ckpt_listing(tmp_path) == ref["steps7"]
     d["training"]["numb_steps"] = 3
     Trainer(d).run()
-    assert _ckpt_listing(tmp_path) == ref["steps7_then_3"]
+    assert ckpt_listing(tmp_path) == ref["steps7_then_3"]
 
 
 def test_max_ckpt_keep_below_one_keeps_every_file(tmp_path):
@@ -106,17 +99,6 @@ def test_checkpoint_contents(tmp_path, monkeypatch):
     json.dumps(ck["input"])  # the raw input stays JSON
 
 
-def _folder_listing(folder: Path, skip: set[str]) -> dict:
-    """As tests/dp_train/generate_reference.py records it (step 9)."""
-    files = {
-        p.name: f"-> {os.readlink(p)}" if p.is_symlink() else "folder" if p.is_dir() else "file"
-        for p in sorted(folder.iterdir())
-        if p.name not in skip
-    }
-    ptr = folder / "checkpoint"
-    return {"files": files, "checkpoint": ptr.read_text() if ptr.is_file() else None}
-
-
 def test_save_ckpt_in_a_folder_as_dp(tmp_path, monkeypatch):
     """``save_ckpt`` ``run/model.ckpt``: the checkpoints go to ``run/``, the ``checkpoint``
     pointer stays in the working folder naming ``run/model.ckpt-<step>.pt``, as
@@ -126,9 +108,9 @@ def test_save_ckpt_in_a_folder_as_dp(tmp_path, monkeypatch):
     shutil.copytree(DP_TRAIN / "mol", tmp_path / "mol")
     monkeypatch.chdir(tmp_path)
     Trainer(ref["input"]).run()
-    work = _folder_listing(tmp_path, {"mol", "lcurve.out"})
+    work = folder_listing(tmp_path, {"mol", "lcurve.out"})
     ref["work"]["files"].pop("input_v2_compat.json")  # dp's input in its v2 spelling
     assert work == ref["work"]  # the pointer here, naming run/model.ckpt-7.pt
-    assert _folder_listing(tmp_path / "run", set()) == ref["run"]  # no pointer in run/
+    assert folder_listing(tmp_path / "run", set()) == ref["run"]  # no pointer in run/
     assert resolve_checkpoint(tmp_path) == Path("run/model.ckpt-7.pt").resolve()
     assert load_checkpoint(tmp_path)["step"] == 7  # what 'dpa3 freeze -c .' reads
