@@ -27,7 +27,6 @@ re-raised on every rank, so no rank waits forever in a collective.
 from __future__ import annotations
 
 import datetime
-import importlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -37,6 +36,14 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# torch.distributed.nn binds ``group=group.WORLD`` as default arguments when first imported
+# (torch does so lazily, e.g. through torch._dynamo when the optimizer is built).  Imported
+# after init_process_group, those defaults keep the group alive past destroy_process_group,
+# and its gloo worker threads then release tensors during interpreter shutdown: a rare
+# "terminate called without an active exception" (SIGABRT) at exit.  Imported here, before
+# any group exists (init_distributed is below), the defaults are None.
+import torch.distributed.nn
 
 from ..device import describe, resolve_device
 
@@ -250,14 +257,6 @@ def init_distributed(
         backend = "nccl"
     else:
         backend = "gloo"
-    # torch.distributed.nn binds ``group=group.WORLD`` as default arguments when first
-    # imported (torch does so lazily, e.g. through torch._dynamo when the optimizer is built).
-    # Imported after the group exists, those defaults keep it alive past
-    # destroy_process_group, and its worker threads then release tensors during interpreter
-    # shutdown: a rare "terminate called without an active exception" (SIGABRT) at exit.
-    # Imported first, the defaults are None.
-    importlib.import_module("torch.distributed.nn")
-
     dist.init_process_group(
         backend=backend,
         rank=rank,
