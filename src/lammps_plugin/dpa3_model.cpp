@@ -126,8 +126,8 @@ struct Dpa3Model::Impl {
 
   // the inputs and the neighbour graph of one step (compute with keep_graph)
   struct Step {
-    at::Tensor x, t;        // [1, nall, 3] float64 and [1, nall] int64 on the device
-    c10::IValue graph;      // prepare_graph's Dict[str, Tensor]
+    at::Tensor x, t;      // [1, nall, 3] float64 and [1, nall] int64 on the device
+    c10::IValue graph;    // prepare_graph's Dict[str, Tensor]
     std::vector<double> spec;
     const Impl *owner = nullptr;    // the model that kept it
     bool valid = false;
