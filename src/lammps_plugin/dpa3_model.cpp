@@ -120,13 +120,31 @@ struct Dpa3Model::Impl {
   int exchange_width = 0;
   std::string metadata;
 
-  // per re-neighbouring state, shared by the models of a committee (share_graph)
+  // prepare_graph / forward_prepared / get_graph_spec (a committee shares the step graph)
+  bool has_prepared = false;
+  std::vector<double> graph_spec;
+
+  // the inputs and the neighbour graph of one step (compute with keep_graph)
+  struct Step {
+    at::Tensor x, t;      // [1, nall, 3] float64 and [1, nall] int64 on the device
+    c10::IValue graph;    // prepare_graph's Dict[str, Tensor]
+    std::vector<double> spec;
+    const Impl *owner = nullptr;    // the model that kept it
+    bool valid = false;
+  };
+
+  // per re-neighbouring state, shared by the models of a committee (share_graph), and the
+  // graph of the current step that the first model keeps for the others
   struct Graph {
     c10::Dict<std::string, at::Tensor> comm_dict;
     at::Tensor nlist;
     int nloc = 0;
+    Step step;
   };
-  std::shared_ptr<const Graph> graph;
+  std::shared_ptr<Graph> graph;
+
+  void read_outputs(const c10::IValue &ret, int64_t nall, bool atomic_virial,
+                    Dpa3Result &out) const;
 };
 
 Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int device_rank) :
@@ -219,6 +237,16 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
   } catch (const std::exception &e) {
     throw std::runtime_error("model '" + path + "': calling its getters failed: " + what(e));
   }
+  // optional (models frozen before them evaluate with forward_lower only)
+  impl->has_prepared = impl->module.find_method("prepare_graph") &&
+      impl->module.find_method("forward_prepared") && impl->module.find_method("get_graph_spec");
+  if (impl->has_prepared) {
+    try {
+      impl->graph_spec = impl->module.run_method("get_graph_spec").toDoubleVector();
+    } catch (const std::exception &e) {
+      throw std::runtime_error("model '" + path + "': calling get_graph_spec failed: " + what(e));
+    }
+  }
   if (!(impl->rcut > 0.0)) throw std::runtime_error("model '" + path + "' has rcut <= 0");
   if (impl->type_map.empty())
     throw std::runtime_error("model '" + path + "' has an empty type map");
@@ -294,13 +322,75 @@ void Dpa3Model::share_graph(const Dpa3Model &other)
   impl->graph = other.impl->graph;
 }
 
+namespace {
+
+std::string join(const std::vector<double> &v)
+{
+  std::ostringstream out;
+  out << "[";
+  for (size_t k = 0; k < v.size(); k++) out << (k ? ", " : "") << v[k];
+  out << "]";
+  return out.str();
+}
+
+}    // namespace
+
+bool Dpa3Model::graph_compatible(const Dpa3Model &other, std::string &why) const
+{
+  if (!impl->has_prepared || !other.impl->has_prepared) {
+    why = "frozen without prepare_graph/forward_prepared (re-freeze it with this dpa3 to share "
+          "the graph)";
+    return false;
+  }
+  if (impl->graph_spec != other.impl->graph_spec) {
+    why = "its graph spec [e_rcut, e_sel, a_rcut, a_sel, tie quantum, precision bytes] " +
+        join(impl->graph_spec) + " differs from " + join(other.impl->graph_spec);
+    return false;
+  }
+  return true;
+}
+
+void Dpa3Model::Impl::read_outputs(const c10::IValue &ret, int64_t nall, bool atomic_virial,
+                                   Dpa3Result &out) const
+{
+  const int64_t nloc = graph->nloc;
+  if (!ret.isGenericDict()) throw std::runtime_error("forward_lower did not return a dict");
+  auto dict = ret.toGenericDict();
+
+  at::Tensor energy = get_output(dict, "energy");
+  check_numel(energy, 1, "energy", "[1, 1]");
+  out.energy = energy.item<double>();
+
+  at::Tensor virial = get_output(dict, "virial");
+  check_numel(virial, 9, "virial", "[1, 9]");
+  std::copy(virial.data_ptr<double>(), virial.data_ptr<double>() + 9, out.virial);
+
+  at::Tensor force = get_output(dict, "extended_force");
+  check_numel(force, nall * 3, "extended_force", "[1, nall, 3]");
+  out.force.assign(force.data_ptr<double>(), force.data_ptr<double>() + nall * 3);
+
+  at::Tensor ae = get_output(dict, "atom_energy");
+  check_numel(ae, nloc, "atom_energy", "[1, nloc, 1]");
+  out.atom_energy.assign(ae.data_ptr<double>(), ae.data_ptr<double>() + nloc);
+
+  if (atomic_virial) {
+    at::Tensor av = get_output(dict, "extended_virial");
+    check_numel(av, nall * 9, "extended_virial", "[1, nall, 9]");
+    out.atom_virial.assign(av.data_ptr<double>(), av.data_ptr<double>() + nall * 9);
+  } else {
+    out.atom_virial.clear();
+  }
+}
+
 void Dpa3Model::compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,
-                        bool atomic_virial, Dpa3Result &out)
+                        bool atomic_virial, Dpa3Result &out, bool keep_graph)
 {
   const auto nall = static_cast<int64_t>(atype.size());
   if (!impl->graph) throw std::runtime_error("compute before set_graph");
-  const Impl::Graph &graph = *impl->graph;
-  const int64_t nloc = graph.nloc;
+  Impl::Graph &graph = *impl->graph;
+  // a new step of the model that keeps the graph; a committee model that builds its own
+  // graph (compute without keep_graph) leaves the kept one alone
+  if (graph.step.owner == impl.get()) graph.step.valid = false;
   try {
     // kernels that the model launches without an explicit device go to the model's GPU
     c10::DeviceGuard guard(impl->device);
@@ -312,36 +402,46 @@ void Dpa3Model::compute(const std::vector<double> &coord, const std::vector<int6
     at::Tensor t = torch::from_blob(const_cast<int64_t *>(atype.data()), {1, nall}, i64)
                        .clone()
                        .to(impl->device);
-    std::vector<c10::IValue> args{x, t, graph.nlist, c10::IValue()};
     torch::jit::Kwargs kwargs{{"do_atomic_virial", c10::IValue(atomic_virial)},
                               {"comm_dict", c10::IValue(graph.comm_dict)}};
-    c10::IValue ret = impl->module.get_method("forward_lower")(args, kwargs);
-    if (!ret.isGenericDict()) throw std::runtime_error("forward_lower did not return a dict");
-    auto dict = ret.toGenericDict();
-
-    at::Tensor energy = get_output(dict, "energy");
-    check_numel(energy, 1, "energy", "[1, 1]");
-    out.energy = energy.item<double>();
-
-    at::Tensor virial = get_output(dict, "virial");
-    check_numel(virial, 9, "virial", "[1, 9]");
-    std::copy(virial.data_ptr<double>(), virial.data_ptr<double>() + 9, out.virial);
-
-    at::Tensor force = get_output(dict, "extended_force");
-    check_numel(force, nall * 3, "extended_force", "[1, nall, 3]");
-    out.force.assign(force.data_ptr<double>(), force.data_ptr<double>() + nall * 3);
-
-    at::Tensor ae = get_output(dict, "atom_energy");
-    check_numel(ae, nloc, "atom_energy", "[1, nloc, 1]");
-    out.atom_energy.assign(ae.data_ptr<double>(), ae.data_ptr<double>() + nloc);
-
-    if (atomic_virial) {
-      at::Tensor av = get_output(dict, "extended_virial");
-      check_numel(av, nall * 9, "extended_virial", "[1, nall, 9]");
-      out.atom_virial.assign(av.data_ptr<double>(), av.data_ptr<double>() + nall * 9);
+    c10::IValue ret;
+    if (keep_graph && impl->has_prepared) {
+      // the graph is kept for the committee (compute_shared): built once per step
+      std::vector<c10::IValue> gargs{x, graph.nlist, c10::IValue(), c10::IValue(graph.comm_dict)};
+      c10::IValue g = impl->module.get_method("prepare_graph")(gargs);
+      ret = impl->module.get_method("forward_prepared")({x, t, g}, kwargs);
+      graph.step.x = x;
+      graph.step.t = t;
+      graph.step.graph = g;
+      graph.step.spec = impl->graph_spec;
+      graph.step.owner = impl.get();
+      graph.step.valid = true;
     } else {
-      out.atom_virial.clear();
+      ret = impl->module.get_method("forward_lower")({x, t, graph.nlist, c10::IValue()}, kwargs);
     }
+    impl->read_outputs(ret, nall, atomic_virial, out);
+  } catch (const std::runtime_error &) {
+    throw;
+  } catch (const std::exception &e) {
+    throw std::runtime_error("model evaluation failed: " + what(e));
+  }
+}
+
+void Dpa3Model::compute_shared(Dpa3Result &out)
+{
+  if (!impl->graph || !impl->graph->step.valid)
+    throw std::runtime_error("compute_shared without a graph kept by the first model");
+  const Impl::Step &step = impl->graph->step;
+  if (!impl->has_prepared || step.spec != impl->graph_spec)
+    throw std::runtime_error("compute_shared on a graph of another spec (" + join(step.spec) +
+                             ", this model: " + join(impl->graph_spec) + ")");
+  try {
+    c10::DeviceGuard guard(impl->device);
+    torch::jit::Kwargs kwargs{{"do_atomic_virial", c10::IValue(false)},
+                              {"comm_dict", c10::IValue(impl->graph->comm_dict)}};
+    c10::IValue ret =
+        impl->module.get_method("forward_prepared")({step.x, step.t, step.graph}, kwargs);
+    impl->read_outputs(ret, step.t.size(1), false, out);
   } catch (const std::runtime_error &) {
     throw;
   } catch (const std::exception &e) {

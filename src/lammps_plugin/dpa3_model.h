@@ -64,9 +64,21 @@ class Dpa3Model {
   // Throws if the devices differ or `other` has no graph yet.
   void share_graph(const Dpa3Model &other);
 
-  // Evaluates the model on coord [nall * 3] (Angstrom) and atype [nall].
+  // Evaluates the model on coord [nall * 3] (Angstrom) and atype [nall].  With keep_graph
+  // (a committee's output step) and a model that has prepare_graph/forward_prepared, the
+  // step's neighbour graph and input tensors are kept for compute_shared.
   void compute(const std::vector<double> &coord, const std::vector<int64_t> &atype,
-               bool atomic_virial, Dpa3Result &out);
+               bool atomic_virial, Dpa3Result &out, bool keep_graph = false);
+
+  // Whether this model can evaluate the graphs `other` prepares (both frozen with
+  // prepare_graph/forward_prepared, equal get_graph_spec); if not, `why` says why.
+  bool graph_compatible(const Dpa3Model &other, std::string &why) const;
+
+  // Evaluates the model on the inputs and the neighbour graph kept by the last
+  // compute(..., keep_graph = true) of the model whose graph inputs it shares (share_graph):
+  // forces, energies and the total virial, no atomic virial, no graph build.  Throws if
+  // there is no kept graph or graph_compatible fails.
+  void compute_shared(Dpa3Result &out);
 
   // Pushes g [nall * width] (rows >= nloc ignored) through dpa3::border_exchange with the
   // current schedule and returns the result; used to check the schedule.

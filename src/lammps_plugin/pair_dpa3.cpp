@@ -445,9 +445,13 @@ void PairDPA3::compute(int eflag, int vflag)
   }
 
   const bool atomic_virial = (vflag_atom || cvflag_atom);
+  const bool devi_step = out_freq > 0 && update->ntimestep % out_freq == 0;
+  // on output steps model 0 keeps its neighbour graph for the committee (model_deviation)
+  const bool keep_graph =
+      devi_step && std::find(devi_shared.begin(), devi_shared.end(), 1) != devi_shared.end();
   Dpa3Result res;
   try {
-    models[0]->compute(coord_buf, atype_buf, atomic_virial, res);
+    models[0]->compute(coord_buf, atype_buf, atomic_virial, res, keep_graph);
   } catch (const std::exception &e) {
     compute_failed(e.what());
   }
@@ -472,5 +476,5 @@ void PairDPA3::compute(int eflag, int vflag)
         cvatom[bkw_map[k]][c] += res.atom_virial[9 * k + VIRIAL_ORDER[c]] * ener_unit;
 
   // the committee runs only on output steps, on the same inputs (pair_dpa3_devi.cpp)
-  if (out_freq > 0 && update->ntimestep % out_freq == 0) model_deviation(res);
+  if (devi_step) model_deviation(res);
 }

@@ -90,6 +90,7 @@ class PairDPA3 : public Pair {
   FILE *devi_fp;                     // rank 0
   bool devi_comm;                    // reverse comm of the committee's ghost forces in progress
   std::vector<double> devi_force;    // [nall][nmodels][3], LAMMPS indexing and units
+  std::vector<char> devi_shared;     // [nmodels]: model m evaluates model 0's step graph
 
   std::vector<std::string> coeff_names;    // element per LAMMPS type (1-based); "NULL" = ignored
   bool coeff_positional;                   // pair_coeff * * without names

@@ -231,6 +231,18 @@ void PairDPA3::load_model()
                  "neighbour list)",
                  model_files[0], model_files[m], first.rcut(), other.rcut());
   }
+
+  // on output steps the committee evaluates model 0's neighbour graph (formatted list, edges,
+  // angles, their indices: built once per step) when the models agree on what it depends on;
+  // a model that does not builds its own from the shared neighbour list (same result, slower)
+  devi_shared.assign(models.size(), 0);
+  for (size_t m = 1; m < models.size(); m++) {
+    std::string why;
+    devi_shared[m] = models[m]->graph_compatible(first, why) ? 1 : 0;
+    if (!devi_shared[m] && comm->me == 0)
+      utils::logmesg(lmp, "dpa3: model {} ('{}') builds its own neighbour graph: {}\n", m,
+                     model_files[m], why);
+  }
 }
 
 /* metadata written by dpa3.export.freeze; rank 0 logs what was loaded */

@@ -169,6 +169,34 @@ def test_variants_equal_pair_deepmd(tmp_path, plugin, frozen, fixture, keywords)
     print(f"{fixture}: {same} of 5 rows byte-identical to DeePMD-kit's")
 
 
+def test_model_with_another_graph_spec_builds_its_own(tmp_path, plugin, frozen):
+    """Model 1 with e_sel 128 instead of 96 (other weights unchanged) cannot evaluate model 0's
+    neighbour graph: the plugin says so and lets it build its own; model 2 evaluates model 0's.
+    The file equals the Python model deviation of the same three models on the trajectory
+    (model 0 drives it, as in DeePMD-kit's run: traj.lammpstrj)."""
+    from dpa3.convert import convert_deepmd
+    from dpa3.export import freeze
+    from dpa3.model import EnergyModel
+    from dpa3.model_devi import deviation_table, evaluate_ensemble, load_models, read_frames
+
+    state = convert_deepmd(FIX / "m1.ckpt.pt", tmp_path / "m1.pt").serialize()
+    state["config"]["descriptor"]["repflow"]["e_sel"] = 128
+    wide = EnergyModel.deserialize(state).eval()
+    assert wide.get_sel() == [128]
+    models = [frozen[0], freeze(wide, tmp_path / "m1_wide.pth"), frozen[2]]
+    log = _run(tmp_path, _script("in.lmp_np1", plugin, models, "devi.out"))
+    assert f"model 1 ('{models[1]}') builds its own neighbour graph" in log, log[-3000:]
+    assert "[5, 128, 3.5, 40" in log and "model 2 (" not in log, log[-3000:]
+
+    ms, tmap = load_models(models)
+    frames = read_frames(FIX / "traj.lammpstrj", tmap, lammps_types=["O", "H"])
+    ref = deviation_table(*evaluate_ensemble(ms, frames), OUT_FREQ)
+    _, _, vals = _rows(tmp_path / "devi.out")
+    np.testing.assert_array_equal(vals[:, 0], ref[:, 0])
+    assert np.abs(vals[:, 1:] - _rows(FIX / "lmp_np1.out")[2][:, 1:]).max() > 1e-4  # not m1's
+    _assert_printed_equal(vals[:, 1:7], ref[:, 1:7], 7, "devi.out vs Python model deviation")
+
+
 def test_model0_drives_the_dynamics(tmp_path, plugin, frozen):
     """The committee run follows the trajectory of model 0 alone (thermo rows identical), and
     the file has exactly the rows of steps 0, 5, ..., 20."""

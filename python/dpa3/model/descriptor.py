@@ -16,7 +16,16 @@ from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
 from .exchange import ghost_features, ops_loaded
-from .graph import Rows, angle_cosine, build_graph, make_rows, switch
+from .graph import (
+    Rows,
+    angle_cosine,
+    build_graph,
+    edge_vectors,
+    get_rows,
+    make_rows,
+    put_rows,
+    switch,
+)
 from .network import Activation, Linear, TypeEmbedding, to_dtype
 from .prepared import CHUNK_ANGLES, Chunk, Prepared
 from .repflow import RepFlowLayer
@@ -68,31 +77,37 @@ class DescrptDPA3(nn.Module):
         """The graph, the geometric factors and the initial features (see :class:`Prepared`).
 
         Arguments as :meth:`forward`; ``ext_coord`` may require grad: everything geometric in
-        the result is differentiable with respect to it.
+        the result is differentiable with respect to it.  :meth:`index_graph`, then
+        :meth:`prepare_indexed`.
+        """
+        graph = self.index_graph(ext_coord, nlist, mapping, comm_dict)
+        return self.prepare_indexed(ext_coord, ext_atype, graph, comm_dict)
+
+    def index_graph(
+        self,
+        ext_coord: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: Optional[torch.Tensor],  # noqa: UP045
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> dict[str, torch.Tensor]:
+        """The index part of the graph of a formatted list (no autograd).
+
+        It depends on the coordinates only through which pairs lie within the cutoffs, and
+        on the model only through ``a_rcut``, ``a_sel`` and the descriptor precision (the
+        precision of the distances compared with ``a_rcut``), so the models of a committee
+        share it (``EnergyModel.prepare_graph``).  Arguments as :meth:`forward`.
+
+        Returns
+        -------
+        ``nlist [nf, nloc, e_sel]`` (the input), ``nei_ext [E]`` (neighbour rows in the
+        flattened extended atoms), ``is_a [E]`` bool (angle edges) and the row indices
+        ``center``, ``nei``, ``a_eij``, ``a_eik`` of :class:`Prepared` (stored by
+        :func:`~.graph.put_rows`).
         """
         nf, nloc, _ = nlist.shape
         nall = ext_coord.shape[1]
-        coord = ext_coord.to(self.dtype)
-        g = build_graph(coord, nlist, self.a_rcut, self.a_sel)
-        atype = ext_atype[:, :nloc].reshape(-1).clamp(min=0)
-        std = self.stddev[atype[g.center]]
-        r = g.dist
-        sw = switch(r, self.e_rcut_smth, self.e_rcut, self.use_exp_switch)
-        inv = 1.0 / (r + self.env_protection)
-        h2 = (sw * inv * inv).unsqueeze(-1) * g.diff / std[:, 1:]
-        h2sw = h2 * sw.unsqueeze(-1)
-        asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
-        asw = torch.where(g.is_angle_edge, asw, torch.zeros_like(asw))
-        a_weight = (
-            torch.index_select(asw, 0, g.a_eij) * torch.index_select(asw, 0, g.a_eik)
-        ).unsqueeze(-1) / math.sqrt(self.a_norm)
-        if self.edge_init_use_dist:
-            e_in = r.unsqueeze(-1)
-        else:
-            e_in = (sw * inv / std[:, 0]).unsqueeze(-1)
-        cos = angle_cosine(g.diff, r, g.a_eij, g.a_eik)
-        tebd = self.type_embedding()[atype]
-
+        with torch.no_grad():
+            g = build_graph(ext_coord.detach().to(self.dtype), nlist, self.a_rcut, self.a_sel)
         if comm_dict is None:
             frame = torch.div(g.center, nloc, rounding_mode="floor")
             if mapping is not None:
@@ -116,6 +131,53 @@ class DescrptDPA3(nn.Module):
             use_ops = ops_loaded()
         nnode = nf * nloc
         nedge = g.center.shape[0]
+        graph: dict[str, torch.Tensor] = {
+            "nlist": nlist,
+            "nei_ext": g.nei_ext,
+            "is_a": g.is_angle_edge,
+        }
+        put_rows(graph, "center", make_rows(g.center, nnode, use_ops))
+        put_rows(graph, "nei", make_rows(nei, nnode if comm_dict is None else nall, use_ops))
+        put_rows(graph, "a_eij", make_rows(g.a_eij, nedge, use_ops))
+        put_rows(graph, "a_eik", make_rows(g.a_eik, nedge, use_ops))
+        return graph
+
+    def prepare_indexed(
+        self,
+        ext_coord: torch.Tensor,
+        ext_atype: torch.Tensor,
+        graph: dict[str, torch.Tensor],
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> Prepared:
+        """:meth:`prepare` from the index graph of :meth:`index_graph` (computed by this model
+        or by another with the same ``a_rcut``, ``a_sel`` and precision, on the same
+        ``ext_coord``, list and ``mapping``/``comm_dict``): the edge vectors, geometric
+        factors and type embedding, differentiable in ``ext_coord``."""
+        nloc = graph["nlist"].shape[1]
+        nall = ext_coord.shape[1]
+        coord = ext_coord.to(self.dtype)
+        center = get_rows(graph, "center")
+        a_eij = get_rows(graph, "a_eij")
+        a_eik = get_rows(graph, "a_eik")
+        is_a = graph["is_a"]
+        diff, r = edge_vectors(coord, center.idx, graph["nei_ext"], nloc)
+        atype = ext_atype[:, :nloc].reshape(-1).clamp(min=0)
+        std = self.stddev[atype[center.idx]]
+        sw = switch(r, self.e_rcut_smth, self.e_rcut, self.use_exp_switch)
+        inv = 1.0 / (r + self.env_protection)
+        h2 = (sw * inv * inv).unsqueeze(-1) * diff / std[:, 1:]
+        h2sw = h2 * sw.unsqueeze(-1)
+        asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
+        asw = torch.where(is_a, asw, torch.zeros_like(asw))
+        a_weight = (
+            torch.index_select(asw, 0, a_eij.idx) * torch.index_select(asw, 0, a_eik.idx)
+        ).unsqueeze(-1) / math.sqrt(self.a_norm)
+        if self.edge_init_use_dist:
+            e_in = r.unsqueeze(-1)
+        else:
+            e_in = (sw * inv / std[:, 0]).unsqueeze(-1)
+        cos = angle_cosine(diff, r, a_eij.idx, a_eik.idx)
+        tebd = self.type_embedding()[atype]
         return Prepared(
             tebd,
             e_in,
@@ -123,13 +185,13 @@ class DescrptDPA3(nn.Module):
             h2sw,
             sw,
             a_weight,
-            g.is_angle_edge,
-            make_rows(g.center, nnode, use_ops),
-            make_rows(nei, nnode if comm_dict is None else nall, use_ops),
-            make_rows(g.a_eij, nedge, use_ops),
-            make_rows(g.a_eik, nedge, use_ops),
+            is_a,
+            center,
+            get_rows(graph, "nei"),
+            a_eij,
+            a_eik,
             nall,
-            use_ops and self.layers[0].act_code >= 0,
+            center.perm is not None and self.layers[0].act_code >= 0,
         )
 
     def initial_features(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

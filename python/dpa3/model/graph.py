@@ -135,10 +135,7 @@ def build_graph(
     slot = eid - center * nnei
     frame = torch.div(center, nloc, rounding_mode="floor")
     nei_ext = flat_nlist[eid] + frame * nall
-    cen_ext = center - frame * nloc + frame * nall
-    flat_coord = ext_coord.reshape(nf * nall, 3)
-    diff = torch.index_select(flat_coord, 0, nei_ext) - torch.index_select(flat_coord, 0, cen_ext)
-    dist = torch.linalg.norm(diff, dim=-1)
+    diff, dist = edge_vectors(ext_coord, center, nei_ext, nloc)
     na = min(a_sel, nnei)
     is_a = (slot < na) & (dist < a_rcut)
     # dense [nf*nloc, na] table of angle-edge ids (-1 = none) to enumerate the (j, k) pairs
@@ -152,6 +149,20 @@ def build_graph(
     a_eij = table[a_center, pairs[:, 1]]
     a_eik = table[a_center, pairs[:, 2]]
     return EdgeGraph(center, nei_ext, diff, dist, is_a, a_center, a_eij, a_eik)
+
+
+def edge_vectors(
+    ext_coord: torch.Tensor, center: torch.Tensor, nei_ext: torch.Tensor, nloc: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edge vectors ``diff = x_j - x_i [E, 3]`` and lengths ``dist [E]`` of the edges
+    ``center``/``nei_ext`` (as in :class:`EdgeGraph`), in the dtype of ``ext_coord
+    [nf, nall, 3]``; differentiable in ``ext_coord``."""
+    nf, nall = ext_coord.shape[0], ext_coord.shape[1]
+    frame = torch.div(center, nloc, rounding_mode="floor")
+    cen_ext = center - frame * nloc + frame * nall
+    flat_coord = ext_coord.reshape(nf * nall, 3)
+    diff = torch.index_select(flat_coord, 0, nei_ext) - torch.index_select(flat_coord, 0, cen_ext)
+    return diff, torch.linalg.norm(diff, dim=-1)
 
 
 def angle_cosine(
@@ -176,6 +187,21 @@ def make_rows(idx: torch.Tensor, n: int, use_ops: bool) -> Rows:
     counts = torch.bincount(idx, minlength=n)
     ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=idx.device), torch.cumsum(counts, 0)])
     return Rows(idx, perm, ptr)
+
+
+def put_rows(graph: dict[str, torch.Tensor], name: str, rows: Rows) -> None:
+    """Store ``rows`` in ``graph`` under ``name`` (and ``name_perm``/``name_ptr`` if set)."""
+    graph[name] = rows.idx
+    perm = rows.perm
+    ptr = rows.ptr
+    if perm is not None and ptr is not None:
+        graph[name + "_perm"] = perm
+        graph[name + "_ptr"] = ptr
+
+
+def get_rows(graph: dict[str, torch.Tensor], name: str) -> Rows:
+    """The :class:`Rows` that :func:`put_rows` stored under ``name``."""
+    return Rows(graph[name], graph.get(name + "_perm"), graph.get(name + "_ptr"))
 
 
 def gather(x: torch.Tensor, rows: Rows) -> torch.Tensor:

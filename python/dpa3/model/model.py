@@ -50,6 +50,21 @@ class EnergyModel(nn.Module):
         self.a_dim = cfg.descriptor.repflow.a_dim
         self.fitting_dtype = to_dtype(cfg.fitting.precision)
         self.descriptor = DescrptDPA3(cfg.descriptor, ntypes, gen)
+        # what a prepared graph depends on besides its inputs (:meth:`get_graph_spec`)
+        rf = cfg.descriptor.repflow
+        self.graph_spec = [
+            float(self.rcut),
+            float(self.sel),
+            float(rf.a_rcut),
+            float(rf.a_sel),
+            float(self.tie_quantum),
+            float(torch.finfo(self.descriptor.dtype).bits // 8),
+        ]
+        # the same as a float64 tensor (a list turned into a tensor inside TorchScript passes
+        # through float32); not saved in state dicts
+        self.register_buffer(
+            "graph_spec_t", torch.tensor(self.graph_spec, dtype=torch.float64), persistent=False
+        )
         fseed = cfg.fitting.seed
         fgen = torch.Generator().manual_seed(int(fseed) if isinstance(fseed, int) else 1)
         self.fitting = FittingNet(
@@ -104,6 +119,13 @@ class EnergyModel(nn.Module):
     def get_exchange_width(self) -> int:
         """Width of the node features exchanged between ranks (``n_dim``)."""
         return self.n_dim
+
+    @torch.jit.export
+    def get_graph_spec(self) -> list[float]:
+        """What :meth:`prepare_graph` depends on besides its inputs: ``[e_rcut, e_sel, a_rcut,
+        a_sel, tie quantum, bytes per number of the descriptor precision]``.  Models with
+        equal specs can evaluate one another's graphs (:meth:`forward_prepared`)."""
+        return self.graph_spec
 
     @torch.jit.export
     def get_metadata(self) -> dict[str, str]:
@@ -220,14 +242,89 @@ class EnergyModel(nn.Module):
         -------
         ``energy [nf,1]``, ``atom_energy [nf,nloc,1]``, ``extended_force [nf,nall,3]`` (eV/Å),
         ``virial [nf,9]`` (eV) and optionally ``extended_virial [nf,nall,9]``.
+        Same as :meth:`prepare_graph`, then :meth:`forward_prepared`.
+        """
+        graph = self.prepare_graph(extended_coord, nlist, mapping, comm_dict)
+        return self._forward_graph(
+            extended_coord, extended_atype, graph, do_atomic_virial, comm_dict
+        )
+
+    @torch.jit.export
+    def prepare_graph(
+        self,
+        extended_coord: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: torch.Tensor | None = None,
+        comm_dict: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The neighbour graph of :meth:`forward_lower`'s inputs (same arguments): the list
+        sorted and cut (:func:`~.graph.format_nlist`), the edges, the angles and their row
+        indices (``DescrptDPA3.index_graph``), and ``spec [7]`` float64 (:meth:`get_graph_spec`
+        and 1.0 with ``comm_dict``, 0.0 without).  Index tensors only: no autograd.
+
+        A committee (model deviation) builds it once per step with its first model and
+        evaluates every model with the same spec on it (:meth:`forward_prepared`).
         """
         with torch.no_grad():
             nlist_f = format_nlist(
                 extended_coord.to(torch.float64), nlist, self.rcut, self.sel, self.tie_quantum
             )
-        return self._forward_formatted(
-            extended_coord, extended_atype, nlist_f, mapping, do_atomic_virial, comm_dict
+        return self._index_graph(extended_coord, nlist_f, mapping, comm_dict)
+
+    @torch.jit.export
+    def forward_prepared(
+        self,
+        extended_coord: torch.Tensor,
+        extended_atype: torch.Tensor,
+        graph: dict[str, torch.Tensor],
+        do_atomic_virial: bool = False,
+        comm_dict: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward_lower` on the ``graph`` that :meth:`prepare_graph` (of this model or
+        of one with the same :meth:`get_graph_spec`) built from the same ``extended_coord``,
+        list and ``mapping``/``comm_dict``; ``comm_dict`` must be the one it was built with.
+
+        Raises
+        ------
+        RuntimeError
+            If the graph was prepared for another spec or exchange path.
+        """
+        spec = self._spec_tensor(comm_dict)
+        got = graph.get("spec")
+        if got is None or not torch.equal(got, spec):
+            seen = "none"
+            if got is not None:
+                values: list[float] = got.tolist()
+                seen = str(values)
+            raise RuntimeError(
+                "dpa3: forward_prepared got a graph prepared for [e_rcut, e_sel, a_rcut, a_sel, "
+                "tie quantum, precision bytes, exchange path] = "
+                + seen
+                + ", but this model needs "
+                + str(self.graph_spec + [1.0 if comm_dict is not None else 0.0])
+                + "; build the graph with this model's prepare_graph"
+            )
+        return self._forward_graph(
+            extended_coord, extended_atype, graph, do_atomic_virial, comm_dict
         )
+
+    def _spec_tensor(self, comm_dict: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """``spec [7]`` float64 of a graph built by this model (see :meth:`prepare_graph`)."""
+        flag = 0.0 if comm_dict is None else 1.0
+        spec = self.graph_spec_t
+        return torch.cat([spec, torch.full([1], flag, dtype=spec.dtype, device=spec.device)])
+
+    def _index_graph(
+        self,
+        extended_coord: torch.Tensor,
+        nlist: torch.Tensor,
+        mapping: torch.Tensor | None,
+        comm_dict: dict[str, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`prepare_graph` of a formatted list, with its spec."""
+        graph = self.descriptor.index_graph(extended_coord, nlist, mapping, comm_dict)
+        graph["spec"] = self._spec_tensor(comm_dict)
+        return graph
 
     def _forward_formatted(
         self,
@@ -241,10 +338,25 @@ class EnergyModel(nn.Module):
         """:meth:`forward_lower` on a formatted list ``nlist [nf, nloc, sel]`` (sorted by
         distance, cut at ``rcut``, ``-1`` padded), as :func:`~.graph.format_nlist` and the
         Python neighbour search (:mod:`dpa3.data.neighbor`) produce it."""
+        graph = self._index_graph(extended_coord, nlist, mapping, comm_dict)
+        return self._forward_graph(
+            extended_coord, extended_atype, graph, do_atomic_virial, comm_dict
+        )
+
+    def _forward_graph(
+        self,
+        extended_coord: torch.Tensor,
+        extended_atype: torch.Tensor,
+        graph: dict[str, torch.Tensor],
+        do_atomic_virial: bool,
+        comm_dict: dict[str, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward_lower` on a prepared graph (:meth:`prepare_graph`)."""
+        nlist = graph["nlist"]
         nf, nloc = nlist.shape[0], nlist.shape[1]
         coord = extended_coord.to(torch.float64).detach().requires_grad_(True)
         create_graph = self.training
-        p = self.descriptor.prepare(coord, extended_atype, nlist, mapping, comm_dict)
+        p = self.descriptor.prepare_indexed(coord, extended_atype, graph, comm_dict)
         if create_graph or do_atomic_virial or not self._low_memory(p, comm_dict):
             d = self.descriptor.run(p, nf, nloc, comm_dict)
             e_atom = self._fit(d, extended_atype[:, :nloc])
