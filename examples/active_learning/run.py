@@ -4,13 +4,15 @@
 Every iteration:
   1. train (iteration 0: from scratch; later: ``--init-model`` from the previous iteration)
      a committee of small DPA3 models that differ only in their seeds, and freeze them;
-  2. explore: LAMMPS NVT at a temperature above the training data with
+  2. explore: LAMMPS NVT (default 900 K: thermal configurations of the fcc alloy, which the
+     strained, rattled training frames do not contain; EMT's fcc alloys melt near 1300 K) with
      ``pair_style dpa3 m0.pth m1.pth ... out_freq N out_file model_devi.out`` (model 0 drives),
      the trajectory dumped at the same steps;
   3. select: ``dpa3 model-devi -m ... -s traj.lammpstrj -t Cu Al Ni --select LO HI -o candidates``
      (frames whose max force deviation lies in [LO, HI));
   4. label: the stand-in for DFT, ASE's EMT, gives energy, forces and virial of (at most
-     ``--max-label``) candidates, written as a DeePMD-kit npy system that joins the training set.
+     ``--max-label``) candidates, written as a DeePMD-kit npy system that joins the training set;
+     frames with an EMT force component above ``--max-force`` are dropped (and counted).
 
     python examples/active_learning/run.py                # everything in runs/active_learning/
     python examples/active_learning/run.py --quick -o DIR # a smoke run (tests/examples)
@@ -63,16 +65,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-o", "--run-dir", default=str(ROOT / "runs" / "active_learning"))
     p.add_argument("--iterations", type=int, default=3, help="explorations (default 3)")
     p.add_argument("--models", type=int, default=4, help="committee size (default 4)")
-    p.add_argument("--train-steps", type=int, default=800, help="iteration 0 (default 800)")
-    p.add_argument("--retrain-steps", type=int, default=400, help="later (default 400)")
+    p.add_argument("--train-steps", type=int, default=1000, help="iteration 0 (default 1000)")
+    p.add_argument("--lr", type=float, default=2e-3, help="iteration 0 start lr (default 2e-3)")
+    p.add_argument("--retrain-steps", type=int, default=600, help="later (default 600)")
+    p.add_argument(
+        "--retrain-lr", type=float, default=1e-4, help="later iterations' start lr (default 1e-4)"
+    )
+    p.add_argument(
+        "--old-ratio",
+        type=float,
+        default=0.5,
+        help="later iterations: share of batches from the data before the last labels (0.5)",
+    )
     p.add_argument("--md-steps", type=int, default=1000, help="per walker (default 1000)")
     p.add_argument("--walkers", type=int, default=2, help="MD runs per iteration (default 2)")
     p.add_argument("--out-freq", type=int, default=10, help="model-devi/dump every N steps")
-    p.add_argument("--temp", type=float, default=1500.0, help="MD temperature in K")
-    p.add_argument("--lo", type=float, default=0.1, help="select max_devi_f >= LO (eV/A)")
-    p.add_argument("--hi", type=float, default=1.0, help="select max_devi_f < HI (eV/A)")
+    p.add_argument(
+        "--temp",
+        type=float,
+        nargs="+",
+        default=[900.0],
+        help="MD temperature in K; several: one per iteration, the last repeated (default 900)",
+    )
+    p.add_argument("--lo", type=float, default=0.25, help="select max_devi_f >= LO (eV/A; 0.25)")
+    p.add_argument("--hi", type=float, default=1.0, help="select max_devi_f < HI (eV/A; 1.0)")
     p.add_argument("--max-label", type=int, default=60, help="labelled frames per iteration")
+    p.add_argument(
+        "--max-force",
+        type=float,
+        default=20.0,
+        help="drop labelled frames with an EMT force component above this (eV/A; default 20)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="trainings/walkers run at once")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep trained models and finished MD found in the run folder (knobs not checked)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 1 iteration, 2 models, a few steps"
     )
@@ -84,6 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--models must be >= 2 (a deviation needs a committee)")
     if not 0 <= args.lo < args.hi:
         p.error("--lo/--hi: need 0 <= LO < HI")
+    if not 0 < args.old_ratio < 1:
+        p.error("--old-ratio must lie in (0, 1)")
+    if min(args.temp) <= 0 or args.max_force <= 0 or min(args.lr, args.retrain_lr) <= 0:
+        p.error("--temp, --max-force, --lr and --retrain-lr must be > 0")
     return args
 
 
@@ -140,8 +173,11 @@ def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, st
                 sys.exit(f"run.py: {' '.join(cmd)} failed in {cwd}:\n{tail}")
 
 
-def train_input(systems: list[str], seed: int, steps: int) -> dict:
-    """examples/alloy/input.json made small: 2 layers, narrow, fixed sel, no validation."""
+def train_input(
+    systems: list[str], seed: int, steps: int, start_lr: float, n_new: int, old_ratio: float
+) -> dict:
+    """examples/alloy/input.json made small: 2 layers, narrow, fixed sel, no validation.
+    The last ``n_new`` systems (the latest labels) get ``1 - old_ratio`` of the batches."""
     cfg = json.loads(RECIPE.read_text())
     cfg.pop("_comment", None)
     rep = cfg["model"]["descriptor"]["repflow"]
@@ -159,11 +195,19 @@ def train_input(systems: list[str], seed: int, steps: int) -> dict:
     )  # fixed sel: same in every round
     cfg["model"]["descriptor"]["seed"] = seed
     cfg["model"]["fitting_net"].update(neuron=[32, 32], seed=seed)
-    cfg["learning_rate"].update(start_lr=2e-3, stop_lr=1e-4, decay_steps=max(1, steps // 20))
+    # exponential decay to start_lr / 20 over the run
+    cfg["learning_rate"].update(
+        start_lr=start_lr, stop_lr=start_lr / 20, decay_steps=max(1, steps // 20)
+    )
     tr = cfg["training"]
     tr.pop("validation_data", None)
     tr.pop("stat_file", None)
     tr["training_data"].update(systems=systems, batch_size="auto:32")
+    n_old = len(systems) - n_new
+    if n_new and n_old:  # DeePMD-kit's "prob_sys_size;start:end:weight;..."
+        tr["training_data"]["auto_prob"] = (
+            f"prob_sys_size;0:{n_old}:{old_ratio};{n_old}:{len(systems)}:{1 - old_ratio}"
+        )
     tr.update(numb_steps=steps, seed=seed, disp_freq=max(1, steps // 10), save_freq=steps)
     return cfg
 
@@ -183,9 +227,13 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def label_emt(candidates: Path, out: Path, max_label: int) -> int:
+def label_emt(candidates: Path, out: Path, max_label: int, max_force: float) -> tuple[int, int]:
     """EMT energy, forces and virial of (at most ``max_label``, evenly spaced) candidate frames
-    of the npy system ``candidates``, written as the labelled npy system ``out``."""
+    of the npy system ``candidates``, written as the labelled npy system ``out`` (not written
+    if no frame is kept).  Frames with a force component above ``max_force`` eV/A are dropped
+    (a collapsed structure the committee agreed on: a label far outside the training data
+    that would destabilise the retraining).
+    Returns (frames kept, frames dropped)."""
     from ase import Atoms
     from ase.calculators.emt import EMT
 
@@ -194,7 +242,7 @@ def label_emt(candidates: Path, out: Path, max_label: int) -> int:
     coord = np.load(candidates / "set.000" / "coord.npy")
     box = np.load(candidates / "set.000" / "box.npy")
     pick = np.unique(np.linspace(0, len(coord) - 1, min(max_label, len(coord))).round().astype(int))
-    energy, force, virial = [], [], []
+    keep, energy, force, virial = [], [], [], []
     for k in pick:
         atoms = Atoms(
             [names[t] for t in atype],
@@ -203,52 +251,75 @@ def label_emt(candidates: Path, out: Path, max_label: int) -> int:
             pbc=True,
         )
         atoms.calc = EMT()
+        f = atoms.get_forces()
+        if np.abs(f).max() > max_force:
+            continue
+        keep.append(k)
         energy.append(atoms.get_potential_energy())
-        force.append(atoms.get_forces().reshape(-1))
+        force.append(f.reshape(-1))
         # DeePMD-kit's virial: -stress x volume (ASE's stress is dE/d(strain) / volume)
         virial.append((-atoms.get_stress(voigt=False) * atoms.get_volume()).reshape(9))
+    if not keep:
+        return 0, len(pick)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "set.000").mkdir(parents=True)
     shutil.copy(candidates / "type.raw", tmp / "type.raw")
     shutil.copy(candidates / "type_map.raw", tmp / "type_map.raw")
     arrays = {
-        "coord": coord[pick],
-        "box": box[pick],
+        "coord": coord[keep],
+        "box": box[keep],
         "energy": np.array(energy),
         "force": np.array(force),
         "virial": np.array(virial),
     }
     for key, value in arrays.items():
         np.save(tmp / "set.000" / f"{key}.npy", value)
+    shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    return len(pick)
+    return len(keep), len(pick) - len(keep)
+
+
+def md_finished(devi_file: Path, args: argparse.Namespace) -> bool:
+    """Whether a walker's model_devi.out has all its rows (``--resume``)."""
+    if not devi_file.is_file():
+        return False
+    return len(np.loadtxt(devi_file, ndmin=2)) == args.md_steps // args.out_freq + 1
 
 
 def iteration(
-    it: int, args: argparse.Namespace, systems: list[str], run: Path, environ: dict[str, str]
+    it: int,
+    args: argparse.Namespace,
+    systems: list[str],
+    n_new: int,
+    run: Path,
+    environ: dict[str, str],
 ) -> dict:
     dpa3, lmp = tool("dpa3"), tool("lmp")
     here = run / f"iter.{it:03d}"
     times, cpu = {}, {}
+    temp = args.temp[min(it, len(args.temp) - 1)]
 
     # 1. train the committee (seeds 1..M), then freeze
     t0, c0 = time.time(), cpu_seconds()
-    steps = args.train_steps if it == 0 else args.retrain_steps
+    steps, lr = (args.train_steps, args.lr) if it == 0 else (args.retrain_steps, args.retrain_lr)
+    models = [here / "train" / f"model_{m}" / "model.pth" for m in range(args.models)]
     cmds = []
     for m in range(args.models):
         folder = here / "train" / f"model_{m}"
+        if args.resume and models[m].is_file():
+            continue
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "input.json", train_input(systems, seed=m + 1, steps=steps))
+        cfg = train_input(systems, m + 1, steps, lr, n_new, args.old_ratio)
+        write_json(folder / "input.json", cfg)
         cmd = [dpa3, "train", "input.json", "--skip-neighbor-stat"]
         if it > 0:
             prev = run / f"iter.{it - 1:03d}" / "train" / f"model_{m}" / "model.ckpt.pt"
             cmd += ["--init-model", str(prev)]
         cmds.append((cmd, folder))
     run_all(cmds, args.jobs, environ)
-    models = [here / "train" / f"model_{m}" / "model.pth" for m in range(args.models)]
     run_all(
-        [([dpa3, "freeze", "-c", ".", "-o", "model.pth"], p.parent) for p in models],
+        [([dpa3, "freeze", "-c", ".", "-o", "model.pth"], cwd) for _, cwd in cmds],
         args.jobs,
         environ,
     )
@@ -259,13 +330,15 @@ def iteration(
     cmds = []
     for w in range(args.walkers):
         folder = here / "md" / f"walker_{w}"
+        if args.resume and md_finished(folder / "model_devi.out", args):
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "in.lammps").write_text(
             LAMMPS_INPUT.format(
                 data=START,
                 models=" ".join(map(str, models)),
                 out_freq=args.out_freq,
-                temp=args.temp,
+                temp=temp,
                 seed=1000 + 17 * it + w,
                 steps=args.md_steps,
                 thermo=max(args.out_freq, args.md_steps // 10),
@@ -307,7 +380,7 @@ def iteration(
     times["select"], cpu["select"] = time.time() - t0, cpu_seconds() - c0
 
     t0, c0 = time.time(), cpu_seconds()
-    devi, labelled, new = [], 0, []
+    devi, labelled, dropped, new = [], 0, 0, []
     for w in range(args.walkers):
         folder = here / "md" / f"walker_{w}"
         devi.append(np.loadtxt(folder / "model_devi.out", ndmin=2)[:, 4])  # LAMMPS's max_devi_f
@@ -316,12 +389,15 @@ def iteration(
             budget = max(1, args.max_label // args.walkers)
             out = here / "data" / f"walker_{w}"
             out.parent.mkdir(parents=True, exist_ok=True)
-            labelled += label_emt(cand, out, budget)
-            new.append(str(out))
+            kept, lost = label_emt(cand, out, budget, args.max_force)
+            labelled, dropped = labelled + kept, dropped + lost
+            if kept:
+                new.append(str(out))
     times["label"], cpu["label"] = time.time() - t0, cpu_seconds() - c0
     d = np.concatenate(devi)
     return {
         "iteration": it,
+        "temp": temp,
         "frames": int(d.size),
         "candidate": float(np.mean((d >= args.lo) & (d < args.hi))),
         "accurate": float(np.mean(d < args.lo)),
@@ -329,6 +405,7 @@ def iteration(
         "max_devi_f_mean": float(d.mean()),
         "max_devi_f_max": float(d.max()),
         "labelled": labelled,
+        "dropped": dropped,  # labelled frames left out: an EMT force above --max-force
         "new_systems": new,
         "seconds": {k: round(v, 1) for k, v in times.items()},
         "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
@@ -344,25 +421,28 @@ def main(argv: list[str] | None = None) -> int:
     systems = sorted(str(p) for p in DATA.iterdir() if (p / "type.raw").is_file())
     print(
         f"active learning in {run}: {args.models} models, {args.walkers} walker(s) of "
-        f"{args.md_steps} steps at {args.temp:g} K, select {args.lo:g} <= max_devi_f < "
-        f"{args.hi:g} eV/A",
+        f"{args.md_steps} steps at {'/'.join(f'{t:g}' for t in args.temp)} K, select "
+        f"{args.lo:g} <= max_devi_f < {args.hi:g} eV/A, label at most {args.max_label} frames "
+        f"(dropped: EMT force > {args.max_force:g} eV/A)",
         flush=True,
     )
     print(
-        f"{'iter':>4} {'frames':>6} {'candidate':>9} {'accurate':>8} {'failed':>6} "
-        f"{'mean max_devi_f':>15} {'max max_devi_f':>14} {'labelled':>8} {'train+md s':>10}",
+        f"{'iter':>4} {'T K':>5} {'frames':>6} {'candidate':>9} {'accurate':>8} {'failed':>6} "
+        f"{'mean max_devi_f':>15} {'max max_devi_f':>14} {'labelled':>8} {'dropped':>7} "
+        f"{'train+md s':>10}",
         flush=True,
     )
-    t_start, rows = time.time(), []
+    t_start, rows, n_new = time.time(), [], 0
     for it in range(args.iterations):
-        row = iteration(it, args, systems, run, environ)
+        row = iteration(it, args, systems, n_new, run, environ)
         systems += row["new_systems"]
+        n_new = len(row["new_systems"])
         rows.append(row)
         s = row["seconds"]
         print(
-            f"{it:>4} {row['frames']:>6} {row['candidate']:>9.3f} {row['accurate']:>8.3f} "
-            f"{row['failed']:>6.3f} {row['max_devi_f_mean']:>15.4f} "
-            f"{row['max_devi_f_max']:>14.4f} {row['labelled']:>8} "
+            f"{it:>4} {row['temp']:>5g} {row['frames']:>6} {row['candidate']:>9.3f} "
+            f"{row['accurate']:>8.3f} {row['failed']:>6.3f} {row['max_devi_f_mean']:>15.4f} "
+            f"{row['max_devi_f_max']:>14.4f} {row['labelled']:>8} {row['dropped']:>7} "
             f"{s['train']:>5.0f}+{s['md']:<4.0f}",
             flush=True,
         )

@@ -53,7 +53,7 @@ def test_prints_fractions(plugin, quick_run):
     run, out = quick_run
     rows = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] == "0"]
     assert len(rows) == 1, out
-    candidate, accurate, failed = map(float, rows[0][2:5])
+    candidate, accurate, failed = map(float, rows[0][3:6])  # after iter, T K, frames
     for x in (candidate, accurate, failed):
         assert 0.0 <= x <= 1.0
     assert abs(candidate + accurate + failed - 1.0) < 2e-3
@@ -129,3 +129,44 @@ def test_labels_are_emt(plugin, quick_run):
         np.testing.assert_allclose(virial[k].reshape(3, 3), -stress * atoms.get_volume(), atol=1e-9)
     # distinct frames, spread over the candidates
     assert len({c.tobytes() for c in coord}) == 4
+
+
+def test_labeller_drops_unphysical_frames(tmp_path):
+    """label_emt leaves out a frame whose EMT forces exceed --max-force (two atoms 0.9 A
+    apart) and keeps the fcc frame; the check uses EMT evaluated here."""
+    import importlib.util
+
+    import ase.io
+    from ase.calculators.emt import EMT
+
+    spec = importlib.util.spec_from_file_location("al_run", SCRIPT)
+    al_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(al_run)
+    atoms = ase.io.read(al_run.START, format="lammps-data", atom_style="atomic")
+    names = al_run.TYPE_MAP
+    atoms.set_chemical_symbols([names[t - 1] for t in atoms.get_array("type")])
+    squeezed = atoms.copy()
+    squeezed.positions[1] = squeezed.positions[0] + [0.9, 0.0, 0.0]
+    forces = []
+    for a in (atoms, squeezed):
+        a.calc = EMT()
+        forces.append(np.abs(a.get_forces()).max())
+    max_force = 20.0
+    assert forces[0] < max_force < forces[1]  # the test's premise, from EMT itself
+
+    cand = tmp_path / "candidates"
+    (cand / "set.000").mkdir(parents=True)
+    (cand / "type_map.raw").write_text("\n".join(names) + "\n")
+    np.savetxt(cand / "type.raw", [names.index(s) for s in atoms.get_chemical_symbols()], "%d")
+    np.save(
+        cand / "set.000" / "coord.npy", np.stack([a.positions.ravel() for a in (squeezed, atoms)])
+    )
+    np.save(cand / "set.000" / "box.npy", np.stack([a.cell[:].ravel() for a in (squeezed, atoms)]))
+    out = tmp_path / "labelled"
+    assert al_run.label_emt(cand, out, max_label=10, max_force=max_force) == (1, 1)
+    np.testing.assert_allclose(np.load(out / "set.000" / "coord.npy"), [atoms.positions.ravel()])
+    np.testing.assert_allclose(np.load(out / "set.000" / "force.npy"), [atoms.get_forces().ravel()])
+    # nothing kept: no system written
+    out2 = tmp_path / "none"
+    assert al_run.label_emt(cand, out2, max_label=1, max_force=max_force) == (0, 1)
+    assert not out2.exists()
