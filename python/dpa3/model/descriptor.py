@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
 from .exchange import ghost_features, ops_loaded
-from .graph import Rows, angle_cosine, build_graph, make_rows, switch
+from .graph import Rows, angle_cosine, build_graph, gather, make_rows, switch
 from .network import Activation, Linear, TypeEmbedding, to_dtype
 from .prepared import CHUNK_ANGLES, Chunk, Prepared
 from .repflow import RepFlowLayer
@@ -81,16 +81,27 @@ class DescrptDPA3(nn.Module):
         inv = 1.0 / (r + self.env_protection)
         h2 = (sw * inv * inv).unsqueeze(-1) * g.diff / std[:, 1:]
         h2sw = h2 * sw.unsqueeze(-1)
+        # With the op library, gathers and their adjoint scatters use precomputed inverse
+        # indices (fast in any derivative order), and the angle block runs in the fused C++
+        # kernel, in evaluation and in training (it is differentiable twice: forces with
+        # create_graph, then the loss gradient). Activations the kernel does not implement
+        # (act_code < 0) and a missing op library use the composite PyTorch path.
+        use_ops = True
+        if not torch.jit.is_scripting():
+            use_ops = ops_loaded()
+        nnode = nf * nloc
+        nedge = g.center.shape[0]
+        # edges are grouped by centre and angles by their ij edge (build_graph)
+        a_eij = make_rows(g.a_eij, nedge, use_ops, ascending=True)
+        a_eik = make_rows(g.a_eik, nedge, use_ops)
         asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
         asw = torch.where(g.is_angle_edge, asw, torch.zeros_like(asw))
-        a_weight = (
-            torch.index_select(asw, 0, g.a_eij) * torch.index_select(asw, 0, g.a_eik)
-        ).unsqueeze(-1) / math.sqrt(self.a_norm)
+        a_weight = (gather(asw, a_eij) * gather(asw, a_eik)).unsqueeze(-1) / math.sqrt(self.a_norm)
         if self.edge_init_use_dist:
             e_in = r.unsqueeze(-1)
         else:
             e_in = (sw * inv / std[:, 0]).unsqueeze(-1)
-        cos = angle_cosine(g.diff, r, g.a_eij, g.a_eik)
+        cos = angle_cosine(g.diff, r, a_eij, a_eik)
         tebd = self.type_embedding()[atype]
 
         if comm_dict is None:
@@ -106,16 +117,6 @@ class DescrptDPA3(nn.Module):
                 raise RuntimeError("dpa3: the exchange path handles one frame at a time")
             nei = g.nei_ext
 
-        # With the op library, gathers and their adjoint scatters use precomputed inverse
-        # indices (fast in any derivative order), and the angle block runs in the fused C++
-        # kernel, in evaluation and in training (it is differentiable twice: forces with
-        # create_graph, then the loss gradient). Activations the kernel does not implement
-        # (act_code < 0) and a missing op library use the composite PyTorch path.
-        use_ops = True
-        if not torch.jit.is_scripting():
-            use_ops = ops_loaded()
-        nnode = nf * nloc
-        nedge = g.center.shape[0]
         return Prepared(
             tebd,
             e_in,
@@ -124,10 +125,10 @@ class DescrptDPA3(nn.Module):
             sw,
             a_weight,
             g.is_angle_edge,
-            make_rows(g.center, nnode, use_ops),
+            make_rows(g.center, nnode, use_ops, ascending=True),
             make_rows(nei, nnode if comm_dict is None else nall, use_ops),
-            make_rows(g.a_eij, nedge, use_ops),
-            make_rows(g.a_eik, nedge, use_ops),
+            a_eij,
+            a_eik,
             nall,
             use_ops and self.layers[0].act_code >= 0,
         )
