@@ -8,9 +8,10 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 - ``enable_mpi() -> bool``: whether the library was built with MPI;
 - ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``;
 - the compute ops of the RepFlow layers, differentiable (``gather_rows``, ``scatter_rows``,
-  ``edge_sum``, ``center_outer``; ``angle_block`` to second order), each built on primitive
-  operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``, ``_outer_h``,
-  ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``) that have a
+  ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order), each built
+  on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
+  ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``,
+  ``_activation``, ``_activation_bwd2``) that have a
   CPU kernel (fused loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the
   rest);
 - ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU
@@ -25,9 +26,9 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 This module is the only place in the package that names ``torch.ops.dpa3``: it loads the library
 and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,
 :func:`scatter_rows`, :func:`edge_sum`, :func:`center_outer`, :func:`angle_block`,
-:func:`border_exchange`, :func:`allreduce_min`); scripted models inline them, so a frozen model
-calls the registered ops directly.  :data:`COMM_KEYS` defines the exchange schedule
-(``comm_dict``) keys and their order.
+:func:`activation`, :func:`border_exchange`, :func:`allreduce_min`); scripted models inline
+them, so a frozen model calls the registered ops directly.  :data:`COMM_KEYS` defines the
+exchange schedule (``comm_dict``) keys and their order.
 :func:`register_flop_formulas` (explicit, idempotent) tells ``torch.utils.flop_counter`` how many
 FLOPs the matrix products inside the primitives' kernels do, which it cannot see.
 In a process where the LAMMPS plugin has already loaded the library (the plugin links it),
@@ -288,6 +289,13 @@ def angle_block(
     """The fused angle block of a RepFlow layer (first and second derivatives):
     ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_block``)."""
     return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
+
+
+def activation(x: torch.Tensor, act: int, thr: float) -> torch.Tensor:
+    """``act(x)`` element-wise (any shape; ``act``: 0 silu, 1 silut with threshold ``thr``, 2 tanh),
+    differentiable twice in fused passes (the composite formulation's double backward makes about
+    twenty passes over ``x``)."""
+    return torch.ops.dpa3.activation(x, act, thr)
 
 
 # ---------------------------------------------------------------------------------------------

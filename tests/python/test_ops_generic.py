@@ -86,13 +86,23 @@ def test_edge_sum(dtype, with_nei, with_bias) -> None:
     inn = torch.randint(0, m, (nedge,), generator=gen)
     pc, rc = csr(ic, n)
     pn, rn = csr(inn, m)
-    xs = [torch.randn(*s, dtype=dtype, generator=gen).requires_grad_(True)
-          for s in [(n, k), (m, k), (nedge, k), (k,)]]
+    xs = [
+        torch.randn(*s, dtype=dtype, generator=gen).requires_grad_(True)
+        for s in [(n, k), (m, k), (nedge, k), (k,)]
+    ]
 
     def fn(xc, xn, xe, b):
         return torch.ops.dpa3.edge_sum(
-            xc, xn if with_nei else None, xe, b if with_bias else None, ic, pc, rc,
-            inn if with_nei else None, pn if with_nei else None, rn if with_nei else None,
+            xc,
+            xn if with_nei else None,
+            xe,
+            b if with_bias else None,
+            ic,
+            pc,
+            rc,
+            inn if with_nei else None,
+            pn if with_nei else None,
+            rn if with_nei else None,
         )
 
     compare(fn, xs, 2, dtype, "edge_sum")
@@ -101,8 +111,13 @@ def test_edge_sum(dtype, with_nei, with_bias) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_center_outer(dtype) -> None:
     h, g, idx, perm, ptr, _ = outer_case(dtype=dtype, seed=4)
-    compare(lambda h_, g_: torch.ops.dpa3.center_outer(h_, g_, idx, perm, ptr), [h, g], 2,
-            dtype, "center_outer")
+    compare(
+        lambda h_, g_: torch.ops.dpa3.center_outer(h_, g_, idx, perm, ptr),
+        [h, g],
+        2,
+        dtype,
+        "center_outer",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -124,6 +139,16 @@ def test_angle_block(dtype, act, thr, de, da) -> None:
         return [red, aout] if da else [red]
 
     compare(fn, [t[k] for k in keys], 2, dtype, f"angle_block act={act}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,thr", [(0, 0.0), (1, 0.5), (2, 0.0)])
+def test_activation(dtype, act, thr) -> None:
+    """``activation`` forward, first and second derivatives (silut: both branches)."""
+    gen = torch.Generator().manual_seed(5)
+    x = (2.0 * torch.randn(50, 6, generator=gen, dtype=torch.float64)).to(dtype)
+    x.requires_grad_(True)
+    compare(lambda t: _ops.activation(t, act, thr), [x], 2, dtype, f"activation act={act}")
 
 
 def test_switch_selects_the_generic_aten_implementation() -> None:

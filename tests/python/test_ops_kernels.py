@@ -1,7 +1,8 @@
 """The compute kernels of the op library against plain PyTorch formulas written here.
 
-``dpa3::angle_block`` (the fused angle block, differentiable twice) and ``dpa3::center_outer``
-(the per-centre outer-product sums of the symmetrisation, any derivative order).
+``dpa3::angle_block`` (the fused angle block, differentiable twice), ``dpa3::center_outer``
+(the per-centre outer-product sums of the symmetrisation, any derivative order) and
+``dpa3::activation`` (against the model's PyTorch activations, differentiable twice).
 """
 
 from __future__ import annotations
@@ -252,3 +253,44 @@ def test_edge_sum_matches_gathers_and_all_derivative_orders(with_nei, with_bias)
     assert torch.autograd.gradcheck(ours, args)
     # second derivatives through a nonlinearity (the linear op's own Hessian is zero)
     assert torch.autograd.gradgradcheck(lambda *t: torch.sin(ours(*t)), args)
+
+
+# --------------------------------------------------------------------------- activation
+@pytest.mark.parametrize("name,code,thr", [("silu", 0, 0.0), ("silut", 1, 0.5), ("tanh", 2, 0.0)])
+def test_activation_matches_the_composite_activation_to_second_order(name, code, thr) -> None:
+    """``dpa3::activation`` against the model's PyTorch ``Activation`` (silu, silut with the
+    tanh tail above its threshold, tanh): values, first derivatives and the second derivatives
+    of a force-like loss (``grad`` with ``create_graph``, then the gradient of its square)."""
+    from dpa3.model.network import Activation
+
+    gen = torch.Generator().manual_seed(3)
+    x0 = 3.0 * torch.randn(60, 7, dtype=torch.float64, generator=gen)
+    c = torch.randn(60, 7, dtype=torch.float64, generator=gen)
+    if code == 1:
+        assert int((x0 >= thr).sum()) > 20 and int((x0 < thr).sum()) > 20  # both branches
+
+    def second(f):
+        x = x0.clone().requires_grad_(True)
+        y = f(x)
+        (g,) = torch.autograd.grad((c * y).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad((g * g).sum() + (c * y).sum(), x)
+        return y.detach(), g.detach(), gg
+
+    ref = second(Activation(name, thr))
+    ours = second(lambda x: _ops.activation(x, code, thr))
+    for r, o, what in zip(ref, ours, ("value", "first", "second"), strict=True):
+        assert torch.allclose(o, r, rtol=1e-12, atol=1e-12), what
+    x = x0[:5, :3].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: _ops.activation(t, code, thr), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: _ops.activation(t, code, thr), (x,))
+
+
+def test_activation_refuses_third_derivatives_and_unknown_codes() -> None:
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = _ops.activation(x, 0, 0.0)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    torch.autograd.grad(g.sum(), x, retain_graph=True)  # second derivatives: fine
+    with pytest.raises(RuntimeError, match="second order"):  # a graph for a third: refused
+        torch.autograd.grad(g.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="unknown activation code"):
+        _ops.activation(x, 7, 0.0)

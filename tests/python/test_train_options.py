@@ -305,3 +305,31 @@ def test_trainable_false_freezes_the_block(tmp_path, monkeypatch, frozen):
     for k, b in block.items():
         same = all(torch.equal(p, q) for p, q in zip(b.parameters(), before[k], strict=True))
         assert same == (k == frozen), k
+
+
+@pytest.mark.parametrize("kind", ["AdamW", "Adam"])
+def test_optimizer_updates_equal_the_per_parameter_loop(kind):
+    """The multi-tensor (foreach) update of ``build_optimizer`` gives bit for bit the values of
+    torch's per-parameter loop (its CPU default and DeePMD-kit's), step after step."""
+    from dpa3.config.schedule import OptimizerConfig
+    from dpa3.train.optim import build_optimizer
+
+    cfg = OptimizerConfig(type=kind, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(32, 16), (16,), (1, 16), (64, 64), (3,)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = build_optimizer(ours, cfg, 1e-2)
+    kw = dict(lr=1e-2, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    ref_opt = getattr(torch.optim, kind)(ref, foreach=False, **kw)
+    for step in range(12):
+        for ps in (ours, ref):
+            for p, g in zip(ps, grads[step % 4], strict=True):
+                p.grad = g.clone()
+        opt.step()
+        ref_opt.step()
+    for a, b, a0 in zip(ours, ref, init, strict=True):
+        assert not torch.equal(a.detach(), a0)  # the parameters moved
+        assert torch.equal(a.detach(), b.detach())

@@ -21,6 +21,7 @@ from .graph import (
     angle_cosine,
     build_graph,
     edge_vectors,
+    gather,
     get_rows,
     make_rows,
     put_rows,
@@ -136,9 +137,9 @@ class DescrptDPA3(nn.Module):
             "nei_ext": g.nei_ext,
             "is_a": g.is_angle_edge,
         }
-        put_rows(graph, "center", make_rows(g.center, nnode, use_ops))
+        put_rows(graph, "center", make_rows(g.center, nnode, use_ops, ascending=True))
         put_rows(graph, "nei", make_rows(nei, nnode if comm_dict is None else nall, use_ops))
-        put_rows(graph, "a_eij", make_rows(g.a_eij, nedge, use_ops))
+        put_rows(graph, "a_eij", make_rows(g.a_eij, nedge, use_ops, ascending=True))
         put_rows(graph, "a_eik", make_rows(g.a_eik, nedge, use_ops))
         return graph
 
@@ -169,14 +170,12 @@ class DescrptDPA3(nn.Module):
         h2sw = h2 * sw.unsqueeze(-1)
         asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
         asw = torch.where(is_a, asw, torch.zeros_like(asw))
-        a_weight = (
-            torch.index_select(asw, 0, a_eij.idx) * torch.index_select(asw, 0, a_eik.idx)
-        ).unsqueeze(-1) / math.sqrt(self.a_norm)
+        a_weight = (gather(asw, a_eij) * gather(asw, a_eik)).unsqueeze(-1) / math.sqrt(self.a_norm)
         if self.edge_init_use_dist:
             e_in = r.unsqueeze(-1)
         else:
             e_in = (sw * inv / std[:, 0]).unsqueeze(-1)
-        cos = angle_cosine(diff, r, a_eij.idx, a_eik.idx)
+        cos = angle_cosine(diff, r, a_eij, a_eik)
         tebd = self.type_embedding()[atype]
         return Prepared(
             tebd,

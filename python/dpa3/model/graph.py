@@ -165,25 +165,29 @@ def edge_vectors(
     return diff, torch.linalg.norm(diff, dim=-1)
 
 
-def angle_cosine(
-    diff: torch.Tensor, dist: torch.Tensor, eij: torch.Tensor, eik: torch.Tensor
-) -> torch.Tensor:
+def angle_cosine(diff: torch.Tensor, dist: torch.Tensor, eij: Rows, eik: Rows) -> torch.Tensor:
     """Angle input ``c_ijk / sqrt(pi)`` with DeePMD-kit's ``1e-6`` guards, ``[A, 1]``.
 
-    ``u_ij = d_ij / (|d_ij| + 1e-6)``, ``c_ijk = (u_ij . u_ik) (1 - 1e-6)``.
+    ``u_ij = d_ij / (|d_ij| + 1e-6)``, ``c_ijk = (u_ij . u_ik) (1 - 1e-6)``; ``eij``/``eik``
+    the two edges of every angle.
     """
     unit = diff / (dist.unsqueeze(-1) + 1e-6)
-    cos = (torch.index_select(unit, 0, eij) * torch.index_select(unit, 0, eik)).sum(
-        -1, keepdim=True
-    ) * (1.0 - 1e-6)
+    cos = (gather(unit, eij) * gather(unit, eik)).sum(-1, keepdim=True) * (1.0 - 1e-6)
     return cos / math.sqrt(math.pi)
 
 
-def make_rows(idx: torch.Tensor, n: int, use_ops: bool) -> Rows:
-    """Index ``idx`` into ``n`` rows (with the inverse index when the op library is used)."""
+def make_rows(idx: torch.Tensor, n: int, use_ops: bool, ascending: bool = False) -> Rows:
+    """Index ``idx`` into ``n`` rows (with the inverse index when the op library is used).
+
+    ``ascending``: the caller guarantees ``idx`` is non-decreasing (edges grouped by centre,
+    angles by edge, as :func:`build_graph` makes them), so the stable sort is the identity.
+    """
     if not use_ops:
         return Rows(idx, None, None)
-    perm = torch.argsort(idx, stable=True)
+    if ascending:
+        perm = torch.arange(idx.shape[0], dtype=idx.dtype, device=idx.device)
+    else:
+        perm = torch.argsort(idx, stable=True)
     counts = torch.bincount(idx, minlength=n)
     ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=idx.device), torch.cumsum(counts, 0)])
     return Rows(idx, perm, ptr)
@@ -221,6 +225,19 @@ def scatter(y: torch.Tensor, rows: Rows, n: int) -> torch.Tensor:
         shape = [n] + list(y.shape[1:])
         return torch.zeros(shape, dtype=y.dtype, device=y.device).index_add(0, rows.idx, y)
     return _ops.scatter_rows(y, rows.idx, perm, ptr)
+
+
+def weighted_scatter(w: torch.Tensor, y: torch.Tensor, rows: Rows, n: int) -> torch.Tensor:
+    """``out[r] = sum of w[q] y[q] with idx[q] == r``: ``w [Q]``, ``y [Q, d]`` -> ``[n, d]``.
+
+    With the op library the weighted rows are summed in one pass (``center_outer`` with one
+    weight column), without the ``[Q, d]`` product and its chain of derivatives.
+    """
+    perm = rows.perm
+    ptr = rows.ptr
+    if perm is None or ptr is None:
+        return scatter(w.unsqueeze(-1) * y, rows, n)
+    return _ops.center_outer(w.unsqueeze(-1), y, rows.idx, perm, ptr).view(n, y.shape[1])
 
 
 def edge_sum(

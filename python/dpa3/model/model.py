@@ -16,6 +16,7 @@ from torch import nn
 from .. import __version__, _ops
 from ..config.model import ModelConfig, descriptor_dim_out
 from ..data.neighbor import TIE_QUANTUM
+from ..data.neighbor_cache import NeighborCache
 from .descriptor import DescrptDPA3, Prepared
 from .graph import format_nlist
 from .network import Activation, FittingNet, to_dtype
@@ -440,12 +441,15 @@ class EnergyModel(nn.Module):
         atype: torch.Tensor,
         box: torch.Tensor | None = None,
         do_atomic_virial: bool = False,
+        neighbors: NeighborCache | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energy, forces and virial of ``nf`` frames with the same atom count.
 
         ``coord [nf,N,3]`` float64 Å, ``atype [nf,N]`` int64, ``box [nf,9]`` (rows a, b, c)
         or None for non-periodic systems.  Returns ``energy [nf,1]``, ``atom_energy [nf,N,1]``,
         ``force [nf,N,3]``, ``virial [nf,9]``, and ``atom_virial [nf,N,9]`` if requested.
+        ``neighbors``: a :class:`~dpa3.data.neighbor_cache.NeighborCache` that keeps the
+        neighbour data of frames seen before (training); without it they are built each call.
         """
         from ..data.neighbor import build_neighbor_batch
 
@@ -455,7 +459,11 @@ class EnergyModel(nn.Module):
         coord = coord.reshape(nf, -1, 3)
         atype = torch.as_tensor(atype, dtype=torch.long).reshape(nf, -1)
         box_np = None if box is None else torch.as_tensor(box).detach().cpu().numpy().reshape(nf, 9)
-        nb = build_neighbor_batch(coord.detach().cpu().numpy(), box_np, self.rcut, self.sel)
+        coord_np = coord.detach().cpu().numpy()
+        if neighbors is None:
+            nb = build_neighbor_batch(coord_np, box_np, self.rcut, self.sel)
+        else:
+            nb = neighbors.get(coord_np, box_np, self.rcut, self.sel)
         return self.forward_extended(
             nb.ext_coord.to(dev),
             atype.to(dev),

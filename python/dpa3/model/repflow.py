@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import _ops
 from ..config.model import RepflowConfig
-from .graph import Rows, edge_sum, gather, scatter
+from .graph import Rows, edge_sum, gather, scatter, weighted_scatter
 from .network import Activation, Linear
 
 
@@ -89,6 +89,13 @@ class RepFlowLayer(nn.Module):
             self.a_residual = None
 
     # ----------------------------------------------------------------- helpers
+    def _act(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        """The layer's activation; with ``fused`` the op library's (same function, its first and
+        second derivatives in one pass each instead of a chain of element-wise ops)."""
+        if fused:
+            return _ops.activation(x, self.act_code, self.act.threshold)
+        return self.act(x)
+
     def _combine(
         self, x: torch.Tensor, updates: list[torch.Tensor], rho: torch.Tensor | None
     ) -> torch.Tensor:
@@ -191,14 +198,16 @@ class RepFlowLayer(nn.Module):
             return n[:, : self.nc_dim], e[:, : self.ec_dim]
         return n, e
 
-    def _finish_edges(self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor) -> torch.Tensor:
+    def _finish_edges(
+        self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor, fused: bool = False
+    ) -> torch.Tensor:
         """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]``
         (docs/dpa3-spec.md §2.3.6)."""
         lin2 = self.edge_angle_linear2
         assert lin2 is not None
         if not self.smooth_edge_update:
             red = torch.where(is_a.unsqueeze(-1), red, e)
-        return self.act(lin2(red))
+        return self._act(lin2(red), fused)
 
     def _reduce_to_edges(
         self,
@@ -315,19 +324,21 @@ class RepFlowLayer(nn.Module):
         nei: Rows,
         h2sw: torch.Tensor,
         sw: torch.Tensor,
+        fused: bool = False,
     ) -> torch.Tensor:
         nnode = n.shape[0]
-        u_self = self.act(self.node_self_mlp(n))
+        u_self = self._act(self.node_self_mlp(n), fused)
         sym_in = torch.cat(
             [self._sym(e, h2sw, center, nnode), self._sym(n_j, h2sw, center, nnode)], dim=-1
         )
-        u_sym = self.act(self.node_sym_linear(sym_in))
-        q = self.act(
+        u_sym = self._act(self.node_sym_linear(sym_in), fused)
+        q = self._act(
             self._pair_linear(
                 self.node_edge_linear.matrix, self.node_edge_linear.bias, n, n_ext, e, center, nei
-            )
+            ),
+            fused,
         )
-        msg = scatter(sw.unsqueeze(-1) * q, center, nnode) / self.e_norm
+        msg = weighted_scatter(sw, q, center, nnode) / self.e_norm
         updates = [u_self, u_sym]
         for h in range(self.n_heads):
             updates.append(msg[:, h * self.n_dim : (h + 1) * self.n_dim])
@@ -376,15 +387,16 @@ class RepFlowLayer(nn.Module):
         """
         n_j = gather(n_ext, nei)
         if level == 0 and not self.sequential:
-            return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw), e, a
-        v_self = self.act(
+            return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused), e, a
+        v_self = self._act(
             self._pair_linear(
                 self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
-            )
+            ),
+            fused,
         )
         if not self.update_angle:
             e_new = self._combine(e, [v_self], self.e_residual)
-            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
+            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
             return n_new, e_new, a
         if self.sequential:
             er = self.e_residual
@@ -414,14 +426,14 @@ class RepFlowLayer(nn.Module):
                     a_eik,
                     a_weight,
                 )
-                v_ang = self._finish_edges(red, e1, is_a)
+                v_ang = self._finish_edges(red, e1, is_a, fused)
             else:
                 w_ang = self._angle_one(lin_a.matrix, ba, a, nc, ec, center, a_eij, a_eik)
                 a_new = a + ar[0] * w_ang
                 p = self._angle_one(lin1.matrix, b1, a_new, nc, ec, center, a_eij, a_eik)
                 v_ang = self._reduce_to_edges(p, e1, a_weight, is_a, a_eij)
             e_new = e1 + er[1] * v_ang
-            n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw)
+            n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw, fused)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
         if level == 1:  # the edge messages of the angles only, no angle update
@@ -433,11 +445,11 @@ class RepFlowLayer(nn.Module):
                 red, _ = self._angle_fused(
                     lin1.matrix, b1, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight
                 )
-                v_ang = self._finish_edges(red, e, is_a)
+                v_ang = self._finish_edges(red, e, is_a, fused)
             else:
                 p = self._angle_one(lin1.matrix, b1, a, nc, ec, center, a_eij, a_eik)
                 v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
-            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
+            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
             return n_new, self._combine(e, [v_self, v_ang], self.e_residual), a
         if fused:
             lin1 = self.edge_angle_linear1
@@ -458,11 +470,11 @@ class RepFlowLayer(nn.Module):
                 a_eik,
                 a_weight,
             )
-            v_ang = self._finish_edges(red, e, is_a)
+            v_ang = self._finish_edges(red, e, is_a, fused)
         else:
             p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
             v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
             a_new = self._combine(a, [w_ang], self.a_residual)
-        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw)
+        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
         e_new = self._combine(e, [v_self, v_ang], self.e_residual)
         return n_new, e_new, a_new

@@ -19,6 +19,7 @@ from ..config.model import AUTO_SEL, SEL_KEYS, AutoSel, ModelConfig
 from ..config.model_section import BiasAdjustMode, ModelSection
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
+from ..data.neighbor_cache import NeighborCache
 from ..data.stat_file import load_stat
 from ..data.stats import auto_sel, compute_or_load_energy_stat, neighbor_stat
 from ..data.system import System
@@ -30,9 +31,14 @@ from .loss import EnergyLoss
 log = logging.getLogger(__name__)
 
 
-def model_forward(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-    """Evaluate ``model`` on ``batch``: energy (nf,1), force (nf,N,3), virial (nf,9)."""
-    return model(batch.coord, batch.atype, batch.box)
+def model_forward(
+    model: torch.nn.Module, batch: Batch, neighbors: NeighborCache | None = None
+) -> dict[str, torch.Tensor]:
+    """Evaluate ``model`` on ``batch``: energy (nf,1), force (nf,N,3), virial (nf,9);
+    ``neighbors`` keeps the neighbour data of frames seen before."""
+    if neighbors is None:
+        return model(batch.coord, batch.atype, batch.box)
+    return model(batch.coord, batch.atype, batch.box, neighbors=neighbors)
 
 
 @dataclass

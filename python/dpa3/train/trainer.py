@@ -35,6 +35,7 @@ from ..config.model_section import BiasAdjustMode
 from ..config.multitask import RANDOM_BRANCH, MultiTaskConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
+from ..data.neighbor_cache import NeighborCache
 from ..errors import ConfigError
 from .checkpoint import (
     POINTER,
@@ -201,6 +202,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._last_where = "no step trained yet"
         self.step_times: list[float] = []
+        self.neighbors = NeighborCache()  # every pass revisits the frames: lists built once
 
     # ------------------------------------------------------------------ building blocks
     # (multi-task training overrides the hooks marked "hook")
@@ -455,7 +457,7 @@ class Trainer:
         try:
             for _ in range(numb_btch):
                 b = data.next().to(self.device)
-                _, m = loss(model_forward(model, b), b, lr)
+                _, m = loss(model_forward(model, b, self.neighbors), b, lr)
                 for k, v in m.items():
                     if v == v:  # skip nan (label absent)
                         sums[k] = sums.get(k, 0.0) + v * b.natoms
@@ -493,7 +495,7 @@ class Trainer:
         lr = self._set_lr(step)
         task = self._draw_task()
         batch = task.train_data.next().to(self.device)
-        pred = model_forward(self._head(task.name), batch)
+        pred = model_forward(self._head(task.name), batch, self.neighbors)
         loss, metrics = task.loss(pred, batch, lr)
         where = f"system {task.train_data.systems[batch.system].path}"
         self._optimize(loss, step, f"task {task.name}, {where}" if task.name else where)

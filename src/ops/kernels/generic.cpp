@@ -195,4 +195,25 @@ std::vector<at::Tensor> generic::angle_block_bwd2(const AngleArgs &in, const at:
   return {da_, dwa, dpe, dvk, dw, dbeta, dgred, dgaout};
 }
 
+at::Tensor generic::activation(const at::Tensor &x, int64_t act, double thr)
+{
+  return activate(x, act, thr, nullptr);
+}
+
+at::Tensor generic::activation_bwd(const at::Tensor &g, const at::Tensor &x, int64_t act,
+                                   double thr)
+{
+  at::Tensor dy;
+  activate(x, act, thr, &dy);
+  return g * dy;
+}
+
+std::vector<at::Tensor> generic::activation_bwd2(const at::Tensor &gg, const at::Tensor &g,
+                                                 const at::Tensor &x, int64_t act, double thr)
+{
+  at::Tensor dy, ddy;
+  activate(x, act, thr, &dy, &ddy);
+  return {gg * dy, gg * g * ddy};
+}
+
 }    // namespace dpa3

@@ -48,6 +48,8 @@ enum Act : int64_t { ACT_SILU = 0, ACT_SILUT = 1, ACT_TANH = 2 };
 //   angle_block_bwd2(..., gred, gaout, gg, ...) -> {da, dwa, dpe, dvk, dw, dbeta, dgred, dgaout}
 //     the gradients of <gg, angle_block_bwd(...)> w.r.t. its inputs (angle_block_grad2.cpp;
 //     dwa/dbeta empty unless asked)
+//   activation(x, act, thr) -> act(x); activation_bwd(g, x, act, thr) -> g act'(x)  (any shape)
+//   activation_bwd2(gg, g, x, act, thr) -> {gg act'(x), gg g act''(x)}  (activation.cpp)
 struct AngleArgs {
   at::Tensor a, wa, pe, vk, w, eik, aptr, nptr, beta;
   int64_t de, act;
@@ -75,6 +77,10 @@ std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &g
 std::vector<at::Tensor> angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
                                          const at::Tensor &gaout, const AngleGrads &gg,
                                          bool need_wa, bool need_beta);
+at::Tensor activation(const at::Tensor &x, int64_t act, double thr);
+at::Tensor activation_bwd(const at::Tensor &g, const at::Tensor &x, int64_t act, double thr);
+std::vector<at::Tensor> activation_bwd2(const at::Tensor &gg, const at::Tensor &g,
+                                        const at::Tensor &x, int64_t act, double thr);
 }    // namespace cpu
 
 namespace generic {
@@ -92,6 +98,10 @@ std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &g
 std::vector<at::Tensor> angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
                                          const at::Tensor &gaout, const AngleGrads &gg,
                                          bool need_wa, bool need_beta);
+at::Tensor activation(const at::Tensor &x, int64_t act, double thr);
+at::Tensor activation_bwd(const at::Tensor &g, const at::Tensor &x, int64_t act, double thr);
+std::vector<at::Tensor> activation_bwd2(const at::Tensor &gg, const at::Tensor &g,
+                                        const at::Tensor &x, int64_t act, double thr);
 }    // namespace generic
 
 #ifdef DPA3_USE_CUDA
@@ -122,6 +132,10 @@ std::vector<at::Tensor> angle_block_bwd(const AngleArgs &in, const at::Tensor &g
 std::vector<at::Tensor> angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
                                          const at::Tensor &gaout, const AngleGrads &gg,
                                          bool need_wa, bool need_beta);
+at::Tensor activation(const at::Tensor &x, int64_t act, double thr);
+at::Tensor activation_bwd(const at::Tensor &g, const at::Tensor &x, int64_t act, double thr);
+std::vector<at::Tensor> activation_bwd2(const at::Tensor &gg, const at::Tensor &g,
+                                        const at::Tensor &x, int64_t act, double thr);
 }    // namespace prim
 
 }    // namespace dpa3

@@ -1,7 +1,8 @@
 /* ----------------------------------------------------------------------
    dpa3: the primitive operators (dpa3::_gather, _segment_sum, _edge_sum,
    _outer_sum, _outer_h, _outer_g, _angle_block_fwd, _angle_block_bwd,
-   _angle_block_bwd2):
+   _angle_block_bwd2, _activation, _activation_bwd,
+   _activation_bwd2):
    schemas, their CPU and CUDA kernels, and the calls used by the autograd
    Functions of the differentiable ops (see kernels.h).
 
@@ -129,6 +130,23 @@ template <bool Cpu> struct Kernels {
     return fused() ? cpu::angle_block_bwd2(in, gred, gaout, gg, need_wa, need_beta)
                    : generic::angle_block_bwd2(in, gred, gaout, gg, need_wa, need_beta);
   }
+
+  static at::Tensor act(const at::Tensor &x, int64_t act, double thr)
+  {
+    return fused() ? cpu::activation(x, act, thr) : generic::activation(x, act, thr);
+  }
+
+  static at::Tensor act_bwd(const at::Tensor &g, const at::Tensor &x, int64_t act, double thr)
+  {
+    return fused() ? cpu::activation_bwd(g, x, act, thr) : generic::activation_bwd(g, x, act, thr);
+  }
+
+  static std::vector<at::Tensor> act_bwd2(const at::Tensor &gg, const at::Tensor &g,
+                                          const at::Tensor &x, int64_t act, double thr)
+  {
+    return fused() ? cpu::activation_bwd2(gg, g, x, act, thr)
+                   : generic::activation_bwd2(gg, g, x, act, thr);
+  }
 };
 
 template <class Sig> c10::TypedOperatorHandle<Sig> op(const char *name)
@@ -251,6 +269,32 @@ std::vector<at::Tensor> prim::angle_block_bwd2(const AngleArgs &in, const at::Te
                 o(gg.gbeta), need_wa, need_beta);
 }
 
+at::Tensor prim::activation(const at::Tensor &x, int64_t act, double thr)
+{
+  using Sig = at::Tensor(const at::Tensor &, int64_t, double);
+  static const auto h = op<Sig>("dpa3::_activation");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(x, act, thr);
+}
+
+at::Tensor prim::activation_bwd(const at::Tensor &g, const at::Tensor &x, int64_t act, double thr)
+{
+  using Sig = at::Tensor(const at::Tensor &, const at::Tensor &, int64_t, double);
+  static const auto h = op<Sig>("dpa3::_activation_bwd");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(g, x, act, thr);
+}
+
+std::vector<at::Tensor> prim::activation_bwd2(const at::Tensor &gg, const at::Tensor &g,
+                                              const at::Tensor &x, int64_t act, double thr)
+{
+  using Sig = std::vector<at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                      int64_t, double);
+  static const auto h = op<Sig>("dpa3::_activation_bwd2");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return h.call(gg, g, x, act, thr);
+}
+
 }    // namespace dpa3
 
 TORCH_LIBRARY_FRAGMENT(dpa3, m)
@@ -273,6 +317,10 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
         "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
         "Tensor gred, Tensor gaout, Tensor? gga, Tensor? ggwa, Tensor? ggpe, Tensor? ggvk, "
         "Tensor? ggw, Tensor? ggbeta, bool need_wa, bool need_beta) -> Tensor[]");
+  // act(x), g act'(x) and the gradients of <gg, g act'(x)> (activation.cpp)
+  m.def("_activation(Tensor x, int act, float thr) -> Tensor");
+  m.def("_activation_bwd(Tensor g, Tensor x, int act, float thr) -> Tensor");
+  m.def("_activation_bwd2(Tensor gg, Tensor g, Tensor x, int act, float thr) -> Tensor[]");
   // process-wide: run the generic kernels on the CPU too (tests, diagnostics); returns the
   // previous setting
   m.def("set_generic_kernels(bool on) -> bool", &dpa3::set_generic_kernels_op);
@@ -287,7 +335,10 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.impl("_outer_g", &K::outer_g);           \
   m.impl("_angle_block_fwd", &K::angle_fwd); \
   m.impl("_angle_block_bwd", &K::angle_bwd); \
-  m.impl("_angle_block_bwd2", &K::angle_bwd2)
+  m.impl("_angle_block_bwd2", &K::angle_bwd2); \
+  m.impl("_activation", &K::act);            \
+  m.impl("_activation_bwd", &K::act_bwd);    \
+  m.impl("_activation_bwd2", &K::act_bwd2)
 
 TORCH_LIBRARY_IMPL(dpa3, CPU, m) { DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<true>); }
 
