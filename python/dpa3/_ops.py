@@ -11,7 +11,7 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order), each built
   on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
   ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``,
-  ``_activation``, ``_activation_bwd2``) that have a
+  ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
   CPU kernel (fused loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the
   rest);
 - ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU

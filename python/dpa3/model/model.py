@@ -27,6 +27,11 @@ SERIAL_VERSION = 1
 GRAPH_BUDGET_BYTES = 4 * 1024**3
 
 
+#: Buffers registered with ``persistent=False``: the eager model saves none of them, but a
+#: frozen (scripted) model's ``state_dict`` lists them (dropped when its weights are loaded).
+NON_PERSISTENT_BUFFERS = ("graph_spec_t",)
+
+
 class EnergyModel(nn.Module):
     """A DPA3 energy model (see ``docs/internals.md`` for the full contract)."""
 

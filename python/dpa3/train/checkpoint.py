@@ -243,6 +243,7 @@ def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     import json
 
     from .. import _ops
+    from ..model.model import NON_PERSISTENT_BUFFERS
 
     p = Path(path)
     if not p.is_file():
@@ -256,7 +257,12 @@ def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"cannot read the weights of '{p}': not a frozen dpa3 model ({err}); a DeePMD-kit "
             f"model needs 'dpa3 convert-deepmd {p}' first"
         ) from err
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    # a scripted module's state_dict also holds the buffers the eager model does not save
+    state = {
+        k: v.detach().clone()
+        for k, v in module.state_dict().items()
+        if k.rsplit(".", 1)[-1] not in NON_PERSISTENT_BUFFERS
+    }
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,

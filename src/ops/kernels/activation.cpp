@@ -41,8 +41,7 @@ namespace {
 
 using angle::ActParams;
 
-template <typename T>
-DPA3_INLINE void act_body(const ActParams<T> &f, const T *x, T *y, int64_t n)
+template <typename T> DPA3_INLINE void act_body(const ActParams<T> &f, const T *x, T *y, int64_t n)
 {
   angle::activate(f, x, y, static_cast<T *>(nullptr), n);
 }
@@ -64,8 +63,8 @@ DPA3_INLINE void act1_body(const ActParams<T> &f, const T *g, const T *x, T *dx,
 
 // dg = gg act'(x), dx = gg g act''(x)
 template <typename T>
-DPA3_INLINE void act2_body(const ActParams<T> &f, const T *gg, const T *g, const T *x, T *dg,
-                           T *dx, int64_t n)
+DPA3_INLINE void act2_body(const ActParams<T> &f, const T *gg, const T *g, const T *x, T *dg, T *dx,
+                           int64_t n)
 {
   T y[C], dy[C], ddy[C];
   for (int64_t i0 = 0; i0 < n; i0 += C) {
@@ -83,8 +82,7 @@ DPA3_MULTIVERSION void act_range(const ActParams<float> &f, const float *x, floa
   act_body(f, x, y, n);
 }
 
-DPA3_MULTIVERSION void act_range(const ActParams<double> &f, const double *x, double *y,
-                                 int64_t n)
+DPA3_MULTIVERSION void act_range(const ActParams<double> &f, const double *x, double *y, int64_t n)
 {
   act_body(f, x, y, n);
 }
@@ -135,8 +133,7 @@ at::Tensor cpu::activation(const at::Tensor &x_, int64_t act, double thr)
 }
 
 // CPU kernel of dpa3::_activation_bwd
-at::Tensor cpu::activation_bwd(const at::Tensor &g_, const at::Tensor &x_, int64_t act,
-                               double thr)
+at::Tensor cpu::activation_bwd(const at::Tensor &g_, const at::Tensor &x_, int64_t act, double thr)
 {
   const at::Tensor x = x_.contiguous(), g = g_.contiguous();
   at::Tensor dx = at::empty_like(x);
@@ -221,8 +218,7 @@ class Activation : public torch::autograd::Function<Activation> {
 at::Tensor activation(const at::Tensor &x, int64_t act, double thr)
 {
   TORCH_CHECK(act == ACT_SILU || act == ACT_SILUT || act == ACT_TANH,
-              "dpa3::activation: unknown activation code ", act,
-              " (0 silu, 1 silut, 2 tanh)");
+              "dpa3::activation: unknown activation code ", act, " (0 silu, 1 silut, 2 tanh)");
   TORCH_CHECK(x.is_floating_point(), "dpa3::activation: x must be a floating-point tensor");
   return Activation::apply(x, act, thr);
 }
@@ -231,12 +227,6 @@ at::Tensor activation(const at::Tensor &x, int64_t act, double thr)
 
 }    // namespace dpa3
 
-TORCH_LIBRARY_FRAGMENT(dpa3, m)
-{
-  m.def("activation(Tensor x, int act, float thr) -> Tensor");
-}
+TORCH_LIBRARY_FRAGMENT(dpa3, m) { m.def("activation(Tensor x, int act, float thr) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
-{
-  m.impl("activation", &dpa3::activation);
-}
+TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m) { m.impl("activation", &dpa3::activation); }

@@ -326,18 +326,18 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.def("set_generic_kernels(bool on) -> bool", &dpa3::set_generic_kernels_op);
 }
 
-#define DPA3_REGISTER_PRIMITIVES(m, K)       \
-  m.impl("_gather", &K::gather);             \
-  m.impl("_segment_sum", &K::segment_sum);   \
-  m.impl("_edge_sum", &K::edge_sum);         \
-  m.impl("_outer_sum", &K::outer_sum);       \
-  m.impl("_outer_h", &K::outer_h);           \
-  m.impl("_outer_g", &K::outer_g);           \
-  m.impl("_angle_block_fwd", &K::angle_fwd); \
-  m.impl("_angle_block_bwd", &K::angle_bwd); \
+#define DPA3_REGISTER_PRIMITIVES(m, K)         \
+  m.impl("_gather", &K::gather);               \
+  m.impl("_segment_sum", &K::segment_sum);     \
+  m.impl("_edge_sum", &K::edge_sum);           \
+  m.impl("_outer_sum", &K::outer_sum);         \
+  m.impl("_outer_h", &K::outer_h);             \
+  m.impl("_outer_g", &K::outer_g);             \
+  m.impl("_angle_block_fwd", &K::angle_fwd);   \
+  m.impl("_angle_block_bwd", &K::angle_bwd);   \
   m.impl("_angle_block_bwd2", &K::angle_bwd2); \
-  m.impl("_activation", &K::act);            \
-  m.impl("_activation_bwd", &K::act_bwd);    \
+  m.impl("_activation", &K::act);              \
+  m.impl("_activation_bwd", &K::act_bwd);      \
   m.impl("_activation_bwd2", &K::act_bwd2)
 
 TORCH_LIBRARY_IMPL(dpa3, CPU, m) { DPA3_REGISTER_PRIMITIVES(m, dpa3::Kernels<true>); }
