@@ -8,6 +8,7 @@ A single-task run has one :class:`Task` (named ``""``); a multi-task run one per
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,35 @@ def model_forward(
     if neighbors is None:
         return model(batch.coord, batch.atype, batch.box)
     return model(batch.coord, batch.atype, batch.box, neighbors=neighbors)
+
+
+def validation_metrics(
+    model: torch.nn.Module,
+    loss: EnergyLoss,
+    data: DataSampler,
+    numb_btch: int,
+    lr: float,
+    device: torch.device,
+    neighbors: NeighborCache | None = None,
+) -> dict[str, float]:
+    """Atom-weighted mean metrics of ``model`` (evaluation mode) over ``numb_btch`` batches of
+    ``data`` (labels absent from a batch, nan metrics, are left out of that metric's mean)."""
+    model.eval()
+    sums: dict[str, float] = {}
+    wsum: dict[str, float] = {}
+    try:
+        for _ in range(numb_btch):
+            b = data.next().to(device)
+            _, m = loss(model_forward(model, b, neighbors), b, lr)
+            for key, v in m.items():
+                if v == v:  # skip nan (label absent)
+                    sums[key] = sums.get(key, 0.0) + v * b.natoms
+                    wsum[key] = wsum.get(key, 0.0) + b.natoms
+    finally:
+        model.train()
+    return {
+        key: (sums[key] / wsum[key] if wsum.get(key) else math.nan) for key in loss.metric_names()
+    }
 
 
 @dataclass

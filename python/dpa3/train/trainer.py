@@ -55,7 +55,7 @@ from .lr import make_lr
 from .monitor import DeferredInterrupt, Monitor
 from .multitask import branch_checkpoint
 from .optim import build_optimizer
-from .task import Task, model_forward, resolve_sel
+from .task import Task, model_forward, resolve_sel, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -437,34 +437,17 @@ class Trainer:
         if not tasks:
             return None
         return {
-            t.name: self._validate_with(
+            t.name: validation_metrics(
                 self._head(t.name),
                 t.loss,
                 t.valid_data,
                 t.cfg.training.validation_data.numb_btch,
                 lr,
+                self.device,
+                self.neighbors,
             )
             for t in tasks
         }
-
-    def _validate_with(
-        self, model: torch.nn.Module, loss: EnergyLoss, data: DataSampler, numb_btch: int, lr: float
-    ) -> dict[str, float]:
-        """Atom-weighted mean metrics of ``model`` over ``numb_btch`` batches of ``data``."""
-        model.eval()
-        sums: dict[str, float] = {}
-        wsum: dict[str, float] = {}
-        try:
-            for _ in range(numb_btch):
-                b = data.next().to(self.device)
-                _, m = loss(model_forward(model, b, self.neighbors), b, lr)
-                for k, v in m.items():
-                    if v == v:  # skip nan (label absent)
-                        sums[k] = sums.get(k, 0.0) + v * b.natoms
-                        wsum[k] = wsum.get(k, 0.0) + b.natoms
-        finally:
-            model.train()
-        return {k: (sums[k] / wsum[k] if wsum.get(k) else math.nan) for k in loss.metric_names()}
 
     def _describe_data(self) -> str:
         """Hook: the data summary of the start-of-training log line."""
