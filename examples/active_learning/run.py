@@ -4,8 +4,9 @@
 Every iteration:
   1. train (iteration 0: from scratch; later: ``--init-model`` from the previous iteration)
      a committee of small DPA3 models that differ only in their seeds, and freeze them;
-  2. explore: LAMMPS NVT (default 900 K: thermal configurations of the fcc alloy, which the
-     strained, rattled training frames do not contain; EMT's fcc alloys melt near 1300 K) with
+  2. explore: LAMMPS NVT (default 600 K, the same start and velocities in every iteration:
+     thermal configurations of the fcc alloy, which the strained, rattled training frames,
+     equilibrated at no temperature, do not contain) with
      ``pair_style dpa3 m0.pth m1.pth ... out_freq N out_file model_devi.out`` (model 0 drives),
      the trajectory dumped at the same steps;
   3. select: ``dpa3 model-devi -m ... -s traj.lammpstrj -t Cu Al Ni --select LO HI -o candidates``
@@ -18,8 +19,9 @@ Every iteration:
     python examples/active_learning/run.py --quick -o DIR # a smoke run (tests/examples)
 
 Needs ``dpa3`` and ``lmp`` on PATH (or next to this Python), ASE and the dpa3 LAMMPS plugin.
-Per iteration it prints the fraction of candidate frames and the mean and max over frames of
-``max_devi_f``; ``summary.json`` in the run folder holds the same numbers.
+Per iteration it prints the fraction of candidate frames, the mean and max over frames of
+``max_devi_f`` and the committee's force RMSE on its last training batches;
+``summary.json`` in the run folder holds the same numbers.
 """
 
 from __future__ import annotations
@@ -65,17 +67,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-o", "--run-dir", default=str(ROOT / "runs" / "active_learning"))
     p.add_argument("--iterations", type=int, default=3, help="explorations (default 3)")
     p.add_argument("--models", type=int, default=4, help="committee size (default 4)")
-    p.add_argument("--train-steps", type=int, default=1000, help="iteration 0 (default 1000)")
-    p.add_argument("--lr", type=float, default=2e-3, help="iteration 0 start lr (default 2e-3)")
-    p.add_argument("--retrain-steps", type=int, default=600, help="later (default 600)")
+    p.add_argument("--train-steps", type=int, default=3000, help="iteration 0 (default 3000)")
+    p.add_argument("--lr", type=float, default=1e-2, help="iteration 0 start lr (default 1e-2)")
+    p.add_argument("--retrain-steps", type=int, default=1500, help="later (default 1500)")
     p.add_argument(
-        "--retrain-lr", type=float, default=1e-4, help="later iterations' start lr (default 1e-4)"
+        "--retrain-lr", type=float, default=1e-3, help="later iterations' start lr (default 1e-3)"
+    )
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=1e-3,
+        help="stop lr / start lr of every training (exponential decay; default 1e-3)",
+    )
+    p.add_argument(
+        "--batch", default="auto:32", help="training batch_size (default auto:32: one frame)"
     )
     p.add_argument(
         "--old-ratio",
         type=float,
         default=0.5,
         help="later iterations: share of batches from the data before the last labels (0.5)",
+    )
+    p.add_argument(
+        "--init-max-rms",
+        type=float,
+        default=None,
+        help="initial training set: only the bundled frames with a force RMS below this (eV/A)",
     )
     p.add_argument("--md-steps", type=int, default=1000, help="per walker (default 1000)")
     p.add_argument("--walkers", type=int, default=2, help="MD runs per iteration (default 2)")
@@ -84,10 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--temp",
         type=float,
         nargs="+",
-        default=[900.0],
-        help="MD temperature in K; several: one per iteration, the last repeated (default 900)",
+        default=[600.0],
+        help="MD temperature in K; several: one per iteration, the last repeated (default 600)",
     )
-    p.add_argument("--lo", type=float, default=0.25, help="select max_devi_f >= LO (eV/A; 0.25)")
+    p.add_argument("--lo", type=float, default=0.15, help="select max_devi_f >= LO (eV/A; 0.15)")
     p.add_argument("--hi", type=float, default=1.0, help="select max_devi_f < HI (eV/A; 1.0)")
     p.add_argument("--max-label", type=int, default=60, help="labelled frames per iteration")
     p.add_argument(
@@ -117,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--old-ratio must lie in (0, 1)")
     if min(args.temp) <= 0 or args.max_force <= 0 or min(args.lr, args.retrain_lr) <= 0:
         p.error("--temp, --max-force, --lr and --retrain-lr must be > 0")
+    if not 0 < args.lr_decay <= 1:
+        p.error("--lr-decay must lie in (0, 1]")
     return args
 
 
@@ -174,7 +193,12 @@ def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, st
 
 
 def train_input(
-    systems: list[str], seed: int, steps: int, start_lr: float, n_new: int, old_ratio: float
+    systems: list[str],
+    seed: int,
+    steps: int,
+    start_lr: float,
+    n_new: int,
+    args: argparse.Namespace,
 ) -> dict:
     """examples/alloy/input.json made small: 2 layers, narrow, fixed sel, no validation.
     The last ``n_new`` systems (the latest labels) get ``1 - old_ratio`` of the batches."""
@@ -195,20 +219,20 @@ def train_input(
     )  # fixed sel: same in every round
     cfg["model"]["descriptor"]["seed"] = seed
     cfg["model"]["fitting_net"].update(neuron=[32, 32], seed=seed)
-    # exponential decay to start_lr / 20 over the run
+    # exponential decay to start_lr * lr_decay over the run
     cfg["learning_rate"].update(
-        start_lr=start_lr, stop_lr=start_lr / 20, decay_steps=max(1, steps // 20)
+        start_lr=start_lr, stop_lr=start_lr * args.lr_decay, decay_steps=max(1, steps // 50)
     )
     tr = cfg["training"]
     tr.pop("validation_data", None)
     tr.pop("stat_file", None)
-    tr["training_data"].update(systems=systems, batch_size="auto:32")
+    tr["training_data"].update(systems=systems, batch_size=args.batch)
     n_old = len(systems) - n_new
     if n_new and n_old:  # DeePMD-kit's "prob_sys_size;start:end:weight;..."
         tr["training_data"]["auto_prob"] = (
-            f"prob_sys_size;0:{n_old}:{old_ratio};{n_old}:{len(systems)}:{1 - old_ratio}"
+            f"prob_sys_size;0:{n_old}:{args.old_ratio};{n_old}:{len(systems)}:{1 - args.old_ratio}"
         )
-    tr.update(numb_steps=steps, seed=seed, disp_freq=max(1, steps // 10), save_freq=steps)
+    tr.update(numb_steps=steps, seed=seed, disp_freq=max(1, steps // 50), save_freq=steps)
     return cfg
 
 
@@ -280,6 +304,44 @@ def label_emt(candidates: Path, out: Path, max_label: int, max_force: float) -> 
     return len(keep), len(pick) - len(keep)
 
 
+def fit_force_rmse(folders: list[Path]) -> float:
+    """Mean over the models of ``rmse_f_trn`` (eV/A) in the last fifth of ``lcurve.out``: how
+    well the committee fits its training batches at the end of the training (free, but noisy:
+    each row is one batch)."""
+    values = []
+    for folder in folders:
+        lines = (folder / "lcurve.out").read_text().splitlines()
+        col = lines[0].lstrip("#").split().index("rmse_f_trn")
+        rows = np.loadtxt(lines, ndmin=2)
+        values.append(rows[rows[:, 0] >= 0.8 * rows[-1, 0], col].mean())
+    return float(np.mean(values))
+
+
+def initial_systems(run: Path, max_rms: float | None) -> list[str]:
+    """The bundled systems, or (``max_rms``) copies under ``run/init_data`` that keep only the
+    frames whose force RMS is below ``max_rms`` eV/A (the gentler distortions)."""
+    bundled = sorted(p for p in DATA.iterdir() if (p / "type.raw").is_file())
+    if max_rms is None:
+        return [str(p) for p in bundled]
+    systems = []
+    for src in bundled:
+        sets = src / "set.000"
+        force = np.load(sets / "force.npy")
+        keep = np.sqrt((force**2).mean(axis=1)) < max_rms
+        if not keep.any():
+            continue
+        dst = run / "init_data" / src.name
+        (dst / "set.000").mkdir(parents=True, exist_ok=True)
+        for name in ("type.raw", "type_map.raw"):
+            shutil.copy(src / name, dst / name)
+        for array in sets.glob("*.npy"):  # every array has the frames first
+            np.save(dst / "set.000" / array.name, np.load(array)[keep])
+        systems.append(str(dst))
+    if not systems:
+        sys.exit(f"run.py: no bundled frame has a force RMS below --init-max-rms {max_rms}")
+    return systems
+
+
 def md_finished(devi_file: Path, args: argparse.Namespace) -> bool:
     """Whether a walker's model_devi.out has all its rows (``--resume``)."""
     if not devi_file.is_file():
@@ -310,7 +372,7 @@ def iteration(
         if args.resume and models[m].is_file():
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        cfg = train_input(systems, m + 1, steps, lr, n_new, args.old_ratio)
+        cfg = train_input(systems, m + 1, steps, lr, n_new, args)
         write_json(folder / "input.json", cfg)
         cmd = [dpa3, "train", "input.json", "--skip-neighbor-stat"]
         if it > 0:
@@ -324,6 +386,7 @@ def iteration(
         environ,
     )
     times["train"], cpu["train"] = time.time() - t0, cpu_seconds() - c0
+    fit = fit_force_rmse([m.parent for m in models])
 
     # 2. explore: one LAMMPS run per walker (different initial velocities)
     t0, c0 = time.time(), cpu_seconds()
@@ -339,7 +402,7 @@ def iteration(
                 models=" ".join(map(str, models)),
                 out_freq=args.out_freq,
                 temp=temp,
-                seed=1000 + 17 * it + w,
+                seed=1000 + w,  # the same start in every iteration: only the models change
                 steps=args.md_steps,
                 thermo=max(args.out_freq, args.md_steps // 10),
             )
@@ -404,6 +467,7 @@ def iteration(
         "failed": float(np.mean(d >= args.hi)),
         "max_devi_f_mean": float(d.mean()),
         "max_devi_f_max": float(d.max()),
+        "fit_rmse_f": fit,  # lcurve's rmse_f_trn, last fifth of the training, model mean
         "labelled": labelled,
         "dropped": dropped,  # labelled frames left out: an EMT force above --max-force
         "new_systems": new,
@@ -418,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
     environ = env()
-    systems = sorted(str(p) for p in DATA.iterdir() if (p / "type.raw").is_file())
+    systems = initial_systems(run, args.init_max_rms)
     print(
         f"active learning in {run}: {args.models} models, {args.walkers} walker(s) of "
         f"{args.md_steps} steps at {'/'.join(f'{t:g}' for t in args.temp)} K, select "
@@ -428,8 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'iter':>4} {'T K':>5} {'frames':>6} {'candidate':>9} {'accurate':>8} {'failed':>6} "
-        f"{'mean max_devi_f':>15} {'max max_devi_f':>14} {'labelled':>8} {'dropped':>7} "
-        f"{'train+md s':>10}",
+        f"{'mean max_devi_f':>15} {'max max_devi_f':>14} {'fit rmse_f':>10} {'labelled':>8} "
+        f"{'dropped':>7} {'train+md s':>10}",
         flush=True,
     )
     t_start, rows, n_new = time.time(), [], 0
@@ -442,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{it:>4} {row['temp']:>5g} {row['frames']:>6} {row['candidate']:>9.3f} "
             f"{row['accurate']:>8.3f} {row['failed']:>6.3f} {row['max_devi_f_mean']:>15.4f} "
-            f"{row['max_devi_f_max']:>14.4f} {row['labelled']:>8} {row['dropped']:>7} "
+            f"{row['max_devi_f_max']:>14.4f} {row['fit_rmse_f']:>10.3f} {row['labelled']:>8} "
+            f"{row['dropped']:>7} "
             f"{s['train']:>5.0f}+{s['md']:<4.0f}",
             flush=True,
         )

@@ -170,3 +170,35 @@ def test_labeller_drops_unphysical_frames(tmp_path):
     out2 = tmp_path / "none"
     assert al_run.label_emt(cand, out2, max_label=1, max_force=max_force) == (0, 1)
     assert not out2.exists()
+
+
+def test_initial_subset_keeps_the_gentle_frames(tmp_path):
+    """``--init-max-rms X``: the initial training set holds exactly the bundled frames whose
+    force RMS is below X, every per-frame array sliced alike (checked against the bundled
+    arrays read here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("al_run", SCRIPT)
+    al_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(al_run)
+    max_rms = 0.6
+    systems = al_run.initial_systems(tmp_path, max_rms)
+    bundled = sorted(p for p in al_run.DATA.iterdir() if (p / "type.raw").is_file())
+    kept_total = 0
+    for src in bundled:
+        force = np.load(src / "set.000" / "force.npy")
+        rms = np.sqrt(np.mean(force**2, axis=1))
+        expected = np.nonzero(rms < max_rms)[0]
+        dst = tmp_path / "init_data" / src.name
+        if len(expected) == 0:
+            assert str(dst) not in systems
+            continue
+        assert str(dst) in systems
+        for name in ("coord", "box", "energy", "force", "virial", "real_atom_types"):
+            np.testing.assert_array_equal(
+                np.load(dst / "set.000" / f"{name}.npy"),
+                np.load(src / "set.000" / f"{name}.npy")[expected],
+            )
+        kept_total += len(expected)
+    assert 0 < kept_total < sum(len(np.load(s / "set.000" / "energy.npy")) for s in bundled)
+    assert al_run.initial_systems(tmp_path / "all", None) == [str(s) for s in bundled]
