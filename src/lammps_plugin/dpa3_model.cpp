@@ -343,7 +343,7 @@ bool Dpa3Model::graph_compatible(const Dpa3Model &other, std::string &why) const
     return false;
   }
   if (impl->graph_spec != other.impl->graph_spec) {
-    why = "its graph spec [e_rcut, e_sel, a_rcut, a_sel, tie quantum, precision bytes] " +
+    why = "its graph spec (get_graph_spec: cutoffs, sel, precision, smoothing, graph format) " +
         join(impl->graph_spec) + " differs from " + join(other.impl->graph_spec);
     return false;
   }
@@ -447,6 +447,14 @@ void Dpa3Model::compute_shared(Dpa3Result &out)
   } catch (const std::exception &e) {
     throw std::runtime_error("model evaluation failed: " + what(e));
   }
+}
+
+void Dpa3Model::release_step()
+{
+  if (!impl->graph) return;
+  Impl::Step &step = impl->graph->step;
+  if (step.owner != impl.get()) return;
+  step = Impl::Step();
 }
 
 std::vector<double> Dpa3Model::exchange(const std::vector<double> &g, int nall, int width)

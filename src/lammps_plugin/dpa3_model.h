@@ -80,6 +80,11 @@ class Dpa3Model {
   // there is no kept graph or graph_compatible fails.
   void compute_shared(Dpa3Result &out);
 
+  // Drops the graph kept by compute(..., keep_graph = true) (the committee has evaluated it):
+  // with the geometric factors, it holds their autograd graph, as large as a part of one
+  // evaluation's, which should not stay allocated until the next output step.
+  void release_step();
+
   // Pushes g [nall * width] (rows >= nloc ignored) through dpa3::border_exchange with the
   // current schedule and returns the result; used to check the schedule.
   std::vector<double> exchange(const std::vector<double> &g, int nall, int width);

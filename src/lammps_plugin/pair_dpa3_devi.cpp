@@ -7,9 +7,10 @@
    The first model drives the dynamics.  At step 0 and at every step that is a
    multiple of out_freq, all models are evaluated on the same inputs (one
    neighbour list, exchange schedule and neighbour matrix, shared through
-   Dpa3Model::share_graph, and one neighbour graph per step: model 0's prepare_graph,
-   evaluated by the others with forward_prepared, Dpa3Model::compute_shared, when their
-   graph specs agree) and rank 0 appends a row to out_file with the file
+   Dpa3Model::share_graph, and one neighbour graph per step: model 0's prepare_graph, with
+   the geometric factors of its edges and angles, evaluated by the others with
+   forward_prepared, Dpa3Model::compute_shared, when their graph specs agree) and rank 0
+   appends a row to out_file with the file
    format and the definitions of DeePMD-kit's pair_style deepmd:
      - force deviation of an atom: norm over x, y, z of the population standard
        deviation (1/M) over the models of its force (ghost forces folded into
@@ -158,6 +159,7 @@ void PairDPA3::model_deviation(const Dpa3Result &res0)
     }
     store(m, res);
   }
+  models[0]->release_step();
 
   // ghost forces of every model to their owners (as LAMMPS does with atom->f for model 0)
   devi_comm = true;

@@ -17,6 +17,7 @@
 #include "json.h"
 #include "utils.h"
 
+#include "dpa3_blas.h"
 #include "dpa3_model.h"
 
 #include <algorithm>
@@ -187,6 +188,15 @@ void PairDPA3::load_model()
   if (comm->me == 0)
     utils::logmesg(lmp, "dpa3: {} torch thread(s) per MPI rank{}\n", nthreads,
                    (omp && std::atoi(omp) > 0) ? " (OMP_NUM_THREADS)" : "");
+  // torch's matmuls must not run LAMMPS's bundled reference BLAS (dpa3_blas.h)
+  const Dpa3Rebind rebind = dpa3_rebind_torch_blas();
+  if (comm->me == 0 && rebind.interposed > 0)
+    utils::logmesg(lmp,
+                   "dpa3: {} BLAS/LAPACK functions of libtorch were bound to {}; rebound to "
+                   "libtorch's own\n",
+                   rebind.interposed, rebind.from);
+  else if (comm->me == 0 && !rebind.error.empty())
+    utils::logmesg(lmp, "dpa3: could not check libtorch's BLAS bindings: {}\n", rebind.error);
 
   models.clear();
   for (const auto &file : model_files) {

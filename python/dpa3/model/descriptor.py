@@ -78,11 +78,12 @@ class DescrptDPA3(nn.Module):
         """The graph, the geometric factors and the initial features (see :class:`Prepared`).
 
         Arguments as :meth:`forward`; ``ext_coord`` may require grad: everything geometric in
-        the result is differentiable with respect to it.  :meth:`index_graph`, then
-        :meth:`prepare_indexed`.
+        the result is differentiable with respect to it.  :meth:`index_graph`,
+        :meth:`geometry`, then :meth:`prepare_indexed`.
         """
         graph = self.index_graph(ext_coord, nlist, mapping, comm_dict)
-        return self.prepare_indexed(ext_coord, ext_atype, graph, comm_dict)
+        self.geometry(ext_coord, graph)
+        return self.prepare_indexed(ext_atype, graph, ext_coord.shape[1])
 
     def index_graph(
         self,
@@ -143,52 +144,69 @@ class DescrptDPA3(nn.Module):
         put_rows(graph, "a_eik", make_rows(g.a_eik, nedge, use_ops))
         return graph
 
-    def prepare_indexed(
-        self,
-        ext_coord: torch.Tensor,
-        ext_atype: torch.Tensor,
-        graph: dict[str, torch.Tensor],
-        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
-    ) -> Prepared:
-        """:meth:`prepare` from the index graph of :meth:`index_graph` (computed by this model
-        or by another with the same ``a_rcut``, ``a_sel`` and precision, on the same
-        ``ext_coord``, list and ``mapping``/``comm_dict``): the edge vectors, geometric
-        factors and type embedding, differentiable in ``ext_coord``."""
+    def geometry(self, ext_coord: torch.Tensor, graph: dict[str, torch.Tensor]) -> None:
+        """Add the geometric factors of the edges and angles of ``graph`` (:meth:`index_graph`)
+        to it, differentiable in ``ext_coord [nf, nall, 3]`` (float64, Å; cast to the
+        descriptor precision before the differences are formed).
+
+        They depend on the model only through the cutoffs and smoothing radii, the switch
+        form, ``a_norm`` and the precision (``EnergyModel.get_graph_spec``), not on its weights
+        or statistics, so the models of a committee share them with the index graph: each
+        model back-propagates its energy through the same autograd graph.  Keys, in the
+        descriptor precision: ``edge_vec [E, 3]`` (``x_j - x_i``), ``edge_len [E]``,
+        ``edge_sw [E]`` (switch of ``e_rcut``), ``angle_weight [A, 1]`` (product of the two
+        edges' ``a_rcut`` switches / sqrt(a_norm)), ``angle_cos [A, 1]``
+        (:func:`~.graph.angle_cosine`).
+        """
         nloc = graph["nlist"].shape[1]
-        nall = ext_coord.shape[1]
-        coord = ext_coord.to(self.dtype)
-        center = get_rows(graph, "center")
         a_eij = get_rows(graph, "a_eij")
         a_eik = get_rows(graph, "a_eik")
-        is_a = graph["is_a"]
-        diff, r = edge_vectors(coord, center.idx, graph["nei_ext"], nloc)
+        diff, r = edge_vectors(ext_coord.to(self.dtype), graph["center"], graph["nei_ext"], nloc)
+        sw = switch(r, self.e_rcut_smth, self.e_rcut, self.use_exp_switch)
+        asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
+        asw = torch.where(graph["is_a"], asw, torch.zeros_like(asw))
+        a_weight = (gather(asw, a_eij) * gather(asw, a_eik)).unsqueeze(-1) / math.sqrt(self.a_norm)
+        graph["edge_vec"] = diff
+        graph["edge_len"] = r
+        graph["edge_sw"] = sw
+        graph["angle_weight"] = a_weight
+        graph["angle_cos"] = angle_cosine(diff, r, a_eij, a_eik)
+
+    def prepare_indexed(
+        self, ext_atype: torch.Tensor, graph: dict[str, torch.Tensor], nall: int
+    ) -> Prepared:
+        """:meth:`prepare` from a graph with its geometric factors (:meth:`index_graph`, then
+        :meth:`geometry`, computed by this model or by another with the same graph spec, on
+        the same coordinates, list and ``mapping``/``comm_dict``): the per-model parts (the
+        environment normalisation ``stddev``, the type embedding), with ``nall`` local + ghost
+        atoms and the types ``ext_atype [nf, nall]``."""
+        nloc = graph["nlist"].shape[1]
+        center = get_rows(graph, "center")
+        diff = graph["edge_vec"]
+        r = graph["edge_len"]
+        sw = graph["edge_sw"]
         atype = ext_atype[:, :nloc].reshape(-1).clamp(min=0)
         std = self.stddev[atype[center.idx]]
-        sw = switch(r, self.e_rcut_smth, self.e_rcut, self.use_exp_switch)
         inv = 1.0 / (r + self.env_protection)
         h2 = (sw * inv * inv).unsqueeze(-1) * diff / std[:, 1:]
         h2sw = h2 * sw.unsqueeze(-1)
-        asw = switch(r, self.a_rcut_smth, self.a_rcut, self.use_exp_switch)
-        asw = torch.where(is_a, asw, torch.zeros_like(asw))
-        a_weight = (gather(asw, a_eij) * gather(asw, a_eik)).unsqueeze(-1) / math.sqrt(self.a_norm)
         if self.edge_init_use_dist:
             e_in = r.unsqueeze(-1)
         else:
             e_in = (sw * inv / std[:, 0]).unsqueeze(-1)
-        cos = angle_cosine(diff, r, a_eij, a_eik)
         tebd = self.type_embedding()[atype]
         return Prepared(
             tebd,
             e_in,
-            cos,
+            graph["angle_cos"],
             h2sw,
             sw,
-            a_weight,
-            is_a,
+            graph["angle_weight"],
+            graph["is_a"],
             center,
             get_rows(graph, "nei"),
-            a_eij,
-            a_eik,
+            get_rows(graph, "a_eij"),
+            get_rows(graph, "a_eik"),
             nall,
             center.perm is not None and self.layers[0].act_code >= 0,
         )
@@ -376,6 +394,7 @@ class DescrptDPA3(nn.Module):
         as_: list[torch.Tensor],
         gn: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+        retain_graph: bool = False,
     ) -> Optional[torch.Tensor]:  # noqa: UP045
         """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
 
@@ -387,7 +406,9 @@ class DescrptDPA3(nn.Module):
         are summed over the layers and taken back to ``coord`` (the tensor ``p`` was prepared
         from) through the graph of :meth:`prepare`, with those of layer 0's inputs.
         ``gn [Nn, n_dim]`` is the gradient of the output with respect to the last node
-        features.  Returns ``[nf, nall, 3]`` or None.
+        features.  ``retain_graph`` keeps the graph of :meth:`prepare` (and of the geometric
+        factors, which a committee shares: ``EnergyModel.forward_prepared``).  Returns
+        ``[nf, nall, 3]`` or None.
         """
         gh = torch.zeros_like(p.h2sw)
         gs = torch.zeros_like(p.sw)
@@ -477,7 +498,9 @@ class DescrptDPA3(nn.Module):
         if ga is not None:
             outs0.append(a0)
             gouts0.append(ga)
-        return torch.autograd.grad(outs0, [coord], gouts0, allow_unused=True)[0]
+        return torch.autograd.grad(
+            outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
+        )[0]
 
 
 def _add_to(acc: torch.Tensor, start: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045

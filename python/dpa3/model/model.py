@@ -23,6 +23,10 @@ from .network import Activation, FittingNet, to_dtype
 
 SERIAL_VERSION = 1
 
+# Last entry of ``EnergyModel.get_graph_spec``: what a prepared graph holds (2: the index graph
+# and the geometric factors; models frozen before it had a 6-entry spec and no geometry).
+GRAPH_FORMAT = 2.0
+
 # Default of ``EnergyModel.graph_budget_bytes`` (see ``docs/internals.md``, "Memory").
 GRAPH_BUDGET_BYTES = 4 * 1024**3
 
@@ -65,6 +69,11 @@ class EnergyModel(nn.Module):
             float(rf.a_sel),
             float(self.tie_quantum),
             float(torch.finfo(self.descriptor.dtype).bits // 8),
+            float(rf.e_rcut_smth),
+            float(rf.a_rcut_smth),
+            1.0 if rf.use_exp_switch else 0.0,
+            float(rf.a_norm),
+            GRAPH_FORMAT,
         ]
         # the same as a float64 tensor (a list turned into a tensor inside TorchScript passes
         # through float32); not saved in state dicts
@@ -129,8 +138,9 @@ class EnergyModel(nn.Module):
     @torch.jit.export
     def get_graph_spec(self) -> list[float]:
         """What :meth:`prepare_graph` depends on besides its inputs: ``[e_rcut, e_sel, a_rcut,
-        a_sel, tie quantum, bytes per number of the descriptor precision]``.  Models with
-        equal specs can evaluate one another's graphs (:meth:`forward_prepared`)."""
+        a_sel, tie quantum, bytes per number of the descriptor precision, e_rcut_smth,
+        a_rcut_smth, exponential switch (1.0) or not (0.0), a_norm, graph format]``.  Models
+        with equal specs can evaluate one another's graphs (:meth:`forward_prepared`)."""
         return self.graph_spec
 
     @torch.jit.export
@@ -195,10 +205,11 @@ class EnergyModel(nn.Module):
         nf: int,
         nloc: int,
         comm_dict: dict[str, torch.Tensor] | None,
+        retain_graph: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Atomic energies ``[nf, nloc]`` and ``dE/d coord [nf, nall, 3]`` (or None) for the
         batch ``p`` prepared from ``coord``, keeping only each layer's inputs for the backward
-        pass (``docs/internals.md``, "Memory").
+        pass (``docs/internals.md``, "Memory"); ``retain_graph`` keeps the graph of ``p``.
 
         First derivatives only (evaluation): the layers run without a graph, then
         :meth:`DescrptDPA3.coord_grad` runs them again one at a time, last first, each
@@ -214,7 +225,7 @@ class EnergyModel(nn.Module):
         gn = torch.autograd.grad([e_atom.sum()], [n_last], allow_unused=True)[0]
         if gn is None:
             gn = torch.zeros_like(n_last)
-        grad = desc.coord_grad(coord, p, chunks, ns, es, as_, gn, comm_dict)
+        grad = desc.coord_grad(coord, p, chunks, ns, es, as_, gn, comm_dict, retain_graph)
         return e_atom.detach(), grad
 
     @torch.jit.export
@@ -251,9 +262,7 @@ class EnergyModel(nn.Module):
         Same as :meth:`prepare_graph`, then :meth:`forward_prepared`.
         """
         graph = self.prepare_graph(extended_coord, nlist, mapping, comm_dict)
-        return self._forward_graph(
-            extended_coord, extended_atype, graph, do_atomic_virial, comm_dict
-        )
+        return self._forward_graph(extended_atype, graph, do_atomic_virial, comm_dict, False)
 
     @torch.jit.export
     def prepare_graph(
@@ -265,17 +274,20 @@ class EnergyModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The neighbour graph of :meth:`forward_lower`'s inputs (same arguments): the list
         sorted and cut (:func:`~.graph.format_nlist`), the edges, the angles and their row
-        indices (``DescrptDPA3.index_graph``), and ``spec [7]`` float64 (:meth:`get_graph_spec`
-        and 1.0 with ``comm_dict``, 0.0 without).  Index tensors only: no autograd.
+        indices (``DescrptDPA3.index_graph``), ``coord [nf, nall, 3]`` float64 (a copy of
+        ``extended_coord`` that requires grad: the forces are the gradients with respect to
+        it), the geometric factors differentiable in it (``DescrptDPA3.geometry``), and
+        ``spec`` float64 (:meth:`get_graph_spec` and 1.0 with ``comm_dict``, 0.0 without).
 
         A committee (model deviation) builds it once per step with its first model and
-        evaluates every model with the same spec on it (:meth:`forward_prepared`).
+        evaluates every model with the same spec on it (:meth:`forward_prepared`): each model
+        back-propagates through the same geometric factors.  Build it with grad mode on.
         """
         with torch.no_grad():
             nlist_f = format_nlist(
                 extended_coord.to(torch.float64), nlist, self.rcut, self.sel, self.tie_quantum
             )
-        return self._index_graph(extended_coord, nlist_f, mapping, comm_dict)
+        return self._build_graph(extended_coord, nlist_f, mapping, comm_dict)
 
     @torch.jit.export
     def forward_prepared(
@@ -289,6 +301,8 @@ class EnergyModel(nn.Module):
         """:meth:`forward_lower` on the ``graph`` that :meth:`prepare_graph` (of this model or
         of one with the same :meth:`get_graph_spec`) built from the same ``extended_coord``,
         list and ``mapping``/``comm_dict``; ``comm_dict`` must be the one it was built with.
+        The coordinates are the graph's (``extended_coord`` only has to match their shape).
+        The graph's autograd graph is kept, so the next model can evaluate it too.
 
         Raises
         ------
@@ -310,25 +324,30 @@ class EnergyModel(nn.Module):
                 + str(self.graph_spec + [1.0 if comm_dict is not None else 0.0])
                 + "; build the graph with this model's prepare_graph"
             )
-        return self._forward_graph(
-            extended_coord, extended_atype, graph, do_atomic_virial, comm_dict
-        )
+        if extended_coord.shape != graph["coord"].shape:
+            raise RuntimeError(
+                "dpa3: forward_prepared got extended_coord of another shape than the graph's"
+            )
+        return self._forward_graph(extended_atype, graph, do_atomic_virial, comm_dict, True)
 
     def _spec_tensor(self, comm_dict: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """``spec [7]`` float64 of a graph built by this model (see :meth:`prepare_graph`)."""
+        """``spec`` float64 of a graph built by this model (see :meth:`prepare_graph`)."""
         flag = 0.0 if comm_dict is None else 1.0
         spec = self.graph_spec_t
         return torch.cat([spec, torch.full([1], flag, dtype=spec.dtype, device=spec.device)])
 
-    def _index_graph(
+    def _build_graph(
         self,
         extended_coord: torch.Tensor,
         nlist: torch.Tensor,
         mapping: torch.Tensor | None,
         comm_dict: dict[str, torch.Tensor] | None,
     ) -> dict[str, torch.Tensor]:
-        """:meth:`prepare_graph` of a formatted list, with its spec."""
+        """:meth:`prepare_graph` of a formatted list."""
         graph = self.descriptor.index_graph(extended_coord, nlist, mapping, comm_dict)
+        coord = extended_coord.to(torch.float64).detach().requires_grad_(True)
+        graph["coord"] = coord
+        self.descriptor.geometry(coord, graph)
         graph["spec"] = self._spec_tensor(comm_dict)
         return graph
 
@@ -344,25 +363,24 @@ class EnergyModel(nn.Module):
         """:meth:`forward_lower` on a formatted list ``nlist [nf, nloc, sel]`` (sorted by
         distance, cut at ``rcut``, ``-1`` padded), as :func:`~.graph.format_nlist` and the
         Python neighbour search (:mod:`dpa3.data.neighbor`) produce it."""
-        graph = self._index_graph(extended_coord, nlist, mapping, comm_dict)
-        return self._forward_graph(
-            extended_coord, extended_atype, graph, do_atomic_virial, comm_dict
-        )
+        graph = self._build_graph(extended_coord, nlist, mapping, comm_dict)
+        return self._forward_graph(extended_atype, graph, do_atomic_virial, comm_dict, False)
 
     def _forward_graph(
         self,
-        extended_coord: torch.Tensor,
         extended_atype: torch.Tensor,
         graph: dict[str, torch.Tensor],
         do_atomic_virial: bool,
         comm_dict: dict[str, torch.Tensor] | None,
+        shared: bool,
     ) -> dict[str, torch.Tensor]:
-        """:meth:`forward_lower` on a prepared graph (:meth:`prepare_graph`)."""
+        """:meth:`forward_lower` on a prepared graph (:meth:`prepare_graph`); ``shared``: keep
+        the autograd graph of its geometric factors for another model."""
         nlist = graph["nlist"]
         nf, nloc = nlist.shape[0], nlist.shape[1]
-        coord = extended_coord.to(torch.float64).detach().requires_grad_(True)
+        coord = graph["coord"]
         create_graph = self.training
-        p = self.descriptor.prepare_indexed(coord, extended_atype, graph, comm_dict)
+        p = self.descriptor.prepare_indexed(extended_atype, graph, coord.shape[1])
         if create_graph or do_atomic_virial or not self._low_memory(p, comm_dict):
             d = self.descriptor.run(p, nf, nloc, comm_dict)
             e_atom = self._fit(d, extended_atype[:, :nloc])
@@ -371,12 +389,14 @@ class EnergyModel(nn.Module):
                 [energy.sum()],
                 [coord],
                 create_graph=create_graph,
-                retain_graph=create_graph or do_atomic_virial,
+                retain_graph=create_graph or do_atomic_virial or shared,
                 allow_unused=True,
             )
             g0 = grads[0]
         else:
-            e_atom, g0 = self._energy_low_memory(coord, extended_atype, p, nf, nloc, comm_dict)
+            e_atom, g0 = self._energy_low_memory(
+                coord, extended_atype, p, nf, nloc, comm_dict, shared
+            )
             energy = e_atom.sum(dim=1, keepdim=True)
         force = torch.zeros_like(coord) if g0 is None else -g0
         ext_virial = (force.unsqueeze(-1) * coord.unsqueeze(-2)).reshape(
