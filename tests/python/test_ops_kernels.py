@@ -77,15 +77,19 @@ def test_center_outer_third_order_matches_reference() -> None:
 
 
 # --------------------------------------------------------------------------- angle_block
-def angle_graph(seed: int, ncenter=5):
+def angle_graph(seed: int, ncenter=5, sizes=None):
     """Edges grouped by centre (some without angles), angles (i, j, k) over each centre's
     first edges, grouped by ij (edges beyond them have no angles); returns eij, eik,
-    aptr [E+1], nptr [N+1]."""
+    aptr [E+1], nptr [N+1]. ``sizes``: (edges, angle edges) of every centre instead of random
+    ones."""
     gen = torch.Generator().manual_seed(seed)
     nptr, eij, eik = [0], [], []
-    for c in range(ncenter):  # centre 1 has no edges, every other one at least one angle
+    for c in range(ncenter if sizes is None else len(sizes)):
+        # centre 1 has no edges, every other one at least one angle
         ne = 0 if c == 1 else int(torch.randint(1, 6, (1,), generator=gen))
         na = 0 if c == 1 else int(torch.randint(1, ne + 1, (1,), generator=gen))
+        if sizes is not None:
+            ne, na = sizes[c]
         e0 = nptr[-1]
         for j in range(na):
             for k in range(na):
@@ -117,8 +121,8 @@ def block_reference(a, wa, pe, vk, w, eij, eik, de, act, thr, alpha, beta, nedge
     return red, aout
 
 
-def block_case(seed, de, da, dtype=torch.float64, scale=1.0):
-    eij, eik, aptr, nptr, nedge = angle_graph(seed)
+def block_case(seed, de, da, dtype=torch.float64, scale=1.0, sizes=None):
+    eij, eik, aptr, nptr, nedge = angle_graph(seed, sizes=sizes)
     gen = torch.Generator().manual_seed(seed + 100)
     width = de + da
     da_in = da if da > 0 else 3
@@ -144,7 +148,9 @@ def run_block(t, eik, aptr, nptr, de, act, thr, alpha):
 
 
 @pytest.mark.parametrize("act,thr", [(0, 0.0), (1, 0.5), (2, 0.0)])
-@pytest.mark.parametrize("de,da", [(4, 3), (0, 3), (4, 0)])
+# small widths, and the water recipe's (64, 32) and odd ones (13, 11): every register tile and
+# column tail of the kernel's small GEMMs (small_gemm.h)
+@pytest.mark.parametrize("de,da", [(4, 3), (0, 3), (4, 0), (64, 32), (13, 11)])
 def test_angle_block_matches_formula_and_gradients(act, thr, de, da) -> None:
     t, eij, eik, aptr, nptr, nedge = block_case(1, de, da)
     alpha = 0.7
@@ -168,6 +174,26 @@ def test_angle_block_matches_formula_and_gradients(act, thr, de, da) -> None:
     refs = torch.autograd.grad(refs_out, [t[k] for k in keys], grads_out)
     for k, x, y in zip(keys, ours, refs, strict=True):
         assert torch.allclose(x, y, atol=1e-11), k
+
+
+def test_angle_block_many_angles_per_centre() -> None:
+    """Centres with 7 and 9 angle edges (49 and 81 angles; one block holds several centres and
+    its tiles of angles end inside edges), the water recipe's widths, float32 as in inference."""
+    sizes = [(9, 7), (0, 0), (3, 1), (12, 9), (2, 2), (1, 0), (8, 8)]
+    t, eij, eik, aptr, nptr, nedge = block_case(3, 64, 32, dtype=torch.float32, sizes=sizes)
+    red, aout = run_block(t, eik, aptr, nptr, 64, 1, 0.5, 1.0)
+    ref = block_reference(
+        t["a"], t["wa"], t["pe"], t["vk"], t["w"], eij, eik, 64, 1, 0.5, 1.0, t["beta"], nedge
+    )
+    assert torch.allclose(red, ref[0], rtol=1e-5, atol=1e-4)
+    assert torch.allclose(aout, ref[1], rtol=1e-5, atol=1e-5)
+    gen = torch.Generator().manual_seed(8)
+    gouts = [torch.randn(red.shape, generator=gen), torch.randn(aout.shape, generator=gen)]
+    keys = ["a", "wa", "pe", "vk", "w", "beta"]
+    ours = torch.autograd.grad([red, aout], [t[k] for k in keys], gouts)
+    refs = torch.autograd.grad(list(ref), [t[k] for k in keys], gouts)
+    for k, x, y in zip(keys, ours, refs, strict=True):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-4), k
 
 
 def test_angle_block_silut_tail_is_exercised() -> None:

@@ -16,11 +16,13 @@
    (pe, vk, red and their gradients) belongs to the chunk's own centres: no
    atomics, and results do not depend on the number of threads. Within a
    chunk, blocks of consecutive centres (about kBlockAngles angles) are
-   processed at a time: a[block] wa is one small GEMM into a buffer that
-   stays in cache, and the [A, D] intermediate is never written to memory.
-   The backward recomputes it the same way. This is what makes the kernel
-   fast: the composite formulation is bound by memory traffic of [A, D]
-   tensors, not by arithmetic.
+   processed at a time, and within a block tiles of kTileRows angles: a[tile]
+   wa is one register-blocked GEMM (small_gemm.h) into a buffer that stays in
+   L1 for the element-wise pass that follows, and the [A, D] intermediate is
+   never written to memory. The backward recomputes it the same way and
+   takes g_a = g_pre wa^T (and g_wa) from the same tile. This is what makes
+   the kernel fast: the composite formulation is bound by memory traffic of
+   [A, D] tensors, not by arithmetic.
 
    Derivatives up to second order: the backward is itself an autograd
    Function (AngleBlockBackward) whose backward is the fused kernel of
@@ -51,31 +53,40 @@ namespace {
 
 using namespace angle;
 
-// Everything one block needs; rows are absolute (angle q, edge e), buffers are block-relative.
+// Everything one block needs; rows are absolute (angle q, edge e), buf is tile-relative.
 template <typename T> struct Block {
-  int64_t e0, e1, q0, width, de;
+  int64_t e0, e1, q0, q1, width, de;
   const int64_t *aptr, *eik;
-  const T *a, *pe, *vk, *w, *beta;
+  const T *a, *wa, *pe, *vk, *w, *beta;
   int64_t da_in;
   T alpha;
   ActParams<T> f;
-  T *buf;       // [angles of the block, width]: a wa on entry
+  T *buf;       // [kTileRows, width]: a wa of the tile's angles after its GEMM
   T *y, *dy;    // scratch [width]
   // forward outputs
   T *red, *aout;
-  // backward inputs / outputs
-  const T *gred, *gaout;
-  T *gpe, *gvk, *gw, *gbeta;
+  // backward inputs / outputs (gwa, gbeta: this thread's partial sums, or null)
+  const T *gred, *gaout, *wat;    // wat = wa^T [width, da_in]
+  T *ga, *gwa, *gpe, *gvk, *gw, *gbeta;
 };
 
-template <typename T> DPA3_INLINE void forward_body(const Block<T> &b)
+// The first edge of the tile of angles [qa, ...) from e (the first edge of an earlier tile).
+template <typename T> DPA3_INLINE int64_t first_edge(const Block<T> &b, int64_t e, int64_t qa)
+{
+  while (b.aptr[e + 1] <= qa) ++e;
+  return e;
+}
+
+template <typename T>
+DPA3_INLINE void forward_rows(const Block<T> &b, int64_t e, int64_t qa, int64_t qb)
 {
   const int64_t width = b.width, de = b.de, da = width - de;
-  for (int64_t e = b.e0; e < b.e1; ++e) {
+  for (; e < b.e1 && b.aptr[e] < qb; ++e) {
     const T *pe_e = b.pe + e * width;
     T *r_e = b.red + e * de;
-    for (int64_t q = b.aptr[e]; q < b.aptr[e + 1]; ++q) {
-      T *x = b.buf + (q - b.q0) * width;
+    const int64_t qend = std::min(b.aptr[e + 1], qb);
+    for (int64_t q = std::max(b.aptr[e], qa); q < qend; ++q) {
+      T *x = b.buf + (q - qa) * width;
       const T *v_k = b.vk + b.eik[q] * width;
       for (int64_t d = 0; d < width; ++d) x[d] += pe_e[d] + v_k[d];
       activate(b.f, x, b.y, static_cast<T *>(nullptr), width);
@@ -90,15 +101,17 @@ template <typename T> DPA3_INLINE void forward_body(const Block<T> &b)
   }
 }
 
-// On return buf holds g_pre (the gradient of the pre-activation) of every angle of the block.
-template <typename T> DPA3_INLINE void backward_body(const Block<T> &b)
+// On return buf holds g_pre (the gradient of the pre-activation) of the tile's angles.
+template <typename T>
+DPA3_INLINE void backward_rows(const Block<T> &b, int64_t e, int64_t qa, int64_t qb)
 {
   const int64_t width = b.width, de = b.de, da = width - de;
-  for (int64_t e = b.e0; e < b.e1; ++e) {
+  for (; e < b.e1 && b.aptr[e] < qb; ++e) {
     const T *pe_e = b.pe + e * width, *gr_e = b.gred + e * de;
     T *gpe_e = b.gpe + e * width;
-    for (int64_t q = b.aptr[e]; q < b.aptr[e + 1]; ++q) {
-      T *x = b.buf + (q - b.q0) * width;
+    const int64_t qend = std::min(b.aptr[e + 1], qb);
+    for (int64_t q = std::max(b.aptr[e], qa); q < qend; ++q) {
+      T *x = b.buf + (q - qa) * width;
       const int64_t k = b.eik[q];
       const T *v_k = b.vk + k * width;
       T *gvk_k = b.gvk + k * width;
@@ -122,6 +135,45 @@ template <typename T> DPA3_INLINE void backward_body(const Block<T> &b)
       }
       b.gw[q] = acc;
     }
+  }
+}
+
+// The block's angles kTileRows at a time: x = a wa into buf (small GEMM), then the pass over the
+// tile's angles while buf is in L1; the backward then forms g_a and g_wa of the tile from it.
+template <typename T> DPA3_INLINE void forward_body(const Block<T> &b)
+{
+  const int64_t width = b.width, da_in = b.da_in;
+  int64_t e = b.e0;
+  for (int64_t qa = b.q0; qa < b.q1; qa += kTileRows) {
+    const int64_t qb = std::min(qa + kTileRows, b.q1);
+    small_gemm_mv(qb - qa, width, da_in, b.a + qa * da_in, da_in, int64_t(1), b.wa, width, T(0),
+                  b.buf, width);
+    e = first_edge(b, e, qa);
+    forward_rows(b, e, qa, qb);
+  }
+}
+
+template <typename T> DPA3_INLINE void backward_body(const Block<T> &b)
+{
+  const int64_t width = b.width, da_in = b.da_in, da = width - b.de;
+  int64_t e = b.e0;
+  for (int64_t qa = b.q0; qa < b.q1; qa += kTileRows) {
+    const int64_t qb = std::min(qa + kTileRows, b.q1), nt = qb - qa;
+    const T *a_t = b.a + qa * da_in;
+    small_gemm_mv(nt, width, da_in, a_t, da_in, int64_t(1), b.wa, width, T(0), b.buf, width);
+    e = first_edge(b, e, qa);
+    backward_rows(b, e, qa, qb);
+    // g_a = alpha g_aout + g_pre wa^T (the alpha term only with an angle output: da_in == da)
+    T *ga_t = b.ga + qa * da_in;
+    T beta = 0;
+    if (da > 0 && b.alpha != T(0)) {
+      std::copy(b.gaout + qa * da, b.gaout + qb * da, ga_t);
+      beta = b.alpha;
+    }
+    small_gemm_mv(nt, da_in, width, b.buf, width, int64_t(1), b.wat, da_in, beta, ga_t, da_in);
+    // g_wa += a^T g_pre
+    if (b.gwa)
+      small_gemm_mv(da_in, width, nt, a_t, int64_t(1), da_in, b.buf, width, T(1), b.gwa, width);
   }
 }
 
@@ -185,20 +237,18 @@ std::vector<at::Tensor> cpu::angle_block_fwd(const AngleArgs &in)
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_fwd", [&] {
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
     for_each_block<scalar_t>(in, bad, [&](int64_t e0, int64_t e1, std::vector<scalar_t> &bufv) {
-      const int64_t q0 = ap[e0], nq = ap[e1] - q0, da_in = in.a.size(1);
-      // [nq, width] block of a wa (stays in cache), then [width] activation scratch
-      if (int64_t(bufv.size()) < (nq + 1) * width) bufv.resize((nq + 1) * width);
-      scalar_t *scratch = bufv.data() + nq * width;
-      gemm_rows(false, false, nq, width, da_in, in.a.data_ptr<scalar_t>() + q0 * da_in, da_in,
-                in.wa.data_ptr<scalar_t>(), width, scalar_t(0), bufv.data(), width);
+      // [kTileRows, width] tile of a wa, then [width] activation scratch
+      if (int64_t(bufv.size()) < (kTileRows + 1) * width) bufv.resize((kTileRows + 1) * width);
       Block<scalar_t> b{};
-      b.e0 = e0, b.e1 = e1, b.q0 = q0, b.width = width, b.de = de, b.da_in = in.a.size(1);
+      b.e0 = e0, b.e1 = e1, b.q0 = ap[e0], b.q1 = ap[e1], b.width = width, b.de = de;
+      b.da_in = in.a.size(1);
       b.aptr = ap, b.eik = in.eik.data_ptr<int64_t>();
-      b.a = in.a.data_ptr<scalar_t>(), b.pe = in.pe.data_ptr<scalar_t>();
-      b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
+      b.a = in.a.data_ptr<scalar_t>(), b.wa = in.wa.data_ptr<scalar_t>();
+      b.pe = in.pe.data_ptr<scalar_t>(), b.vk = in.vk.data_ptr<scalar_t>();
+      b.w = in.w.data_ptr<scalar_t>();
       b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
       b.f = act_params<scalar_t>(in.act, in.thr);
-      b.buf = bufv.data(), b.y = scratch;
+      b.buf = bufv.data(), b.y = bufv.data() + kTileRows * width;
       b.red = red.data_ptr<scalar_t>(), b.aout = aout.data_ptr<scalar_t>();
       forward_block(b);
     });
@@ -219,6 +269,7 @@ std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tens
   const auto opt = in.a.options();
   const at::Tensor gred = gred_.defined() ? gred_.contiguous() : at::zeros({nedge, de}, opt);
   const at::Tensor gaout = gaout_.defined() ? gaout_.contiguous() : at::zeros({nangle, da}, opt);
+  const at::Tensor wat = in.wa.t().contiguous();    // [width, da_in]
   struct {
     at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
   } g;
@@ -234,44 +285,49 @@ std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tens
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_bwd", [&] {
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
     for_each_block<scalar_t>(in, bad, [&](int64_t e0, int64_t e1, std::vector<scalar_t> &bufv) {
-      const int64_t q0 = ap[e0], nq = ap[e1] - q0, tid = at::get_thread_num();
-      const scalar_t *a_blk = in.a.data_ptr<scalar_t>() + q0 * da_in;
-      const scalar_t *wa = in.wa.data_ptr<scalar_t>();
-      if (int64_t(bufv.size()) < (nq + 2) * width) bufv.resize((nq + 2) * width);
-      scalar_t *scratch = bufv.data() + nq * width;
-      gemm_rows(false, false, nq, width, da_in, a_blk, da_in, wa, width, scalar_t(0), bufv.data(),
-                width);
+      const int64_t tid = at::get_thread_num();
+      // [kTileRows, width] tile of a wa (then g_pre), then [width] y and y' scratch
+      if (int64_t(bufv.size()) < (kTileRows + 2) * width) bufv.resize((kTileRows + 2) * width);
+      scalar_t *scratch = bufv.data() + kTileRows * width;
       Block<scalar_t> b{};
-      b.e0 = e0, b.e1 = e1, b.q0 = q0, b.width = width, b.de = de, b.da_in = da_in;
+      b.e0 = e0, b.e1 = e1, b.q0 = ap[e0], b.q1 = ap[e1], b.width = width, b.de = de;
+      b.da_in = da_in;
       b.aptr = ap, b.eik = in.eik.data_ptr<int64_t>();
-      b.a = in.a.data_ptr<scalar_t>(), b.pe = in.pe.data_ptr<scalar_t>();
-      b.vk = in.vk.data_ptr<scalar_t>(), b.w = in.w.data_ptr<scalar_t>();
+      b.a = in.a.data_ptr<scalar_t>(), b.wa = in.wa.data_ptr<scalar_t>();
+      b.pe = in.pe.data_ptr<scalar_t>(), b.vk = in.vk.data_ptr<scalar_t>();
+      b.w = in.w.data_ptr<scalar_t>();
       b.beta = in.beta.data_ptr<scalar_t>(), b.alpha = scalar_t(in.alpha);
       b.f = act_params<scalar_t>(in.act, in.thr);
       b.buf = bufv.data(), b.y = scratch, b.dy = scratch + width;
       b.gred = gred.data_ptr<scalar_t>(), b.gaout = gaout.data_ptr<scalar_t>();
+      b.wat = wat.data_ptr<scalar_t>(), b.ga = g.ga.data_ptr<scalar_t>();
+      b.gwa = need_wa ? gwa_part[tid].data_ptr<scalar_t>() : nullptr;
       b.gpe = g.gpe.data_ptr<scalar_t>(), b.gvk = g.gvk.data_ptr<scalar_t>();
       b.gw = g.gw.data_ptr<scalar_t>();
       b.gbeta = need_beta ? gbeta_part[tid].data_ptr<scalar_t>() : nullptr;
       backward_block(b);
-      // g_a = alpha g_aout + g_pre wa^T; g_wa += a^T g_pre
-      scalar_t *ga_blk = g.ga.data_ptr<scalar_t>() + q0 * da_in;
-      scalar_t beta = 0;
-      if (da > 0 && in.alpha != 0.0) {
-        std::copy(gaout.data_ptr<scalar_t>() + q0 * da, gaout.data_ptr<scalar_t>() + (q0 + nq) * da,
-                  ga_blk);
-        beta = scalar_t(in.alpha);
-      }
-      gemm_rows(false, true, nq, da_in, width, bufv.data(), width, wa, width, beta, ga_blk, da_in);
-      if (need_wa)
-        gemm_rows(true, false, da_in, width, nq, a_blk, da_in, bufv.data(), width, scalar_t(1),
-                  gwa_part[tid].data_ptr<scalar_t>(), width);
     });
   });
   TORCH_CHECK(!bad, "dpa3::angle_block: the angles do not follow the edge/centre layout");
   g.gwa = need_wa ? gwa_part.sum(0) : at::empty({0}, opt);
   g.gbeta = need_beta ? gbeta_part.sum(0) : at::empty({0}, opt);
   return {g.ga, g.gwa, g.gpe, g.gvk, g.gw, g.gbeta};
+}
+
+// gemm::small_gemm for the kernels above and gemm_rows (angle_common.h), compiled for the CPU
+// at hand
+DPA3_MULTIVERSION void angle::small_gemm_mv(int64_t m, int64_t n, int64_t k, const float *a,
+                                            int64_t ars, int64_t acs, const float *b, int64_t ldb,
+                                            float beta, float *c, int64_t ldc)
+{
+  gemm::small_gemm(m, n, k, a, ars, acs, b, ldb, beta, c, ldc);
+}
+
+DPA3_MULTIVERSION void angle::small_gemm_mv(int64_t m, int64_t n, int64_t k, const double *a,
+                                            int64_t ars, int64_t acs, const double *b, int64_t ldb,
+                                            double beta, double *c, int64_t ldc)
+{
+  gemm::small_gemm(m, n, k, a, ars, acs, b, ldb, beta, c, ldc);
 }
 
 namespace {

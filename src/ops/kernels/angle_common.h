@@ -12,33 +12,55 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <vector>
 
 #include "kernels.h"
 #include "simd.h"
+#include "small_gemm.h"
 
 namespace dpa3 {
 namespace angle {
 
 constexpr int64_t kBlockAngles = 1024;
+// Angle rows per tile of the first-order kernels (angle_block.cpp): a [tile, D] buffer (~14 kB
+// at D = 96, float) that stays in L1 between its GEMM and the element-wise pass over it.
+constexpr int64_t kTileRows = 36;
+
+// gemm::small_gemm (small_gemm.h) compiled for the CPU at hand (defined in angle_block.cpp)
+void small_gemm_mv(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                   const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+void small_gemm_mv(int64_t m, int64_t n, int64_t k, const double *a, int64_t ars, int64_t acs,
+                   const double *b, int64_t ldb, double beta, double *c, int64_t ldc);
 
 // Row-major C [M, N] = op(A) op(B) + beta C, op(X) = X or X^T (tA/tB), leading dimensions in
-// elements, through at::mm_out on views of the buffers (no allocation; torch's own BLAS dispatch
-// and threading rules apply inside our parallel region).
+// elements. Without tA (a small inner dimension: the angle width or a_dim) through small_gemm
+// (op(B) = B^T is transposed into a per-thread buffer first); with tA (the inner dimension runs
+// over the angles of a block) through at::mm_out on views of the buffers (no allocation; torch's
+// own BLAS dispatch and threading rules apply inside our parallel region).
 template <typename T>
 inline void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
                       const T *b, int64_t ldb, T beta, T *c, int64_t ldc)
 {
   if (m == 0 || n == 0) return;
+  if (!ta) {
+    if (tb) {
+      thread_local std::vector<T> bt;
+      if (int64_t(bt.size()) < k * n) bt.resize(k * n);
+      gemm::transpose(n, k, b, ldb, bt.data());
+      small_gemm_mv(m, n, k, a, lda, 1, bt.data(), n, beta, c, ldc);
+    } else {
+      small_gemm_mv(m, n, k, a, lda, 1, b, ldb, beta, c, ldc);
+    }
+    return;
+  }
   const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor A = at::from_blob(const_cast<T *>(a),
-                               ta ? at::IntArrayRef{k, m} : at::IntArrayRef{m, k}, {lda, 1}, opt);
+  at::Tensor A = at::from_blob(const_cast<T *>(a), {k, m}, {lda, 1}, opt).t();
   at::Tensor B = at::from_blob(const_cast<T *>(b),
                                tb ? at::IntArrayRef{n, k} : at::IntArrayRef{k, n}, {ldb, 1}, opt);
   at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, opt);
-  if (ta) A = A.t();
   if (tb) B = B.t();
   if (beta == T(0))
     at::mm_out(C, A, B);
@@ -88,9 +110,14 @@ DPA3_INLINE void activate(const ActParams<T> &f, const T *x, T *y, T *dy, int64_
       if (dy) dy[d] = s * (T(1) + x[d] * (T(1) - s));
     }
   }
-  if (f.kind == ACT_SILUT) {
+  if (f.kind == ACT_SILUT && n > 0) {
+    // rare: the tanh tail above the threshold. The loop below does not vectorise (a call under a
+    // condition); a vectorised maximum first skips it for the (usual) rows without such entries.
+    T mx = x[0];
+    for (int64_t d = 1; d < n; ++d) mx = std::max(mx, x[d]);
+    if (mx < f.thr) return;
     for (int64_t d = 0; d < n; ++d) {
-      if (x[d] >= f.thr) {    // rare: the tanh tail above the threshold
+      if (x[d] >= f.thr) {
         const T t = std::tanh(f.slope * (x[d] - f.thr));
         y[d] = t + f.silu_t;
         if (dy) dy[d] = f.slope * (T(1) - t * t);
