@@ -160,9 +160,16 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, str]) -> None:
-    """Run the commands, ``jobs`` at a time, each in its folder, output in ``<command>.log``."""
-    pending, running = list(cmds), []
+def run_all(
+    cmds: list[tuple[list[str], Path]],
+    jobs: int,
+    environ: dict[str, str],
+    may_fail: bool = False,
+) -> dict[Path, str]:
+    """Run the commands, ``jobs`` at a time, each in its folder, output in ``<command>.log``.
+    A failed command ends the script, unless ``may_fail``: then the result maps the folder of
+    every failed command to its last ``ERROR`` line (or last output line)."""
+    pending, running, failed = list(cmds), [], {}
     while pending or running:
         while pending and len(running) < jobs:
             cmd, cwd = pending.pop(0)
@@ -188,8 +195,13 @@ def run_all(cmds: list[tuple[list[str], Path]], jobs: int, environ: dict[str, st
             log.close()
             running.remove(item)
             if proc.returncode:
-                tail = Path(log.name).read_text()[-3000:]
-                sys.exit(f"run.py: {' '.join(cmd)} failed in {cwd}:\n{tail}")
+                tail = Path(log.name).read_text(errors="replace")[-3000:]
+                if not may_fail:
+                    sys.exit(f"run.py: {' '.join(cmd)} failed in {cwd}:\n{tail}")
+                lines = [ln.strip() for ln in tail.splitlines() if ln.strip()] or ["no output"]
+                errors = [ln for ln in lines if ln.startswith("ERROR")]
+                failed[cwd] = (errors or lines)[-1]
+    return failed
 
 
 def train_input(
@@ -342,6 +354,50 @@ def initial_systems(run: Path, max_rms: float | None) -> list[str]:
     return systems
 
 
+def keep_complete_frames(folder: Path) -> list[int]:
+    """After a LAMMPS run that stopped early (e.g. non-finite positions): keep in
+    ``traj.lammpstrj`` the whole frames with finite coordinates whose step has a row in
+    ``model_devi.out``, and only those rows there, so that selection and the statistics see
+    the same frames (both files rewritten; the originals kept as ``*.stopped``).  Returns the
+    steps kept."""
+    traj, devi = folder / "traj.lammpstrj", folder / "model_devi.out"
+    text = traj.read_text() if traj.is_file() else ""
+    rows = devi.read_text().splitlines() if devi.is_file() else []
+    row_steps = {int(r.split()[0]) for r in rows if r.strip() and not r.startswith("#")}
+    frames, steps = [], []
+    for block in text.split("ITEM: TIMESTEP\n")[1:]:
+        lines = block.splitlines()
+        try:
+            step, natoms = int(lines[0]), int(lines[2])
+            atoms = lines[8 : 8 + natoms]
+            xyz = np.array([ln.split()[2:5] for ln in atoms], dtype=float)
+        except (IndexError, ValueError):  # a frame cut short by the stop
+            break
+        if len(atoms) < natoms or xyz.shape != (natoms, 3) or not np.isfinite(xyz).all():
+            break
+        if step in row_steps:
+            frames.append("ITEM: TIMESTEP\n" + "\n".join(lines[: 8 + natoms]) + "\n")
+            steps.append(step)
+    kept = set(steps)
+    for path, new in (
+        (traj, "".join(frames)),
+        (
+            devi,
+            "".join(
+                r + "\n"
+                for r in rows
+                if r.startswith("#") or (r.strip() and int(r.split()[0]) in kept)
+            ),
+        ),
+    ):
+        if path.is_file():
+            path.replace(path.with_name(path.name + ".stopped"))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+    return steps
+
+
 def md_finished(devi_file: Path, args: argparse.Namespace) -> bool:
     """Whether a walker's model_devi.out has all its rows (``--resume``)."""
     if not devi_file.is_file():
@@ -408,14 +464,24 @@ def iteration(
             )
         )
         cmds.append(([lmp, "-in", "in.lammps", "-log", "log.lammps"], folder))
-    run_all(cmds, args.jobs, environ)
+    stopped, empty = run_all(cmds, args.jobs, environ, may_fail=True), set()
+    for folder, why in sorted(stopped.items()):
+        # a walker that blew up: its frames up to the stop are the interesting ones
+        steps = keep_complete_frames(folder)
+        if not steps:
+            empty.add(folder)
+        last = f"its {len(steps)} frames up to step {steps[-1]} are used" if steps else "no frame"
+        print(f"  {folder.name} (iteration {it}): LAMMPS stopped: {why}; {last}", flush=True)
+    if len(empty) == args.walkers:
+        sys.exit(f"run.py: every walker of iteration {it} stopped before its first frame")
     times["md"], cpu["md"] = time.time() - t0, cpu_seconds() - c0
 
     # 3. select with dpa3 model-devi;  4. label with EMT
     t0, c0 = time.time(), cpu_seconds()
     cmds = []
-    for w in range(args.walkers):
-        folder = here / "md" / f"walker_{w}"
+    walkers = [here / "md" / f"walker_{w}" for w in range(args.walkers)]
+    walkers = [f for f in walkers if f not in empty]
+    for folder in walkers:
         shutil.rmtree(folder / "candidates", ignore_errors=True)
         cmds.append(
             (
@@ -444,13 +510,12 @@ def iteration(
 
     t0, c0 = time.time(), cpu_seconds()
     devi, labelled, dropped, new = [], 0, 0, []
-    for w in range(args.walkers):
-        folder = here / "md" / f"walker_{w}"
+    for folder in walkers:
         devi.append(np.loadtxt(folder / "model_devi.out", ndmin=2)[:, 4])  # LAMMPS's max_devi_f
         cand = folder / "candidates"
         if (cand / "type.raw").is_file():
-            budget = max(1, args.max_label // args.walkers)
-            out = here / "data" / f"walker_{w}"
+            budget = max(1, args.max_label // len(walkers))
+            out = here / "data" / folder.name
             out.parent.mkdir(parents=True, exist_ok=True)
             kept, lost = label_emt(cand, out, budget, args.max_force)
             labelled, dropped = labelled + kept, dropped + lost
@@ -471,6 +536,7 @@ def iteration(
         "labelled": labelled,
         "dropped": dropped,  # labelled frames left out: an EMT force above --max-force
         "new_systems": new,
+        "stopped_walkers": {f.name: why for f, why in stopped.items()},  # LAMMPS ended early
         "seconds": {k: round(v, 1) for k, v in times.items()},
         "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
         "load_average": os.getloadavg()[0],  # 1-minute load at the end (2 cores: quiet < 2)

@@ -11,6 +11,7 @@ with DeePMD-kit's virial convention (virial = -stress x volume).  The full run (
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -202,3 +203,69 @@ def test_initial_subset_keeps_the_gentle_frames(tmp_path):
         kept_total += len(expected)
     assert 0 < kept_total < sum(len(np.load(s / "set.000" / "energy.npy")) for s in bundled)
     assert al_run.initial_systems(tmp_path / "all", None) == [str(s) for s in bundled]
+
+
+def _load_run_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("al_run", SCRIPT)
+    al_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(al_run)
+    return al_run
+
+
+def _frame(step: int, xyz: list[list[str]]) -> str:
+    atoms = "".join(f"{i + 1} 1 {' '.join(p)}\n" for i, p in enumerate(xyz))
+    return (
+        f"ITEM: TIMESTEP\n{step}\nITEM: NUMBER OF ATOMS\n{len(xyz)}\n"
+        "ITEM: BOX BOUNDS pp pp pp\n0 5\n0 5\n0 5\nITEM: ATOMS id type x y z\n" + atoms
+    )
+
+
+def test_stopped_walker_keeps_its_whole_finite_frames(tmp_path):
+    """A LAMMPS run that stopped early (non-finite positions, a frame cut short): the
+    trajectory keeps the whole finite frames that have a model_devi.out row, model_devi.out
+    only their rows, the originals stay as *.stopped, and ASE reads the result."""
+    import ase.io
+
+    al_run = _load_run_module()
+    good = [["0.5", "0.5", "0.5"], ["1.5", "1.5", "1.5"]]
+    bad = [["0.5", "nan", "0.5"], ["1.5", "1.5", "1.5"]]
+    frames = [_frame(0, good), _frame(10, good), _frame(20, good), _frame(30, bad)]
+    cut = _frame(40, good)[:-12]  # the stop cut the last frame short
+    # step 20 has no row (model_devi.out is written by another code path): dropped as well
+    (tmp_path / "traj.lammpstrj").write_text("".join(frames) + cut)
+    header = "#       step         max_devi_v         min_devi_v\n"
+    rows = [f"{s:>12d} 1.0 2.0\n" for s in (0, 10, 30, 40)]
+    (tmp_path / "model_devi.out").write_text(header + "".join(rows))
+
+    assert al_run.keep_complete_frames(tmp_path) == [0, 10]
+    assert (tmp_path / "model_devi.out").read_text() == header + rows[0] + rows[1]
+    assert (tmp_path / "model_devi.out.stopped").read_text() == header + "".join(rows)
+    assert (tmp_path / "traj.lammpstrj").read_text() == frames[0] + frames[1]
+    read = ase.io.read(tmp_path / "traj.lammpstrj", index=":", format="lammps-dump-text")
+    assert len(read) == 2
+    np.testing.assert_allclose(read[1].positions, [[0.5, 0.5, 0.5], [1.5, 1.5, 1.5]])
+
+    # nothing usable: both files end up empty (header only), the caller skips the walker
+    (tmp_path / "traj.lammpstrj").write_text(_frame(0, bad))
+    assert al_run.keep_complete_frames(tmp_path) == []
+    assert (tmp_path / "traj.lammpstrj").read_text() == ""
+
+
+def test_failed_walker_is_reported_not_fatal(tmp_path):
+    """run_all with may_fail returns the failed command's ERROR line; without it the script
+    stops with the command's output."""
+    al_run = _load_run_module()
+    fail = [
+        sys.executable,
+        "-c",
+        "print('step 5'); print('ERROR: Non-numeric atom coords'); "
+        "print('Last command: run 1000'); raise SystemExit(1)",
+    ]
+    ok = [sys.executable, "-c", "print('fine')"]
+    env = dict(os.environ)
+    got = al_run.run_all([(fail, tmp_path / "a"), (ok, tmp_path / "b")], 2, env, may_fail=True)
+    assert got == {tmp_path / "a": "ERROR: Non-numeric atom coords"}
+    with pytest.raises(SystemExit, match="Non-numeric atom coords"):
+        al_run.run_all([(fail, tmp_path / "c")], 1, env)
