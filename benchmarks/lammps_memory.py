@@ -1,17 +1,18 @@
 """LAMMPS peak memory per atom at growing water boxes: ``pair_style dpa3`` vs DeePMD-kit.
 
     .venv/bin/python benchmarks/lammps_memory.py [--grids 1x1x1 2x2x2 4x4x4 4x4x8] [--ranks 2]
-        [--cores 2] [--steps 1] [--deepmd-max-atoms 1536] [--memory-budget GIB] [--output F]
+        [--cores 2] [--steps 1] [--warmup 0] [--deepmd-max-atoms 1536] [--memory-budget GIB]
+        [--output F]
 
 The float32 water recipe (6 layers, weights written by DeePMD-kit,
 ``tests/data/parity/water_recipe_f32/model.ckpt.pt``) on the 192-atom box of
-``examples/lammps/data.water`` replicated ``NXxNYxNZ`` times, ``--ranks`` MPI ranks x
-``--cores / --ranks`` threads, NVT as in ``benchmarks/lammps_vs_deepmd.py`` (whose LAMMPS runner
-this uses: peak resident set of every rank by ``/usr/bin/time``, summed over the ranks; a guard
-stops a run before the machine runs out of memory). Each case runs 0 warm-up and ``--steps`` MD
-steps; the time per step is LAMMPS's loop time of the timed run (on a busy machine, compare
-sizes, not absolute times). dpa3 runs with the frozen model's default ``graph_budget_bytes``
-(4 GiB per process: above it, evaluation recomputes the layers block by block; see
+``examples/lammps/data.water`` replicated ``NXxNYxNZ`` times, ``--ranks`` MPI ranks x ``--cores /
+--ranks`` threads, NVT as in ``benchmarks/lammps_vs_deepmd.py`` (whose LAMMPS runner this uses:
+peak resident set of every rank by ``/usr/bin/time``, summed over the ranks; a guard stops a run
+before the machine runs out of memory). Each case runs ``--warmup`` untimed and ``--steps`` timed
+MD steps; the time per step is LAMMPS's loop time of the timed run (on a busy machine, compare
+sizes, not absolute times). dpa3 runs with the frozen model's default ``graph_budget_bytes`` (4
+GiB per process: above it, evaluation recomputes the layers block by block; see
 ``docs/internals.md``, "Memory") unless ``--memory-budget`` is given; DeePMD-kit runs up to
 ``--deepmd-max-atoms``. Writes a markdown report (default ``benchmarks/results_memory.md``).
 """
@@ -49,6 +50,9 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="untimed MD steps before the timed run (time per step in steady "
+                    "state; the first steps include TorchScript's profiling runs)")
     ap.add_argument("--deepmd-max-atoms", type=int, default=1536)
     ap.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
                     help="dpa3 freeze --memory-budget (default: the model's default)")
@@ -95,16 +99,19 @@ def main() -> None:
                 continue
             case = work / f"{key}_{g[0]}x{g[1]}x{g[2]}_np{args.ranks}"
             res = run_lammps(sides[key], models[key], case, reps=g, ranks=args.ranks,
-                             threads=threads, warmup=0, steps=args.steps, timeout=args.timeout,
-                             min_free=int(args.min_free_gb * GIB))
+                             threads=threads, warmup=args.warmup, steps=args.steps,
+                             timeout=args.timeout, min_free=int(args.min_free_gb * GIB))
             peak = res.peak if res.status == "ok" else None
             mb = f"{peak / natoms / 1e6:.2f}" if peak else "-"
             e0 = f"{res.e0 / natoms:.6f}" if res.e0 is not None else "-"
             sps = f"{res.s_per_step:.2f}" if res.s_per_step else "-"
-            rows.append((natoms, g, key, res.status, mb, peak, sps, e0, res.load_before,
+            # ms per atom-step: the time per atom, to compare sizes
+            msa = f"{1e3 * res.s_per_step / natoms:.3f}" if res.s_per_step else "-"
+            rows.append((natoms, g, key, res.status, mb, peak, sps, msa, e0, res.load_before,
                          res.command))
             print(f"{natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
-                  f"{sps} s/step, E0/atom {e0} (load {res.load_before})", flush=True)
+                  f"{sps} s/step ({msa} ms/atom-step), E0/atom {e0} (load {res.load_before})",
+                  flush=True)
 
     end = dt.datetime.now(dt.timezone.utc)
     budget_text = ("the default budget" if args.memory_budget is None
@@ -124,24 +131,26 @@ def main() -> None:
         f"- Load average (1, 5, 15 min) at the start {load_start}, at the end {loadavg()}; "
         "other jobs shared the machine when the load is above ~2: times are then slow, memory "
         "is not affected.",
-        f"- {args.ranks} rank(s) x {threads} thread(s), {args.steps} MD step(s) after setup; "
+        f"- {args.ranks} rank(s) x {threads} thread(s), {args.steps} timed MD step(s) after "
+        f"setup and {args.warmup} untimed step(s); "
         "peak = sum over ranks of each rank's maximum resident set (libtorch, LAMMPS and the "
         "model included).",
         f"- dpa3 frozen with {budget_text} (docs/internals.md, \"Memory\").",
         "",
-        "| atoms | replicate | code | status | peak GB | MB/atom | s/step | E(step 0)/atom, eV |",
-        "|---|---|---|---|---|---|---|---|",
+        "| atoms | replicate | code | status | peak GB | MB/atom | s/step | ms/atom-step | "
+        "E(step 0)/atom, eV |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for natoms, g, key, status, mb, peak, sps, e0, _load, _cmd in rows:
+    for natoms, g, key, status, mb, peak, sps, msa, e0, _load, _cmd in rows:
         gb = f"{peak / GIB:.2f}" if peak else "-"
         lines.append(f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
-                     f"{gb} | {mb} | {sps} | {e0} |")
+                     f"{gb} | {mb} | {sps} | {msa} | {e0} |")
     lines += ["", "Commands (first case of each code):", ""]
     seen = set()
     for row in rows:
         if row[2] not in seen:
             seen.add(row[2])
-            lines.append(f"- `{row[9]}`")
+            lines.append(f"- `{row[10]}`")
     args.output.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
