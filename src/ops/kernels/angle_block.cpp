@@ -143,6 +143,8 @@ DPA3_INLINE void backward_rows(const Block<T> &b, int64_t e, int64_t qa, int64_t
 template <typename T> DPA3_INLINE void forward_body(const Block<T> &b)
 {
   const int64_t width = b.width, da_in = b.da_in;
+  // the block's edge rows (only its own angles reach them): zeroed here, not in a separate pass
+  std::fill(b.red + b.e0 * b.de, b.red + b.e1 * b.de, T(0));
   int64_t e = b.e0;
   for (int64_t qa = b.q0; qa < b.q1; qa += kTileRows) {
     const int64_t qb = std::min(qa + kTileRows, b.q1);
@@ -156,6 +158,10 @@ template <typename T> DPA3_INLINE void forward_body(const Block<T> &b)
 template <typename T> DPA3_INLINE void backward_body(const Block<T> &b)
 {
   const int64_t width = b.width, da_in = b.da_in, da = width - b.de;
+  // the block's edge rows of gpe and gvk (an angle's k-edge belongs to its centre, so to the
+  // block: checked by for_each_block), zeroed here rather than in a separate pass
+  std::fill(b.gpe + b.e0 * width, b.gpe + b.e1 * width, T(0));
+  std::fill(b.gvk + b.e0 * width, b.gvk + b.e1 * width, T(0));
   int64_t e = b.e0;
   for (int64_t qa = b.q0; qa < b.q1; qa += kTileRows) {
     const int64_t qb = std::min(qa + kTileRows, b.q1), nt = qb - qa;
@@ -231,7 +237,7 @@ AngleArgs checked(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &p
 std::vector<at::Tensor> cpu::angle_block_fwd(const AngleArgs &in)
 {
   const int64_t width = in.wa.size(1), de = in.de, da = width - de, nedge = in.pe.size(0);
-  at::Tensor red = at::zeros({nedge, de}, in.a.options());
+  at::Tensor red = at::empty({nedge, de}, in.a.options());    // zeroed block by block
   at::Tensor aout = at::empty({in.a.size(0), da}, in.a.options());
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_fwd", [&] {
@@ -274,8 +280,8 @@ std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tens
     at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
   } g;
   g.ga = at::empty({nangle, da_in}, opt);
-  g.gpe = at::zeros({nedge, width}, opt);
-  g.gvk = at::zeros({nedge, width}, opt);
+  g.gpe = at::empty({nedge, width}, opt);    // both zeroed block by block
+  g.gvk = at::empty({nedge, width}, opt);
   g.gw = at::empty({nangle}, opt);
   // per-thread partial sums of the weight gradients (summed in a fixed order below)
   const int64_t nthreads = at::get_num_threads();

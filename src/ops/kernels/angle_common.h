@@ -139,7 +139,7 @@ void for_each_block(const AngleArgs &in, std::atomic<bool> &bad, F &&block)
   const int64_t *np = in.nptr.data_ptr<int64_t>(), *ap = in.aptr.data_ptr<int64_t>(),
                 *ek = in.eik.data_ptr<int64_t>();
   const int64_t nedge = in.pe.size(0);
-  if (np[ncenter] != nedge || ap[nedge] != in.a.size(0)) {
+  if (np[0] != 0 || np[ncenter] != nedge || ap[nedge] != in.a.size(0)) {
     bad = true;
     return;
   }

@@ -17,6 +17,7 @@
 #include "row_index.h"
 
 #include "kernels.h"
+#include "simd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -24,10 +25,73 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace dpa3 {
 
-// out [n, ...] with out[r] = sum of the rows perm[ptr[r]:ptr[r+1]] of y; parallel over r, no
-// atomics. n = ptr.numel() - 1. Not differentiable (the CPU kernel behind scatter_rows).
+namespace {
+
+// Rows [r0, r1) of segment_sum's output: dst[r] = sum of the rows pm[off[r]:off[r+1]] of src
+// (each row summed in index order, so the result does not depend on the cut into ranges).
+template <typename T>
+DPA3_INLINE void segment_rows_body(T *dst, const T *src, const int64_t *pm, const int64_t *off,
+                                   int64_t r0, int64_t r1, int64_t width)
+{
+  for (int64_t r = r0; r < r1; ++r) {
+    T *d = dst + r * width;
+    for (int64_t c = 0; c < width; ++c) d[c] = 0;
+    for (int64_t t = off[r]; t < off[r + 1]; ++t) {
+      const T *s = src + pm[t] * width;
+      for (int64_t c = 0; c < width; ++c) d[c] += s[c];
+    }
+  }
+}
+
+DPA3_MULTIVERSION void segment_rows(float *dst, const float *src, const int64_t *pm,
+                                    const int64_t *off, int64_t r0, int64_t r1, int64_t width)
+{
+  segment_rows_body(dst, src, pm, off, r0, r1, width);
+}
+
+DPA3_MULTIVERSION void segment_rows(double *dst, const double *src, const int64_t *pm,
+                                    const int64_t *off, int64_t r0, int64_t r1, int64_t width)
+{
+  segment_rows_body(dst, src, pm, off, r0, r1, width);
+}
+
+// Elements (rows summed or zeroed, times their width) per task of segment_sum.
+constexpr int64_t kSegmentGrain = 1 << 15;
+
+// First rows of `parts` consecutive ranges of [0, nrows) with about equal work (summed rows plus
+// written rows, off[r] - off[0] + r before row r), then nrows. Rows hold very different numbers
+// of entries (the centres of a small system, ghost rows with few neighbours), so equal numbers
+// of rows per thread leave one thread waiting for the other.
+std::vector<int64_t> balanced_cuts(const int64_t *off, int64_t nrows, int64_t parts)
+{
+  std::vector<int64_t> cut(parts + 1, nrows);
+  cut[0] = 0;
+  const int64_t total = off[nrows] - off[0] + nrows;
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = total * p / parts;
+    int64_t lo = cut[p - 1], hi = nrows;
+    while (lo < hi) {    // the first row r with off[r] - off[0] + r >= target
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (off[mid] - off[0] + mid < target)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    cut[p] = lo;
+  }
+  return cut;
+}
+
+}    // namespace
+
+// out [n, ...] with out[r] = sum of the rows perm[ptr[r]:ptr[r+1]] of y; parallel over ranges of
+// rows of about equal work, no atomics. n = ptr.numel() - 1. Not differentiable (the CPU kernel
+// behind scatter_rows).
 at::Tensor cpu::segment_sum(const at::Tensor &y_, const at::Tensor &perm_, const at::Tensor &ptr_)
 {
   const at::Tensor y = y_.contiguous(), perm = perm_.contiguous(), ptr = ptr_.contiguous();
@@ -38,19 +102,17 @@ at::Tensor cpu::segment_sum(const at::Tensor &y_, const at::Tensor &perm_, const
   at::Tensor out = at::empty(sizes, y.options());
   const int64_t width = y.size(0) ? y.numel() / y.size(0)
                                   : (out.numel() / std::max<int64_t>(nrows, 1));
+  if (nrows == 0) return out;
+  const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
+  const int64_t work = (off[nrows] - off[0] + nrows) * std::max<int64_t>(width, 1);
+  const int64_t parts = std::clamp<int64_t>(work / kSegmentGrain, 1,
+                                            std::min<int64_t>(nrows, 8 * at::get_num_threads()));
+  const std::vector<int64_t> cut = balanced_cuts(off, nrows, parts);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dpa3_scatter_rows", [&] {
     const scalar_t *src = y.data_ptr<scalar_t>();
     scalar_t *dst = out.data_ptr<scalar_t>();
-    const int64_t *pm = perm.data_ptr<int64_t>(), *off = ptr.data_ptr<int64_t>();
-    at::parallel_for(0, nrows, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t *d = dst + r * width;
-        for (int64_t c = 0; c < width; ++c) d[c] = 0;
-        for (int64_t t = off[r]; t < off[r + 1]; ++t) {
-          const scalar_t *s = src + pm[t] * width;
-          for (int64_t c = 0; c < width; ++c) d[c] += s[c];
-        }
-      }
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      segment_rows(dst, src, pm, off, cut[p0], cut[p1], width);
     });
   });
   return out;
