@@ -63,16 +63,20 @@ def main() -> int:
     model = load_deepmd_model(ROOT / "tests/data/parity/water_recipe_f32/model.ckpt.pt")
     model.eval()
     freeze(model, tmp / "model.pth")
-    atoms = ase.io.read(ROOT / "examples/lammps/data.water", format="lammps-data",
-                        atom_style="atomic")
+    atoms = ase.io.read(
+        ROOT / "examples/lammps/data.water", format="lammps-data", atom_style="atomic"
+    )
     coord = torch.tensor(atoms.positions, dtype=torch.float64)
     box = torch.tensor(atoms.cell.array.reshape(9), dtype=torch.float64)
-    nb = build_neighbor_batch(coord[None].numpy(), box[None].numpy(), model.get_rcut(),
-                              model.get_sel()[0])
+    nb = build_neighbor_batch(
+        coord[None].numpy(), box[None].numpy(), model.get_rcut(), model.get_sel()[0]
+    )
     # LAMMPS types 1, 2 = O, H; the model's type map starts O, H
     atype = torch.tensor(atoms.arrays["type"] - 1, dtype=torch.long)
-    torch.save({"ext": nb.ext_coord, "ext_t": atype[nb.mapping], "nlist": nb.nlist,
-                "mapping": nb.mapping}, tmp / "inputs.pt")
+    torch.save(
+        {"ext": nb.ext_coord, "ext_t": atype[nb.mapping], "nlist": nb.nlist, "mapping": nb.mapping},
+        tmp / "inputs.pt",
+    )
 
     results: dict[tuple[str, int], list[dict]] = {}
     for r in range(args.rounds):
@@ -80,9 +84,20 @@ def main() -> int:
         for th in args.threads:
             for name in order:
                 out = subprocess.run(
-                    [sys.executable, "-c", CHILD, libs[name], str(tmp / "model.pth"), str(th),
-                     str(args.calls), str(tmp / "inputs.pt")],
-                    capture_output=True, text=True, check=True)
+                    [
+                        sys.executable,
+                        "-c",
+                        CHILD,
+                        libs[name],
+                        str(tmp / "model.pth"),
+                        str(th),
+                        str(args.calls),
+                        str(tmp / "inputs.pt"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 results.setdefault((name, th), []).append(json.loads(out.stdout.splitlines()[-1]))
     names = list(libs)
     print(f"{'threads':>7} " + " ".join(f"{n:>22}" for n in names) + "   ratio(last/first)")

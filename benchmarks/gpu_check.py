@@ -49,8 +49,16 @@ from gpu_lammps import compare, lammps_case, timing_case
 
 PARITY = ROOT / "tests" / "data" / "parity"
 WORKERS = Path(__file__).resolve().parent / "gpu" / "gpu_workers.py"
-CHECKS = ("info", "freeze", "(b) parity", "(c) lammps device", "(d) 2 ranks host-routed",
-          "(d) 2 ranks staging", "(d) 2 ranks CUDA-aware", "(e) timing")
+CHECKS = (
+    "info",
+    "freeze",
+    "(b) parity",
+    "(c) lammps device",
+    "(d) 2 ranks host-routed",
+    "(d) 2 ranks staging",
+    "(d) 2 ranks CUDA-aware",
+    "(e) timing",
+)
 # MPI's thread level decides how the exchange moves device features (docs/internals.md): the
 # wheel's lmp initialises MPI_THREAD_SINGLE (host-routed); MPICH raises it on request.
 MULTIPLE = {"MPIR_CVAR_DEFAULT_THREAD_LEVEL": "MPI_THREAD_MULTIPLE"}
@@ -81,12 +89,21 @@ class Table:
 
     def render(self, header: str = "") -> int:
         w = max(len(r["check"]) for r in self.rows) if self.rows else 10
-        lines = [header, "", f"| {'check':{w}s} | result | details |",
-                 f"|{'-' * (w + 2)}|--------|---------|"]
+        lines = [
+            header,
+            "",
+            f"| {'check':{w}s} | result | details |",
+            f"|{'-' * (w + 2)}|--------|---------|",
+        ]
         lines += [f"| {r['check']:{w}s} | {r['result']:6s} | {r['detail']} |" for r in self.rows]
         nfail = sum(r["result"] == "FAIL" for r in self.rows)
-        lines += ["", (f"{nfail} FAIL, {sum(r['result'] == 'PASS' for r in self.rows)} PASS, "
-                  f"{sum(r['result'] == 'SKIP' for r in self.rows)} SKIP")]
+        lines += [
+            "",
+            (
+                f"{nfail} FAIL, {sum(r['result'] == 'PASS' for r in self.rows)} PASS, "
+                f"{sum(r['result'] == 'SKIP' for r in self.rows)} SKIP"
+            ),
+        ]
         text = "\n".join(lines) + "\n"
         print("\n" + text, flush=True)
         (self.out / "summary.txt").write_text(text)
@@ -106,8 +123,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- the run
 
-INFO = ("import json; from dpa3.export.info import environment_report as r; rep = r(); "
-        "[print(f'{k:26s} {v}') for k, v in rep.items()]; print(json.dumps(rep, default=str))")
+INFO = (
+    "import json; from dpa3.export.info import environment_report as r; rep = r(); "
+    "[print(f'{k:26s} {v}') for k, v in rep.items()]; print(json.dumps(rep, default=str))"
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -131,42 +150,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rep is None:
         t.add("info", "FAIL", f"exit {rc}: {tail(text)}")
     else:
-        bad = [w for w, ok in (
-            ("op library not loaded", rep.get("op library loaded") == "yes"),
-            ("no LAMMPS plugin", Path(plugin).is_file()),
-            ("MPI not compiled in", str(rep.get("MPI compiled in", "")).startswith("yes")),
-            ("CUDA not compiled in", not cuda or rep.get("CUDA compiled in") == "yes"),
-        ) if not ok]
-        t.add("info", "FAIL" if bad else "PASS",
-              "; ".join(bad) if bad else f"torch {rep['torch']} (CUDA {rep['torch CUDA']}), "
-              f"CUDA compiled in: {rep.get('CUDA compiled in', '?')}, lammps "
-              f"{rep.get('lammps Python module')}, mpich {rep.get('mpich')}")
+        bad = [
+            w
+            for w, ok in (
+                ("op library not loaded", rep.get("op library loaded") == "yes"),
+                ("no LAMMPS plugin", Path(plugin).is_file()),
+                ("MPI not compiled in", str(rep.get("MPI compiled in", "")).startswith("yes")),
+                ("CUDA not compiled in", not cuda or rep.get("CUDA compiled in") == "yes"),
+            )
+            if not ok
+        ]
+        t.add(
+            "info",
+            "FAIL" if bad else "PASS",
+            "; ".join(bad)
+            if bad
+            else f"torch {rep['torch']} (CUDA {rep['torch CUDA']}), "
+            f"CUDA compiled in: {rep.get('CUDA compiled in', '?')}, lammps "
+            f"{rep.get('lammps Python module')}, mpich {rep.get('mpich')}",
+        )
 
     # ---- freeze the two water recipes with this torch
     def freeze(tag: str, combo: str) -> tuple[str, float, str]:
         t0 = time.monotonic()
         env = {"OMP_NUM_THREADS": half}
-        for step, cmd in (("convert", [vbin / "dpa3", "convert-deepmd", PARITY / combo /
-                                       "model.ckpt.pt", models / f"{tag}.pt"]),
-                          ("freeze", [vbin / "dpa3", "freeze", "-c", models / f"{tag}.pt", "-o",
-                                      models / f"{tag}.pth"])):
+        for step, cmd in (
+            (
+                "convert",
+                [
+                    vbin / "dpa3",
+                    "convert-deepmd",
+                    PARITY / combo / "model.ckpt.pt",
+                    models / f"{tag}.pt",
+                ],
+            ),
+            (
+                "freeze",
+                [vbin / "dpa3", "freeze", "-c", models / f"{tag}.pt", "-o", models / f"{tag}.pth"],
+            ),
+        ):
             rc, text = run(cmd, logs / f"{step}_{tag}.log", dl.limit(180), env=env, cwd=work)
             if rc != 0:
                 return tag, time.monotonic() - t0, f"{step} {tag}: exit {rc}: {tail(text)}"
         return tag, time.monotonic() - t0, ""
 
     with ThreadPoolExecutor(2) as ex:
-        frozen = list(ex.map(lambda a: freeze(*a), (("f64", "water_recipe"),
-                                                    ("f32", "water_recipe_f32"))))
+        frozen = list(
+            ex.map(lambda a: freeze(*a), (("f64", "water_recipe"), ("f32", "water_recipe_f32")))
+        )
     errs = [e for _, _, e in frozen if e]
-    t.add("freeze", "FAIL" if errs else "PASS", "; ".join(errs) if errs else
-          ", ".join(f"{tag}.pth {s:.0f} s" for tag, s, _ in frozen)
-          + " (convert-deepmd + freeze of tests/data/parity/water_recipe[_f32])")
+    t.add(
+        "freeze",
+        "FAIL" if errs else "PASS",
+        "; ".join(errs)
+        if errs
+        else ", ".join(f"{tag}.pth {s:.0f} s" for tag, s, _ in frozen)
+        + " (convert-deepmd + freeze of tests/data/parity/water_recipe[_f32])",
+    )
     have_models = not errs and bool(plugin)
 
     # ---- is the MPI CUDA-aware?
-    rc, text = run([vbin / "mpirun", "-np", "1", py, WORKERS, "mpiquery"], logs / "mpiquery.log",
-                   60, cwd=work)
+    rc, text = run(
+        [vbin / "mpirun", "-np", "1", py, WORKERS, "mpiquery"], logs / "mpiquery.log", 60, cwd=work
+    )
     q = last_json(text) or {"supported": None, "why": f"query failed (exit {rc}): {tail(text)}"}
     aware = q.get("supported") == 1
 
@@ -176,23 +222,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     limit = max(120.0, dl.left() - reserve)
     jobs: dict = {}
     with ThreadPoolExecutor(args.jobs) as ex:
-        if rep is not None:   # (the models frozen here are skipped by it if freeze failed)
-            jobs["parity"] = ex.submit(run, [py, WORKERS, "parity", "--device", dev, "--models",
-                                             models], logs / "parity.log", limit,
-                                       {"OMP_NUM_THREADS": half}, work)
+        if rep is not None:  # (the models frozen here are skipped by it if freeze failed)
+            jobs["parity"] = ex.submit(
+                run,
+                [py, WORKERS, "parity", "--device", dev, "--models", models],
+                logs / "parity.log",
+                limit,
+                {"OMP_NUM_THREADS": half},
+                work,
+            )
         if have_models:
             f64 = models / "f64.pth"
             # the reference on the CPU: half the cores next to the GPU runs; in a CPU rehearsal
             # all of them, against 1 thread for the "device" run
-            cases = {"ref_cpu_1rank": ("cpu", 1, max(1, ncores // 2) if cuda else ncores, {}),
-                     f"{dev}_1rank": (dev, 1, 1 if not cuda else 2, {}),
-                     f"{dev}_2ranks_routed": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0"}),
-                     f"{dev}_2ranks_staging": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0", **MULTIPLE})}
+            cases = {
+                "ref_cpu_1rank": ("cpu", 1, max(1, ncores // 2) if cuda else ncores, {}),
+                f"{dev}_1rank": (dev, 1, 1 if not cuda else 2, {}),
+                f"{dev}_2ranks_routed": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0"}),
+                f"{dev}_2ranks_staging": (dev, 2, 1, {"DPA3_CUDA_AWARE": "0", **MULTIPLE}),
+            }
             if aware or args.force_cuda_aware:
                 cases[f"{dev}_2ranks_aware"] = (dev, 2, 1, {"DPA3_CUDA_AWARE": "1", **MULTIPLE})
             for name, (d, n, th, env) in cases.items():
-                jobs[name] = ex.submit(lammps_case, work, name, plugin, f64, d, n, th, env, limit,
-                                       args.md_steps)
+                jobs[name] = ex.submit(
+                    lammps_case, work, name, plugin, f64, d, n, th, env, limit, args.md_steps
+                )
         done = {k: f.result() for k, f in jobs.items()}
 
     # (b)
@@ -208,10 +262,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             worst = max(cases_b, key=lambda c: c[1])
             nbad = sum(c[1] > 1.0 for c in cases_b)
             (out / "parity.json").write_text(json.dumps(cases_b, indent=1))
-            t.add("(b) parity", "FAIL" if nbad else "PASS",
-                  f"{len(cases_b)} model/frame cases on {dev}, {nbad} over tolerance; worst "
-                  f"{worst[0]} at {worst[1]:.2g} x tolerance (1e-10 f64 / 1e-5 f32, relative)",
-                  cases=len(cases_b))
+            t.add(
+                "(b) parity",
+                "FAIL" if nbad else "PASS",
+                f"{len(cases_b)} model/frame cases on {dev}, {nbad} over tolerance; worst "
+                f"{worst[0]} at {worst[1]:.2g} x tolerance (1e-10 f64 / 1e-5 f32, relative)",
+                cases=len(cases_b),
+            )
 
     # (c), (d)
     def verdict(name: str, a, b, label: str, tol: float = 1e-8, mode: str = "") -> None:
@@ -225,29 +282,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         if cuda and mode:
             ok = ok and a["exchange"].startswith(mode)
             label += f", exchange '{a['exchange'] or 'not printed'}'"
-        t.add(name, "PASS" if ok else "FAIL",
-              f"{label}: max diff {diff:.2e} (in {key}; tolerance {tol:g}), 192 atoms, step 0 + "
-              f"{args.md_steps} NVE steps", max_diff=diff)
+        t.add(
+            name,
+            "PASS" if ok else "FAIL",
+            f"{label}: max diff {diff:.2e} (in {key}; tolerance {tol:g}), 192 atoms, step 0 + "
+            f"{args.md_steps} NVE steps",
+            max_diff=diff,
+        )
 
     if not have_models:
         for name in CHECKS[3:7]:
             t.add(name, "SKIP", "no frozen model or no plugin")
     else:
-        label_c = ("device cuda 1 rank vs device cpu 1 rank" if cuda else
-                   f"rehearsal on cpu: 1 thread vs {ncores} thread(s)")
+        label_c = (
+            "device cuda 1 rank vs device cpu 1 rank"
+            if cuda
+            else f"rehearsal on cpu: 1 thread vs {ncores} thread(s)"
+        )
         verdict("(c) lammps device", done[f"{dev}_1rank"], done["ref_cpu_1rank"], label_c + ", f64")
-        verdict("(d) 2 ranks host-routed", done[f"{dev}_2ranks_routed"], done[f"{dev}_1rank"],
-                f"device {dev}, 2 ranks (MPI_THREAD_SINGLE) vs 1 rank", mode="host-routed")
-        verdict("(d) 2 ranks staging", done[f"{dev}_2ranks_staging"], done[f"{dev}_1rank"],
-                f"device {dev}, 2 ranks (MPI_THREAD_MULTIPLE, DPA3_CUDA_AWARE=0) vs 1 rank",
-                mode="staged")
+        verdict(
+            "(d) 2 ranks host-routed",
+            done[f"{dev}_2ranks_routed"],
+            done[f"{dev}_1rank"],
+            f"device {dev}, 2 ranks (MPI_THREAD_SINGLE) vs 1 rank",
+            mode="host-routed",
+        )
+        verdict(
+            "(d) 2 ranks staging",
+            done[f"{dev}_2ranks_staging"],
+            done[f"{dev}_1rank"],
+            f"device {dev}, 2 ranks (MPI_THREAD_MULTIPLE, DPA3_CUDA_AWARE=0) vs 1 rank",
+            mode="staged",
+        )
         if f"{dev}_2ranks_aware" in done:
-            verdict("(d) 2 ranks CUDA-aware", done[f"{dev}_2ranks_aware"], done[f"{dev}_1rank"],
-                    f"device {dev}, 2 ranks (MPI_THREAD_MULTIPLE, DPA3_CUDA_AWARE=1) vs 1 rank",
-                    mode="cuda-aware")
+            verdict(
+                "(d) 2 ranks CUDA-aware",
+                done[f"{dev}_2ranks_aware"],
+                done[f"{dev}_1rank"],
+                f"device {dev}, 2 ranks (MPI_THREAD_MULTIPLE, DPA3_CUDA_AWARE=1) vs 1 rank",
+                mode="cuda-aware",
+            )
         else:
-            why = (f"CUDA-aware: not supported by this MPI (MPIX_Query_cuda_support() = "
-                   f"{q['supported']})" if "why" not in q else f"CUDA-aware: {q['why']}")
+            why = (
+                f"CUDA-aware: not supported by this MPI (MPIX_Query_cuda_support() = "
+                f"{q['supported']})"
+                if "why" not in q
+                else f"CUDA-aware: {q['why']}"
+            )
             t.add("(d) 2 ranks CUDA-aware", "SKIP", why)
 
     # ---- (e) timing
@@ -264,8 +345,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda (none)"
-    return t.render(f"# dpa3 GPU check, device {dev} ({name}, {ncores} cores), "
-                    f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {total:.0f} s in all")
+    return t.render(
+        f"# dpa3 GPU check, device {dev} ({name}, {ncores} cores), "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {total:.0f} s in all"
+    )
 
 
 def parse_boxes(text: str) -> list[tuple[int, int, int]]:
@@ -276,8 +359,11 @@ def timing(args, t: Table, dl: Deadline, work: Path, logs: Path, plugin: str, mo
     """(e): the fixed boxes, then larger ones until one does not fit or time runs out."""
     mem = DeviceMemory()
     cuda = args.device == "cuda"
-    memkind = ("GPU memory in use (NVML)" if mem.handle is not None else "GPU memory n/a (no NVML)"
-               ) if cuda else "resident set"
+    memkind = (
+        ("GPU memory in use (NVML)" if mem.handle is not None else "GPU memory n/a (no NVML)")
+        if cuda
+        else "resident set"
+    )
     threads = min(4, os.cpu_count() or 1) if cuda else max(1, (os.cpu_count() or 1))
     e_ref = None
 
@@ -286,8 +372,9 @@ def timing(args, t: Table, dl: Deadline, work: Path, logs: Path, plugin: str, mo
         n = 192 * math.prod(reps)
         big = n > 20000
         w, s = (1, 2) if args.quick else ((1, 3) if big else (2, 5))
-        r = timing_case(work, reps, plugin, model, args.device, threads, w, s,
-                        dl.limit(args.box_timeout), mem)
+        r = timing_case(
+            work, reps, plugin, model, args.device, threads, w, s, dl.limit(args.box_timeout), mem
+        )
         label = f"(e) timing {n:,} atoms" if fixed else f"(e) grow {n:,} atoms"
         if r["status"] != "ok":
             # a larger box that does not fit, or does not finish in the budget left, ends the
@@ -298,14 +385,30 @@ def timing(args, t: Table, dl: Deadline, work: Path, logs: Path, plugin: str, mo
         e_atom = r["e0"] / n
         e_ref = e_atom if e_ref is None else e_ref
         rel = abs(e_atom - e_ref) / abs(e_ref)
-        detail = (f"{r['s_per_step']:.4g} s/step, {n / r['s_per_step']:.3g} atom-steps/s, peak "
-                  f"{fmt_mem(r['peak'])} ({memkind}); E0/atom {e_atom:.8f} eV (rel. diff to the "
-                  f"first box {rel:.1e})")
+        detail = (
+            f"{r['s_per_step']:.4g} s/step, {n / r['s_per_step']:.3g} atom-steps/s, peak "
+            f"{fmt_mem(r['peak'])} ({memkind}); E0/atom {e_atom:.8f} eV (rel. diff to the "
+            f"first box {rel:.1e})"
+        )
         ok = rel <= 1e-5
         if fixed:
-            rc, text = run([sys.executable, WORKERS, "pytime", "--device", args.device, "--model",
-                            model, "--reps", *map(str, reps)], logs / f"pytime_{n}.log",
-                           dl.limit(args.box_timeout), {"OMP_NUM_THREADS": str(threads)}, work)
+            rc, text = run(
+                [
+                    sys.executable,
+                    WORKERS,
+                    "pytime",
+                    "--device",
+                    args.device,
+                    "--model",
+                    model,
+                    "--reps",
+                    *map(str, reps),
+                ],
+                logs / f"pytime_{n}.log",
+                dl.limit(args.box_timeout),
+                {"OMP_NUM_THREADS": str(threads)},
+                work,
+            )
             p = last_json(text) if rc == 0 else None
             if p is None:
                 ok = False
@@ -314,11 +417,17 @@ def timing(args, t: Table, dl: Deadline, work: Path, logs: Path, plugin: str, mo
                 med = sorted(p["times"])[len(p["times"]) // 2]
                 prel = abs(p["energy"] - r["e0"]) / abs(r["e0"])
                 ok = ok and prel <= 1e-5
-                detail += (f"; python forward_lower {med:.4g} s/call, max_memory_allocated "
-                           f"{fmt_mem(p['peak'])}, energy vs LAMMPS rel. {prel:.1e}")
+                detail += (
+                    f"; python forward_lower {med:.4g} s/call, max_memory_allocated "
+                    f"{fmt_mem(p['peak'])}, energy vs LAMMPS rel. {prel:.1e}"
+                )
         if fixed or not ok:
-            t.add(label, "PASS" if ok else "FAIL", detail, **{k: r.get(k) for k in (
-                "natoms", "s_per_step", "peak")})
+            t.add(
+                label,
+                "PASS" if ok else "FAIL",
+                detail,
+                **{k: r.get(k) for k in ("natoms", "s_per_step", "peak")},
+            )
         r["detail"] = detail
         return r
 
@@ -350,9 +459,14 @@ def timing(args, t: Table, dl: Deadline, work: Path, logs: Path, plugin: str, mo
     if best is None:
         t.add("(e) largest box", "SKIP", f"no box beyond the fixed ones ran ({why})")
     else:
-        t.add(f"(e) largest box {best['natoms']:,} atoms", "PASS",
-              f"replicate {'x'.join(map(str, best['reps']))}: {best['detail']}; next: {why}",
-              natoms=best["natoms"], s_per_step=best["s_per_step"], peak=best["peak"])
+        t.add(
+            f"(e) largest box {best['natoms']:,} atoms",
+            "PASS",
+            f"replicate {'x'.join(map(str, best['reps']))}: {best['detail']}; next: {why}",
+            natoms=best["natoms"],
+            s_per_step=best["s_per_step"],
+            peak=best["peak"],
+        )
 
 
 def main() -> int:
@@ -363,21 +477,38 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_check")
     p.add_argument("--deadline", type=float, default=None, help="epoch seconds to finish by")
     p.add_argument("--started", type=float, default=None, help="epoch seconds of the start")
-    p.add_argument("--quick", action="store_true",
-                   help="CPU rehearsal sizes: boxes 1x1x1,2x2x2, grow to 2x2x4, 10 MD steps")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU rehearsal sizes: boxes 1x1x1,2x2x2, grow to 2x2x4, 10 MD steps",
+    )
     p.add_argument("--boxes", default=None, help="fixed timing boxes (default 2x2x2,4x4x4)")
-    p.add_argument("--grow", default=None,
-                   help="larger boxes tried in order until one does not fit (default 4x4x8,"
-                        "4x6x8,4x8x8,8x8x8,8x8x12,8x8x16,8x16x16)")
+    p.add_argument(
+        "--grow",
+        default=None,
+        help="larger boxes tried in order until one does not fit (default 4x4x8,"
+        "4x6x8,4x8x8,8x8x8,8x8x12,8x8x16,8x16x16)",
+    )
     p.add_argument("--md-steps", type=int, default=None, help="NVE steps of (c)/(d) (20)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="(b)/(c)/(d) processes at once (default: cores // 3, at most 5)")
-    p.add_argument("--reserve", type=float, default=None,
-                   help="seconds kept for (e) when (b)-(d) run (default 200; 0 with --no-timing)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="(b)/(c)/(d) processes at once (default: cores // 3, at most 5)",
+    )
+    p.add_argument(
+        "--reserve",
+        type=float,
+        default=None,
+        help="seconds kept for (e) when (b)-(d) run (default 200; 0 with --no-timing)",
+    )
     p.add_argument("--box-timeout", type=float, default=150.0, help="seconds per timing run")
     p.add_argument("--no-timing", action="store_true")
-    p.add_argument("--force-cuda-aware", action="store_true",
-                   help="run DPA3_CUDA_AWARE=1 even if the MPI does not report CUDA support")
+    p.add_argument(
+        "--force-cuda-aware",
+        action="store_true",
+        help="run DPA3_CUDA_AWARE=1 even if the MPI does not report CUDA support",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="the table of a run whose setup failed")
     p.add_argument("--out", type=Path, required=True)
@@ -387,8 +518,11 @@ def main() -> int:
     if args.cmd == "run":
         q = args.quick
         args.boxes = args.boxes or ("1x1x1,2x2x2" if q else "2x2x2,4x4x4")
-        args.grow = args.grow if args.grow is not None else (
-            "2x2x4" if q else "4x4x8,4x6x8,4x8x8,8x8x8,8x8x12,8x8x16,8x16x16")
+        args.grow = (
+            args.grow
+            if args.grow is not None
+            else ("2x2x4" if q else "4x4x8,4x6x8,4x8x8,8x8x8,8x8x12,8x8x16,8x16x16")
+        )
         args.md_steps = args.md_steps or (10 if q else MD_STEPS)
         args.jobs = args.jobs or max(1, min(5, (os.cpu_count() or 1) // 3))
         args.reserve = 200.0 if args.reserve is None else args.reserve

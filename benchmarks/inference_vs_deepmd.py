@@ -30,8 +30,13 @@ def water(reps):
     coord = np.load(d / "set.000" / "coord.npy")[0].reshape(-1, 3).astype(np.float64)
     cell = np.load(d / "set.000" / "box.npy")[0].reshape(3, 3).astype(np.float64)
     atype = np.loadtxt(d / "type.raw", dtype=np.int64)
-    shifts = np.array([[i, j, k] for i in range(reps[0]) for j in range(reps[1])
-                       for k in range(reps[2])], dtype=np.float64) @ cell
+    shifts = (
+        np.array(
+            [[i, j, k] for i in range(reps[0]) for j in range(reps[1]) for k in range(reps[2])],
+            dtype=np.float64,
+        )
+        @ cell
+    )
     big = (coord[None] + shifts[:, None]).reshape(-1, 3)
     return big, np.tile(atype, len(shifts)), (cell * np.array(reps)[:, None]).reshape(9)
 
@@ -63,8 +68,9 @@ def main() -> None:
     raw = torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"]
     params = raw["_extra_state"]["model_params"]
     ref = get_model(json.loads(json.dumps(params)))
-    ref.load_state_dict({k[len("model.Default."):]: v for k, v in raw.items()
-                         if k.startswith("model.Default.")})
+    ref.load_state_dict(
+        {k[len("model.Default.") :]: v for k, v in raw.items() if k.startswith("model.Default.")}
+    )
     ref.eval()
     ours = load_deepmd_model(args.ckpt)
     ours.eval()

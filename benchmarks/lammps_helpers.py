@@ -37,14 +37,16 @@ def helper_make_ckpt(src: str, dst: str, nlayers: int) -> None:
         if key not in old or old[key].shape != new[key].shape:
             raise RuntimeError(f"{src} has no weight {key} of shape {tuple(new[key].shape)}")
         new[key] = old[key]
-    new["_extra_state"] = {"model_params": params,
-                           "train_infos": dict(old["_extra_state"].get("train_infos",
-                                                                       {"lr": 1e-3, "step": 0}))}
+    new["_extra_state"] = {
+        "model_params": params,
+        "train_infos": dict(old["_extra_state"].get("train_infos", {"lr": 1e-3, "step": 0})),
+    }
     wrapper.load_state_dict(new)
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=1e-3, fused=False)
     torch.save({"model": wrapper.state_dict(), "optimizer": optimizer.state_dict()}, dst)
-    print(json.dumps({"nlayers": nlayers,
-                      "parameters": sum(p.numel() for p in model.parameters())}))
+    print(
+        json.dumps({"nlayers": nlayers, "parameters": sum(p.numel() for p in model.parameters())})
+    )
 
 
 class _NoModuleTracking:
@@ -88,8 +90,13 @@ def water_frame(reps: int = 1):
     rows = [r for r in rows if len(r) >= 5 and r[0].isdigit()]
     types = np.array([int(r[1]) for r in rows])
     coord = np.array([[float(x) for x in r[2:5]] for r in rows])
-    shifts = np.array([[i, j, k] for i in range(reps) for j in range(reps) for k in range(reps)],
-                      dtype=np.float64) * box
+    shifts = (
+        np.array(
+            [[i, j, k] for i in range(reps) for j in range(reps) for k in range(reps)],
+            dtype=np.float64,
+        )
+        * box
+    )
     coord = (coord[None] + shifts[:, None]).reshape(-1, 3)
     names = np.array(["O", "H"])[np.tile(types, reps**3) - 1]
     return coord, names, np.diag(box * reps)
@@ -106,8 +113,9 @@ def helper_deepmd_flops(ckpt: str, threads: int) -> None:
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     params = raw["_extra_state"]["model_params"]
     model = get_model(copy.deepcopy(params))
-    model.load_state_dict({k[len("model.Default."):]: v for k, v in raw.items()
-                           if k.startswith("model.Default.")})
+    model.load_state_dict(
+        {k[len("model.Default.") :]: v for k, v in raw.items() if k.startswith("model.Default.")}
+    )
     model.eval()
     coord, names, cell = water_frame()
     tmap = list(params["type_map"])
@@ -115,12 +123,12 @@ def helper_deepmd_flops(ckpt: str, threads: int) -> None:
     c, b = torch.tensor(coord)[None], torch.tensor(cell.reshape(9))[None]
     model(c, atype, b)
     flops, out = count_flops(lambda: model(c, atype, b))
-    print(json.dumps({"flops": flops, "natoms": len(names),
-                      "energy": float(out["energy"].sum())}))
+    print(json.dumps({"flops": flops, "natoms": len(names), "energy": float(out["energy"].sum())}))
 
 
-def helper_ase(code: str, model: str, reps: int, threads: int, calls: int, e_ref: float,
-               perturb: float) -> None:
+def helper_ase(
+    code: str, model: str, reps: int, threads: int, calls: int, e_ref: float, perturb: float
+) -> None:
     """Time ``atoms.get_forces()`` of an ASE calculator on the LAMMPS start configuration.
 
     ``code`` is ``dpa3`` (``dpa3.calculator.DPA3Calculator``, run in dpa3's venv) or ``deepmd``
@@ -143,7 +151,7 @@ def helper_ase(code: str, model: str, reps: int, threads: int, calls: int, e_ref
         from deepmd.calculator import DP
 
         calc = DP(model)
-    torch.set_num_threads(threads)   # after the imports: DeePMD-kit sets it from DP_* too
+    torch.set_num_threads(threads)  # after the imports: DeePMD-kit sets it from DP_* too
     coord, names, cell = water_frame(reps)
     atoms = Atoms(list(names), positions=coord, cell=cell, pbc=True)
     atoms.calc = calc
@@ -151,8 +159,16 @@ def helper_ase(code: str, model: str, reps: int, threads: int, calls: int, e_ref
     energy = float(atoms.get_potential_energy())
     first = time.perf_counter() - t0
     rel = abs(energy - e_ref) / abs(e_ref)
-    out = {"status": "ok", "energy": energy, "e_ref": e_ref, "rel": rel, "first": first,
-           "natoms": len(atoms), "threads": torch.get_num_threads(), "times": []}
+    out = {
+        "status": "ok",
+        "energy": energy,
+        "e_ref": e_ref,
+        "rel": rel,
+        "first": first,
+        "natoms": len(atoms),
+        "threads": torch.get_num_threads(),
+        "times": [],
+    }
     if not rel <= REL_TOL:
         out["status"] = f"energy mismatch ({rel:.1e} > {REL_TOL:g})"
         print(json.dumps(out))
@@ -164,5 +180,3 @@ def helper_ase(code: str, model: str, reps: int, threads: int, calls: int, e_ref
         atoms.get_forces()
         out["times"].append(time.perf_counter() - t0)
     print(json.dumps(out))
-
-

@@ -45,17 +45,30 @@ def sh(cmd: list, **kw) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grids", type=grid, nargs="+",
-                    default=[grid(g) for g in ("1x1x1", "2x2x2", "4x4x4", "4x4x8")])
+    ap.add_argument(
+        "--grids",
+        type=grid,
+        nargs="+",
+        default=[grid(g) for g in ("1x1x1", "2x2x2", "4x4x4", "4x4x8")],
+    )
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=0,
-                    help="untimed MD steps before the timed run (time per step in steady "
-                    "state; the first steps include TorchScript's profiling runs)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="untimed MD steps before the timed run (time per step in steady "
+        "state; the first steps include TorchScript's profiling runs)",
+    )
     ap.add_argument("--deepmd-max-atoms", type=int, default=1536)
-    ap.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
-                    help="dpa3 freeze --memory-budget (default: the model's default)")
+    ap.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="dpa3 freeze --memory-budget (default: the model's default)",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--min-free-gb", type=float, default=1.0)
     ap.add_argument("--deepmd-venv", type=Path, default=ROOT / ".venv-deepmd")
@@ -70,11 +83,18 @@ def main() -> None:
     dp_py = dp_venv / "bin" / "python"
     dp_site = subprocess.run(
         [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     sides = {
         "dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3"),
-        "deepmd": Side("DeePMD-kit", dp_venv,
-                       Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so", "deepmd"),
+        "deepmd": Side(
+            "DeePMD-kit",
+            dp_venv,
+            Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so",
+            "deepmd",
+        ),
     }
     if not Path(TCMALLOC).exists():
         raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
@@ -84,8 +104,11 @@ def main() -> None:
     sh([ours / "bin" / "dpa3", "convert-deepmd", CKPT6, work / "dpa3.pt"])
     budget = [] if args.memory_budget is None else ["--memory-budget", str(args.memory_budget)]
     sh([ours / "bin" / "dpa3", "freeze", "-c", work / "dpa3.pt", "-o", models["dpa3"], *budget])
-    sh([dp_venv / "bin" / "dp", "--pt", "freeze", "-c", CKPT6, "-o", models["deepmd"]], cwd=work,
-       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    sh(
+        [dp_venv / "bin" / "dp", "--pt", "freeze", "-c", CKPT6, "-o", models["deepmd"]],
+        cwd=work,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
 
     mem = meminfo()
     start = dt.datetime.now(dt.timezone.utc)
@@ -98,24 +121,39 @@ def main() -> None:
             if key == "deepmd" and natoms > args.deepmd_max_atoms:
                 continue
             case = work / f"{key}_{g[0]}x{g[1]}x{g[2]}_np{args.ranks}"
-            res = run_lammps(sides[key], models[key], case, reps=g, ranks=args.ranks,
-                             threads=threads, warmup=args.warmup, steps=args.steps,
-                             timeout=args.timeout, min_free=int(args.min_free_gb * GIB))
+            res = run_lammps(
+                sides[key],
+                models[key],
+                case,
+                reps=g,
+                ranks=args.ranks,
+                threads=threads,
+                warmup=args.warmup,
+                steps=args.steps,
+                timeout=args.timeout,
+                min_free=int(args.min_free_gb * GIB),
+            )
             peak = res.peak if res.status == "ok" else None
             mb = f"{peak / natoms / 1e6:.2f}" if peak else "-"
             e0 = f"{res.e0 / natoms:.6f}" if res.e0 is not None else "-"
             sps = f"{res.s_per_step:.2f}" if res.s_per_step else "-"
             # ms per atom-step: the time per atom, to compare sizes
             msa = f"{1e3 * res.s_per_step / natoms:.3f}" if res.s_per_step else "-"
-            rows.append((natoms, g, key, res.status, mb, peak, sps, msa, e0, res.load_before,
-                         res.command))
-            print(f"{natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
-                  f"{sps} s/step ({msa} ms/atom-step), E0/atom {e0} (load {res.load_before})",
-                  flush=True)
+            rows.append(
+                (natoms, g, key, res.status, mb, peak, sps, msa, e0, res.load_before, res.command)
+            )
+            print(
+                f"{natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
+                f"{sps} s/step ({msa} ms/atom-step), E0/atom {e0} (load {res.load_before})",
+                flush=True,
+            )
 
     end = dt.datetime.now(dt.timezone.utc)
-    budget_text = ("the default budget" if args.memory_budget is None
-                   else f"--memory-budget {args.memory_budget}")
+    budget_text = (
+        "the default budget"
+        if args.memory_budget is None
+        else f"--memory-budget {args.memory_budget}"
+    )
     lines = [
         "# LAMMPS peak memory per atom: `pair_style dpa3` vs DeePMD-kit",
         "",
@@ -135,7 +173,7 @@ def main() -> None:
         f"setup and {args.warmup} untimed step(s); "
         "peak = sum over ranks of each rank's maximum resident set (libtorch, LAMMPS and the "
         "model included).",
-        f"- dpa3 frozen with {budget_text} (docs/internals.md, \"Memory\").",
+        f'- dpa3 frozen with {budget_text} (docs/internals.md, "Memory").',
         "",
         "| atoms | replicate | code | status | peak GB | MB/atom | s/step | ms/atom-step | "
         "E(step 0)/atom, eV |",
@@ -143,8 +181,10 @@ def main() -> None:
     ]
     for natoms, g, key, status, mb, peak, sps, msa, e0, _load, _cmd in rows:
         gb = f"{peak / GIB:.2f}" if peak else "-"
-        lines.append(f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
-                     f"{gb} | {mb} | {sps} | {msa} | {e0} |")
+        lines.append(
+            f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
+            f"{gb} | {mb} | {sps} | {msa} | {e0} |"
+        )
     lines += ["", "Commands (first case of each code):", ""]
     seen = set()
     for row in rows:

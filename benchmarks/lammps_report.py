@@ -43,13 +43,13 @@ def cpu_model() -> str:
 
 @dataclass
 class Result:
-    status: str = "ok"           # ok | timeout | out of memory | failed: ...
-    e0: float | None = None      # potential energy at step 0, eV
+    status: str = "ok"  # ok | timeout | out of memory | failed: ...
+    e0: float | None = None  # potential energy at step 0, eV
     s_per_step: float | None = None
     steps: int = 0
-    peak_rss: list[int] = field(default_factory=list)   # bytes per rank
-    guard_peak: int = 0          # largest summed RSS seen by the poller, bytes
-    cpu_use: str = ""            # LAMMPS's "% CPU use" of the timed run (low: machine busy)
+    peak_rss: list[int] = field(default_factory=list)  # bytes per rank
+    guard_peak: int = 0  # largest summed RSS seen by the poller, bytes
+    cpu_use: str = ""  # LAMMPS's "% CPU use" of the timed run (low: machine busy)
     wall: float = 0.0
     load_before: str = ""
     command: str = ""
@@ -85,11 +85,11 @@ run             {steps}
 
 @dataclass
 class AseResult:
-    status: str = "ok"           # ok | energy mismatch (...) | timeout | out of memory | ...
+    status: str = "ok"  # ok | energy mismatch (...) | timeout | out of memory | ...
     energy: float | None = None  # energy of the warm-up call, eV
-    rel: float | None = None     # its relative difference to the LAMMPS step-0 energy
-    first: float | None = None   # seconds of the warm-up call
-    times: list[float] = field(default_factory=list)   # seconds per timed call
+    rel: float | None = None  # its relative difference to the LAMMPS step-0 energy
+    first: float | None = None  # seconds of the warm-up call
+    times: list[float] = field(default_factory=list)  # seconds per timed call
     guard_peak: int = 0
     wall: float = 0.0
     load_before: str = ""
@@ -110,7 +110,6 @@ class AseResult:
 
 def fmt_gb(x: int | None) -> str:
     return "–" if x is None else f"{x / GIB:.2f}"
-
 
 
 def write_report(run: SimpleNamespace) -> None:
@@ -139,22 +138,28 @@ def write_report(run: SimpleNamespace) -> None:
     # ---- report
     peak_mm = max(mm_start[args.cores], mm_end[args.cores]) * 1e9
     md = []
-    md.append("| layers | atoms | ranks × threads | E(step 0) dpa3, eV | E(step 0) DeePMD-kit, eV"
-              " | rel. diff |")
+    md.append(
+        "| layers | atoms | ranks × threads | E(step 0) dpa3, eV | E(step 0) DeePMD-kit, eV"
+        " | rel. diff |"
+    )
     md.append("|---|---|---|---|---|---|")
     for nl, reps, ranks, threads, res in rows:
         a, b = res["dpa3"].e0, res["deepmd"].e0
         rel = f"{abs(a - b) / abs(b):.1e}" if a is not None and b is not None else "–"
         if a is not None and b is not None and abs(a - b) / abs(b) > REL_TOL:
             rel += " **MISMATCH**"
-        md.append(f"| {nl} | {192 * reps**3:,} | {ranks} × {threads} | "
-                  f"{'–' if a is None else f'{a:.6f}'} | {'–' if b is None else f'{b:.6f}'} | "
-                  f"{rel} |")
+        md.append(
+            f"| {nl} | {192 * reps**3:,} | {ranks} × {threads} | "
+            f"{'–' if a is None else f'{a:.6f}'} | {'–' if b is None else f'{b:.6f}'} | "
+            f"{rel} |"
+        )
     energy_table = "\n".join(md)
     md = []
-    md.append("| layers | atoms | ranks × threads | dpa3 s/step | DeePMD-kit s/step | speed-up"
-              " | dpa3 peak GB | DeePMD-kit peak GB | memory ratio | dpa3 % of mm | "
-              "DeePMD-kit % of mm | CPU use dpa3 / DeePMD-kit | load at start |")
+    md.append(
+        "| layers | atoms | ranks × threads | dpa3 s/step | DeePMD-kit s/step | speed-up"
+        " | dpa3 peak GB | DeePMD-kit peak GB | memory ratio | dpa3 % of mm | "
+        "DeePMD-kit % of mm | CPU use dpa3 / DeePMD-kit | load at start |"
+    )
     md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for nl, reps, ranks, threads, res in rows:
         o, d = res["dpa3"], res["deepmd"]
@@ -169,35 +174,42 @@ def write_report(run: SimpleNamespace) -> None:
         def pct(r: Result) -> str:
             return f"{r.cpu_use}%" if r.cpu_use else "–"
 
-        speed = (f"{d.s_per_step / o.s_per_step:.1f}×" if o.s_per_step and d.s_per_step
-                 else "–")
-        memr = (f"{d.peak / o.peak:.1f}×" if o.peak and d.peak and d.status == "ok" else "–")
-        dpeak = fmt_gb(d.peak) if d.status == "ok" else (
-            f"> {d.guard_peak / GIB:.1f}" if d.guard_peak else "–")
-        opeak = fmt_gb(o.peak) if o.status == "ok" else (
-            f"> {o.guard_peak / GIB:.1f}" if o.guard_peak else "–")
-        md.append(f"| {nl} | {nat:,} | {ranks} × {threads} | {t(o)} | {t(d)} | {speed} | "
-                  f"{opeak} | {dpeak} | {memr} | {frac(o, models[nl]['flops'])} | "
-                  f"{frac(d, models[nl]['deepmd_flops'])} | {pct(o)} / {pct(d)} | "
-                  f"{o.load_before} |")
+        speed = f"{d.s_per_step / o.s_per_step:.1f}×" if o.s_per_step and d.s_per_step else "–"
+        memr = f"{d.peak / o.peak:.1f}×" if o.peak and d.peak and d.status == "ok" else "–"
+        dpeak = (
+            fmt_gb(d.peak)
+            if d.status == "ok"
+            else (f"> {d.guard_peak / GIB:.1f}" if d.guard_peak else "–")
+        )
+        opeak = (
+            fmt_gb(o.peak)
+            if o.status == "ok"
+            else (f"> {o.guard_peak / GIB:.1f}" if o.guard_peak else "–")
+        )
+        md.append(
+            f"| {nl} | {nat:,} | {ranks} × {threads} | {t(o)} | {t(d)} | {speed} | "
+            f"{opeak} | {dpeak} | {memr} | {frac(o, models[nl]['flops'])} | "
+            f"{frac(d, models[nl]['deepmd_flops'])} | {pct(o)} / {pct(d)} | "
+            f"{o.load_before} |"
+        )
     speed_table = "\n".join(md)
 
     def ase_t(a: AseResult) -> str:
-        return (f"{a.median:.4f} / {a.best:.4f}" if a.median is not None
-                else a.status.split(" (")[0])
+        return f"{a.median:.4f} / {a.best:.4f}" if a.median is not None else a.status.split(" (")[0]
 
     def ase_ratio(a: AseResult, r: Result) -> str:
-        return (f"{a.median / r.s_per_step:.2f}" if a.median is not None and r.s_per_step
-                else "–")
+        return f"{a.median / r.s_per_step:.2f}" if a.median is not None and r.s_per_step else "–"
 
     def ase_rel(a: AseResult) -> str:
         return "–" if a.rel is None else f"{a.rel:.1e}"
 
     md = []
-    md.append("| layers | atoms | threads | dpa3 LAMMPS s/step | dpa3 ASE s/call (median / best)"
-              " | **dpa3 ASE ÷ LAMMPS** | DeePMD-kit LAMMPS s/step | DeePMD-kit ASE s/call "
-              "(median / best) | DeePMD-kit ASE ÷ LAMMPS | ASE vs LAMMPS E0, rel. diff "
-              "dpa3 / DeePMD-kit | load at start |")
+    md.append(
+        "| layers | atoms | threads | dpa3 LAMMPS s/step | dpa3 ASE s/call (median / best)"
+        " | **dpa3 ASE ÷ LAMMPS** | DeePMD-kit LAMMPS s/step | DeePMD-kit ASE s/call "
+        "(median / best) | DeePMD-kit ASE ÷ LAMMPS | ASE vs LAMMPS E0, rel. diff "
+        "dpa3 / DeePMD-kit | load at start |"
+    )
     md.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for nl, reps, threads, res, ase in ase_rows:
         o, d = res["dpa3"], res["deepmd"]
@@ -206,48 +218,98 @@ def write_report(run: SimpleNamespace) -> None:
         def lt(r: Result) -> str:
             return f"{r.s_per_step:.4f}" if r.s_per_step else r.status.split(" (")[0]
 
-        md.append(f"| {nl} | {192 * reps**3:,} | {threads} | {lt(o)} | {ase_t(ao)} | "
-                  f"{ase_ratio(ao, o)} | {lt(d)} | {ase_t(ad)} | {ase_ratio(ad, d)} | "
-                  f"{ase_rel(ao)} / {ase_rel(ad)} | {ao.load_before or '–'} |")
+        md.append(
+            f"| {nl} | {192 * reps**3:,} | {threads} | {lt(o)} | {ase_t(ao)} | "
+            f"{ase_ratio(ao, o)} | {lt(d)} | {ase_t(ad)} | {ase_ratio(ad, d)} | "
+            f"{ase_rel(ao)} / {ase_rel(ad)} | {ao.load_before or '–'} |"
+        )
     ase_table = "\n".join(md)
     flops_lines = [
         f"- {nl} layers: dpa3 {m['flops'] / 1e6:.1f} MFLOP per atom-step, DeePMD-kit "
-        f"{m['deepmd_flops'] / 1e6:.1f} MFLOP per atom-step" for nl, m in models.items()]
-    check_lines = [f"- {nl} layers: dpa3 {a:.10f} eV, DeePMD-kit {b:.10f} eV, relative "
-                   f"difference {r:.1e}" for nl, (a, b, r) in checks.items()]
+        f"{m['deepmd_flops'] / 1e6:.1f} MFLOP per atom-step"
+        for nl, m in models.items()
+    ]
+    check_lines = [
+        f"- {nl} layers: dpa3 {a:.10f} eV, DeePMD-kit {b:.10f} eV, relative difference {r:.1e}"
+        for nl, (a, b, r) in checks.items()
+    ]
 
     print()
     print(energy_table)
     print()
     print(speed_table)
     print()
-    print("speed-up = DeePMD-kit s/step / dpa3 s/step; memory ratio = DeePMD-kit / dpa3; "
-          f"% of mm = matmul FLOPs per step / s per step / {peak_mm / 1e9:.1f} GFLOP/s")
+    print(
+        "speed-up = DeePMD-kit s/step / dpa3 s/step; memory ratio = DeePMD-kit / dpa3; "
+        f"% of mm = matmul FLOPs per step / s per step / {peak_mm / 1e9:.1f} GFLOP/s"
+    )
     if ase_rows:
         print()
         print(ase_table)
         print()
-        print(f"ASE s/call: median / best of {args.ase_calls} atoms.get_forces() calls after one "
-              "warm-up call, 1 process; ASE ÷ LAMMPS = median s/call / LAMMPS s/step of the "
-              "same code (target for dpa3: <= 1.2)")
+        print(
+            f"ASE s/call: median / best of {args.ase_calls} atoms.get_forces() calls after one "
+            "warm-up call, 1 process; ASE ÷ LAMMPS = median s/call / LAMMPS s/step of the "
+            "same code (target for dpa3: <= 1.2)"
+        )
 
-    raw = [{"layers": nl, "atoms": 192 * reps**3, "ranks": ranks, "threads": threads,
-            "code": k, "status": r.status, "e0": r.e0, "s_per_step": r.s_per_step,
-            "steps": r.steps, "peak_rss_per_rank": r.peak_rss, "guard_peak": r.guard_peak,
-            "cpu_use": r.cpu_use, "load_before": r.load_before, "command": r.command}
-           for nl, reps, ranks, threads, res in rows for k, r in res.items()]
-    raw_ase = [{"layers": nl, "atoms": 192 * reps**3, "threads": threads, "code": k,
-                "status": a.status, "energy": a.energy, "rel_to_lammps_e0": a.rel,
-                "warmup_s": a.first, "times_s": a.times, "median_s": a.median,
-                "best_s": a.best, "lammps_s_per_step": res[k].s_per_step,
-                "guard_peak": a.guard_peak, "load_before": a.load_before,
-                "command": a.command}
-               for nl, reps, threads, res, ase in ase_rows for k, a in ase.items()]
-    (work / "results.json").write_text(json.dumps(
-        {"mm_gflops": {"start": mm_start, "end": mm_end}, "versions": versions,
-         "flops_per_atom_step": {nl: {"dpa3": m["flops"], "deepmd": m["deepmd_flops"]}
-                                 for nl, m in models.items()},
-         "checks": checks, "runs": raw, "ase": raw_ase}, indent=1))
+    raw = [
+        {
+            "layers": nl,
+            "atoms": 192 * reps**3,
+            "ranks": ranks,
+            "threads": threads,
+            "code": k,
+            "status": r.status,
+            "e0": r.e0,
+            "s_per_step": r.s_per_step,
+            "steps": r.steps,
+            "peak_rss_per_rank": r.peak_rss,
+            "guard_peak": r.guard_peak,
+            "cpu_use": r.cpu_use,
+            "load_before": r.load_before,
+            "command": r.command,
+        }
+        for nl, reps, ranks, threads, res in rows
+        for k, r in res.items()
+    ]
+    raw_ase = [
+        {
+            "layers": nl,
+            "atoms": 192 * reps**3,
+            "threads": threads,
+            "code": k,
+            "status": a.status,
+            "energy": a.energy,
+            "rel_to_lammps_e0": a.rel,
+            "warmup_s": a.first,
+            "times_s": a.times,
+            "median_s": a.median,
+            "best_s": a.best,
+            "lammps_s_per_step": res[k].s_per_step,
+            "guard_peak": a.guard_peak,
+            "load_before": a.load_before,
+            "command": a.command,
+        }
+        for nl, reps, threads, res, ase in ase_rows
+        for k, a in ase.items()
+    ]
+    (work / "results.json").write_text(
+        json.dumps(
+            {
+                "mm_gflops": {"start": mm_start, "end": mm_end},
+                "versions": versions,
+                "flops_per_atom_step": {
+                    nl: {"dpa3": m["flops"], "deepmd": m["deepmd_flops"]}
+                    for nl, m in models.items()
+                },
+                "checks": checks,
+                "runs": raw,
+                "ase": raw_ase,
+            },
+            indent=1,
+        )
+    )
     if args.no_output:
         return
 
@@ -255,21 +317,39 @@ def write_report(run: SimpleNamespace) -> None:
         return os.path.relpath(p, ROOT)
 
     template = INPUT.format(
-        title="template", data=rel(DATA), plugin="PLUGIN", pair_style="PAIR_STYLE",
-        model="MODEL", warmup="WARMUP", steps="STEPS",
-        replicate="replicate       2 2 2           # 1,536 atoms only\n").rstrip()
-    best_of = (f"\n- Each case ran {args.repeat} times per code, alternating dpa3 and "
-               "DeePMD-kit; the table shows the fastest run of each (a run stopped for memory or "
-               "time is not repeated)." if args.repeat > 1 else "")
+        title="template",
+        data=rel(DATA),
+        plugin="PLUGIN",
+        pair_style="PAIR_STYLE",
+        model="MODEL",
+        warmup="WARMUP",
+        steps="STEPS",
+        replicate="replicate       2 2 2           # 1,536 atoms only\n",
+    ).rstrip()
+    best_of = (
+        f"\n- Each case ran {args.repeat} times per code, alternating dpa3 and "
+        "DeePMD-kit; the table shows the fastest run of each (a run stopped for memory or "
+        "time is not repeated)."
+        if args.repeat > 1
+        else ""
+    )
     all_cmds = [r.command for *_, res in rows for r in res.values()]
-    stopped = [f"  - {nl} layers, {192 * reps**3:,} atoms, {ranks} × {threads}, {sides[k].name}: "
-               f"{r.status}" for nl, reps, ranks, threads, res in rows for k, r in res.items()
-               if r.status != "ok"]
+    stopped = [
+        f"  - {nl} layers, {192 * reps**3:,} atoms, {ranks} × {threads}, {sides[k].name}: "
+        f"{r.status}"
+        for nl, reps, ranks, threads, res in rows
+        for k, r in res.items()
+        if r.status != "ok"
+    ]
     failures = ("\n- Stopped runs:\n" + "\n".join(stopped)) if stopped else ""
     cmd_line = " ".join(shlex.quote(a) for a in sys.argv[1:])
     ase_section = ""
-    ase_best_of = (" With `--repeat`, the ASE timing ran after each LAMMPS run; the table keeps "
-                   "the ASE run with the lowest median." if args.repeat > 1 else "")
+    ase_best_of = (
+        " With `--repeat`, the ASE timing ran after each LAMMPS run; the table keeps "
+        "the ASE run with the lowest median."
+        if args.repeat > 1
+        else ""
+    )
     if ase_rows:
         ase_cmds = [a.command for *_, ase in ase_rows for a in ase.values() if a.command]
         ase_section = f"""## Python side: ASE calculator, time per force call
@@ -307,8 +387,8 @@ bash scripts/install_deepmd_lammps.sh          # once: .venv-deepmd with DeePMD-
 
 ## Machine and load
 
-- CPU: {cpu_model()}, {os.cpu_count()} cores; memory {mem['MemTotal'] / GIB:.1f} GB
-  ({mem['MemAvailable'] / GIB:.1f} GB available at the start).
+- CPU: {cpu_model()}, {os.cpu_count()} cores; memory {mem["MemTotal"] / GIB:.1f} GB
+  ({mem["MemAvailable"] / GIB:.1f} GB available at the start).
 - Load average (1, 5, 15 min) at the start {load_start}, at the end {loadavg()}; the column
   "load at start" gives it before each dpa3 run (the DeePMD-kit run of the same case followed
   right after). The benchmark itself keeps up to {args.cores} cores busy; a higher load means
@@ -318,8 +398,8 @@ bash scripts/install_deepmd_lammps.sh          # once: .venv-deepmd with DeePMD-
   thread,
   {mm_start[args.cores]:.1f} / {mm_end[args.cores]:.1f} GFLOP/s on {args.cores} threads (start /
   end of the run). "% of mm" uses {peak_mm / 1e9:.1f} GFLOP/s.
-- dpa3 at commit {versions['dpa3 source']}.
-- {versions['dpa3 venv']} (`.venv`); {versions['DeePMD-kit venv']} (`.venv-deepmd`, DeePMD-kit
+- dpa3 at commit {versions["dpa3 source"]}.
+- {versions["dpa3 venv"]} (`.venv`); {versions["DeePMD-kit venv"]} (`.venv-deepmd`, DeePMD-kit
   built from source with its C++ API, plugin from its 3.2.0 wheel). tcmalloc preloaded for both.
 
 ## Model
@@ -348,9 +428,11 @@ Before any timing, 192 atoms on 1 rank:
 
 {speed_table}
 
-- s/step: LAMMPS's "Loop time" of a run of {', '.join(f'{steps_of[r]} steps ({192 * r**3:,} '
-  f'atoms)' for r in args.reps)} after a warm-up run of {', '.join(str(warmup_of[r]) for r in
-  args.reps)} steps; NVT, 0.5 fs, neighbour skin 1 Å.{best_of}
+- s/step: LAMMPS's "Loop time" of a run of {
+        ", ".join(f"{steps_of[r]} steps ({192 * r**3:,} atoms)" for r in args.reps)
+    } after a warm-up run of {
+        ", ".join(str(warmup_of[r]) for r in args.reps)
+    } steps; NVT, 0.5 fs, neighbour skin 1 Å.{best_of}
 - speed-up = DeePMD-kit s/step ÷ dpa3 s/step; memory ratio = DeePMD-kit ÷ dpa3.
 - peak GB: the maximum resident set of each rank (`/usr/bin/time -f %M`), summed over ranks.
   "out of memory" = stopped by the benchmark when the machine had less than

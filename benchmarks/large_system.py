@@ -26,8 +26,13 @@ def water_box(reps: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.nd
     coord = np.load(d / "set.000" / "coord.npy")[0].reshape(-1, 3).astype(np.float64)
     cell = np.load(d / "set.000" / "box.npy")[0].reshape(3, 3).astype(np.float64)
     atype = np.loadtxt(d / "type.raw", dtype=np.int64)
-    shifts = np.array([[i, j, k] for i in range(reps[0]) for j in range(reps[1])
-                       for k in range(reps[2])], dtype=np.float64) @ cell
+    shifts = (
+        np.array(
+            [[i, j, k] for i in range(reps[0]) for j in range(reps[1]) for k in range(reps[2])],
+            dtype=np.float64,
+        )
+        @ cell
+    )
     big = (coord[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
     return big, np.tile(atype, len(shifts)), (cell * np.array(reps)[:, None]).reshape(9)
 
@@ -39,12 +44,27 @@ def small_model(precision: str):
     cfg = {
         "type_map": ["O", "H"],
         "descriptor": {
-            "type": "dpa3", "precision": precision, "activation_function": "silut:10.0",
-            "repflow": {"n_dim": 16, "e_dim": 8, "a_dim": 8, "nlayers": 2, "e_rcut": 4.5,
-                        "e_rcut_smth": 4.0, "e_sel": 64, "a_rcut": 3.5, "a_rcut_smth": 3.0,
-                        "a_sel": 24, "smooth_edge_update": True, "a_compress_rate": 1,
-                        "a_compress_e_rate": 2, "a_compress_use_split": True,
-                        "edge_init_use_dist": True, "use_exp_switch": True},
+            "type": "dpa3",
+            "precision": precision,
+            "activation_function": "silut:10.0",
+            "repflow": {
+                "n_dim": 16,
+                "e_dim": 8,
+                "a_dim": 8,
+                "nlayers": 2,
+                "e_rcut": 4.5,
+                "e_rcut_smth": 4.0,
+                "e_sel": 64,
+                "a_rcut": 3.5,
+                "a_rcut_smth": 3.0,
+                "a_sel": 24,
+                "smooth_edge_update": True,
+                "a_compress_rate": 1,
+                "a_compress_e_rate": 2,
+                "a_compress_use_split": True,
+                "edge_init_use_dist": True,
+                "use_exp_switch": True,
+            },
         },
         "fitting_net": {"neuron": [32, 32], "precision": precision},
     }
@@ -70,11 +90,18 @@ def main() -> None:
     out = model(c, t, b)
     dt = time.perf_counter() - t0
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(json.dumps({
-        "natoms": len(atype), "seconds": round(dt, 2), "peak_rss_gb": round(rss_gb, 2),
-        "energy_per_atom": float(out["energy"].item()) / len(atype),
-        "max_force": float(out["force"].abs().max()), "precision": args.precision,
-    }))
+    print(
+        json.dumps(
+            {
+                "natoms": len(atype),
+                "seconds": round(dt, 2),
+                "peak_rss_gb": round(rss_gb, 2),
+                "energy_per_atom": float(out["energy"].item()) / len(atype),
+                "max_force": float(out["force"].abs().max()),
+                "precision": args.precision,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def make_models(kind: str, workdir: Path) -> list[Path]:
     return [frozen[s] for s in sources]
 
 
-def script(plugin: Path, models: list[Path], keys: str, reps: int, warm: int,
-           steps: int, timestep: float) -> str:
+def script(
+    plugin: Path, models: list[Path], keys: str, reps: int, warm: int, steps: int, timestep: float
+) -> str:
     rep = f"replicate {reps} {reps} {reps}\n" if reps > 1 else ""
     return f"""plugin unload pair dpa3
 plugin load {plugin}
@@ -88,7 +89,7 @@ units metal
 atom_style atomic
 boundary p p p
 read_data data.water
-{rep}pair_style dpa3 {' '.join(map(str, models))} {keys}
+{rep}pair_style dpa3 {" ".join(map(str, models))} {keys}
 pair_coeff * * O H
 neighbor 1.0 bin
 neigh_modify every 10 delay 0 check yes
@@ -101,8 +102,9 @@ run {steps}
 """
 
 
-def run_case(workdir: Path, text: str, nprocs: int, threads: int,
-             timeout: float) -> tuple[float, float]:
+def run_case(
+    workdir: Path, text: str, nprocs: int, threads: int, timeout: float
+) -> tuple[float, float]:
     """Wall and CPU seconds per step of the last run of the input (CPU = LAMMPS's loop time x
     its "% CPU use": the time the process ran, less sensitive to other load on the machine)."""
     (workdir / "in.lmp").write_text(text)
@@ -110,8 +112,9 @@ def run_case(workdir: Path, text: str, nprocs: int, threads: int,
     if nprocs > 1:
         cmd = [MPIRUN, "-np", str(nprocs), *cmd]
     env = environment({"OMP_NUM_THREADS": str(threads)})
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"lmp failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     loops = re.findall(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps", proc.stdout)
@@ -124,12 +127,21 @@ def run_case(workdir: Path, text: str, nprocs: int, threads: int,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="fixture")
-    ap.add_argument("--reps", type=int, nargs="+", default=[1, 2],
-                    help="replications per direction (1: 192 atoms, 2: 1,536 atoms)")
+    ap.add_argument(
+        "--reps",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="replications per direction (1: 192 atoms, 2: 1,536 atoms)",
+    )
     ap.add_argument("--steps", type=int, default=40, help="timed steps (a multiple of 10)")
-    ap.add_argument("--warm", type=int, default=30,
-                    help="untimed steps before the timed run (a multiple of 10; >= 30 calls "
-                         "every model at least 5 times with out_freq 10)")
+    ap.add_argument(
+        "--warm",
+        type=int,
+        default=30,
+        help="untimed steps before the timed run (a multiple of 10; >= 30 calls "
+        "every model at least 5 times with out_freq 10)",
+    )
     # the fixture models are not trained: at 0.5 fs two atoms come within 0.1 A after ~20 fs
     # and the plugin stops; the cost of a step does not depend on the time step
     ap.add_argument("--timestep", type=float, default=0.0001, help="ps")
@@ -137,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--np", type=int, default=1, help="MPI ranks")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--plugin", type=Path, default=os.environ.get("DPA3_LAMMPS_PLUGIN"),
-                    help="libdpa3_lmp.so to load (default: the installed dpa3's)")
+    ap.add_argument(
+        "--plugin",
+        type=Path,
+        default=os.environ.get("DPA3_LAMMPS_PLUGIN"),
+        help="libdpa3_lmp.so to load (default: the installed dpa3's)",
+    )
     args = ap.parse_args(argv)
 
     from dpa3.lammps import plugin_path
@@ -152,18 +168,24 @@ def main(argv: list[str] | None = None) -> int:
         ("4 models, out_freq 1", models, "out_freq 1 out_file devi1.out"),
         ("4 models, out_freq 10", models, "out_freq 10 out_file devi10.out"),
     ]
-    print(f"# model deviation benchmark: model {args.model}, {args.np} rank(s) x "
-          f"{args.threads} thread(s), {args.steps} timed steps of {args.timestep} ps after "
-          f"{args.warm} untimed (committee evaluations before the timed run: "
-          f"{args.warm // 10 + 2} with out_freq 10, {args.warm + 2} with out_freq 1), best of "
-          f"{args.repeat}")
+    print(
+        f"# model deviation benchmark: model {args.model}, {args.np} rank(s) x "
+        f"{args.threads} thread(s), {args.steps} timed steps of {args.timestep} ps after "
+        f"{args.warm} untimed (committee evaluations before the timed run: "
+        f"{args.warm // 10 + 2} with out_freq 10, {args.warm + 2} with out_freq 1), best of "
+        f"{args.repeat}"
+    )
     import dpa3
 
     print(f"# dpa3 {Path(dpa3.__file__).parent}, plugin {plugin}")
-    print(f"# CPU: {cpu_model()}, {os.cpu_count()} cores; load at start {loadavg()}; "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| atoms | case | s/step | ratio to 1 model | CPU s/step | CPU ratio | "
-          "load at start of its runs |")
+    print(
+        f"# CPU: {cpu_model()}, {os.cpu_count()} cores; load at start {loadavg()}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(
+        "| atoms | case | s/step | ratio to 1 model | CPU s/step | CPU ratio | "
+        "load at start of its runs |"
+    )
     print("|---|---|---|---|---|---|---|")
     for reps in args.reps:
         natoms = 192 * reps**3
@@ -173,16 +195,22 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for name, ms, keys in cases:
                 loads.setdefault(name, []).append(loadavg().split()[0])
-                t, c = run_case(work, script(plugin, ms, keys, reps, args.warm, args.steps,
-                                    args.timestep),
-                             args.np, args.threads, args.timeout)
+                t, c = run_case(
+                    work,
+                    script(plugin, ms, keys, reps, args.warm, args.steps, args.timestep),
+                    args.np,
+                    args.threads,
+                    args.timeout,
+                )
                 best[name] = min(best.get(name, t), t)
                 best_cpu[name] = min(best_cpu.get(name, c), c)
         for name, _, _ in cases:
-            print(f"| {natoms} | {name} | {best[name]:.4f} | "
-                  f"{best[name] / best['1 model']:.2f} | {best_cpu[name]:.4f} | "
-                  f"{best_cpu[name] / best_cpu['1 model']:.2f} | {', '.join(loads[name])} |",
-                  flush=True)
+            print(
+                f"| {natoms} | {name} | {best[name]:.4f} | "
+                f"{best[name] / best['1 model']:.2f} | {best_cpu[name]:.4f} | "
+                f"{best_cpu[name] / best_cpu['1 model']:.2f} | {', '.join(loads[name])} |",
+                flush=True,
+            )
     print(f"# load at end {loadavg()}")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -41,8 +41,9 @@ def rss(pids: list[int]) -> int:
     return total
 
 
-def run_guarded(cmd: list[str], case_dir: Path, env: dict[str, str], *, timeout: float,
-                min_free: int) -> tuple[int, str | None, int, float]:
+def run_guarded(
+    cmd: list[str], case_dir: Path, env: dict[str, str], *, timeout: float, min_free: int
+) -> tuple[int, str | None, int, float]:
     """Run ``cmd`` in ``case_dir`` (output to ``stdout``/``stderr`` there), killing it when it
     exceeds ``timeout`` seconds or the machine's available memory falls below ``min_free``.
 
@@ -53,8 +54,9 @@ def run_guarded(cmd: list[str], case_dir: Path, env: dict[str, str], *, timeout:
     stop = None
     t0 = time.perf_counter()
     with open(case_dir / "stdout", "w") as out, open(case_dir / "stderr", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=case_dir, env=env, stdout=out, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=case_dir, env=env, stdout=out, stderr=err, start_new_session=True
+        )
         while proc.poll() is None:
             time.sleep(0.2)
             pids = descendants(proc.pid)
@@ -62,10 +64,12 @@ def run_guarded(cmd: list[str], case_dir: Path, env: dict[str, str], *, timeout:
             if time.perf_counter() - t0 > timeout:
                 stop = f"timeout (> {timeout:.0f} s)"
             elif meminfo()["MemAvailable"] < min_free:
-                stop = (f"out of memory (stopped at {guard_peak / GIB:.1f} GB, machine "
-                        f"below {min_free / GIB:.1f} GB free)")
+                stop = (
+                    f"out of memory (stopped at {guard_peak / GIB:.1f} GB, machine "
+                    f"below {min_free / GIB:.1f} GB free)"
+                )
             if stop:
-                for pid in reversed(pids):   # only the processes this run started
+                for pid in reversed(pids):  # only the processes this run started
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:

@@ -216,7 +216,13 @@ def evaluate(tool: str, workdir: Path, frames: int, env: dict, bindir: Path) -> 
     for step, ckpt in checkpoints(workdir):
         if step not in cache or cache[step]["frames"] != frames:
             res = tvd.run_test(
-                tool, workdir, str(DATA3), frames, env, ckpt=ckpt, bindir=bindir,
+                tool,
+                workdir,
+                str(DATA3),
+                frames,
+                env,
+                ckpt=ckpt,
+                bindir=bindir,
                 log_name=f"test-{step}.log",
             )
             cache[step] = {

@@ -125,16 +125,19 @@ def read_lcurve(path: Path) -> tuple[list[str], list[list[float]]]:
 
 def deepmd_intervals(log: str) -> list[tuple[int, int, float]]:
     """(from step, to step, seconds) of DeePMD-kit's 'Batch N: total wall time = T s' lines."""
-    pts = [(int(m.group(1)), float(m.group(2)))
-           for m in re.finditer(r"Batch\s+(\d+): total wall time = ([0-9.eE+-]+) s", log)]
+    pts = [
+        (int(m.group(1)), float(m.group(2)))
+        for m in re.finditer(r"Batch\s+(\d+): total wall time = ([0-9.eE+-]+) s", log)
+    ]
     return [(a, b, t) for (a, _), (b, t) in itertools.pairwise(pts)]
 
 
 def dpa3_intervals(log: str) -> list[tuple[int, int, float]]:
     """(from step, to step, seconds) between the time stamps of dpa3's 'step N/M' lines."""
     pts = []
-    for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DPA3 INFO\s+step (\d+)/\d+",
-                         log, re.MULTILINE):
+    for m in re.finditer(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DPA3 INFO\s+step (\d+)/\d+", log, re.MULTILINE
+    ):
         ts = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         pts.append((int(m.group(2)), ts))
     return [(a, b, tb - ta) for (a, ta), (b, tb) in itertools.pairwise(pts)]
@@ -148,8 +151,11 @@ def seconds_per_step(intervals: list[tuple[int, int, float]]) -> dict:
     per = sorted(t / (b - a) for a, b, t in intervals)
     n = len(per)
     med = per[n // 2] if n % 2 else 0.5 * (per[n // 2 - 1] + per[n // 2])
-    return {"s_per_step": sum(t for *_, t in intervals) / (last - first), "median": med,
-            "span": (first, last)}
+    return {
+        "s_per_step": sum(t for *_, t in intervals) / (last - first),
+        "median": med,
+        "span": (first, last),
+    }
 
 
 def collect(tool: str, workdir: Path, res: dict) -> dict:
@@ -162,8 +168,9 @@ def collect(tool: str, workdir: Path, res: dict) -> dict:
         return res
     try:  # after a timeout: s/step over the lines logged so far, rmse of the last lcurve line
         log = (workdir / "train.log").read_text()
-        res.update(seconds_per_step(
-            (deepmd_intervals if tool == "deepmd" else dpa3_intervals)(log)))
+        res.update(
+            seconds_per_step((deepmd_intervals if tool == "deepmd" else dpa3_intervals)(log))
+        )
         names, rows = read_lcurve(workdir / "lcurve.out")
         final = dict(zip(names, rows[-1], strict=True))
     except (OSError, RuntimeError, IndexError) as err:
@@ -171,9 +178,14 @@ def collect(tool: str, workdir: Path, res: dict) -> dict:
         res["error"] = f"{rc}: {err}\n" + "\n".join(tail)
         return res
     res["partial"] = timed_out
-    res.update(step=int(final["step"]), columns=names,
-               **{k: final.get(k, float("nan"))
-                  for k in ("rmse_e_val", "rmse_f_val", "rmse_e_trn", "rmse_f_trn")})
+    res.update(
+        step=int(final["step"]),
+        columns=names,
+        **{
+            k: final.get(k, float("nan"))
+            for k in ("rmse_e_val", "rmse_f_val", "rmse_e_trn", "rmse_f_trn")
+        },
+    )
     return res
 
 
@@ -211,15 +223,30 @@ def run_tool(tool: str, cfg: dict, workdir: Path, env: dict, timeout: float, dp:
     with open(workdir / "out.log", "w") as out:
         rc, peak = run_with_peak_rss(cmd, workdir, env, out, timeout)
     wall = time.perf_counter() - t0
-    res = {"tool": tool, "wall": wall, "load_before": load0, "load_after": loadavg(),
-           "rc": rc, "dir": str(workdir), "peak_rss_mib": peak}
+    res = {
+        "tool": tool,
+        "wall": wall,
+        "load_before": load0,
+        "load_after": loadavg(),
+        "rc": rc,
+        "dir": str(workdir),
+        "peak_rss_mib": peak,
+    }
     (workdir / "meta.json").write_text(json.dumps(res))
     return collect(tool, workdir, res)
 
 
-def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict,
-             dp: str | None = None, ckpt: Path | None = None, bindir: Path | None = None,
-             log_name: str = "test.log") -> dict:
+def run_test(
+    tool: str,
+    workdir: Path,
+    system: str,
+    frames: int,
+    env: dict,
+    dp: str | None = None,
+    ckpt: Path | None = None,
+    bindir: Path | None = None,
+    log_name: str = "test.log",
+) -> dict:
     """rmse of energy/atom (``e``) and force (``f``) over the first ``frames`` frames of
     ``system`` with checkpoint ``ckpt`` (default: the tool's final checkpoint in ``workdir``),
     by ``dp --pt test`` (``dp``, default ``bindir/dp``) / ``dpa3 test`` from ``bindir``
@@ -231,16 +258,27 @@ def run_test(tool: str, workdir: Path, system: str, frames: int, env: dict,
         ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
         ckpt = ckpts[-1]
     if tool == "deepmd":
-        cmd = [dp or str(bindir / "dp"), "--pt", "test", "-m", str(ckpt), "-s", system,
-               "-n", str(frames)]
+        cmd = [
+            dp or str(bindir / "dp"),
+            "--pt",
+            "test",
+            "-m",
+            str(ckpt),
+            "-s",
+            system,
+            "-n",
+            str(frames),
+        ]
     else:
         cmd = [str(bindir / "dpa3"), "test", "-m", str(ckpt), "-s", system, "-n", str(frames)]
     p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     text = p.stdout + p.stderr
     (workdir / log_name).write_text(text)
     out = {}
-    for key, pat in (("e", r"Energy RMSE/Natoms\s*:\s*([0-9.eE+-]+)"),
-                     ("f", r"Force\s+RMSE\s*:\s*([0-9.eE+-]+)")):
+    for key, pat in (
+        ("e", r"Energy RMSE/Natoms\s*:\s*([0-9.eE+-]+)"),
+        ("f", r"Force\s+RMSE\s*:\s*([0-9.eE+-]+)"),
+    ):
         m = re.findall(pat, text, re.IGNORECASE)
         out[key] = float(m[-1]) if m else float("nan")
     return out
@@ -256,27 +294,46 @@ def main() -> None:
     ap.add_argument("--small-disp", type=int, default=20)
     ap.add_argument("--preload", default=TCMALLOC, help="LD_PRELOAD for both ('' for none)")
     ap.add_argument("--deepmd-workers", type=int, default=0, help="DeePMD-kit NUM_WORKERS")
-    ap.add_argument("--dp", default=str(Path(sys.executable).parent / "dp"),
-                    help="DeePMD-kit's dp executable (default: the one next to this Python); "
-                    "dpa3 is always the one next to this Python")
-    ap.add_argument("--test-frames", type=int, default=0,
-                    help="also dp test / dpa3 test on this many validation frames (0: no)")
-    ap.add_argument("--timeout", type=float, default=900.0,
-                    help="per training run, seconds; a run that times out is reported from "
-                    "the part of its log written so far")
-    ap.add_argument("--workdir", default=None, help="keep the run folders here (default: a "
-                    "temporary folder, deleted at the end)")
+    ap.add_argument(
+        "--dp",
+        default=str(Path(sys.executable).parent / "dp"),
+        help="DeePMD-kit's dp executable (default: the one next to this Python); "
+        "dpa3 is always the one next to this Python",
+    )
+    ap.add_argument(
+        "--test-frames",
+        type=int,
+        default=0,
+        help="also dp test / dpa3 test on this many validation frames (0: no)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="per training run, seconds; a run that times out is reported from "
+        "the part of its log written so far",
+    )
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="keep the run folders here (default: a temporary folder, deleted at the end)",
+    )
     ap.add_argument("--out", default=None, help="write the markdown table (and command) here")
     ap.add_argument("--append", action="store_true", help="append to --out instead of replacing")
-    ap.add_argument("--reparse", metavar="DIR", default=None,
-                    help="train nothing: rebuild the table from the run folders kept in DIR "
-                    "(--workdir of an earlier run; --configs/--threads select the rows)")
+    ap.add_argument(
+        "--reparse",
+        metavar="DIR",
+        default=None,
+        help="train nothing: rebuild the table from the run folders kept in DIR "
+        "(--workdir of an earlier run; --configs/--threads select the rows)",
+    )
     args = ap.parse_args()
     if args.preload and not Path(args.preload).exists():
         sys.exit(f"--preload {args.preload} not found")
 
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
+    )
     tmp = None
     if args.workdir:
         base = Path(args.workdir).resolve()
@@ -296,13 +353,17 @@ def main() -> None:
                     if not wd.is_dir():
                         break
                     meta = wd / "meta.json"
-                    res = (json.loads(meta.read_text()) if meta.exists() else
-                           {"rc": 0, "load_before": "n/a"})
+                    res = (
+                        json.loads(meta.read_text())
+                        if meta.exists()
+                        else {"rc": 0, "load_before": "n/a"}
+                    )
                     if isinstance(res["rc"], str) and not (wd / "train.log").exists():
                         res["rc"] = 1
                     r[tool] = collect(tool, wd, res)
-                    r["steps"] = json.loads((wd / "input.json").read_text())[
-                        "training"]["numb_steps"]
+                    r["steps"] = json.loads((wd / "input.json").read_text())["training"][
+                        "numb_steps"
+                    ]
                 else:
                     rows.append(r)
         args.test_frames = 0
@@ -318,26 +379,29 @@ def main() -> None:
                     wd = base / f"{name}_t{nt}_{tool}"
                     if wd.exists():
                         shutil.rmtree(wd)
-                    print(f"[{time.perf_counter() - t_start:7.1f} s] {name}, {nt} thread(s), "
-                          f"{tool}: {steps} steps in {wd} (load {loadavg()})", flush=True)
+                    print(
+                        f"[{time.perf_counter() - t_start:7.1f} s] {name}, {nt} thread(s), "
+                        f"{tool}: {steps} steps in {wd} (load {loadavg()})",
+                        flush=True,
+                    )
                     res = run_tool(tool, cfg, wd, env, args.timeout, args.dp)
                     if "error" in res:
                         print(f"  FAILED (rc {res['rc']}):\n{res['error']}", flush=True)
                     else:
                         if res["partial"]:
-                            print(f"  {res['rc']}: partial result from the log so far",
-                                  flush=True)
-                        print(f"  {res['s_per_step']:.3f} s/step (steps {res['span'][0]}.."
-                              f"{res['span'][1]}; median interval {res['median']:.3f}), "
-                              f"total {res['wall']:.0f} s, step "
-                              f"{res['step']}: rmse_e_val {res['rmse_e_val']:.3e} rmse_f_val "
-                              f"{res['rmse_f_val']:.3e}; lcurve columns {res['columns']}",
-                              flush=True)
+                            print(f"  {res['rc']}: partial result from the log so far", flush=True)
+                        print(
+                            f"  {res['s_per_step']:.3f} s/step (steps {res['span'][0]}.."
+                            f"{res['span'][1]}; median interval {res['median']:.3f}), "
+                            f"total {res['wall']:.0f} s, step "
+                            f"{res['step']}: rmse_e_val {res['rmse_e_val']:.3e} rmse_f_val "
+                            f"{res['rmse_f_val']:.3e}; lcurve columns {res['columns']}",
+                            flush=True,
+                        )
                         if args.test_frames > 0 and not res["partial"]:
                             sysd = cfg["training"]["validation_data"]["systems"][0]
                             res["test"] = run_test(tool, wd, sysd, args.test_frames, env, args.dp)
-                            print(f"  test on {args.test_frames} frames: {res['test']}",
-                                  flush=True)
+                            print(f"  test on {args.test_frames} frames: {res['test']}", flush=True)
                     r[tool] = res
                 rows.append(r)
     finally:
@@ -350,8 +414,11 @@ def main() -> None:
             return "failed"
         v = format(res[key], fmt)
         if res["partial"]:  # timed out: over the logged span / at the last logged step
-            v += (f" (steps {res['span'][0]}..{res['span'][1]}, timeout)" if key == "s_per_step"
-                  else f" (step {res['step']})")
+            v += (
+                f" (steps {res['span'][0]}..{res['span'][1]}, timeout)"
+                if key == "s_per_step"
+                else f" (step {res['step']})"
+            )
         return v
 
     def rss(res):
@@ -359,18 +426,23 @@ def main() -> None:
         return "n/a" if v is None else f"{v:.0f}"
 
     lines = [
-        ("| config | steps | threads | DeePMD-kit s/step | dpa3 s/step | dpa3 / DeePMD-kit "
-        "| same, median interval | rmse_e_val DeePMD-kit | rmse_e_val dpa3 "
-        "| rmse_f_val DeePMD-kit | rmse_f_val dpa3 | peak RSS MiB DeePMD-kit ; dpa3 "
-        "| load (1/5/15 min) before DeePMD-kit ; dpa3 |"),
+        (
+            "| config | steps | threads | DeePMD-kit s/step | dpa3 s/step | dpa3 / DeePMD-kit "
+            "| same, median interval | rmse_e_val DeePMD-kit | rmse_e_val dpa3 "
+            "| rmse_f_val DeePMD-kit | rmse_f_val dpa3 | peak RSS MiB DeePMD-kit ; dpa3 "
+            "| load (1/5/15 min) before DeePMD-kit ; dpa3 |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d, o = r["deepmd"], r["dpa3"]
         ok = "error" not in d and "error" not in o
         ratio = f"{o['s_per_step'] / d['s_per_step']:.2f}" if ok else "-"
-        ratio_med = (f"{o['median']:.3f} / {d['median']:.3f} = {o['median'] / d['median']:.2f}"
-                     if ok else "-")
+        ratio_med = (
+            f"{o['median']:.3f} / {d['median']:.3f} = {o['median'] / d['median']:.2f}"
+            if ok
+            else "-"
+        )
         lines.append(
             f"| {r['config']} | {r['steps']} | {r['threads']} | {f(d, 's_per_step', '.3f')} "
             f"| {f(o, 's_per_step', '.3f')} | {ratio} | {ratio_med} | {f(d, 'rmse_e_val', '.2e')} "
@@ -379,31 +451,44 @@ def main() -> None:
             f"| {d['load_before']} ; {o['load_before']} |"
         )
     if args.test_frames > 0:
-        lines += ["", (f"`dp test` / `dpa3 test` on the first {args.test_frames} frames of the "
-                  "validation system (final checkpoints):"), "",
-                  ("| config | threads | rmse_e/atom DeePMD-kit | rmse_e/atom dpa3 "
-                  "| rmse_f DeePMD-kit | rmse_f dpa3 |"), "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                f"`dp test` / `dpa3 test` on the first {args.test_frames} frames of the "
+                "validation system (final checkpoints):"
+            ),
+            "",
+            (
+                "| config | threads | rmse_e/atom DeePMD-kit | rmse_e/atom dpa3 "
+                "| rmse_f DeePMD-kit | rmse_f dpa3 |"
+            ),
+            "|---|---|---|---|---|---|",
+        ]
         for r in rows:
             d, o = r["deepmd"].get("test", {}), r["dpa3"].get("test", {})
-            lines.append(f"| {r['config']} | {r['threads']} | {d.get('e', float('nan')):.2e} "
-                         f"| {o.get('e', float('nan')):.2e} | {d.get('f', float('nan')):.2e} "
-                         f"| {o.get('f', float('nan')):.2e} |")
+            lines.append(
+                f"| {r['config']} | {r['threads']} | {d.get('e', float('nan')):.2e} "
+                f"| {o.get('e', float('nan')):.2e} | {d.get('f', float('nan')):.2e} "
+                f"| {o.get('f', float('nan')):.2e} |"
+            )
     table = "\n".join(lines)
     print()
     print(table)
     print(f"\ntotal {total:.0f} s; load average at start {start_load}, at end {loadavg()}")
     if args.out:
         out = Path(args.out)
-        head = ("" if args.append and out.exists() else
-                "# Training: DeePMD-kit (`dp --pt train`) vs dpa3 (`dpa3 train`)\n\n")
+        head = (
+            ""
+            if args.append and out.exists()
+            else "# Training: DeePMD-kit (`dp --pt train`) vs dpa3 (`dpa3 train`)\n\n"
+        )
         with open(out, "a" if args.append else "w") as fh:
             fh.write(
-            head +
-            f"Command (from the repository root, {datetime.now():%Y-%m-%d %H:%M}):\n\n"
-            f"```bash\n{command}\n```\n\n"
-            f"{table}\n\n"
-            f"Total {total:.0f} s; load average (1/5/15 min) at start {start_load}, "
-            f"at end {loadavg()}; {os.cpu_count()} cores.\n\n"
+                head + f"Command (from the repository root, {datetime.now():%Y-%m-%d %H:%M}):\n\n"
+                f"```bash\n{command}\n```\n\n"
+                f"{table}\n\n"
+                f"Total {total:.0f} s; load average (1/5/15 min) at start {start_load}, "
+                f"at end {loadavg()}; {os.cpu_count()} cores.\n\n"
             )
         print(f"wrote {args.out}")
 

@@ -33,6 +33,7 @@ __all__ = [
     "self_swap_comm_dict",
 ]
 
+
 def _self_schedule(
     nall: int, sched: Sequence[torch.Tensor]
 ) -> tuple[int, list[tuple[torch.Tensor, int, int]]]:

@@ -21,8 +21,14 @@ GIB = 1024**3
 # --------------------------------------------------------------------------- subprocesses
 
 
-def run(cmd: list, log: Path, timeout: float, env: dict | None = None, cwd: Path | None = None,
-        poll=None) -> tuple[int, str]:
+def run(
+    cmd: list,
+    log: Path,
+    timeout: float,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    poll=None,
+) -> tuple[int, str]:
     """Run ``cmd`` with its output in ``log``; (exit code, output). 124 on timeout.
 
     ``poll(pid)`` is called every 0.1 s while it runs (memory sampling)."""
@@ -30,8 +36,14 @@ def run(cmd: list, log: Path, timeout: float, env: dict | None = None, cwd: Path
     e.pop("LAMMPS_PLUGIN_PATH", None)
     e.update(env or {})
     with open(log, "w") as fh:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT,
-                                env=e, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=e,
+            cwd=cwd,
+            start_new_session=True,
+        )
         t0 = time.monotonic()
         rc = None
         while rc is None:
@@ -73,6 +85,7 @@ class Deadline:
     def limit(self, want: float) -> float:
         return max(5.0, min(want, self.left()))
 
+
 # --------------------------------------------------------------------------- device memory
 
 
@@ -81,8 +94,11 @@ class DeviceMemory:
     or, without NVML, nothing. ``used()`` in bytes or None."""
 
     class _Info(ctypes.Structure):
-        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
-                    ("used", ctypes.c_ulonglong)]
+        _fields_ = [
+            ("total", ctypes.c_ulonglong),
+            ("free", ctypes.c_ulonglong),
+            ("used", ctypes.c_ulonglong),
+        ]
 
     def __init__(self) -> None:
         self.handle = None
@@ -125,6 +141,7 @@ def tree_rss(root: int) -> int:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
 
 def fmt_mem(b: int | None) -> str:
     return "n/a" if b is None else f"{b / GIB:.2f} GiB"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gpu_common import ROOT, WATER, DeviceMemory, run, tail, tree_rss
 
-sys.path.insert(0, str(ROOT / "tests" / "lammps"))   # lmp_driver: make_script, read_results
+sys.path.insert(0, str(ROOT / "tests" / "lammps"))  # lmp_driver: make_script, read_results
 
 
 MD_POST = """undump d
@@ -53,8 +53,18 @@ def lmp_cmd(nprocs: int, inp: str = "in.lmp") -> list:
     return cmd if nprocs == 1 else [vbin / "mpirun", "-np", str(nprocs), *cmd]
 
 
-def lammps_case(work: Path, name: str, plugin: str, model: Path, device: str, nprocs: int,
-                threads: int, env: dict, timeout: float, md_steps: int):
+def lammps_case(
+    work: Path,
+    name: str,
+    plugin: str,
+    model: Path,
+    device: str,
+    nprocs: int,
+    threads: int,
+    env: dict,
+    timeout: float,
+    md_steps: int,
+):
     """Static outputs at step 0 and state after ``md_steps`` NVE steps; or an error string."""
     import lmp_driver as L
     import numpy as np
@@ -62,11 +72,18 @@ def lammps_case(work: Path, name: str, plugin: str, model: Path, device: str, np
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "data.lmp").write_text(WATER.read_text())
-    (d / "in.lmp").write_text(L.make_script(
-        Path(plugin), model, "* * O H", pair_extra=f"device {device}",
-        post=MD_POST.format(steps=md_steps)))
-    rc, text = run(lmp_cmd(nprocs), d / "stdout", timeout, env={"OMP_NUM_THREADS": str(threads),
-                                                               **env}, cwd=d)
+    (d / "in.lmp").write_text(
+        L.make_script(
+            Path(plugin),
+            model,
+            "* * O H",
+            pair_extra=f"device {device}",
+            post=MD_POST.format(steps=md_steps),
+        )
+    )
+    rc, text = run(
+        lmp_cmd(nprocs), d / "stdout", timeout, env={"OMP_NUM_THREADS": str(threads), **env}, cwd=d
+    )
     if rc != 0 or not (d / "md.txt").exists():
         return f"{name}: {'timeout' if rc == 124 else f'exit {rc}'}: {tail(text)}"
     res = L.read_results(d, log=text)
@@ -75,9 +92,13 @@ def lammps_case(work: Path, name: str, plugin: str, model: Path, device: str, np
     md = np.array([[float(x) for x in r] for r in rows[start:]])
     # the plugin's start-up line on GPUs with several ranks (docs/lammps.md)
     mode = re.search(r"ghost-feature exchange between ranks: (.*)", text)
-    return {"static": res, "md_pe": float((d / "md.txt").read_text().split()[1]),
-            "md": md[np.argsort(md[:, 0])], "cell": res_cell(d / "data.lmp"),
-            "exchange": mode.group(1).strip() if mode else ""}
+    return {
+        "static": res,
+        "md_pe": float((d / "md.txt").read_text().split()[1]),
+        "md": md[np.argsort(md[:, 0])],
+        "cell": res_cell(d / "data.lmp"),
+        "exchange": mode.group(1).strip() if mode else "",
+    }
 
 
 def res_cell(data: Path):
@@ -99,7 +120,7 @@ def compare(a: dict, b: dict) -> tuple[float, str]:
     sa, sb = a["static"], b["static"]
     scale = max(1.0, abs(sa.energy))
     dpos = a["md"][:, 1:4] - b["md"][:, 1:4]
-    dpos -= a["cell"] * np.round(dpos / a["cell"])   # minimum image (orthogonal box)
+    dpos -= a["cell"] * np.round(dpos / a["cell"])  # minimum image (orthogonal box)
     diffs = {
         "energy": abs(sa.energy - sb.energy) / scale,
         "virial": float(np.abs(sa.virial - sb.virial).max()) / scale,
@@ -114,14 +135,32 @@ def compare(a: dict, b: dict) -> tuple[float, str]:
     return diffs[key], key
 
 
-def timing_case(work: Path, reps: tuple, plugin: str, model: Path, device: str, threads: int,
-                warmup: int, steps: int, timeout: float, mem: DeviceMemory) -> dict:
+def timing_case(
+    work: Path,
+    reps: tuple,
+    plugin: str,
+    model: Path,
+    device: str,
+    threads: int,
+    warmup: int,
+    steps: int,
+    timeout: float,
+    mem: DeviceMemory,
+) -> dict:
     natoms = 192 * reps[0] * reps[1] * reps[2]
     d = work / f"timing_{natoms}"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "in.lmp").write_text(TIMING_INPUT.format(
-        data=WATER, reps=" ".join(map(str, reps)), plugin=plugin, model=model, device=device,
-        warmup=warmup, steps=steps))
+    (d / "in.lmp").write_text(
+        TIMING_INPUT.format(
+            data=WATER,
+            reps=" ".join(map(str, reps)),
+            plugin=plugin,
+            model=model,
+            device=device,
+            warmup=warmup,
+            steps=steps,
+        )
+    )
     base = mem.used() if device == "cuda" else 0
     peak = [0]
 
@@ -130,16 +169,26 @@ def timing_case(work: Path, reps: tuple, plugin: str, model: Path, device: str, 
         peak[0] = max(peak[0], now)
 
     t0 = time.monotonic()
-    rc, text = run(lmp_cmd(1), d / "stdout", timeout, env={"OMP_NUM_THREADS": str(threads)},
-                   cwd=d, poll=poll)
-    r = {"natoms": natoms, "reps": reps, "wall": time.monotonic() - t0, "rc": rc,
-         "peak": peak[0] if (device != "cuda" or base is not None) else None}
+    rc, text = run(
+        lmp_cmd(1), d / "stdout", timeout, env={"OMP_NUM_THREADS": str(threads)}, cwd=d, poll=poll
+    )
+    r = {
+        "natoms": natoms,
+        "reps": reps,
+        "wall": time.monotonic() - t0,
+        "rc": rc,
+        "peak": peak[0] if (device != "cuda" or base is not None) else None,
+    }
     loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", text)
     if rc != 0 or len(loops) < 2:
         low = text.lower()
-        r["status"] = ("out of memory" if any(k in low for k in ("out of memory", "cudaerrormemory",
-                                                             "alloc_failed"))
-                       else "timeout" if rc == 124 else f"failed (exit {rc}): {tail(text)}")
+        r["status"] = (
+            "out of memory"
+            if any(k in low for k in ("out of memory", "cudaerrormemory", "alloc_failed"))
+            else "timeout"
+            if rc == 124
+            else f"failed (exit {rc}): {tail(text)}"
+        )
         return r
     r["status"] = "ok"
     r["s_per_step"] = float(loops[-1][0]) / int(loops[-1][1])

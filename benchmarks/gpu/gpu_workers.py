@@ -27,8 +27,13 @@ def water_replica(reps: list[int]):
 
     coord, names, cell = water_frame(1)
     box = np.diag(cell)
-    shifts = np.array([[i, j, k] for i in range(reps[0]) for j in range(reps[1])
-                       for k in range(reps[2])], dtype=np.float64) * box
+    shifts = (
+        np.array(
+            [[i, j, k] for i in range(reps[0]) for j in range(reps[1]) for k in range(reps[2])],
+            dtype=np.float64,
+        )
+        * box
+    )
     coord = (coord[None] + shifts[:, None]).reshape(-1, 3)
     return coord, np.tile(names, len(shifts)), np.diag(box * np.array(reps))
 
@@ -63,17 +68,25 @@ def cmd_parity(args: argparse.Namespace) -> int:
             model = load_deepmd_model(path).to(dev).eval()
             for frame in (str(f) for f in ref["frames"]):
                 key = f"{frame}.box"
-                box = (torch.tensor(ref[key], dtype=torch.float64, device=dev)
-                       if key in ref.files else None)
-                out = model(torch.tensor(ref[f"{frame}.coord"], dtype=torch.float64, device=dev),
-                            torch.tensor(ref[f"{frame}.atype"], dtype=torch.long, device=dev),
-                            box, do_atomic_virial=True)
+                box = (
+                    torch.tensor(ref[key], dtype=torch.float64, device=dev)
+                    if key in ref.files
+                    else None
+                )
+                out = model(
+                    torch.tensor(ref[f"{frame}.coord"], dtype=torch.float64, device=dev),
+                    torch.tensor(ref[f"{frame}.atype"], dtype=torch.long, device=dev),
+                    box,
+                    do_atomic_virial=True,
+                )
                 out = {k: out[k].detach().cpu().numpy() for k in KEYS}
                 check(f"{combo}:{kind}", ref, frame, out, combo.endswith("f32"))
             del model
     # the models frozen on this machine, through forward_lower as the ASE calculator runs them
-    for combo, frozen in (("water_recipe", args.models / "f64.pth"),
-                          ("water_recipe_f32", args.models / "f32.pth")):
+    for combo, frozen in (
+        ("water_recipe", args.models / "f64.pth"),
+        ("water_recipe_f32", args.models / "f32.pth"),
+    ):
         if not frozen.is_file():
             cases.append([f"{combo}:frozen-here (not frozen)", float("inf")])
             continue
@@ -90,15 +103,23 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 o = module.forward_lower(
                     torch.as_tensor(nd.ext_coord, device=dev)[None],
                     torch.as_tensor(atype, device=dev)[mapping],
-                    torch.as_tensor(nd.nlist, device=dev)[None], mapping, True, None)
+                    torch.as_tensor(nd.nlist, device=dev)[None],
+                    mapping,
+                    True,
+                    None,
+                )
             n = len(atype)
             force = np.zeros((n, 3))
             np.add.at(force, nd.mapping, o["extended_force"][0].detach().cpu().numpy())
             av = np.zeros((n, 9))
             np.add.at(av, nd.mapping, o["extended_virial"][0].detach().cpu().numpy().reshape(-1, 9))
-            out = {"energy": o["energy"].detach().cpu().numpy(), "force": force,
-                   "virial": o["virial"].detach().cpu().numpy(),
-                   "atom_energy": o["atom_energy"].detach().cpu().numpy(), "atom_virial": av}
+            out = {
+                "energy": o["energy"].detach().cpu().numpy(),
+                "force": force,
+                "virial": o["virial"].detach().cpu().numpy(),
+                "atom_energy": o["atom_energy"].detach().cpu().numpy(),
+                "atom_virial": av,
+            }
             check(f"{combo}:frozen-here", ref, frame, out, combo.endswith("f32"))
     print(json.dumps({"cases": cases}))
     return 0
@@ -116,12 +137,15 @@ def cmd_pytime(args: argparse.Namespace) -> int:
     module, _ = load_frozen(args.model, map_location=dev)
     tmap = list(module.get_type_map())
     coord, names, cell = water_replica(args.reps)
-    nd = build_neighbor_data(coord, cell.reshape(9), float(module.get_rcut()),
-                             int(module.get_sel()[0]))
+    nd = build_neighbor_data(
+        coord, cell.reshape(9), float(module.get_rcut()), int(module.get_sel()[0])
+    )
     mapping = torch.as_tensor(nd.mapping, device=dev)[None]
     atype = torch.as_tensor(np.array([tmap.index(n) for n in names]), device=dev)[mapping]
-    ext, nlist = torch.as_tensor(nd.ext_coord, device=dev)[None], torch.as_tensor(nd.nlist,
-                                                                                  device=dev)[None]
+    ext, nlist = (
+        torch.as_tensor(nd.ext_coord, device=dev)[None],
+        torch.as_tensor(nd.nlist, device=dev)[None],
+    )
 
     def call():
         with torch.jit.optimized_execution(False):
@@ -130,7 +154,7 @@ def cmd_pytime(args: argparse.Namespace) -> int:
             torch.cuda.synchronize()
         return float(o["energy"].sum())
 
-    energy = call()   # warm-up
+    energy = call()  # warm-up
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []

@@ -64,7 +64,11 @@ class DPA3Calculator(Calculator):
     """
 
     implemented_properties: ClassVar[list[str]] = [
-        "energy", "free_energy", "energies", "forces", "stress"
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
     ]
 
     def __init__(
@@ -114,8 +118,12 @@ class DPA3Calculator(Calculator):
         # and made no later call faster on the CPU.
         with torch.jit.optimized_execution(False):
             out = self.model.forward_lower(
-                torch.as_tensor(nd.ext_coord, device=dev)[None], ext_atype,
-                torch.as_tensor(nd.nlist, device=dev)[None], mapping, False, None,
+                torch.as_tensor(nd.ext_coord, device=dev)[None],
+                ext_atype,
+                torch.as_tensor(nd.nlist, device=dev)[None],
+                mapping,
+                False,
+                None,
             )
         ext_force = out["extended_force"][0].detach().cpu().numpy()
         force = np.zeros((nloc, 3))

@@ -33,8 +33,16 @@ def _clean_model_params(params: dict[str, Any]) -> dict[str, Any]:
         params.pop(key, None)
     for sec in ("descriptor", "fitting_net"):
         sub = params.get(sec, {})
-        for key in ("ntypes", "type_map", "dim_descrpt", "embedding_width", "mixed_types",
-                    "var_name", "dim_out", "type"):
+        for key in (
+            "ntypes",
+            "type_map",
+            "dim_descrpt",
+            "embedding_width",
+            "mixed_types",
+            "var_name",
+            "dim_out",
+            "type",
+        ):
             if key == "type" and sec == "descriptor":
                 continue
             if key == "type" and sub.get("type", "ener") == "ener":
@@ -46,7 +54,8 @@ def _clean_model_params(params: dict[str, Any]) -> dict[str, Any]:
 def _is_torchscript_archive(path: Path) -> bool:
     with zipfile.ZipFile(path) as zf:
         return any(n.endswith("/data.pkl") for n in zf.namelist()) and any(
-            "/code/__torch__/" in n for n in zf.namelist())
+            "/code/__torch__/" in n for n in zf.namelist()
+        )
 
 
 def _read_torchscript_state(path: Path) -> dict[str, Any]:
@@ -78,10 +87,12 @@ def _read_torchscript_state(path: Path) -> dict[str, Any]:
                 _, storage_type, key, _, _ = pid
                 raw = zf.read(f"{root}data/{key}")
                 dtype = getattr(storage_type, "dtype", storage_type)
-                untyped = (torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
-                           if raw else torch.UntypedStorage(0))
-                return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
-                                                  _internal=True)
+                untyped = (
+                    torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
+                    if raw
+                    else torch.UntypedStorage(0)
+                )
+                return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
         with zf.open(pkl) as fh:
             top = _Unpickler(fh).load()
@@ -97,6 +108,7 @@ def _read_torchscript_state(path: Path) -> dict[str, Any]:
                 out[prefix + key] = value
             elif isinstance(value, _State):
                 walk(value, f"{prefix}{key}.")
+
     walk(top, "")
     if isinstance(top, _State) and isinstance(top.state, dict):
         script = top.state.get("model_def_script")
@@ -120,8 +132,10 @@ def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
         try:
             ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ConfigError(f"{path}: neither a DeePMD-kit checkpoint nor a frozen .pth "
-                              f"({type(exc).__name__}: {exc})") from None
+            raise ConfigError(
+                f"{path}: neither a DeePMD-kit checkpoint nor a frozen .pth "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise ConfigError(f"{path}: no model state dict found")
@@ -131,13 +145,15 @@ def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
             raise ConfigError(f"{path}: checkpoint has no '_extra_state.model_params'")
         heads = sorted({k.split(".")[1] for k in state if k.startswith("model.")})
         if "model_dict" in params:
-            raise ConfigError(f"{path}: multi-task checkpoints are not supported by "
-                              "convert-deepmd yet (heads: " + ", ".join(heads) + ")")
+            raise ConfigError(
+                f"{path}: multi-task checkpoints are not supported by "
+                "convert-deepmd yet (heads: " + ", ".join(heads) + ")"
+            )
         if len(heads) != 1:
             raise ConfigError(f"{path}: expected one model head, found {heads}")
         prefix = f"model.{heads[0]}.atomic_model."
     _check_model_kind(params, path)
-    rel = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    rel = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return params, rel
 
 
@@ -147,22 +163,27 @@ def _check_model_kind(params: dict[str, Any], path: Path) -> None:
     if kind not in ("standard", "ener"):
         raise ConfigError(
             f"{path}: 'model.type' = {kind!r} is not supported by dpa3 convert-deepmd (only a "
-            "standard DPA3 energy model; ZBL, linear and frozen combinations are not)")
+            "standard DPA3 energy model; ZBL, linear and frozen combinations are not)"
+        )
     if params.get("use_srtab") is not None:
-        raise ConfigError(f"{path}: 'model.use_srtab' (a ZBL/tabulated model) is not supported "
-                          "by dpa3 convert-deepmd")
+        raise ConfigError(
+            f"{path}: 'model.use_srtab' (a ZBL/tabulated model) is not supported "
+            "by dpa3 convert-deepmd"
+        )
     if params.get("spin") is not None:
         raise ConfigError(f"{path}: 'model.spin' (a spin model) is not supported by dpa3")
     desc = params.get("descriptor", {})
     if desc.get("type") != "dpa3":
         raise ConfigError(
             f"{path}: 'model.descriptor.type' = {desc.get('type')!r} is not supported by dpa3 "
-            "convert-deepmd (only DPA3 models)")
+            "convert-deepmd (only DPA3 models)"
+        )
     fit = params.get("fitting_net", {})
     if fit.get("type", "ener") != "ener":
         raise ConfigError(
             f"{path}: 'model.fitting_net.type' = {fit.get('type')!r} is not supported by dpa3 "
-            "convert-deepmd (only energy models)")
+            "convert-deepmd (only energy models)"
+        )
 
 
 def _map_state(rel: dict[str, torch.Tensor], model: EnergyModel) -> dict[str, torch.Tensor]:
@@ -223,8 +244,13 @@ def _map_state(rel: dict[str, torch.Tensor], model: EnergyModel) -> dict[str, to
     for key in [k for k in rel if k.endswith("emask.type_mask")]:
         if not bool(take(key).to(torch.bool).all()):  # exclusion masks of a frozen model
             raise ConfigError(f"DeePMD-kit model excludes types ('{key}'); not supported by dpa3")
-    ignorable = ("fitting_net.filter_layers._networks.", "_extra_state", "fitting_net.case_embd",
-                 "fitting_net.fparam", "fitting_net.aparam")
+    ignorable = (
+        "fitting_net.filter_layers._networks.",
+        "_extra_state",
+        "fitting_net.case_embd",
+        "fitting_net.fparam",
+        "fitting_net.aparam",
+    )
     left = [k for k in rel if k not in used and not k.startswith(ignorable)]
     if left:
         raise ConfigError(f"DeePMD-kit state has tensors dpa3 does not use: {left[:8]}")

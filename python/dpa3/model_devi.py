@@ -37,8 +37,12 @@ import torch
 from .errors import DataError
 
 COLUMNS: tuple[str, ...] = (
-    "max_devi_v", "min_devi_v", "avg_devi_v",
-    "max_devi_f", "min_devi_f", "avg_devi_f",
+    "max_devi_v",
+    "min_devi_v",
+    "avg_devi_v",
+    "max_devi_f",
+    "min_devi_f",
+    "avg_devi_f",
     "devi_e",
 )
 
@@ -167,8 +171,12 @@ def deviation_table(
     df = force_deviation(forces, relative)
     cols = [
         np.arange(nf, dtype=np.float64) * frequency,
-        dv.max(axis=-1), dv.min(axis=-1), np.linalg.norm(dv, axis=-1) / 3,
-        df.max(axis=-1), df.min(axis=-1), df.mean(axis=-1),
+        dv.max(axis=-1),
+        dv.min(axis=-1),
+        np.linalg.norm(dv, axis=-1) / 3,
+        df.max(axis=-1),
+        df.min(axis=-1),
+        df.mean(axis=-1),
         np.std(energies / nat, axis=0),
     ]
     table = np.stack(cols, axis=1)
@@ -244,7 +252,10 @@ def read_frames(
 
 
 def _read_ase(
-    p: Path, source: str, type_map: Sequence[str], lammps_types: Sequence[str] | None,
+    p: Path,
+    source: str,
+    type_map: Sequence[str],
+    lammps_types: Sequence[str] | None,
     fmt: str | None,
 ) -> Frames:
     import ase.io
@@ -265,8 +276,10 @@ def _read_ase(
     try:
         images = ase.io.read(str(p), index=":", format=fmt, **kwargs)
     except (IndexError, KeyError) as err:
-        raise DataError(f"cannot read '{p}' as {fmt}: LAMMPS type without an element in "
-                             f"-t/--type-map? ({err!r})") from None
+        raise DataError(
+            f"cannot read '{p}' as {fmt}: LAMMPS type without an element in "
+            f"-t/--type-map? ({err!r})"
+        ) from None
     except Exception as err:  # any reader failure becomes one message
         raise DataError(f"cannot read '{p}' as {fmt}: {err}") from None
     if not images:
@@ -274,20 +287,27 @@ def _read_ase(
     symbols = images[0].get_chemical_symbols()
     unknown = sorted(set(symbols) - set(type_map))
     if unknown:
-        raise DataError(f"'{p}': element(s) {unknown} are not in the models' type map "
-                             f"{list(type_map)}")
+        raise DataError(
+            f"'{p}': element(s) {unknown} are not in the models' type map {list(type_map)}"
+        )
     for k, a in enumerate(images):
         if a.get_chemical_symbols() != symbols:
-            raise DataError(f"'{p}': frame {k} has other atoms than frame 0 (all frames "
-                                 "must have the same atoms in the same order)")
+            raise DataError(
+                f"'{p}': frame {k} has other atoms than frame 0 (all frames "
+                "must have the same atoms in the same order)"
+            )
     periodic = [bool(a.pbc.any()) and a.cell.rank == 3 for a in images]
     if any(periodic) and not all(periodic):
         raise DataError(f"'{p}': some frames have a cell and some do not")
     coord = np.stack([a.get_positions() for a in images]).astype(np.float64)
-    box = (np.stack([np.asarray(a.cell[:], dtype=np.float64).reshape(9) for a in images])
-           if periodic[0] else None)
-    atype = np.broadcast_to(np.array([type_map.index(s) for s in symbols], dtype=np.int64),
-                            coord.shape[:2]).copy()
+    box = (
+        np.stack([np.asarray(a.cell[:], dtype=np.float64).reshape(9) for a in images])
+        if periodic[0]
+        else None
+    )
+    atype = np.broadcast_to(
+        np.array([type_map.index(s) for s in symbols], dtype=np.int64), coord.shape[:2]
+    ).copy()
     return Frames(source, coord, box, atype, tuple(type_map))
 
 
@@ -332,7 +352,16 @@ def write_npy_system(out: str | os.PathLike, frames: Frames, index: np.ndarray) 
 
 
 __all__ = [
-    "COLUMNS", "Frames", "deviation_table", "evaluate_ensemble",
-    "force_deviation", "format_block", "load_models", "read_frames", "select",
-    "virial_deviation", "write_npy_system", "write_text_atomic",
+    "COLUMNS",
+    "Frames",
+    "deviation_table",
+    "evaluate_ensemble",
+    "force_deviation",
+    "format_block",
+    "load_models",
+    "read_frames",
+    "select",
+    "virial_deviation",
+    "write_npy_system",
+    "write_text_atomic",
 ]

@@ -243,8 +243,15 @@ def lcurve_figure(paths: Sequence[str | Path]) -> Any:
         for c, label, color in zip(curves, labels, colors, strict=True):
             for col in c.lr_columns():
                 name = label if len(curves) > 1 else col
-                ax.plot(c.step, _positive(c.column(col)), color=color, lw=1.2, label=name,
-                        marker="o" if len(c.step) < 30 else None, ms=3)
+                ax.plot(
+                    c.step,
+                    _positive(c.column(col)),
+                    color=color,
+                    lw=1.2,
+                    label=name,
+                    marker="o" if len(c.step) < 30 else None,
+                    ms=3,
+                )
         _log_y(ax)
         ax.set_title("learning rate")
         ax.grid(True, which="major", alpha=0.3)

@@ -60,18 +60,39 @@ TRAIN_INPUT = {
     "model": {
         "type_map": ["O", "H"],
         "descriptor": {
-            "type": "dpa3", "precision": "float64", "seed": 1,
-            "repflow": {"n_dim": 16, "e_dim": 8, "a_dim": 8, "nlayers": 1, "e_rcut": 4.0,
-                        "e_rcut_smth": 3.5, "e_sel": 40, "a_rcut": 3.0, "a_rcut_smth": 2.5,
-                        "a_sel": 10},
+            "type": "dpa3",
+            "precision": "float64",
+            "seed": 1,
+            "repflow": {
+                "n_dim": 16,
+                "e_dim": 8,
+                "a_dim": 8,
+                "nlayers": 1,
+                "e_rcut": 4.0,
+                "e_rcut_smth": 3.5,
+                "e_sel": 40,
+                "a_rcut": 3.0,
+                "a_rcut_smth": 2.5,
+                "a_sel": 10,
+            },
         },
         "fitting_net": {"neuron": [16, 16], "precision": "float64", "seed": 1},
     },
     "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-4},
-    "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 20, "start_pref_f": 100,
-             "limit_pref_f": 60},
-    "training": {"training_data": {"systems": ["sys_a"], "batch_size": 1}, "numb_steps": 2,
-                 "seed": 10, "disp_freq": 1, "save_freq": 2},
+    "loss": {
+        "type": "ener",
+        "start_pref_e": 0.2,
+        "limit_pref_e": 20,
+        "start_pref_f": 100,
+        "limit_pref_f": 60,
+    },
+    "training": {
+        "training_data": {"systems": ["sys_a"], "batch_size": 1},
+        "numb_steps": 2,
+        "seed": 10,
+        "disp_freq": 1,
+        "save_freq": 2,
+    },
 }
 
 
@@ -93,16 +114,23 @@ def write_systems(root: Path) -> None:
             if extra:
                 nf = hi - lo
                 vir = rng.normal(0.0, 2.0, size=(nf, 9))
-                np.save(setdir / "virial.npy", ((vir + vir[:, [0, 3, 6, 1, 4, 7, 2, 5, 8]]) / 2)
-                        .astype(np.float32))
+                np.save(
+                    setdir / "virial.npy",
+                    ((vir + vir[:, [0, 3, 6, 1, 4, 7, 2, 5, 8]]) / 2).astype(np.float32),
+                )
                 ae = arrays["energy"][lo:hi, None] / natoms + rng.normal(0.0, 0.01, (nf, natoms))
                 np.save(setdir / "atom_ener.npy", ae.astype(np.float32))
 
 
 def run_dp(args: list[str], cwd: Path, log: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", DEVICE="cpu")
-    proc = subprocess.run([sys.executable, "-m", "deepmd", "--pt", *args], cwd=str(cwd), env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepmd", "--pt", *args],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"dp {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
@@ -152,7 +180,8 @@ def main() -> None:
         shutil.copy(train / "out.json", OUT / "dp_out.json")
     torch_version = __import__("torch").__version__
     (OUT / "versions.txt").write_text(
-        f"deepmd-kit {deepmd.__version__}\ntorch {torch_version}\nnumpy {np.__version__}\n")
+        f"deepmd-kit {deepmd.__version__}\ntorch {torch_version}\nnumpy {np.__version__}\n"
+    )
 
 
 if __name__ == "__main__":

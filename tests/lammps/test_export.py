@@ -112,9 +112,7 @@ def test_load_in_fresh_process(tmp_path):
         "torch.tensor([[0, 1]]))\n"
         "print(meta['type_map'][0], float(out['energy']))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("O ")
     assert np.isfinite(float(proc.stdout.split()[1]))

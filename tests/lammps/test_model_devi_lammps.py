@@ -56,8 +56,9 @@ def frozen(tmp_path_factory) -> list[Path]:
     return out
 
 
-def _script(fixture_input: str, plugin: Path, models: list[Path], out_file: str,
-            extra: str = "") -> str:
+def _script(
+    fixture_input: str, plugin: Path, models: list[Path], out_file: str, extra: str = ""
+) -> str:
     """A DeePMD-kit fixture input with pair_style deepmd replaced by pair_style dpa3.
 
     The plugin line loads the plugin under test; the models are ours; ``out_file`` and
@@ -104,8 +105,10 @@ def _assert_printed_equal(a: np.ndarray, b: np.ndarray, digits: int, what: str) 
     safe = np.where(scale > 0, scale, 1.0)
     ulp = np.where(scale > 0, 10.0 ** (np.floor(np.log10(safe)) - (digits - 1)), 0.0)
     bad = np.abs(a - b) > ulp * 1.0001 + 1e-300
-    assert not bad.any(), (f"{what}: {int(bad.sum())} values differ beyond the printed precision,"
-                           f" e.g. {a[bad][:3]} vs {b[bad][:3]}")
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} values differ beyond the printed precision,"
+        f" e.g. {a[bad][:3]} vs {b[bad][:3]}"
+    )
 
 
 def _layout(line: str) -> list[int]:
@@ -156,10 +159,13 @@ def test_equals_pair_deepmd(request, tmp_path, plugin, frozen, nprocs):
     assert "dpa3: model deviation of 3 models every 5 steps" in log
 
 
-@pytest.mark.parametrize(("fixture", "keywords"), [
-    ("in.lmp_np1_atomic", "atomic"),
-    ("in.lmp_np1_relative", "relative 1.0 relative_v 1.0"),
-])
+@pytest.mark.parametrize(
+    ("fixture", "keywords"),
+    [
+        ("in.lmp_np1_atomic", "atomic"),
+        ("in.lmp_np1_relative", "relative 1.0 relative_v 1.0"),
+    ],
+)
 def test_variants_equal_pair_deepmd(tmp_path, plugin, frozen, fixture, keywords):
     """``atomic`` (per-atom deviations in ID order) and ``relative``/``relative_v``."""
     script = _script(fixture, plugin, frozen, "devi.out")
@@ -227,15 +233,24 @@ def test_ranks_equal_one_rank_to_1e10(tmp_path, plugin, mpirun, frozen):
         _run(d, _script(f"in.lmp_np{n}", plugin, frozen, "devi.out", "out_digits 15"), n)
         files[n] = d / "devi.out"
     head, lines, one = _rows(files[1])
-    assert head.split() == ["#", "step", "max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f",
-                            "min_devi_f", "avg_devi_f"]
+    assert head.split() == [
+        "#",
+        "step",
+        "max_devi_v",
+        "min_devi_v",
+        "avg_devi_v",
+        "max_devi_f",
+        "min_devi_f",
+        "avg_devi_f",
+    ]
     assert len(lines[0].split()[1].split("e")[0].replace(".", "")) == 15
     assert len(head) == 12 + 6 * 27 and all(len(ln) == 12 + 6 * 27 for ln in lines)
     for n in (2, 4):
         _, _, vals = _rows(files[n])
         np.testing.assert_array_equal(vals[:, 0], one[:, 0])
-        np.testing.assert_allclose(vals[:, 1:], one[:, 1:], rtol=1e-10, atol=0,
-                                   err_msg=f"{n} ranks vs 1 rank")
+        np.testing.assert_allclose(
+            vals[:, 1:], one[:, 1:], rtol=1e-10, atol=0, err_msg=f"{n} ranks vs 1 rank"
+        )
     _, _, ref = _rows(FIX / "lmp_np1.out")
     _assert_printed_equal(one[:, 1:], ref[:, 1:], 7, "15 digits vs DeePMD-kit")
 
@@ -309,13 +324,15 @@ def test_only_model0_between_outputs(tmp_path, plugin, toys, water):
     does, and the run stops with its error."""
     good, bad, _ = toys
     ps = f"dpa3 {good} {bad} out_freq 10 out_file devi.out"
-    proc = L.run_input(tmp_path, _toy_script(plugin, ps, "reset_timestep 1\nrun 8"),
-                       timeout=TIMEOUT)
+    proc = L.run_input(
+        tmp_path, _toy_script(plugin, ps, "reset_timestep 1\nrun 8"), timeout=TIMEOUT
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert (tmp_path / "devi.out").read_text().count("\n") == 1  # the header only
-    proc = L.run_input(tmp_path, _toy_script(plugin, ps, "reset_timestep 1\nrun 9"),
-                       timeout=TIMEOUT)
+    proc = L.run_input(
+        tmp_path, _toy_script(plugin, ps, "reset_timestep 1\nrun 9"), timeout=TIMEOUT
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert "raising model evaluated" in out and f"model 1 ({bad})" in out, out[-3000:]
@@ -353,18 +370,26 @@ def test_error_type_maps(tmp_path, plugin, frozen, six_types):
 
 def test_error_cutoffs(tmp_path, plugin, toys, water):
     good, _, other = toys
-    out = _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {other}", "run 0"),
-                 "have different cutoffs (3 and 3.5 A)")
+    out = _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {other}", "run 0"),
+        "have different cutoffs (3 and 3.5 A)",
+    )
     assert str(good) in out and str(other) in out
 
 
-@pytest.mark.parametrize("keywords", ["out_freq 10", "out_file x.out", "atomic",
-                                      "relative 1.0", "relative_v 1.0", "out_digits 10"])
+@pytest.mark.parametrize(
+    "keywords",
+    ["out_freq 10", "out_file x.out", "atomic", "relative 1.0", "relative_v 1.0", "out_digits 10"],
+)
 def test_error_keyword_needs_several_models(tmp_path, plugin, toys, water, keywords):
     good = toys[0]
     key = keywords.split()[0]
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {keywords}", "run 0"),
-           f"pair_style dpa3 keyword {key} needs several models")
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {keywords}", "run 0"),
+        f"pair_style dpa3 keyword {key} needs several models",
+    )
 
 
 def test_error_unknown_keyword(tmp_path, plugin, toys, water):
@@ -378,10 +403,16 @@ def test_error_unknown_keyword(tmp_path, plugin, toys, water):
 
 def test_error_bad_values(tmp_path, plugin, toys, water):
     good, _, _ = toys
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_freq 0", "run 0"),
-           "Illegal pair_style dpa3 keyword out_freq: 0 (must be >= 1)")
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_freq", "run 0"),
-           "missing value after keyword out_freq")
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} out_freq 0", "run 0"),
+        "Illegal pair_style dpa3 keyword out_freq: 0 (must be >= 1)",
+    )
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} out_freq", "run 0"),
+        "missing value after keyword out_freq",
+    )
 
 
 @pytest.mark.parametrize("nprocs", [_ranks(1), _ranks(2)])
@@ -390,42 +421,65 @@ def test_error_unwritable_out_file(request, tmp_path, plugin, toys, water, nproc
         request.getfixturevalue("mpirun")
     good, _, _ = toys
     path = tmp_path / "no_such_dir" / "devi.out"
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_file {path}", "run 0"),
-           f"cannot open out_file '{path}' for writing: No such file or directory", nprocs)
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} out_file {path}", "run 0"),
+        f"cannot open out_file '{path}' for writing: No such file or directory",
+        nprocs,
+    )
 
 
 def test_error_out_file_is_a_folder(tmp_path, plugin, toys, water):
     good, _, _ = toys
     (tmp_path / "adir").mkdir()
     path = tmp_path / "adir"
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_file {path}", "run 0"),
-           f"cannot open out_file '{path}' for writing: Is a directory")
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} out_file {path}", "run 0"),
+        f"cannot open out_file '{path}' for writing: Is a directory",
+    )
 
 
 def test_error_second_model_missing(tmp_path, plugin, toys, water):
     """A misspelt second model file is named, not silently taken for a keyword."""
     good, _, _ = toys
     missing = tmp_path / "m2.pht"
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {missing} out_freq 10", "run 0"),
-           f"Unknown pair_style dpa3 keyword: {missing} (nor an existing model file)")
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {missing} out_freq 10", "run 0"),
+        f"Unknown pair_style dpa3 keyword: {missing} (nor an existing model file)",
+    )
 
 
 def test_error_more_bad_values(tmp_path, plugin, toys, water):
     good, _, _ = toys
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} out_freq ten", "run 0"),
-           "Expected integer parameter instead of 'ten'")
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} relative -1", "run 0"),
-           "Illegal pair_style dpa3 keyword relative: -1 (must be >= 0)")
-    _fails(tmp_path, _toy_script(plugin, f"dpa3 {good} {good} relative_v -1", "run 0"),
-           "Illegal pair_style dpa3 keyword relative_v: -1 (must be >= 0)")
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} out_freq ten", "run 0"),
+        "Expected integer parameter instead of 'ten'",
+    )
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} relative -1", "run 0"),
+        "Illegal pair_style dpa3 keyword relative: -1 (must be >= 0)",
+    )
+    _fails(
+        tmp_path,
+        _toy_script(plugin, f"dpa3 {good} {good} relative_v -1", "run 0"),
+        "Illegal pair_style dpa3 keyword relative_v: -1 (must be >= 0)",
+    )
 
 
 def test_error_atomic_without_atom_ids(tmp_path, plugin, toys, water):
     good, _, _ = toys
     script = _toy_script(plugin, f"dpa3 {good} {good} out_freq 1 atomic", "run 0")
-    script = script.replace("units metal", "atom_modify id no\nunits metal").replace(
-        "read_data data.lmp",
-        "lattice sc 2.5\nregion box block 0 3 0 3 0 3\ncreate_box 2 box\n"
-        "create_atoms 1 box\nmass * 1.0\nset type 1 type/fraction 2 0.5 7").replace(
-        "velocity all create 300.0 12345", "velocity all create 300.0 12345 loop local")
+    script = (
+        script.replace("units metal", "atom_modify id no\nunits metal")
+        .replace(
+            "read_data data.lmp",
+            "lattice sc 2.5\nregion box block 0 3 0 3 0 3\ncreate_box 2 box\n"
+            "create_atoms 1 box\nmass * 1.0\nset type 1 type/fraction 2 0.5 7",
+        )
+        .replace("velocity all create 300.0 12345", "velocity all create 300.0 12345 loop local")
+    )
     _fails(tmp_path, script, "pair_style dpa3 atomic requires atom IDs")

@@ -78,7 +78,11 @@ def test_documented_python_snippet_runs(tmp_path):
     env.pop("LD_LIBRARY_PATH", None)
     env.pop("LD_PRELOAD", None)
     proc = subprocess.run(
-        [sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120, env=env,
+        [sys.executable, "snippet.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 0 and "SNIPPET OK" in proc.stdout, proc.stdout + proc.stderr

@@ -99,8 +99,6 @@ def test_slab_with_empty_ranks(tmp_path, plugin, mpirun, real, frames):
     model, path = real
     system = slab(frames["water"])
     system.write(tmp_path / "data.lmp")
-    script = L.make_script(
-        plugin, path, "* * O H", boundary=system.boundary, processors="1 1 4"
-    )
+    script = L.make_script(plugin, path, "* * O H", boundary=system.boundary, processors="1 1 4")
     res = L.run_lammps(tmp_path, script, nprocs=4)
     assert_matches(res, system.reference(model), atol=1e-8)

@@ -35,8 +35,9 @@ def test_float32_model_in_lammps(request, tmp_path, plugin, frames, name, nprocs
     path = freeze(model, tmp_path / "f32.pth")
     system = make_system(frames[name])
     system.write(tmp_path / "data.lmp")
-    script = L.make_script(plugin, path, "* * " + " ".join(system.elements),
-                           boundary=system.boundary, processors=grid)
+    script = L.make_script(
+        plugin, path, "* * " + " ".join(system.elements), boundary=system.boundary, processors=grid
+    )
     res = L.run_lammps(tmp_path, script, nprocs=nprocs)
     box = None if system.cell is None else system.cell.reshape(9)
     ref = evaluate(model, system.coord, system.atype, box, atomic=True)
@@ -45,7 +46,12 @@ def test_float32_model_in_lammps(request, tmp_path, plugin, frames, name, nprocs
     assert abs(res.energy - ref["energy"][0]) < 1e-4 * abs(ref["energy"][0])
     np.testing.assert_allclose(res.force, ref["force"], rtol=0, atol=1e-4 * fscale)
     vscale = np.abs(ref["virial"]).max()
-    np.testing.assert_allclose(res.virial, ref["virial"][[0, 4, 8, 3, 6, 7]], rtol=0,
-                               atol=1e-4 * vscale)
-    np.testing.assert_allclose(res.atom_energy, ref["atom_energy"][:, 0], rtol=0,
-                               atol=1e-4 * np.abs(ref["atom_energy"]).max())
+    np.testing.assert_allclose(
+        res.virial, ref["virial"][[0, 4, 8, 3, 6, 7]], rtol=0, atol=1e-4 * vscale
+    )
+    np.testing.assert_allclose(
+        res.atom_energy,
+        ref["atom_energy"][:, 0],
+        rtol=0,
+        atol=1e-4 * np.abs(ref["atom_energy"]).max(),
+    )

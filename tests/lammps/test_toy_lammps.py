@@ -112,9 +112,7 @@ def _with_null_atoms(frame, n_extra: int = 12, seed: int = 0):
 def test_null_type_atoms_are_ignored(tmp_path, plugin, mpirun, toy, frames, nprocs, grid):
     system, coord, types = _with_null_atoms(frames["water"])
     L.write_data(tmp_path / "data.lmp", coord, types, ["O", "H", "X"], system.cell)
-    script = L.make_script(
-        plugin, toy[1], "* * O H NULL", processors=grid, pair_extra="check on"
-    )
+    script = L.make_script(plugin, toy[1], "* * O H NULL", processors=grid, pair_extra="check on")
     res = L.run_lammps(tmp_path, script, nprocs=nprocs)
     n = len(system.coord)
     ref = system.reference(toy[0])
@@ -314,8 +312,11 @@ def test_torch_calls_its_own_blas(tmp_path, plugin, toy, frames):
     system = make_system(frames["water"])
     res = run_case(tmp_path, plugin, toy, system)
     assert_matches(res, system.reference(toy[0]))
-    rebound = re.search(r"dpa3: (\d+) BLAS/LAPACK functions of libtorch were bound to (\S+); "
-                        r"rebound to libtorch's own", res.log)
+    rebound = re.search(
+        r"dpa3: (\d+) BLAS/LAPACK functions of libtorch were bound to (\S+); "
+        r"rebound to libtorch's own",
+        res.log,
+    )
     if exports_blas:
         assert rebound is not None and int(rebound.group(1)) > 0, res.log[-2000:]
         assert "liblammps" in rebound.group(2)

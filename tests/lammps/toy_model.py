@@ -116,9 +116,9 @@ class ToyMessagePassing(nn.Module):
             else:
                 assert mapping is not None
                 h_ext = torch.gather(h, 1, mapping.unsqueeze(-1).expand(-1, -1, self.n_dim))
-            hj = torch.gather(
-                h_ext, 1, flat.unsqueeze(-1).expand(-1, -1, self.n_dim)
-            ).reshape(nf, nloc, nnei, self.n_dim)
+            hj = torch.gather(h_ext, 1, flat.unsqueeze(-1).expand(-1, -1, self.n_dim)).reshape(
+                nf, nloc, nnei, self.n_dim
+            )
             msg = (s.unsqueeze(-1) * hj).sum(2)
             h = torch.tanh(h @ self.w_self[layer] + msg @ self.w_msg[layer] + self.b[layer])
         return h @ self.w_out + self.e_bias[ti] + e_pair

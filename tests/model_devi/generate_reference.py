@@ -48,11 +48,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 # the checkpoint writer and the freeze runner of the parity fixtures (same formats)
 _spec = importlib.util.spec_from_file_location(
-    "parity_generate_reference", REPO / "tests" / "parity" / "generate_reference.py")
+    "parity_generate_reference", REPO / "tests" / "parity" / "generate_reference.py"
+)
 _parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_parity)
 dp_freeze, normalized_input, save_checkpoint, wrapper_for = (
-    _parity.dp_freeze, _parity.normalized_input, _parity.save_checkpoint, _parity.wrapper_for)
+    _parity.dp_freeze,
+    _parity.normalized_input,
+    _parity.save_checkpoint,
+    _parity.wrapper_for,
+)
 
 OUT = REPO / "tests" / "data" / "model_devi"
 VENV = Path(sys.executable).parent
@@ -62,9 +67,21 @@ FRAMES = (4, 2)  # frames of water/data_0 in set.000, set.001
 OUT_FREQ = 5
 NSTEPS = 20
 
-REPFLOW = {"n_dim": 16, "e_dim": 8, "a_dim": 8, "nlayers": 2, "axis_neuron": 4,
-           "e_rcut": 5.0, "e_rcut_smth": 4.0, "e_sel": 96, "a_rcut": 3.5, "a_rcut_smth": 3.0,
-           "a_sel": 40, "use_exp_switch": True, "smooth_edge_update": True}
+REPFLOW = {
+    "n_dim": 16,
+    "e_dim": 8,
+    "a_dim": 8,
+    "nlayers": 2,
+    "axis_neuron": 4,
+    "e_rcut": 5.0,
+    "e_rcut_smth": 4.0,
+    "e_sel": 96,
+    "a_rcut": 3.5,
+    "a_rcut_smth": 3.0,
+    "a_sel": 40,
+    "use_exp_switch": True,
+    "smooth_edge_update": True,
+}
 
 LAMMPS_INPUT = """\
 # DeePMD-kit pair_style deepmd model deviation, 3 models (tests/model_devi/generate_reference.py)
@@ -85,17 +102,27 @@ thermo_style    custom step pe ke etotal press
 thermo_modify   format float %20.12g
 {dump}run             {nsteps}
 """
-DUMP = ("dump            traj all custom {out_freq} traj.lammpstrj id type x y z\n"
-        "dump_modify     traj sort id format float %20.15g\n")
+DUMP = (
+    "dump            traj all custom {out_freq} traj.lammpstrj id type x y z\n"
+    "dump_modify     traj sort id format float %20.15g\n"
+)
 
 
 def model_config(seed: int) -> dict:
     model = {
         "type_map": list(TYPE_MAP),
-        "descriptor": {"type": "dpa3", "repflow": copy.deepcopy(REPFLOW),
-                       "precision": "float64", "seed": seed},
-        "fitting_net": {"type": "ener", "precision": "float64", "seed": seed + 1,
-                        "neuron": [24, 24]},
+        "descriptor": {
+            "type": "dpa3",
+            "repflow": copy.deepcopy(REPFLOW),
+            "precision": "float64",
+            "seed": seed,
+        },
+        "fitting_net": {
+            "type": "ener",
+            "precision": "float64",
+            "seed": seed + 1,
+            "neuron": [24, 24],
+        },
     }
     return normalized_input(model)
 
@@ -133,15 +160,19 @@ def write_system(dst: Path, frames: tuple[int, ...] = FRAMES) -> None:
     for k, n in enumerate(frames):
         d = dst / f"set.{k:03d}"
         d.mkdir()
-        np.save(d / "coord.npy", coord[start:start + n])
-        np.save(d / "box.npy", box[start:start + n])
+        np.save(d / "coord.npy", coord[start : start + n])
+        np.save(d / "box.npy", box[start : start + n])
         start += n
 
 
 def run(cmd: list[str], cwd: Path) -> None:
     print("+", " ".join(cmd), flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", DP_INTRA_OP_PARALLELISM_THREADS="1",
-               DP_INTER_OP_PARALLELISM_THREADS="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        DP_INTRA_OP_PARALLELISM_THREADS="1",
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+    )
     env.pop("LAMMPS_PLUGIN_PATH", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -171,8 +202,17 @@ def main() -> int:
         # dp model-devi, run in the fixture folder on the relative path water_sys
         for src in ("water_sys", "water_sys_1f"):
             shutil.copytree(OUT / src, tmp / src)
-        dp = [str(VENV / "dp"), "--pt", "model-devi", "-m", "m0.pth", "m1.pth", "m2.pth",
-              "-s", "water_sys"]
+        dp = [
+            str(VENV / "dp"),
+            "--pt",
+            "model-devi",
+            "-m",
+            "m0.pth",
+            "m1.pth",
+            "m2.pth",
+            "-s",
+            "water_sys",
+        ]
         variants = {
             "dp_model_devi.out": [],
             "dp_model_devi_f5.out": ["-f", "5"],
@@ -200,22 +240,40 @@ def main() -> int:
         }
         for name, (ranks, extra, dump) in lmp_runs.items():
             inp = LAMMPS_INPUT.format(
-                plugin=plugin, out_freq=OUT_FREQ, out_file=name, extra=extra, nsteps=NSTEPS,
-                dump=DUMP.format(out_freq=OUT_FREQ) if dump else "")
+                plugin=plugin,
+                out_freq=OUT_FREQ,
+                out_file=name,
+                extra=extra,
+                nsteps=NSTEPS,
+                dump=DUMP.format(out_freq=OUT_FREQ) if dump else "",
+            )
             stem = name.removesuffix(".out")
             (tmp / f"in.{stem}").write_text(inp)
             (tmp / name).unlink(missing_ok=True)
-            run([str(VENV / "mpirun"), "-np", str(ranks), str(VENV / "lmp"), "-in",
-                 f"in.{stem}", "-log", f"log.{stem}"], tmp)
+            run(
+                [
+                    str(VENV / "mpirun"),
+                    "-np",
+                    str(ranks),
+                    str(VENV / "lmp"),
+                    "-in",
+                    f"in.{stem}",
+                    "-log",
+                    f"log.{stem}",
+                ],
+                tmp,
+            )
             shutil.copy(tmp / name, OUT / name)
             # the input with the machine-specific plugin path replaced
             (OUT / f"in.{stem}").write_text(
-                inp.replace(str(plugin), "<site-packages>/deepmd/lib/libdeepmd_lmpplugin.so"))
+                inp.replace(str(plugin), "<site-packages>/deepmd/lib/libdeepmd_lmpplugin.so")
+            )
             if dump:
                 shutil.copy(tmp / "traj.lammpstrj", OUT / "traj.lammpstrj")
     (OUT / "versions.txt").write_text(
         f"deepmd-kit {deepmd.__version__}\ntorch {torch.__version__.split('+')[0]}\n"
-        f"generator tests/model_devi/generate_reference.py\n")
+        f"generator tests/model_devi/generate_reference.py\n"
+    )
     print("fixtures in", OUT)
     return 0
 

@@ -49,8 +49,7 @@ def _table(title: str, args, prefix: str = "") -> list[str]:
         lines.append(_row(a, prefix))
         for var in a.sub_variants.values() if a.sub_variants else []:
             lines.append(
-                f"| `{prefix}{a.name}` variant flag `{var.flag_name}` | | "
-                f"| `{var.default_tag}` | |"
+                f"| `{prefix}{a.name}` variant flag `{var.flag_name}` | | | `{var.default_tag}` | |"
             )
     lines.append("")
     return lines

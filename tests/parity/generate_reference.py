@@ -105,12 +105,26 @@ def normalized_input(model: dict) -> dict:
     cfg = {
         "model": model,
         "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 3e-5, "decay_steps": 5000},
-        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 20, "start_pref_f": 100,
-                 "limit_pref_f": 60, "start_pref_v": 0.02, "limit_pref_v": 1},
-        "optimizer": {"type": "AdamW", "adam_beta1": 0.9, "adam_beta2": 0.999,
-                      "weight_decay": 0.001},
-        "training": {"training_data": {"systems": ["unused"], "batch_size": 1},
-                     "numb_steps": 1, "seed": 10},
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.2,
+            "limit_pref_e": 20,
+            "start_pref_f": 100,
+            "limit_pref_f": 60,
+            "start_pref_v": 0.02,
+            "limit_pref_v": 1,
+        },
+        "optimizer": {
+            "type": "AdamW",
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.999,
+            "weight_decay": 0.001,
+        },
+        "training": {
+            "training_data": {"systems": ["unused"], "batch_size": 1},
+            "numb_steps": 1,
+            "seed": 10,
+        },
     }
     return normalize(cfg)
 
@@ -159,7 +173,11 @@ def load_frames() -> dict[str, tuple]:
 def sorted_neighbor_distances(coord, atype, box, rcut):
     """Distances of all neighbours within rcut of every atom, ascending (DeePMD's own nlist)."""
     ext, _, _, nlist = extend_input_and_build_neighbor_list(
-        torch.tensor(coord)[None], torch.tensor(atype)[None], rcut, [4000], mixed_types=True,
+        torch.tensor(coord)[None],
+        torch.tensor(atype)[None],
+        rcut,
+        [4000],
+        mixed_types=True,
         box=None if box is None else torch.tensor(box)[None],
     )
     ext = ext[0].numpy()
@@ -181,20 +199,27 @@ def check_neighbors(name: str, frames: dict) -> dict:
         d_all = sorted_neighbor_distances(coord, atype, box, rep["e_rcut"])
         ne = np.array([(d <= rep["e_rcut"]).sum() for d in d_all])
         na = np.array([(d < rep["a_rcut"]).sum() for d in d_all])
-        info = {"max_e_count": int(ne.max()), "e_sel": rep["e_sel"],
-                "max_a_count": int(na.max()), "a_sel": rep["a_sel"]}
+        info = {
+            "max_e_count": int(ne.max()),
+            "e_sel": rep["e_sel"],
+            "max_a_count": int(na.max()),
+            "a_sel": rep["a_sel"],
+        }
         for key, cnt, sel in (("e", ne, rep["e_sel"]), ("a", na, rep["a_sel"])):
             trunc = np.nonzero(cnt > sel)[0]
             info[f"{key}_truncated_centres"] = len(trunc)
             if len(trunc):
                 if not allow:
-                    raise RuntimeError(f"{name}/{fname}: {key}_sel={sel} truncates "
-                                       f"{len(trunc)} centres (max count {cnt.max()})")
+                    raise RuntimeError(
+                        f"{name}/{fname}: {key}_sel={sel} truncates "
+                        f"{len(trunc)} centres (max count {cnt.max()})"
+                    )
                 gaps = [d_all[i][sel] - d_all[i][sel - 1] for i in trunc]
                 info[f"{key}_min_gap_at_cut"] = float(min(gaps))
                 if min(gaps) < TIE_TOL:
-                    raise RuntimeError(f"{name}/{fname}: near tie at the {key}_sel cut "
-                                       f"(gap {min(gaps):.2e} A)")
+                    raise RuntimeError(
+                        f"{name}/{fname}: near tie at the {key}_sel cut (gap {min(gaps):.2e} A)"
+                    )
         report[fname] = info
     return report
 
@@ -235,8 +260,10 @@ def build_model(name: str, model_params: dict) -> torch.nn.Module:
 
 
 def wrapper_for(model, config) -> ModelWrapper:
-    loss = EnergyStdLoss(starter_learning_rate=config["learning_rate"]["start_lr"],
-                         **{k: v for k, v in config["loss"].items() if k != "type"})
+    loss = EnergyStdLoss(
+        starter_learning_rate=config["learning_rate"]["start_lr"],
+        **{k: v for k, v in config["loss"].items() if k != "type"},
+    )
     return ModelWrapper(model, loss, model_params=config["model"])
 
 
@@ -246,8 +273,10 @@ def save_checkpoint(wrapper: ModelWrapper, config: dict, path: Path) -> None:
     wrapper.train_infos["step"] = 0
     opt = config["optimizer"]
     optimizer = torch.optim.AdamW(
-        wrapper.parameters(), lr=config["learning_rate"]["start_lr"],
-        betas=(opt["adam_beta1"], opt["adam_beta2"]), weight_decay=opt["weight_decay"],
+        wrapper.parameters(),
+        lr=config["learning_rate"]["start_lr"],
+        betas=(opt["adam_beta1"], opt["adam_beta2"]),
+        weight_decay=opt["weight_decay"],
         fused=False,
     )
     optim_state = optimizer.state_dict()
@@ -287,15 +316,21 @@ def dp_freeze(ckpt: Path, output: Path) -> str | None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run(
         [sys.executable, "-m", "deepmd", "--pt", "freeze", "-c", str(ckpt), "-o", str(output)],
-        capture_output=True, text=True, env=env, cwd=str(output.parent),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(output.parent),
     )
     if proc.returncode == 0 and output.exists():
         return None
-    lines = [re.sub(r"\S*site-packages/", "", ln)  # no machine-specific paths
-             for ln in proc.stderr.splitlines() + proc.stdout.splitlines() if ln.strip()]
+    lines = [
+        re.sub(r"\S*site-packages/", "", ln)  # no machine-specific paths
+        for ln in proc.stderr.splitlines() + proc.stdout.splitlines()
+        if ln.strip()
+    ]
     for i, ln in enumerate(lines):  # the TorchScript error and the source line it points at
         if ln.startswith("RuntimeError"):
-            return " | ".join(x.strip() for x in lines[i:i + 6] if x.strip().strip("~"))
+            return " | ".join(x.strip() for x in lines[i : i + 6] if x.strip().strip("~"))
     return " | ".join(lines[-4:])
 
 
@@ -359,8 +394,11 @@ def generate(name: str, frames: dict) -> dict:
         "frozen_vs_eager_max_abs_diff": frozen_diff,
         "energy": {f: float(ref[f"{f}.energy"][0, 0]) for f in frames},
     }
-    print(f"{name}: params {nparams}, scriptable {script_err is None}, "
-          f"frozen diff {frozen_diff}, E = {info['energy']}", flush=True)
+    print(
+        f"{name}: params {nparams}, scriptable {script_err is None}, "
+        f"frozen diff {frozen_diff}, E = {info['energy']}",
+        flush=True,
+    )
     return info
 
 
@@ -382,21 +420,23 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     manifest_path = OUT / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest.update({
-        "generator": "tests/parity/generate_reference.py",
-        "deepmd_kit": deepmd.__version__,
-        "torch": torch.__version__.split("+")[0],
-        "type_map": TYPE_MAP,
-        "frames": {
-            "water": "examples/data/water/data_0 set.000 frame 0 (192 atoms)",
-            "alloy": "examples/data/alloy-emt-CuAlNi/natoms_32 set.000 frame 31 (triclinic)",
-            "smallcell": "3 atoms (Cu, Ni, C) in a 3.3-3.7 A triclinic cell, built in the "
-                         "generator (one atom outside the cell)",
-            "molecule": "examples/data/molecules-nopbc/C1H4O2 set.000 frame 0, box None",
-        },
-        "call": "model(coord[1,N,3] f64, atype[1,N] i64, box[1,9] f64 | None, "
-                "do_atomic_virial=True); model.eval()",
-    })
+    manifest.update(
+        {
+            "generator": "tests/parity/generate_reference.py",
+            "deepmd_kit": deepmd.__version__,
+            "torch": torch.__version__.split("+")[0],
+            "type_map": TYPE_MAP,
+            "frames": {
+                "water": "examples/data/water/data_0 set.000 frame 0 (192 atoms)",
+                "alloy": "examples/data/alloy-emt-CuAlNi/natoms_32 set.000 frame 31 (triclinic)",
+                "smallcell": "3 atoms (Cu, Ni, C) in a 3.3-3.7 A triclinic cell, built in the "
+                "generator (one atom outside the cell)",
+                "molecule": "examples/data/molecules-nopbc/C1H4O2 set.000 frame 0, box None",
+            },
+            "call": "model(coord[1,N,3] f64, atype[1,N] i64, box[1,9] f64 | None, "
+            "do_atomic_virial=True); model.eval()",
+        }
+    )
     manifest.setdefault("combos", {})
     for name in names:
         manifest["combos"][name] = generate(name, frames)

@@ -23,8 +23,16 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     for cmd in (
-        "train", "freeze", "test", "neighbor-stat", "convert-deepmd", "info", "plot", "model-devi",
-        "change-bias", "show",
+        "train",
+        "freeze",
+        "test",
+        "neighbor-stat",
+        "convert-deepmd",
+        "info",
+        "plot",
+        "model-devi",
+        "change-bias",
+        "show",
     ):
         assert cmd in out
 
@@ -195,7 +203,11 @@ def test_out_json(tmp_path, capsys, monkeypatch):
     out = json.loads(Path("out.json").read_text())
     assert out["learning_rate"]["decay_steps"] == 5000
     assert out["optimizer"] == {
-        "type": "Adam", "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.0}
+        "type": "Adam",
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+        "weight_decay": 0.0,
+    }
     assert out["loss"]["start_pref_v"] == 0.0 and out["training"]["save_ckpt"] == "model.ckpt"
     rf = out["model"]["descriptor"]["repflow"]
     assert rf["e_sel"] == 40 and rf["update_style"] == "res_residual"

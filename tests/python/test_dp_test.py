@@ -35,8 +35,9 @@ CASES: dict[str, list[str]] = json.loads((FIX / "cases.json").read_text())
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dp_test_model") / "m0.pt"
-    assert dpa3_main(["convert-deepmd", str(REPO / "tests/data/model_devi/m0.ckpt.pt"),
-                      str(out)]) == 0
+    assert (
+        dpa3_main(["convert-deepmd", str(REPO / "tests/data/model_devi/m0.ckpt.pt"), str(out)]) == 0
+    )
     return out
 
 
@@ -76,8 +77,12 @@ def _compare_file(ours: Path, ref: Path) -> None:
         xs, ys = x.split(), y.split()
         assert len(xs) == len(ys), f"{ours.name}:{i + 1}: {len(xs)} columns, not {len(ys)}"
         np.testing.assert_allclose(
-            np.array(xs, dtype=float), np.array(ys, dtype=float), rtol=1e-9, atol=1e-12,
-            err_msg=f"{ours.name}:{i + 1}")
+            np.array(xs, dtype=float),
+            np.array(ys, dtype=float),
+            rtol=1e-9,
+            atol=1e-12,
+            err_msg=f"{ours.name}:{i + 1}",
+        )
         # same number format: numpy's %.18e
         assert all(re.fullmatch(r"-?\d\.\d{18}e[-+]\d\d", t) for t in xs), x
 

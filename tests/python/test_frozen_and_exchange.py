@@ -40,8 +40,9 @@ def _compare_paths(eager, frozen, frame, atol, frozen_context=contextlib.nullcon
 
     coord, atype, box = frame
     nloc = len(atype)
-    ext, ext_t, nlist, mapping = _lower_inputs(coord, atype, box, eager.get_rcut(),
-                                               eager.get_sel()[0])
+    ext, ext_t, nlist, mapping = _lower_inputs(
+        coord, atype, box, eager.get_rcut(), eager.get_sel()[0]
+    )
     ref = eager.forward_lower(ext, ext_t, nlist, mapping, True, None)
     comm = self_swap_comm_dict(mapping, nloc, n_swaps=4)
     with frozen_context():

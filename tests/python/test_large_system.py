@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_twenty_thousand_atoms_fit_in_bounded_memory():
     res = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "large_system.py"), "--reps", "6", "6", "3"],
-        capture_output=True, text=True, timeout=900, check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
     )
     info = json.loads(res.stdout.strip().splitlines()[-1])
     print(info)

@@ -47,11 +47,14 @@ def _digits(path: Path) -> int:
 def _assert_printed_equal(a: np.ndarray, b: np.ndarray, digits: int, what: str) -> None:
     """|a - b| <= one unit of the ``digits``-th significant digit of the larger value."""
     scale = np.maximum(np.abs(a), np.abs(b))
-    ulp = np.where(scale > 0, 10.0 ** (np.floor(np.log10(np.where(scale > 0, scale, 1))) -
-                                       (digits - 1)), 0.0)
+    ulp = np.where(
+        scale > 0, 10.0 ** (np.floor(np.log10(np.where(scale > 0, scale, 1))) - (digits - 1)), 0.0
+    )
     bad = np.abs(a - b) > ulp * 1.0001 + 1e-300
-    assert not bad.any(), (f"{what}: {int(bad.sum())} values differ beyond the printed precision,"
-                           f" e.g. {a[bad][:3]} vs {b[bad][:3]}")
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} values differ beyond the printed precision,"
+        f" e.g. {a[bad][:3]} vs {b[bad][:3]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +141,11 @@ def test_formulas_against_fixture(ensemble_npy):
     d_f = np.sqrt(((f - f.mean(0)) ** 2).mean(0).sum(-1))  # (nf, N)
     s_v = np.sqrt(((v / nat - (v / nat).mean(0)) ** 2).mean(0))  # (nf, 9)
     mine = {
-        "max_devi_f": d_f.max(1), "min_devi_f": d_f.min(1), "avg_devi_f": d_f.mean(1),
-        "max_devi_v": s_v.max(1), "min_devi_v": s_v.min(1),
+        "max_devi_f": d_f.max(1),
+        "min_devi_f": d_f.min(1),
+        "avg_devi_f": d_f.mean(1),
+        "max_devi_v": s_v.max(1),
+        "min_devi_v": s_v.min(1),
         "avg_devi_v": np.sqrt((s_v**2).sum(1)) / 3,
         "devi_e": (e / nat).std(0),
     }
@@ -150,8 +156,9 @@ def test_formulas_against_fixture(ensemble_npy):
 # ----------------------------------------------------------------------------- LAMMPS frames
 
 
-def _compare_with_lammps(ours: np.ndarray, our_names: list[str], fixture: str,
-                         atomic: bool = False) -> None:
+def _compare_with_lammps(
+    ours: np.ndarray, our_names: list[str], fixture: str, atomic: bool = False
+) -> None:
     path = FIX / fixture
     _, names, ref = _read(path)
     assert ref.shape[0] == ours.shape[0] == 5
@@ -159,11 +166,18 @@ def _compare_with_lammps(ours: np.ndarray, our_names: list[str], fixture: str,
     assert np.array_equal(ours[:, 0], ref[:, 0])
     digits = min(_digits(path), 7)
     common = [n for n in names if n in our_names and n != "step"]
-    assert {"max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f",
-            "avg_devi_f"} <= set(common)
+    assert {
+        "max_devi_v",
+        "min_devi_v",
+        "avg_devi_v",
+        "max_devi_f",
+        "min_devi_f",
+        "avg_devi_f",
+    } <= set(common)
     for n in common:
-        _assert_printed_equal(ours[:, our_names.index(n)], ref[:, names.index(n)], digits,
-                              f"{fixture}:{n}")
+        _assert_printed_equal(
+            ours[:, our_names.index(n)], ref[:, names.index(n)], digits, f"{fixture}:{n}"
+        )
     if atomic:
         nat = ours.shape[1] - 8
         assert nat == 192 and ref.shape[1] == len(names) - 1 + nat
@@ -173,8 +187,20 @@ def _compare_with_lammps(ours: np.ndarray, our_names: list[str], fixture: str,
 def test_cli_on_lammps_dump_equals_pair_deepmd(models, tmp_path):
     """``dpa3 model-devi`` on the dump of DeePMD-kit's LAMMPS run == its model_devi.out (1 rank)."""
     out = tmp_path / "dump.out"
-    argv = ["model-devi", "-m", *map(str, models), "-s", str(FIX / "traj.lammpstrj"),
-            "-t", "O", "H", "-f", str(OUT_FREQ), "-o", str(out)]
+    argv = [
+        "model-devi",
+        "-m",
+        *map(str, models),
+        "-s",
+        str(FIX / "traj.lammpstrj"),
+        "-t",
+        "O",
+        "H",
+        "-f",
+        str(OUT_FREQ),
+        "-o",
+        str(out),
+    ]
     assert dpa3_main(argv) == 0
     _, names, ours = _read(out)
     _compare_with_lammps(ours, names, "lmp_np1.out")
@@ -184,13 +210,23 @@ def test_cli_on_extxyz_equals_pair_deepmd(models, tmp_path):
     """The dumped frames re-written as extxyz (symbols, cell, pbc): same values as LAMMPS's file."""
     import ase.io
 
-    images = ase.io.read(FIX / "traj.lammpstrj", index=":", format="lammps-dump-text",
-                         specorder=["O", "H"])
+    images = ase.io.read(
+        FIX / "traj.lammpstrj", index=":", format="lammps-dump-text", specorder=["O", "H"]
+    )
     xyz = tmp_path / "traj.extxyz"
     ase.io.write(xyz, images, format="extxyz")
     out = tmp_path / "xyz.out"
-    argv = ["model-devi", "-m", *map(str, models), "-s", str(xyz), "-f", str(OUT_FREQ),
-            "-o", str(out)]
+    argv = [
+        "model-devi",
+        "-m",
+        *map(str, models),
+        "-s",
+        str(xyz),
+        "-f",
+        str(OUT_FREQ),
+        "-o",
+        str(out),
+    ]
     assert dpa3_main(argv) == 0
     _, names, ours = _read(out)
     _compare_with_lammps(ours, names, "lmp_np1.out")
@@ -200,8 +236,10 @@ def test_cli_on_extxyz_equals_pair_deepmd(models, tmp_path):
     ("fixture", "kwargs"),
     [
         ("lmp_np1_atomic.out", {"atomic": True}),
-        ("lmp_np1_relative.out",
-         {"relative": 1.0, "relative_v": 1.0, "relative_v_per_component": True}),
+        (
+            "lmp_np1_relative.out",
+            {"relative": 1.0, "relative_v": 1.0, "relative_v_per_component": True},
+        ),
     ],
 )
 def test_lammps_variants(ensemble_dump, fixture, kwargs):
@@ -251,8 +289,18 @@ def test_select_writes_expected_frames(models, tmp_path):
     expect = np.nonzero((col >= lo) & (col < hi))[0]
     assert len(expect) == 3
     out = tmp_path / "candidates"
-    argv = ["model-devi", "-m", *map(str, models), "-s", str(FIX / "water_sys"),
-            "--select", repr(float(lo)), repr(float(hi)), "-o", str(out)]
+    argv = [
+        "model-devi",
+        "-m",
+        *map(str, models),
+        "-s",
+        str(FIX / "water_sys"),
+        "--select",
+        repr(float(lo)),
+        repr(float(hi)),
+        "-o",
+        str(out),
+    ]
     assert dpa3_main(argv) == 0
     got = load_system(out, ["O", "H"])
     src = load_system(FIX / "water_sys", ["O", "H"])
@@ -283,49 +331,118 @@ def test_error_type_maps(models, tmp_path, capsys):
     parity = REPO / "tests" / "data" / "parity" / "poly_switch" / "model.ckpt.pt"
     assert dpa3_main(["convert-deepmd", str(parity), str(other)]) == 0
     capsys.readouterr()
-    msg = _error(["model-devi", "-m", str(models[0]), str(other), "-s", str(FIX / "water_sys"),
-                  "-o", str(tmp_path / "x.out")], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            str(models[0]),
+            str(other),
+            "-s",
+            str(FIX / "water_sys"),
+            "-o",
+            str(tmp_path / "x.out"),
+        ],
+        capsys,
+    )
     assert "different type maps" in msg and "O H Cu" in msg
     assert not (tmp_path / "x.out").exists()
 
 
 def test_error_one_model(models, tmp_path, capsys):
-    msg = _error(["model-devi", "-m", str(models[0]), "-s", str(FIX / "water_sys"),
-                  "-o", str(tmp_path / "x.out")], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            str(models[0]),
+            "-s",
+            str(FIX / "water_sys"),
+            "-o",
+            str(tmp_path / "x.out"),
+        ],
+        capsys,
+    )
     assert "at least 2 models" in msg
 
 
 def test_error_missing_files(models, tmp_path, capsys):
-    msg = _error(["model-devi", "-m", str(models[0]), str(tmp_path / "nope.pt"),
-                  "-s", str(FIX / "water_sys"), "-o", str(tmp_path / "x.out")], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            str(models[0]),
+            str(tmp_path / "nope.pt"),
+            "-s",
+            str(FIX / "water_sys"),
+            "-o",
+            str(tmp_path / "x.out"),
+        ],
+        capsys,
+    )
     assert "nope.pt" in msg and "does not exist" in msg
-    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(tmp_path / "nosys"),
-                  "-o", str(tmp_path / "x.out")], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            *map(str, models[:2]),
+            "-s",
+            str(tmp_path / "nosys"),
+            "-o",
+            str(tmp_path / "x.out"),
+        ],
+        capsys,
+    )
     assert "nosys" in msg and "does not exist" in msg
 
 
 @pytest.mark.parametrize("case", ["no_parent", "is_dir", "parent_is_file"])
 def test_error_unwritable_output(models, tmp_path, capsys, case):
     (tmp_path / "afile").write_text("x")
-    out = {"no_parent": tmp_path / "missing" / "x.out", "is_dir": tmp_path,
-           "parent_is_file": tmp_path / "afile" / "x.out"}[case]
-    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "water_sys"),
-                  "-o", str(out)], capsys)
+    out = {
+        "no_parent": tmp_path / "missing" / "x.out",
+        "is_dir": tmp_path,
+        "parent_is_file": tmp_path / "afile" / "x.out",
+    }[case]
+    msg = _error(
+        ["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "water_sys"), "-o", str(out)],
+        capsys,
+    )
     assert str(out) in msg
 
 
 def test_error_dump_without_type_map(models, tmp_path, capsys):
-    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "traj.lammpstrj"),
-                  "-o", str(tmp_path / "x.out")], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            *map(str, models[:2]),
+            "-s",
+            str(FIX / "traj.lammpstrj"),
+            "-o",
+            str(tmp_path / "x.out"),
+        ],
+        capsys,
+    )
     assert "-t/--type-map" in msg
 
 
 def test_error_subprocess_exit_code(tmp_path):
     """As a real command: exit code 1, one line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "dpa3", "model-devi", "-m", str(tmp_path / "a.pt"),
-         str(tmp_path / "b.pt"), "-s", str(FIX / "water_sys")],
-        capture_output=True, text=True, cwd=tmp_path, check=False,
+        [
+            sys.executable,
+            "-m",
+            "dpa3",
+            "model-devi",
+            "-m",
+            str(tmp_path / "a.pt"),
+            str(tmp_path / "b.pt"),
+            "-s",
+            str(FIX / "water_sys"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -342,26 +459,56 @@ def test_error_subprocess_exit_code(tmp_path):
 )
 def test_error_bad_options(models, tmp_path, capsys, extra, words):
     out = tmp_path / "cand"
-    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "water_sys"),
-                  "-o", str(out), *extra], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            *map(str, models[:2]),
+            "-s",
+            str(FIX / "water_sys"),
+            "-o",
+            str(out),
+            *extra,
+        ],
+        capsys,
+    )
     assert all(w in msg for w in words), msg
     assert not out.exists()
 
 
 @pytest.mark.parametrize("case", ["is_file", "no_parent", "holds_system"])
 def test_error_select_unwritable(models, tmp_path, capsys, case):
-    out = {"is_file": tmp_path / "afile", "no_parent": tmp_path / "missing" / "cand",
-           "holds_system": tmp_path / "cand"}[case]
+    out = {
+        "is_file": tmp_path / "afile",
+        "no_parent": tmp_path / "missing" / "cand",
+        "holds_system": tmp_path / "cand",
+    }[case]
     if case == "is_file":
         out.write_text("x")
     if case == "holds_system":
         out.mkdir()
         (out / "type.raw").write_text("0\n")
-    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(FIX / "water_sys"),
-                  "--select", "0", "1e9", "-o", str(out)], capsys)
+    msg = _error(
+        [
+            "model-devi",
+            "-m",
+            *map(str, models[:2]),
+            "-s",
+            str(FIX / "water_sys"),
+            "--select",
+            "0",
+            "1e9",
+            "-o",
+            str(out),
+        ],
+        capsys,
+    )
     assert str(out) in msg
-    assert {"is_file": "not a folder", "no_parent": "parent does not exist",
-            "holds_system": "already holds a system"}[case] in msg
+    assert {
+        "is_file": "not a folder",
+        "no_parent": "parent does not exist",
+        "holds_system": "already holds a system",
+    }[case] in msg
 
 
 def test_error_element_not_in_type_map(models, tmp_path, capsys):
@@ -370,6 +517,8 @@ def test_error_element_not_in_type_map(models, tmp_path, capsys):
 
     xyz = tmp_path / "cu.extxyz"
     ase.io.write(xyz, ase.Atoms("OHCu", positions=[[0, 0, 0], [1, 0, 0], [0, 2, 0]]))
-    msg = _error(["model-devi", "-m", *map(str, models[:2]), "-s", str(xyz),
-                  "-o", str(tmp_path / "x.out")], capsys)
+    msg = _error(
+        ["model-devi", "-m", *map(str, models[:2]), "-s", str(xyz), "-o", str(tmp_path / "x.out")],
+        capsys,
+    )
     assert "['Cu']" in msg and "not in the models' type map" in msg and str(xyz) in msg

@@ -119,8 +119,10 @@ def test_nonsmooth_edge_update_jumps_at_a_rcut():
     model = make_model(seed=8, use_exp_switch=False, smooth_edge_update=False)
     base = np.array([[0.0, 0.0, 0.0], [1.6, 0.2, 0.1], [-0.3, 1.5, 0.4]])
     atype = np.array([2, 3, 4, 2])
-    e = [evaluate(model, np.vstack([base, [3.5 + s, 0, 0]]), atype, None)["energy"][0]
-         for s in (-1e-7, 1e-7)]
+    e = [
+        evaluate(model, np.vstack([base, [3.5 + s, 0, 0]]), atype, None)["energy"][0]
+        for s in (-1e-7, 1e-7)
+    ]
     assert abs(e[0] - e[1]) > 1e-6
 
 

@@ -89,8 +89,9 @@ def test_every_registered_op_is_listed_in_the_docs() -> None:
     from pathlib import Path
 
     assert _ops.load_ops()
-    names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
-             if n.startswith("dpa3::")}
+    names = {
+        n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("dpa3::")
+    }
     assert {"border_exchange", "edge_sum", "_angle_block_bwd", "set_generic_kernels"} <= names
     cmake = (Path(__file__).resolve().parents[2] / "src" / "ops" / "CMakeLists.txt").read_text()
     for where, text in (("dpa3/_ops.py", _ops.__doc__), ("src/ops/CMakeLists.txt", cmake)):

@@ -58,8 +58,10 @@ def test_backward_is_index_add_with_zero_ghosts() -> None:
 def test_gradcheck_and_double_backward() -> None:
     cd = self_swap_comm_dict(random_mapping(4, 9, seed=1), 4, n_swaps=3)
     g = torch.randn(13, 2, dtype=torch.float64, requires_grad=True)
+
     def fn(x):
         return border_exchange_reference(x, *comm_args(cd))
+
     assert torch.autograd.gradcheck(fn, (g,))
     assert torch.autograd.gradgradcheck(fn, (g,))
 

@@ -53,11 +53,25 @@ def test_fixture_set_is_complete():
     (guards against a silently shrunken set); the list is written out here on purpose: the
     recipe options, then one combination per further option, each with another activation."""
     needed = {
-        "water_recipe", "water_recipe_f32", "poly_switch", "nonsmooth_edge", "compress_linear",
-        "multi_edge", "dynamic_sel", "sequential", "res_avg", "res_incr", "no_angle_update",
+        "water_recipe",
+        "water_recipe_f32",
+        "poly_switch",
+        "nonsmooth_edge",
+        "compress_linear",
+        "multi_edge",
+        "dynamic_sel",
+        "sequential",
+        "res_avg",
+        "res_incr",
+        "no_angle_update",
         "concat_tebd_bias",
-        "no_optim_update", "no_loc_mapping", "compress_rate2", "compress_e_rate1",
-        "axis_neuron6", "dynamic_sel_factor4", "desc_f32_fit_f64",
+        "no_optim_update",
+        "no_loc_mapping",
+        "compress_rate2",
+        "compress_e_rate1",
+        "axis_neuron6",
+        "dynamic_sel_factor4",
+        "desc_f32_fit_f64",
     }
     assert set(COMBOS) == needed, (sorted(needed - set(COMBOS)), sorted(set(COMBOS) - needed))
     manifest = json.loads((PARITY / "manifest.json").read_text())
@@ -75,9 +89,7 @@ def test_checkpoint_parity(combo):
     _check(model, ref, combo)
 
 
-@pytest.mark.parametrize(
-    "combo", [c for c in COMBOS if (PARITY / c / "frozen_model.pth").exists()]
-)
+@pytest.mark.parametrize("combo", [c for c in COMBOS if (PARITY / c / "frozen_model.pth").exists()])
 def test_frozen_model_parity(combo):
     from dpa3.convert import load_deepmd_model
 

@@ -39,8 +39,9 @@ def sources() -> list[Path]:
 
 
 def test_clang_format_is_the_pinned_version() -> None:
-    out = subprocess.run([clang_format(), "--version"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [clang_format(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
     assert f"version {pinned_version()}" in out, out
 
 
@@ -49,11 +50,11 @@ def test_cpp_sources_are_clang_formatted() -> None:
     files = sources()
     res = subprocess.run(
         [clang_format(), "--dry-run", "--Werror", *[str(p) for p in files]],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
-    bad = sorted({line.split(":", 1)[0] for line in res.stderr.splitlines()
-                  if ": error:" in line})
+    bad = sorted({line.split(":", 1)[0] for line in res.stderr.splitlines() if ": error:" in line})
     assert res.returncode == 0, (
-        f"not clang-formatted (run .venv/bin/clang-format -i on them): {bad}\n"
-        + res.stderr[:3000]
+        f"not clang-formatted (run .venv/bin/clang-format -i on them): {bad}\n" + res.stderr[:3000]
     )

@@ -343,9 +343,7 @@ def test_training_sorts_the_neighbour_list_once(tmp_path, monkeypatch):
     t = Trainer(tiny_input(steps=1))
     calls = []
     real = model_module.format_nlist
-    monkeypatch.setattr(
-        model_module, "format_nlist", lambda *a: calls.append(1) or real(*a)
-    )
+    monkeypatch.setattr(model_module, "format_nlist", lambda *a: calls.append(1) or real(*a))
     t.train_step(0)
     assert calls == []
 

@@ -22,31 +22,80 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "systems) or an ASE-readable trajectory (extxyz, LAMMPS dump with -t), written in "
         "dp model-devi's format.",
     )
-    p.add_argument("-m", "--models", nargs="+", required=True,
-                   help="two or more models: dpa3 checkpoints (.pt) or frozen models (.pth)")
-    p.add_argument("-s", "--system", required=True,
-                   help="npy system folder or HDF5 file (file.hdf5[#/group]), searched for "
-                   "systems as dp model-devi does, or a trajectory file")
+    p.add_argument(
+        "-m",
+        "--models",
+        nargs="+",
+        required=True,
+        help="two or more models: dpa3 checkpoints (.pt) or frozen models (.pth)",
+    )
+    p.add_argument(
+        "-s",
+        "--system",
+        required=True,
+        help="npy system folder or HDF5 file (file.hdf5[#/group]), searched for "
+        "systems as dp model-devi does, or a trajectory file",
+    )
     p.add_argument("-S", "--set-prefix", default="set", help="set folder prefix (default set)")
-    p.add_argument("-o", "--output", default="model_devi.out",
-                   help="output file (default model_devi.out), replaced if it exists (dp "
-                   "model-devi appends); with --select the folder of the selected frames")
-    p.add_argument("-f", "--frequency", type=int, default=1,
-                   help="steps between frames: the step column is frame index x FREQ (default 1)")
-    p.add_argument("-a", "--atomic", action="store_true",
-                   help="append the per-atom force deviations to every row")
-    p.add_argument("--relative", type=float, default=None, metavar="L",
-                   help="relative force deviation: divide by |mean force| + L")
-    p.add_argument("--relative-v", "--relative_v", dest="relative_v", type=float, default=None,
-                   metavar="L",
-                   help="relative virial deviation: divide by |mean virial / N| + L")
-    p.add_argument("-t", "--type-map", nargs="+", default=None, metavar="ELEMENT",
-                   help="element of LAMMPS type 1, 2, ... (for a LAMMPS dump)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="model_devi.out",
+        help="output file (default model_devi.out), replaced if it exists (dp "
+        "model-devi appends); with --select the folder of the selected frames",
+    )
+    p.add_argument(
+        "-f",
+        "--frequency",
+        type=int,
+        default=1,
+        help="steps between frames: the step column is frame index x FREQ (default 1)",
+    )
+    p.add_argument(
+        "-a",
+        "--atomic",
+        action="store_true",
+        help="append the per-atom force deviations to every row",
+    )
+    p.add_argument(
+        "--relative",
+        type=float,
+        default=None,
+        metavar="L",
+        help="relative force deviation: divide by |mean force| + L",
+    )
+    p.add_argument(
+        "--relative-v",
+        "--relative_v",
+        dest="relative_v",
+        type=float,
+        default=None,
+        metavar="L",
+        help="relative virial deviation: divide by |mean virial / N| + L",
+    )
+    p.add_argument(
+        "-t",
+        "--type-map",
+        nargs="+",
+        default=None,
+        metavar="ELEMENT",
+        help="element of LAMMPS type 1, 2, ... (for a LAMMPS dump)",
+    )
     p.add_argument("--format", default=None, help="ASE format of a trajectory (default: guessed)")
-    p.add_argument("--select", nargs=2, type=float, default=None, metavar=("LO", "HI"),
-                   help="write the frames with LO <= max_devi_f < HI as an npy system to -o")
-    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}",
-                   help="torch device: auto (default) = a CUDA GPU if one is visible, else the CPU")
+    p.add_argument(
+        "--select",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LO", "HI"),
+        help="write the frames with LO <= max_devi_f < HI as an npy system to -o",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="{auto,cpu,cuda}",
+        help="torch device: auto (default) = a CUDA GPU if one is visible, else the CPU",
+    )
     p.set_defaults(func=run)
 
 
@@ -87,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
         if not (out.parent if str(out.parent) else Path(".")).is_dir():
             raise DataError(f"cannot write '{out}': folder '{out.parent}' does not exist")
     elif not out.parent.is_dir() or (out.exists() and not out.is_dir()):
-        raise DataError(f"cannot write the selected frames to '{out}': "
-                             f"{'not a folder' if out.exists() else 'its parent does not exist'}")
+        raise DataError(
+            f"cannot write the selected frames to '{out}': "
+            f"{'not a folder' if out.exists() else 'its parent does not exist'}"
+        )
     paths = _systems(args.system)
     device = resolve_device(args.device, option="--device")
     log.info("%s", describe(args.device, device))
@@ -98,11 +149,17 @@ def run(args: argparse.Namespace) -> int:
     for k, path in enumerate(paths):
         frames = read_frames(path, type_map, args.set_prefix, args.type_map, args.format)
         e, f, v = evaluate_ensemble(models, frames)
-        table = deviation_table(e, f, v, args.frequency, args.relative, args.relative_v,
-                                args.atomic)
+        table = deviation_table(
+            e, f, v, args.frequency, args.relative, args.relative_v, args.atomic
+        )
         blocks.append(format_block(table, frames.source, args.atomic))
-        log.info("%s: %d frames, max_devi_f %.4g .. %.4g eV/A", path, frames.nframes,
-                 table[:, 4].min(), table[:, 4].max())
+        log.info(
+            "%s: %d frames, max_devi_f %.4g .. %.4g eV/A",
+            path,
+            frames.nframes,
+            table[:, 4].min(),
+            table[:, 4].max(),
+        )
         if args.select is not None:
             idx = select(table, *args.select)
             target = out if len(paths) == 1 else out / f"{k:03d}"
@@ -111,8 +168,14 @@ def run(args: argparse.Namespace) -> int:
                     out.mkdir(exist_ok=True)
                 write_npy_system(target, frames, idx)
             selected += len(idx)
-            log.info("%s: %d of %d frames selected (%g <= max_devi_f < %g)%s", path, len(idx),
-                     frames.nframes, *args.select, f" -> {target}" if len(idx) else "")
+            log.info(
+                "%s: %d of %d frames selected (%g <= max_devi_f < %g)%s",
+                path,
+                len(idx),
+                frames.nframes,
+                *args.select,
+                f" -> {target}" if len(idx) else "",
+            )
     if args.select is not None:
         print(f"dpa3 model-devi: {selected} frames selected -> {out}")
         if out.is_dir():
