@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpa3.model_devi import write_text_atomic
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DATA = ROOT / "examples" / "data" / "alloy-emt-CuAlNi"
@@ -258,9 +260,7 @@ def cpu_seconds() -> float:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def label_emt(candidates: Path, out: Path, max_label: int, max_force: float) -> tuple[int, int]:
@@ -363,7 +363,7 @@ def keep_complete_frames(folder: Path) -> list[int]:
     traj, devi = folder / "traj.lammpstrj", folder / "model_devi.out"
     text = traj.read_text() if traj.is_file() else ""
     rows = devi.read_text().splitlines() if devi.is_file() else []
-    row_steps = {int(r.split()[0]) for r in rows if r.strip() and not r.startswith("#")}
+    row_step = {r: int(r.split()[0]) for r in rows if r.strip() and not r.startswith("#")}
     frames, steps = [], []
     for block in text.split("ITEM: TIMESTEP\n")[1:]:
         lines = block.splitlines()
@@ -375,26 +375,14 @@ def keep_complete_frames(folder: Path) -> list[int]:
             break
         if len(atoms) < natoms or xyz.shape != (natoms, 3) or not np.isfinite(xyz).all():
             break
-        if step in row_steps:
+        if step in row_step.values():
             frames.append("ITEM: TIMESTEP\n" + "\n".join(lines[: 8 + natoms]) + "\n")
             steps.append(step)
-    kept = set(steps)
-    for path, new in (
-        (traj, "".join(frames)),
-        (
-            devi,
-            "".join(
-                r + "\n"
-                for r in rows
-                if r.startswith("#") or (r.strip() and int(r.split()[0]) in kept)
-            ),
-        ),
-    ):
+    kept_rows = [r for r in rows if r.startswith("#") or row_step.get(r) in steps]
+    for path, new in ((traj, "".join(frames)), (devi, "".join(r + "\n" for r in kept_rows))):
         if path.is_file():
             path.replace(path.with_name(path.name + ".stopped"))
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
+        write_text_atomic(path, new)
     return steps
 
 
