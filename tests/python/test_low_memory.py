@@ -249,7 +249,16 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
             assert angles.tolist() == list(range(c.a0, c.a1))
             assert c.a1 - c.a0 <= limit or c.c1 - c.c0 == 1
             assert torch.equal(c.center.idx + c.c0, center[c.e0 : c.e1])
-            assert torch.equal(c.nei.idx, p.nei.idx[c.e0 : c.e1])
+            # the neighbour index into the block's rows: the batch's, and no row unread
+            nrows = p.nei.ptr.shape[0] - 1 if c.rows is not None else None
+            if c.rows is None:
+                assert torch.equal(c.nei.idx, p.nei.idx[c.e0 : c.e1])
+            else:
+                assert torch.equal(c.rows[c.nei.idx], p.nei.idx[c.e0 : c.e1])
+                assert torch.equal(c.rows, torch.unique(p.nei.idx[c.e0 : c.e1]))
+                assert int(c.rows.max()) < nrows and c.nei.ptr.shape[0] == c.rows.shape[0] + 1
+                y = torch.randn(nrows, 2, dtype=torch.float64)
+                assert torch.equal(gather(y[c.rows], c.nei), y[p.nei.idx[c.e0 : c.e1]])
             assert torch.equal(c.a_eij.idx + c.e0, p.a_eij.idx[c.a0 : c.a1])
             assert torch.equal(c.a_eik.idx + c.e0, p.a_eik.idx[c.a0 : c.a1])
             # the inverse indices gather the same rows as the plain index

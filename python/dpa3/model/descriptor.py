@@ -322,7 +322,7 @@ class DescrptDPA3(nn.Module):
             for c in chunks:
                 n2, e2, a2 = layer(
                     n[c.c0 : c.c1],
-                    n_ext,
+                    _rows_of(n_ext, c.rows),
                     e[c.e0 : c.e1],
                     a[c.a0 : c.a1],
                     c.center,
@@ -353,12 +353,12 @@ class DescrptDPA3(nn.Module):
         nedge = p.sw.shape[0]
         nangle = p.a_weight.shape[0]
         if cptr is None or aptr is None or nangle <= self.chunk_angles:
-            return [Chunk(0, nnode, 0, nedge, 0, nangle, p.center, p.nei, p.a_eij, p.a_eik)]
+            return [
+                Chunk(0, nnode, 0, nedge, 0, nangle, p.center, p.nei, p.a_eij, p.a_eik, None)
+            ]
         # angles before each centre, to cut at centre boundaries
         a_before: list[int] = aptr.index_select(0, cptr).tolist()
         e_before: list[int] = cptr.tolist()
-        n_nei = p.nei.ptr
-        nrows = nnode if n_nei is None else n_nei.shape[0] - 1
         out: list[Chunk] = []
         c0 = 0
         while c0 < nnode:
@@ -373,14 +373,16 @@ class DescrptDPA3(nn.Module):
                 torch.arange(ne, dtype=torch.long, device=cptr.device),
                 cptr[c0 : c1 + 1] - e0,
             )
-            nei = make_rows(p.nei.idx[e0:e1], nrows, True)
+            # the node rows this block's neighbours read, and its neighbour index into them
+            rows, local = torch.unique(p.nei.idx[e0:e1], sorted=True, return_inverse=True)
+            nei = make_rows(local, rows.shape[0], True)
             eij = Rows(
                 p.a_eij.idx[a0:a1] - e0,
                 torch.arange(a1 - a0, dtype=torch.long, device=cptr.device),
                 aptr[e0 : e1 + 1] - a0,
             )
             eik = make_rows(p.a_eik.idx[a0:a1] - e0, ne, True)
-            out.append(Chunk(c0, c1, e0, e1, a0, a1, center, nei, eij, eik))
+            out.append(Chunk(c0, c1, e0, e1, a0, a1, center, nei, eij, eik, rows))
             c0 = c1
         return out
 
@@ -429,7 +431,7 @@ class DescrptDPA3(nn.Module):
                 e = es.pop().detach().requires_grad_(True)
                 a = as_.pop().detach().requires_grad_(True)
             n_ext = ghost_features(n, p.nall, comm_dict)
-            n_ext_leaf = n_ext.detach().requires_grad_(True)
+            n_ext_d = n_ext.detach()
             g_ext = torch.zeros_like(n_ext)
             g_n = torch.zeros_like(n)
             # the gradients of a block's edges and angles come from that block only: they
@@ -443,13 +445,14 @@ class DescrptDPA3(nn.Module):
                 hc = p.h2sw[c.e0 : c.e1].detach().requires_grad_(True)
                 sc = p.sw[c.e0 : c.e1].detach().requires_grad_(True)
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
+                xc = _rows_of(n_ext_d, c.rows).requires_grad_(True)
                 n2, e2, a2 = nc, ec, ac
                 # TorchScript unrolls this loop: a layer picked by a run-time index
                 for i, layer in enumerate(self.layers):
                     if i == target:
                         n2, e2, a2 = layer(
                             nc,
-                            n_ext_leaf,
+                            xc,
                             ec,
                             ac,
                             c.center,
@@ -472,11 +475,11 @@ class DescrptDPA3(nn.Module):
                     outs.append(a2)
                     gouts.append(ga[c.a0 : c.a1])
                 grads = torch.autograd.grad(
-                    outs, [nc, n_ext_leaf, ec, ac, hc, sc, wc], gouts, allow_unused=True
+                    outs, [nc, xc, ec, ac, hc, sc, wc], gouts, allow_unused=True
                 )
                 with torch.no_grad():
                     _add_to(g_n, c.c0, grads[0])
-                    _add_to(g_ext, 0, grads[1])
+                    _add_rows(g_ext, c.rows, grads[1])
                     ge_out.put(c.e0, c.e1, grads[2])
                     ga_out.put(c.a0, c.a1, grads[3])
                     _add_to(gh, c.e0, grads[4])
@@ -501,6 +504,27 @@ class DescrptDPA3(nn.Module):
         return torch.autograd.grad(
             outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
         )[0]
+
+
+def _rows_of(x: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    """The rows ``rows`` of ``x`` (a new tensor), or ``x`` itself for None (all rows)."""
+    if rows is None:
+        return x
+    return x.index_select(0, rows)
+
+
+def _add_rows(
+    acc: torch.Tensor,
+    rows: Optional[torch.Tensor],  # noqa: UP045
+    g: Optional[torch.Tensor],  # noqa: UP045
+) -> None:
+    """``acc[rows] += g`` (``rows`` distinct; all rows for None; nothing for ``g`` None)."""
+    if g is None:
+        return
+    if rows is None:
+        acc += g
+    else:
+        acc.index_add_(0, rows, g)
 
 
 def _add_to(acc: torch.Tensor, start: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045

@@ -60,8 +60,10 @@ CHUNK_ANGLES = 1 << 17
 class Chunk(NamedTuple):
     """Centres ``[c0, c1)`` with their edges ``[e0, e1)`` and angles ``[a0, a1)`` (contiguous:
     edges are grouped by centre, angles by their ``ij`` edge) and the row indices of the
-    block: ``center`` (into the block's centres), ``nei`` (into all node rows, as the batch's),
-    ``a_eij``/``a_eik`` (into the block's edges)."""
+    block: ``center`` (into the block's centres), ``nei`` (into ``rows``), ``a_eij``/``a_eik``
+    (into the block's edges).  ``rows [R]`` (ascending) are the node rows (local + ghost) the
+    block's neighbours read, so a block's work does not grow with the system's size; None:
+    all rows (a single block)."""
 
     c0: int
     c1: int
@@ -73,3 +75,4 @@ class Chunk(NamedTuple):
     nei: Rows
     a_eij: Rows
     a_eik: Rows
+    rows: Optional[torch.Tensor]  # noqa: UP045
