@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "device": 0,
     "_ops": 0,
+    "malloc": 0,
     "": 0,
 }
 
