@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpa3.model_devi import write_text_atomic
+from dpa3.atomic_file import write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -260,7 +260,7 @@ def cpu_seconds() -> float:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def label_emt(candidates: Path, out: Path, max_label: int, max_force: float) -> tuple[int, int]:
@@ -382,7 +382,7 @@ def keep_complete_frames(folder: Path) -> list[int]:
     for path, new in ((traj, "".join(frames)), (devi, "".join(r + "\n" for r in kept_rows))):
         if path.is_file():
             path.replace(path.with_name(path.name + ".stopped"))
-        write_text_atomic(path, new)
+        write_text(path, new)
     return steps
 
 

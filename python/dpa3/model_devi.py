@@ -26,7 +26,6 @@ needs the element of each LAMMPS type, ``type_map``); a frame with a cell is per
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic_file import atomic_open, write_text
 from .errors import DataError
 
 COLUMNS: tuple[str, ...] = (
@@ -197,27 +197,6 @@ def format_block(table: np.ndarray, source: str, atomic: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise DataError(f"output '{path}' is a folder, not a file")
-    if not parent.is_dir():
-        raise DataError(f"cannot write '{path}': folder '{parent}' does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
-    except OSError as err:
-        raise DataError(f"cannot write '{path}': {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- frames
 
 
@@ -336,16 +315,20 @@ def write_npy_system(out: str | os.PathLike, frames: Frames, index: np.ndarray) 
     atype = frames.atype[index] if len(index) else frames.atype[:1]
     if np.any(atype != atype[0]):
         raise DataError("the selected frames do not share one atom order")
+    # every file atomically, type.raw last: an interrupted write leaves no folder that reads
+    # as a (partial) system
     try:
         (out / "set.000").mkdir(parents=True, exist_ok=True)
-        np.savetxt(out / "type.raw", atype[0], fmt="%d")
-        (out / "type_map.raw").write_text("\n".join(frames.type_map) + "\n")
         nf, nat = len(index), atype.shape[1]
-        np.save(out / "set.000" / "coord.npy", frames.coord[index].reshape(nf, nat * 3))
+        with atomic_open(out / "set.000" / "coord.npy") as fh:
+            np.save(fh, frames.coord[index].reshape(nf, nat * 3))
         if frames.box is not None:
-            np.save(out / "set.000" / "box.npy", frames.box[index].reshape(nf, 9))
+            with atomic_open(out / "set.000" / "box.npy") as fh:
+                np.save(fh, frames.box[index].reshape(nf, 9))
         else:
-            (out / "nopbc").write_text("")
+            write_text(out / "nopbc", "")
+        write_text(out / "type_map.raw", "\n".join(frames.type_map) + "\n")
+        write_text(out / "type.raw", "".join(f"{t}\n" for t in atype[0].tolist()))
     except OSError as err:
         raise DataError(f"cannot write the system '{out}': {err}") from None
     return len(index)
@@ -363,5 +346,4 @@ __all__ = [
     "select",
     "virial_deviation",
     "write_npy_system",
-    "write_text_atomic",
 ]

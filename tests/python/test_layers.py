@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "device": 0,
     "_ops": 0,
     "malloc": 0,
+    "atomic_file": 0,
     "": 0,
 }
 

@@ -112,6 +112,7 @@ def _systems(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 model-devi``."""
+    from ..atomic_file import write_text
     from ..device import describe, resolve_device
     from ..errors import DataError, UsageError
     from ..model_devi import (
@@ -122,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
         read_frames,
         select,
         write_npy_system,
-        write_text_atomic,
     )
 
     if args.frequency < 1:
@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if args.select is not None:
         print(f"dpa3 model-devi: {selected} frames selected -> {out}")
         if out.is_dir():
-            write_text_atomic(out / "model_devi.out", "".join(blocks))
+            write_text(out / "model_devi.out", "".join(blocks))
     else:
-        write_text_atomic(out, "".join(blocks))
+        write_text(out, "".join(blocks))
         log.info("model deviation written to %s", out)
     return 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
+from ..atomic_file import write_text
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ def _write_out_json(data: dict | None) -> None:
     if data is None:
         return
     path = Path(OUT_JSON)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=4))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=4))
     log.info("wrote %s (the input with every default filled in)", path)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_file import atomic_open
 from ..errors import ConfigError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -157,10 +158,8 @@ def _arrays(stat: EnergyStat) -> dict[str, np.ndarray]:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, arr)
-    os.replace(tmp, path)
 
 
 def save_stat(stat_file: str | os.PathLike, stat: EnergyStat) -> Path:

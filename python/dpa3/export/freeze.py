@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..atomic_file import atomic_open
 from ..errors import ExportError, ModelFileError
 from .metadata import METADATA_FILE, build_metadata, parse_metadata
 
@@ -139,13 +140,8 @@ def freeze(
         model.train(was_training)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.jit.save(frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "wb") as fh:
+        torch.jit.save(frozen, fh, _extra_files={METADATA_FILE: json.dumps(meta, indent=2)})
     return path
 
 

@@ -353,9 +353,7 @@ class DescrptDPA3(nn.Module):
         nedge = p.sw.shape[0]
         nangle = p.a_weight.shape[0]
         if cptr is None or aptr is None or nangle <= self.chunk_angles:
-            return [
-                Chunk(0, nnode, 0, nedge, 0, nangle, p.center, p.nei, p.a_eij, p.a_eik, None)
-            ]
+            return [Chunk(0, nnode, 0, nedge, 0, nangle, p.center, p.nei, p.a_eij, p.a_eik, None)]
         # angles before each centre, to cut at centre boundaries
         a_before: list[int] = aptr.index_select(0, cptr).tolist()
         e_before: list[int] = cptr.tolist()

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..atomic_file import TMP_PATTERN, atomic_open, fsync_dir, symlink, write_text
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -74,27 +75,6 @@ def set_rng_state(state: dict[str, Any] | None) -> None:
         torch.set_rng_state(state["torch"])
 
 
-_TMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(folder: Path, names: Callable[[str], bool]) -> list[Path]:
     """Remove the temporary files (``.<name>.tmp-<pid>``) that other processes left for the
     target names accepted by ``names`` (a save killed mid-write; only one process writes a
@@ -102,7 +82,7 @@ def remove_stale_temporaries(folder: Path, names: Callable[[str], bool]) -> list
     checked for liveness); returns the removed paths."""
     removed = []
     for p in folder.iterdir():
-        m = _TMP.match(p.name)
+        m = TMP_PATTERN.match(p.name)
         if m and names(m.group("name")) and int(m.group("pid")) != os.getpid():
             p.unlink(missing_ok=True)
             removed.append(p)
@@ -110,40 +90,9 @@ def remove_stale_temporaries(folder: Path, names: Callable[[str], bool]) -> list
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_symlink(target: str, link: Path) -> None:
-    tmp = _tmp_name(link)
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    try:
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    except OSError:  # file systems without symlinks: the pointer file is enough
-        if tmp.is_symlink():
-            tmp.unlink()
+    """``torch.save`` to ``path`` atomically (:func:`dpa3.atomic_file.atomic_open`)."""
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def save_checkpoint(
@@ -176,15 +125,13 @@ def save_checkpoint(
     for p in stale:
         log.info("removed %s, left by a save that was killed", p)
     atomic_torch_save(ckpt, path)
-    _atomic_symlink(path.name, pre.with_name(f"{pre.name}.pt"))
+    symlink(path.name, pre.with_name(f"{pre.name}.pt"))
     if not apart:
         name = path.name
     else:
         name = str(path) if path.is_absolute() else os.path.relpath(path, ptr.parent)
-    _atomic_write_text(ptr, name)  # no newline, as dp writes it
-    _fsync_dir(pre.parent)
-    if apart:
-        _fsync_dir(ptr.parent)
+    write_text(ptr, name)  # no newline, as dp writes it
+    fsync_dir(pre.parent)
     olds = []
     for p in pre.parent.iterdir() if max_keep > 0 else ():
         m = pattern.match(p.name)
