@@ -36,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lammps_report import DATA, INPUT, ROOT, cpu_model, loadavg
-from lammps_vs_deepmd import TCMALLOC, parse_e0
+from lammps_runs import TCMALLOC, parse_e0
 
 REL_TOL = 1e-5
 

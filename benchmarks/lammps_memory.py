@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from lammps_report import CKPT6, GIB, ROOT, cpu_model, loadavg, meminfo
-from lammps_vs_deepmd import TCMALLOC, Side, run_lammps
+from lammps_runs import TCMALLOC, Side, run_lammps
 
 HERE = Path(__file__).resolve().parent
 

@@ -51,28 +51,19 @@ import argparse
 import datetime
 import json
 import os
-import re
-import shlex
-import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from lammps_helpers import (
-    count_flops,
     helper_ase,
     helper_deepmd_flops,
     helper_make_ckpt,
-    water_frame,
 )
 from lammps_report import (
     CKPT6,
-    DATA,
     GIB,
-    INPUT,
     REL_TOL,
     ROOT,
     AseResult,
@@ -83,251 +74,87 @@ from lammps_report import (
     meminfo,
     write_report,
 )
-from proc_guard import run_guarded
-
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-
-
-# --------------------------------------------------------------------------- machine facts
-
-
-
-def mm_gflops(threads: int, n: int = 2048, seconds: float = 4.0) -> float:
-    """Best float32 ``torch.mm`` throughput of an n x n product over ``seconds``, GFLOP/s
-    (best, not mean: the machine may be shared)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)
-    best = float("inf")
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        best = min(best, time.perf_counter() - t0)
-    torch.set_num_threads(old)
-    return 2.0 * n**3 / best / 1e9
-
-
-def dpa3_flops(ckpt: Path, threads: int) -> tuple[float, int, float]:
-    """Matmul FLOPs of dpa3's eager model (evaluation mode, as in LAMMPS) on 192 atoms,
-    the matrix products inside the op library's fused kernels included
-    (``dpa3._ops.register_flop_formulas``)."""
-    import torch
-
-    from dpa3._ops import register_flop_formulas
-    from dpa3.convert import load_deepmd_model
-
-    torch.set_num_threads(threads)
-    raw = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
-    tmap = list(raw["_extra_state"]["model_params"]["type_map"])
-    model = load_deepmd_model(str(ckpt))
-    register_flop_formulas()  # the products inside the fused kernels (torch.ops.dpa3._*)
-    model.eval()
-    coord, names, cell = water_frame()
-    atype = torch.tensor([tmap.index(n) for n in names])[None]
-    c, b = torch.tensor(coord)[None], torch.tensor(cell.reshape(9))[None]
-    model(c, atype, b)
-    flops, out = count_flops(lambda: model(c, atype, b))
-    return float(flops), len(names), float(out["energy"].detach().sum())
-
-
-# --------------------------------------------------------------------------- running LAMMPS
-
-
-@dataclass
-class Side:
-    """One code: its venv, LAMMPS plugin and pair style."""
-
-    name: str
-    venv: Path
-    plugin: Path
-    pair_style: str
-
-    @property
-    def lmp(self) -> Path:
-        return self.venv / "bin" / "lmp"
-
-    @property
-    def mpirun(self) -> Path:
-        return self.venv / "bin" / "mpirun"
-
-
-
-def run_env(threads: int) -> tuple[dict[str, str], dict[str, str]]:
-    """Environment of a timed run (LAMMPS or ASE): the full one, and the variables set."""
-    env = dict(os.environ)
-    env.pop("LAMMPS_PLUGIN_PATH", None)
-    env_set = {
-        "LD_PRELOAD": TCMALLOC,
-        "OMP_NUM_THREADS": str(threads),
-        "DP_INTRA_OP_PARALLELISM_THREADS": str(threads),
-        "DP_INTER_OP_PARALLELISM_THREADS": "1",
-    }
-    env.update(env_set)
-    return env, env_set
-
-
-def run_lammps(side: Side, model: Path, case_dir: Path, *, reps: int | tuple[int, int, int],
-               ranks: int, threads: int, warmup: int, steps: int, timeout: float,
-               min_free: int) -> Result:
-    """One LAMMPS run of the 192-atom water box replicated ``reps`` times along each axis
-    (an int: the same along all three)."""
-    case_dir.mkdir(parents=True, exist_ok=True)
-    for old in case_dir.glob("maxrss.*"):
-        old.unlink()
-    grid = (reps, reps, reps) if isinstance(reps, int) else tuple(reps)
-    copies = grid[0] * grid[1] * grid[2]
-    inp = case_dir / "in.lmp"
-    inp.write_text(INPUT.format(
-        title=f"{side.name}: {model.name}, water x{copies}, {ranks} rank(s) x {threads} thread(s)",
-        data=DATA,
-        replicate=f"replicate       {grid[0]} {grid[1]} {grid[2]}\n" if copies > 1 else "",
-        plugin=side.plugin, pair_style=side.pair_style, model=model, warmup=warmup,
-        steps=steps))
-    env, env_set = run_env(threads)
-    # every rank under /usr/bin/time: its maximum resident set (the lmp binary started by the
-    # wheel's `lmp` launcher is the largest process it waits for) lands in maxrss.<rank>
-    wrap = ('o=$1; shift; exec /usr/bin/time -f %M -o "$o.${PMI_RANK:-0}" "$@"')
-    cmd = [str(side.mpirun), "-np", str(ranks), "sh", "-c", wrap, "sh",
-           str(case_dir / "maxrss"), str(side.lmp), "-in", str(inp), "-log",
-           str(case_dir / "log.lammps")]
-    res = Result(load_before=loadavg())
-    res.command = (f"cd {case_dir} && " + " ".join(f"{k}={v}" for k, v in env_set.items())
-                   + f" {side.mpirun} -np {ranks} {side.lmp} -in in.lmp")
-    returncode, stop, res.guard_peak, res.wall = run_guarded(
-        cmd, case_dir, env, timeout=timeout, min_free=min_free)
-    text = (case_dir / "stdout").read_text(errors="replace")
-    errtext = (case_dir / "stderr").read_text(errors="replace")
-    res.log = text
-    res.e0 = parse_e0(text)
-    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", text)
-    for f in sorted(case_dir.glob("maxrss.*")):
-        try:
-            res.peak_rss.append(int(f.read_text().split()[-1]) * 1024)
-        except (IndexError, ValueError):
-            pass
-    if stop:
-        res.status = stop
-    elif returncode != 0 or len(loops) < 2:
-        tail = [ln for ln in (text + "\n" + errtext).splitlines()
-                if ln.strip() and not ln.startswith("Command being timed")]
-        killed = any(s in text + errtext for s in ("Killed", "signal 9", "KILLED BY SIGNAL: 9"))
-        res.status = ("out of memory (killed by the kernel)" if killed else
-                      f"failed (exit {returncode}): " + " | ".join(tail[-3:])[:300])
-    else:
-        cpu = re.findall(r"([\d.]+)% CPU use with", text)
-        res.cpu_use = cpu[-1] if cpu else ""
-        res.steps = int(loops[-1][1])
-        res.s_per_step = float(loops[-1][0]) / res.steps if res.steps else None
-    return res
-
-
-
-def run_ase(code: str, python: Path, model: Path, case_dir: Path, *, reps: int, threads: int,
-            calls: int, e_ref: float, perturb: float, timeout: float, min_free: int,
-            pythonpath: Path | None = None) -> AseResult:
-    """``helper_ase`` in a subprocess of ``python`` with the LAMMPS runs' environment."""
-    case_dir.mkdir(parents=True, exist_ok=True)
-    env, env_set = run_env(threads)
-    if pythonpath is not None:
-        env_set["PYTHONPATH"] = str(pythonpath)
-        env["PYTHONPATH"] = str(pythonpath)
-    args = ["--helper", "ase", code, str(model), str(reps), str(threads), str(calls),
-            repr(e_ref), repr(perturb)]
-    cmd = [str(python), str(Path(__file__).resolve()), *args]
-    res = AseResult(load_before=loadavg())
-    res.command = (f"cd {case_dir} && " + " ".join(f"{k}={v}" for k, v in env_set.items())
-                   + " " + " ".join(shlex.quote(c) for c in cmd))
-    returncode, stop, res.guard_peak, res.wall = run_guarded(
-        cmd, case_dir, env, timeout=timeout, min_free=min_free)
-    text = (case_dir / "stdout").read_text(errors="replace")
-    errtext = (case_dir / "stderr").read_text(errors="replace")
-    found = None
-    for ln in reversed(text.splitlines()):
-        if ln.startswith("{"):
-            try:
-                found = json.loads(ln)
-            except json.JSONDecodeError:
-                continue
-            break
-    if stop:
-        res.status = stop
-    elif returncode != 0 or found is None:
-        tail = [ln for ln in (text + "\n" + errtext).splitlines() if ln.strip()]
-        killed = returncode == -signal.SIGKILL or "Killed" in errtext
-        res.status = ("out of memory (killed by the kernel)" if killed else
-                      f"failed (exit {returncode}): " + " | ".join(tail[-3:])[:300])
-    else:
-        res.status = found["status"]
-        res.energy, res.rel, res.first = found["energy"], found["rel"], found["first"]
-        res.times = list(found["times"])
-    return res
-
-
-def parse_e0(text: str) -> float | None:
-    lines = text.splitlines()
-    for i, ln in enumerate(lines):
-        if ln.split()[:2] == ["Step", "PotEng"]:
-            for nxt in lines[i + 1:]:
-                parts = nxt.split()
-                if parts and parts[0] == "0":
-                    return float(parts[1])
-                if parts and not parts[0].lstrip("-").isdigit():
-                    break
-            return None
-    return None
-
-
-# --------------------------------------------------------------------------- main
-
-
-def sh(cmd: list[str], log: list[str], **kw) -> str:
-    log.append(" ".join(shlex.quote(str(c)) for c in cmd))
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False,
-                          **kw)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"command failed: {log[-1]}")
-    return proc.stdout
-
+from lammps_runs import (
+    TCMALLOC,
+    Side,
+    dpa3_flops,
+    mm_gflops,
+    run_ase,
+    run_lammps,
+    sh,
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--helper", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--layers", type=int, nargs="+", default=[6, 3])
-    ap.add_argument("--reps", type=int, nargs="+", default=[1, 2],
-                    help="replicate the 192-atom box reps^3 times (1: 192 atoms, 2: 1,536)")
-    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2],
-                    help="MPI ranks; threads per rank = --cores / ranks")
+    ap.add_argument(
+        "--reps",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="replicate the 192-atom box reps^3 times (1: 192 atoms, 2: 1,536)",
+    )
+    ap.add_argument(
+        "--ranks",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="MPI ranks; threads per rank = --cores / ranks",
+    )
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--steps", type=int, nargs="+", default=None,
-                    help="timed MD steps, one value per --reps entry (or one for all); "
-                    "default 10 for 192 atoms, 3 for larger boxes")
-    ap.add_argument("--warmup", type=int, nargs="+", default=None,
-                    help="warm-up MD steps before the timed run, per --reps entry; "
-                    "default 2 for 192 atoms, 1 for larger boxes")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run each case's pair of runs this often (alternating), keep the best")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="timed MD steps, one value per --reps entry (or one for all); "
+        "default 10 for 192 atoms, 3 for larger boxes",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        nargs="+",
+        default=None,
+        help="warm-up MD steps before the timed run, per --reps entry; "
+        "default 2 for 192 atoms, 1 for larger boxes",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each case's pair of runs this often (alternating), keep the best",
+    )
     ap.add_argument("--timeout", type=float, default=1500.0, help="seconds per LAMMPS run")
-    ap.add_argument("--min-free-gb", type=float, default=1.5,
-                    help="stop a run when the machine's available memory drops below this")
+    ap.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=1.5,
+        help="stop a run when the machine's available memory drops below this",
+    )
     ap.add_argument("--deepmd-venv", type=Path, default=ROOT / ".venv-deepmd")
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "lammps_vs_deepmd")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results_lammps.md")
     ap.add_argument("--no-output", action="store_true", help="print only, write no results file")
-    ap.add_argument("--no-ase", action="store_true",
-                    help="skip the Python (ASE calculator) timing of the 1-rank cases")
-    ap.add_argument("--ase-calls", type=int, default=5,
-                    help="timed ASE force calls per case and code, after one warm-up call")
-    ap.add_argument("--ase-perturb", type=float, default=1e-3,
-                    help="std. dev. (Å) of the random displacement of the start positions "
-                         "before each timed ASE call")
+    ap.add_argument(
+        "--no-ase",
+        action="store_true",
+        help="skip the Python (ASE calculator) timing of the 1-rank cases",
+    )
+    ap.add_argument(
+        "--ase-calls",
+        type=int,
+        default=5,
+        help="timed ASE force calls per case and code, after one warm-up call",
+    )
+    ap.add_argument(
+        "--ase-perturb",
+        type=float,
+        default=1e-3,
+        help="std. dev. (Å) of the random displacement of the start positions "
+        "before each timed ASE call",
+    )
     args = ap.parse_args()
 
     if args.helper:
@@ -337,8 +164,9 @@ def main() -> None:
             helper_deepmd_flops(args.helper[1], int(args.helper[2]))
         elif args.helper[0] == "ase":
             code, model, reps, threads, calls, e_ref, perturb = args.helper[1:8]
-            helper_ase(code, model, int(reps), int(threads), int(calls), float(e_ref),
-                       float(perturb))
+            helper_ase(
+                code, model, int(reps), int(threads), int(calls), float(e_ref), float(perturb)
+            )
         return
 
     def per_reps(vals: list[int] | None, small: int, large: int) -> dict[int, int]:
@@ -364,7 +192,10 @@ def main() -> None:
         raise SystemExit(f"{dp_venv} missing: run `bash scripts/install_deepmd_lammps.sh`")
     dp_site = subprocess.run(
         [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     dp_plugin = Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so"
     our_plugin = dpa3.lammps.plugin_path()
     if our_plugin is None or not dp_plugin.exists():
@@ -382,8 +213,11 @@ def main() -> None:
     # script does not add it), borrow dpa3's venv's ASE (pure Python) through a folder that
     # holds only a link to it, so that nothing else of dpa3's venv shadows DeePMD-kit's.
     dp_ase_path = None
-    if do_ase and subprocess.run([dp_py, "-c", "import ase"], capture_output=True,
-                                 check=False).returncode != 0:
+    if (
+        do_ase
+        and subprocess.run([dp_py, "-c", "import ase"], capture_output=True, check=False).returncode
+        != 0
+    ):
         import ase
 
         dp_ase_path = work / "ase_for_deepmd"
@@ -394,32 +228,55 @@ def main() -> None:
         link.symlink_to(Path(ase.__file__).resolve().parent)
     versions = {
         "dpa3 venv": f"torch {torch.__version__}, lammps {_dist_version('lammps')}, "
-                     f"dpa3 {dpa3.__version__}",
+        f"dpa3 {dpa3.__version__}",
         "DeePMD-kit venv": subprocess.run(
-            [dp_py, "-c", ("import importlib.metadata as m; print(', '.join("
-                           "f'{p} {m.version(p)}' for p in ('torch', 'lammps', 'deepmd-kit')))")],
-            capture_output=True, text=True, check=True).stdout.strip(),
+            [
+                dp_py,
+                "-c",
+                (
+                    "import importlib.metadata as m; print(', '.join("
+                    "f'{p} {m.version(p)}' for p in ('torch', 'lammps', 'deepmd-kit')))"
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip(),
     }
 
-    git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h (%cI)"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "-uno"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h (%cI)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "-uno"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     versions["dpa3 source"] = (git + (" + uncommitted changes" if dirty else "")) or "?"
-    versions["ASE"] = (f"ase {_dist_version('ase')} (dpa3 venv"
-                       + (", also for DeePMD-kit through PYTHONPATH)" if dp_ase_path else ")"))
+    versions["ASE"] = f"ase {_dist_version('ase')} (dpa3 venv" + (
+        ", also for DeePMD-kit through PYTHONPATH)" if dp_ase_path else ")"
+    )
     started = datetime.datetime.now().astimezone()
     mem = meminfo()
     load_start = loadavg()
     print(f"# LAMMPS: pair_style dpa3 vs pair_style deepmd ({started:%Y-%m-%d %H:%M %Z})")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {mem['MemTotal'] / GIB:.1f} GB "
-          f"({mem['MemAvailable'] / GIB:.1f} GB available); load average {load_start}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {mem['MemTotal'] / GIB:.1f} GB "
+        f"({mem['MemAvailable'] / GIB:.1f} GB available); load average {load_start}"
+    )
     for k, v in versions.items():
         print(f"{k}: {v}")
 
     mm_start = {t: mm_gflops(t) for t in (1, args.cores)}
-    print(f"float32 torch.mm 2048^3: {mm_start[1]:.1f} GFLOP/s on 1 thread, "
-          f"{mm_start[args.cores]:.1f} GFLOP/s on {args.cores} threads", flush=True)
+    print(
+        f"float32 torch.mm 2048^3: {mm_start[1]:.1f} GFLOP/s on 1 thread, "
+        f"{mm_start[args.cores]:.1f} GFLOP/s on {args.cores} threads",
+        flush=True,
+    )
 
     # ---- models: identical weights on both sides
     prep: list[str] = []
@@ -435,22 +292,41 @@ def main() -> None:
         dp_model = d / "deepmd.pth"
         our_ckpt = d / "dpa3.pt"
         our_model = d / "dpa3.pth"
-        denv = dict(os.environ, OMP_NUM_THREADS="1", DP_INTRA_OP_PARALLELISM_THREADS="1",
-                    DP_INTER_OP_PARALLELISM_THREADS="1")
-        sh([dp_venv / "bin" / "dp", "--pt", "freeze", "-c", ckpt, "-o", dp_model], prep,
-           cwd=d, env=denv)
+        denv = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            DP_INTRA_OP_PARALLELISM_THREADS="1",
+            DP_INTER_OP_PARALLELISM_THREADS="1",
+        )
+        sh(
+            [dp_venv / "bin" / "dp", "--pt", "freeze", "-c", ckpt, "-o", dp_model],
+            prep,
+            cwd=d,
+            env=denv,
+        )
         sh([ours_venv / "bin" / "dpa3", "convert-deepmd", ckpt, our_ckpt], prep)
         sh([ours_venv / "bin" / "dpa3", "freeze", "-c", our_ckpt, "-o", our_model], prep)
         fl, nat, e_ours = dpa3_flops(ckpt, args.cores)
-        dpfl = json.loads(sh([dp_py, Path(__file__).resolve(), "--helper", "flops", ckpt,
-                              args.cores], []).strip().splitlines()[-1])
-        models[nl] = {"ckpt": ckpt, "dpa3": our_model, "deepmd": dp_model,
-                      "flops": fl / nat, "deepmd_flops": dpfl["flops"] / dpfl["natoms"],
-                      "e_eager": (e_ours, dpfl["energy"])}
-        print(f"{nl}-layer model: matmul FLOPs per atom-step (eager energy+forces+virial, "
-              f"192 atoms): dpa3 {fl / nat / 1e6:.1f} M, DeePMD-kit "
-              f"{dpfl['flops'] / dpfl['natoms'] / 1e6:.1f} M; eager energies "
-              f"{e_ours:.8f} / {dpfl['energy']:.8f} eV", flush=True)
+        dpfl = json.loads(
+            sh([dp_py, Path(__file__).resolve(), "--helper", "flops", ckpt, args.cores], [])
+            .strip()
+            .splitlines()[-1]
+        )
+        models[nl] = {
+            "ckpt": ckpt,
+            "dpa3": our_model,
+            "deepmd": dp_model,
+            "flops": fl / nat,
+            "deepmd_flops": dpfl["flops"] / dpfl["natoms"],
+            "e_eager": (e_ours, dpfl["energy"]),
+        }
+        print(
+            f"{nl}-layer model: matmul FLOPs per atom-step (eager energy+forces+virial, "
+            f"192 atoms): dpa3 {fl / nat / 1e6:.1f} M, DeePMD-kit "
+            f"{dpfl['flops'] / dpfl['natoms'] / 1e6:.1f} M; eager energies "
+            f"{e_ours:.8f} / {dpfl['energy']:.8f} eV",
+            flush=True,
+        )
 
     # ---- check before timing: step-0 energy of both plugins, 192 atoms, 1 rank
     min_free = int(args.min_free_gb * GIB)
@@ -458,16 +334,28 @@ def main() -> None:
     for nl, m in models.items():
         e = {}
         for key in ("dpa3", "deepmd"):
-            r = run_lammps(sides[key], m[key], work / f"layers{nl}" / f"check_{key}", reps=1,
-                           ranks=1, threads=args.cores, warmup=0, steps=0,
-                           timeout=args.timeout, min_free=min_free)
+            r = run_lammps(
+                sides[key],
+                m[key],
+                work / f"layers{nl}" / f"check_{key}",
+                reps=1,
+                ranks=1,
+                threads=args.cores,
+                warmup=0,
+                steps=0,
+                timeout=args.timeout,
+                min_free=min_free,
+            )
             if r.e0 is None:
                 raise SystemExit(f"check run of {key} failed: {r.status}\n{r.log[-3000:]}")
             e[key] = r.e0
         rel = abs(e["dpa3"] - e["deepmd"]) / abs(e["deepmd"])
         checks[nl] = (e["dpa3"], e["deepmd"], rel)
-        print(f"check {nl} layers, 192 atoms, step 0: dpa3 {e['dpa3']:.10f} eV, DeePMD-kit "
-              f"{e['deepmd']:.10f} eV, relative difference {rel:.2e}", flush=True)
+        print(
+            f"check {nl} layers, 192 atoms, step 0: dpa3 {e['dpa3']:.10f} eV, DeePMD-kit "
+            f"{e['deepmd']:.10f} eV, relative difference {rel:.2e}",
+            flush=True,
+        )
         if rel > REL_TOL:
             raise SystemExit(f"energies differ by {rel:.2e} > {REL_TOL:g}: not timing")
 
@@ -483,58 +371,96 @@ def main() -> None:
                 for rep in range(args.repeat):
                     for key in ("dpa3", "deepmd"):
                         if key in res and res[key].status != "ok":
-                            continue   # out of memory or timeout once: not again
-                        case = work / f"layers{nl}" / (f"x{reps}_np{ranks}_{key}"
-                                                       + (f"_{rep}" if args.repeat > 1 else ""))
+                            continue  # out of memory or timeout once: not again
+                        case = (
+                            work
+                            / f"layers{nl}"
+                            / (f"x{reps}_np{ranks}_{key}" + (f"_{rep}" if args.repeat > 1 else ""))
+                        )
                         r = run_lammps(
-                            sides[key], m[key], case, reps=reps, ranks=ranks, threads=threads,
-                            warmup=warmup_of[reps], steps=steps_of[reps], timeout=args.timeout,
-                            min_free=min_free)
+                            sides[key],
+                            m[key],
+                            case,
+                            reps=reps,
+                            ranks=ranks,
+                            threads=threads,
+                            warmup=warmup_of[reps],
+                            steps=steps_of[reps],
+                            timeout=args.timeout,
+                            min_free=min_free,
+                        )
                         best = res.get(key)
-                        if (best is None or best.s_per_step is None
-                                or (r.s_per_step is not None and r.s_per_step < best.s_per_step)):
+                        if (
+                            best is None
+                            or best.s_per_step is None
+                            or (r.s_per_step is not None and r.s_per_step < best.s_per_step)
+                        ):
                             res[key] = r
-                        t = (f"{r.s_per_step:.4f} s/step, {r.cpu_use}% CPU" if r.s_per_step
-                             else r.status)
-                        print(f"  {nl} layers, {192 * reps**3} atoms, {ranks}x{threads}, "
-                              f"{sides[key].name:14s}: E0 {r.e0}, {t}, peak "
-                              f"{fmt_gb(r.peak)} GB (load {r.load_before}, wall {r.wall:.0f} s)",
-                              flush=True)
+                        t = (
+                            f"{r.s_per_step:.4f} s/step, {r.cpu_use}% CPU"
+                            if r.s_per_step
+                            else r.status
+                        )
+                        print(
+                            f"  {nl} layers, {192 * reps**3} atoms, {ranks}x{threads}, "
+                            f"{sides[key].name:14s}: E0 {r.e0}, {t}, peak "
+                            f"{fmt_gb(r.peak)} GB (load {r.load_before}, wall {r.wall:.0f} s)",
+                            flush=True,
+                        )
                         if not do_ase or ranks != 1 or r.e0 is None or r.status != "ok":
                             continue
                         # the same code's ASE calculator right after its LAMMPS run
                         a = run_ase(
-                            key, ours_venv / "bin" / "python" if key == "dpa3" else dp_py,
-                            m[key], case.with_name(case.name + "_ase"), reps=reps,
-                            threads=threads, calls=args.ase_calls, e_ref=r.e0,
-                            perturb=args.ase_perturb, timeout=args.timeout, min_free=min_free,
-                            pythonpath=dp_ase_path if key == "deepmd" else None)
+                            key,
+                            ours_venv / "bin" / "python" if key == "dpa3" else dp_py,
+                            m[key],
+                            case.with_name(case.name + "_ase"),
+                            reps=reps,
+                            threads=threads,
+                            calls=args.ase_calls,
+                            e_ref=r.e0,
+                            perturb=args.ase_perturb,
+                            timeout=args.timeout,
+                            min_free=min_free,
+                            pythonpath=dp_ase_path if key == "deepmd" else None,
+                        )
                         old = ase_res.get(key)
-                        if old is None or old.median is None or (
-                                a.median is not None and a.median < old.median):
+                        if (
+                            old is None
+                            or old.median is None
+                            or (a.median is not None and a.median < old.median)
+                        ):
                             ase_res[key] = a
                         if a.median is not None:
-                            t = (f"median {a.median:.4f} s/call, best {a.best:.4f} (calls "
-                                 + " ".join(f"{x:.3f}" for x in a.times)
-                                 + f"; warm-up {a.first:.2f} s), ASE/LAMMPS "
-                                 f"{a.median / r.s_per_step:.2f}")
+                            t = (
+                                f"median {a.median:.4f} s/call, best {a.best:.4f} (calls "
+                                + " ".join(f"{x:.3f}" for x in a.times)
+                                + f"; warm-up {a.first:.2f} s), ASE/LAMMPS "
+                                f"{a.median / r.s_per_step:.2f}"
+                            )
                         else:
                             t = a.status
                         e = "–" if a.energy is None else f"{a.energy:.10f} (rel. {a.rel:.1e})"
-                        print(f"  {nl} layers, {192 * reps**3} atoms, 1x{threads}, "
-                              f"{sides[key].name + ' ASE':14s}: E {e}, {t} (load "
-                              f"{a.load_before}, wall {a.wall:.0f} s)", flush=True)
+                        print(
+                            f"  {nl} layers, {192 * reps**3} atoms, 1x{threads}, "
+                            f"{sides[key].name + ' ASE':14s}: E {e}, {t} (load "
+                            f"{a.load_before}, wall {a.wall:.0f} s)",
+                            flush=True,
+                        )
                 rows.append((nl, reps, ranks, threads, res))
                 if do_ase and ranks == 1:
                     for key in ("dpa3", "deepmd"):
-                        if key not in ase_res:   # no successful LAMMPS run to compare with
+                        if key not in ase_res:  # no successful LAMMPS run to compare with
                             ase_res[key] = AseResult(
-                                status="not run (LAMMPS " + res[key].status.split(" (")[0] + ")")
+                                status="not run (LAMMPS " + res[key].status.split(" (")[0] + ")"
+                            )
                     ase_rows.append((nl, reps, threads, res, ase_res))
     mm_end = {t: mm_gflops(t) for t in (1, args.cores)}
     ended = datetime.datetime.now().astimezone()
-    print(f"float32 torch.mm at the end: {mm_end[1]:.1f} GFLOP/s on 1 thread, "
-          f"{mm_end[args.cores]:.1f} on {args.cores}; load average {loadavg()}")
+    print(
+        f"float32 torch.mm at the end: {mm_end[1]:.1f} GFLOP/s on 1 thread, "
+        f"{mm_end[args.cores]:.1f} on {args.cores}; load average {loadavg()}"
+    )
 
     write_report(
         SimpleNamespace(
