@@ -291,6 +291,30 @@ def angle_block(
     return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
 
 
+def angle_block_replay(
+    a: torch.Tensor,
+    wa: torch.Tensor,
+    pe: torch.Tensor,
+    vk: torch.Tensor,
+    w: torch.Tensor,
+    eik: torch.Tensor,
+    aptr: torch.Tensor,
+    nptr: torch.Tensor,
+    de: int,
+    act: int,
+    thr: float,
+    alpha: float,
+    beta: torch.Tensor,
+    red: torch.Tensor,
+) -> list[torch.Tensor]:
+    """:func:`angle_block` whose edge messages ``red [E, de]`` were computed before: returns
+    ``[red, an uninitialised angle output]`` at no cost, with angle_block's backward (first
+    derivatives; the low-memory path's second pass needs the graph, not the values)."""
+    return torch.ops.dpa3.angle_block_replay(
+        a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red
+    )
+
+
 def activation(x: torch.Tensor, act: int, thr: float) -> torch.Tensor:
     """``act(x)`` element-wise (any shape; ``act``: 0 silu, 1 silut with threshold ``thr``, 2 tanh),
     differentiable twice in fused passes (the composite formulation's double backward makes about

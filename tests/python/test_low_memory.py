@@ -269,3 +269,63 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
             assert len(chunks) == nloc
         if limit == 1 << 30:
             assert len(chunks) == 1
+
+
+def test_kept_messages_and_recomputed_layer1_angles():
+    """On the fused path the first pass keeps the angles' reduced edge messages of exactly the
+    level-2 layers (the last two layers keep none), does not keep layer 1's input angles, and
+    the recomputation of those (``_layer1_angles``, block by block) equals layer 0's angle
+    output of the first pass; the kept messages equal what the layers compute."""
+    model = make_model(seed=6, nlayers=4)
+    desc = model.descriptor
+    desc.chunk_angles = 400  # several blocks
+    frame = alloy_frame()
+    ext, ext_t, nlist, mapping, _ = _lower(model, frame)
+    p = desc.prepare(ext, ext_t, nlist, mapping, None)
+    assert p.fused
+    chunks = desc.chunks(p)
+    assert len(chunks) > 1
+    with torch.no_grad():
+        ns, es, as_, reds, _ = desc.stack_inputs(p, chunks, None)
+        n0, e0, a0 = desc.initial_features(p)
+        ref_n1, ref_e1, ref_a1 = desc.layers[0](
+            n0,
+            n0,
+            e0,
+            a0,
+            p.center,
+            p.nei,
+            p.h2sw,
+            p.sw,
+            p.a_weight,
+            p.is_a,
+            p.a_eij,
+            p.a_eik,
+            True,
+            2,
+        )
+        red0 = torch.empty_like(e0)
+        desc.layers[0](
+            n0,
+            n0,
+            e0,
+            a0,
+            p.center,
+            p.nei,
+            p.h2sw,
+            p.sw,
+            p.a_weight,
+            p.is_a,
+            p.a_eij,
+            p.a_eik,
+            True,
+            2,
+            red0,
+        )
+    assert [r is not None for r in reds] == [True, True, False, False]
+    assert as_[0] is None and all(a is not None for a in as_[1:])
+    assert torch.allclose(ns[0], ref_n1, atol=1e-12) and torch.allclose(es[0], ref_e1, atol=1e-12)
+    assert torch.allclose(reds[0], red0, atol=1e-12)
+    a1 = desc._layer1_angles(p, chunks)
+    assert torch.allclose(a1, ref_a1, atol=1e-12)
+    assert not torch.equal(a1, a0)  # layer 0 did update the angles

@@ -176,6 +176,49 @@ def test_angle_block_matches_formula_and_gradients(act, thr, de, da) -> None:
         assert torch.allclose(x, y, atol=1e-11), k
 
 
+@pytest.mark.parametrize("de,da", [(4, 3), (64, 32), (64, 0)])
+def test_angle_block_replay_has_angle_blocks_gradients(de, da) -> None:
+    """angle_block_replay around messages computed before: returns them, and the same first
+    derivatives as angle_block (the reference formula's) for every input; the messages get
+    none.  Its angle output is only a gradient target."""
+    t, eij, eik, aptr, nptr, nedge = block_case(4, de, da)
+    ref_red, ref_a = block_reference(
+        t["a"], t["wa"], t["pe"], t["vk"], t["w"], eij, eik, de, 1, 0.5, 0.7, t["beta"], nedge
+    )
+    kept = ref_red.detach().clone().requires_grad_(True)
+    red, aout = torch.ops.dpa3.angle_block_replay(
+        t["a"], t["wa"], t["pe"], t["vk"], t["w"], eik, aptr, nptr, de, 1, 0.5, 0.7, t["beta"], kept
+    )
+    assert torch.equal(red, kept) and aout.shape == (len(eij), da)
+    gen = torch.Generator().manual_seed(9)
+    gouts = [torch.randn(red.shape, dtype=red.dtype, generator=gen)]
+    gouts += [torch.randn(aout.shape, dtype=aout.dtype, generator=gen)] if da else []
+    keys = ["a", "wa", "pe", "vk", "w"] + (["beta"] if da else [])
+    outs = [red, aout] if da else [red]
+    ours = torch.autograd.grad(outs, [t[k] for k in keys] + [kept], gouts, allow_unused=True)
+    refs = torch.autograd.grad([ref_red, ref_a] if da else [ref_red], [t[k] for k in keys], gouts)
+    for k, x, y in zip(keys, ours[:-1], refs, strict=True):
+        assert torch.allclose(x, y, atol=1e-11), k
+    assert ours[-1] is None
+    with pytest.raises(RuntimeError, match="red must be"):
+        torch.ops.dpa3.angle_block_replay(
+            t["a"],
+            t["wa"],
+            t["pe"],
+            t["vk"],
+            t["w"],
+            eik,
+            aptr,
+            nptr,
+            de,
+            1,
+            0.5,
+            0.7,
+            t["beta"],
+            kept[:, :1],
+        )
+
+
 def test_angle_block_many_angles_per_centre() -> None:
     """Centres with 7 and 9 angle edges (49 and 81 angles; one block holds several centres and
     its tiles of angles end inside edges), the water recipe's widths, float32 as in inference."""

@@ -290,30 +290,78 @@ class DescrptDPA3(nn.Module):
         return self.output(n, p, nf, nloc)
 
     # ------------------------------------------------------------ low-memory evaluation
+    def _recomputes_a1(self, p: Prepared) -> bool:
+        """Whether the low-memory path recomputes layer 1's input angles from layer 0's
+        inputs (:meth:`RepFlowLayer.angle_update`: one pass of the angle kernel over its
+        angle-update columns) instead of keeping them (``[A, a_dim]``, the size of the
+        messages kept for four layers)."""
+        if len(self.layers) < 2 or self._level(0) != 2:
+            return False
+        for i, layer in enumerate(self.layers):
+            if i == 0:
+                return layer.keeps_messages(2, p.fused)
+        return False
+
+    def _layer1_angles(self, p: Prepared, chunks: list[Chunk]) -> torch.Tensor:
+        """Layer 1's input angles ``[A, a_dim]``, recomputed block by block (no graph)."""
+        with torch.no_grad():
+            n0, e0, a0 = self.initial_features(p)
+            a1 = torch.empty_like(a0)
+            for i, layer in enumerate(self.layers):
+                if i == 0:
+                    for c in chunks:
+                        a1[c.a0 : c.a1] = layer.angle_update(
+                            n0[c.c0 : c.c1],
+                            e0[c.e0 : c.e1],
+                            a0[c.a0 : c.a1],
+                            c.center,
+                            c.a_eij,
+                            c.a_eik,
+                            p.a_weight[c.a0 : c.a1],
+                        )
+        return a1
+
     def stack_inputs(
         self,
         p: Prepared,
         chunks: list[Chunk],
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    ) -> tuple[
+        list[torch.Tensor],
+        list[torch.Tensor],
+        list[Optional[torch.Tensor]],  # noqa: UP045
+        list[Optional[torch.Tensor]],  # noqa: UP045
+        torch.Tensor,
+    ]:
         """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
 
         Returns the inputs ``n``, ``e``, ``a`` of layers ``1 .. L-1`` (three lists of ``L - 1``
-        tensors; layer 0's are recomputed from ``p``) and the last node features ``[Nn, n_dim]``.
+        tensors; layer 0's are recomputed from ``p``, and layer 1's ``a`` too where
+        :meth:`_recomputes_a1`: None in its place), the reduced edge messages of the angles
+        ``[E, e_dim]`` of every layer at level 2 that can keep them
+        (``RepFlowLayer.keeps_messages``, else None; the second pass replays them instead of
+        running the angle block's forward again)
+        and the last node features ``[Nn, n_dim]``.
         A layer returns the outputs the next one does not read unchanged, so the lists share
         those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
         :meth:`chunks`) after one exchange, writing into the next layer's inputs.
         """
         ns: list[torch.Tensor] = []
         es: list[torch.Tensor] = []
-        as_: list[torch.Tensor] = []
+        as_: list[Optional[torch.Tensor]] = []  # noqa: UP045
+        reds: list[Optional[torch.Tensor]] = []  # noqa: UP045
         n, e, a = self.initial_features(p)
+        drop_a1 = self._recomputes_a1(p)
         for i, layer in enumerate(self.layers):
             if i > 0:
                 ns.append(n)
                 es.append(e)
-                as_.append(a)
+                as_.append(None if i == 1 and drop_a1 else a)
             level = self._level(i)
+            red: Optional[torch.Tensor] = None  # noqa: UP045
+            if level == 2 and layer.keeps_messages(level, p.fused):
+                red = torch.empty(e.shape[0], layer.e_dim, dtype=e.dtype, device=e.device)
+            reds.append(red)
             n_ext = ghost_features(n, p.nall, comm_dict)
             keep_e, keep_a = layer.passes_through(level)
             n_new = torch.empty_like(n)
@@ -335,6 +383,7 @@ class DescrptDPA3(nn.Module):
                     c.a_eik,
                     p.fused,
                     level,
+                    None if red is None else red[c.e0 : c.e1],
                 )
                 n_new[c.c0 : c.c1] = n2
                 if not keep_e:
@@ -342,7 +391,7 @@ class DescrptDPA3(nn.Module):
                 if not keep_a:
                     a_new[c.a0 : c.a1] = a2
             n, e, a = n_new, e_new, a_new
-        return ns, es, as_, n
+        return ns, es, as_, reds, n
 
     def chunks(self, p: Prepared) -> list[Chunk]:
         """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
@@ -391,7 +440,8 @@ class DescrptDPA3(nn.Module):
         chunks: list[Chunk],
         ns: list[torch.Tensor],
         es: list[torch.Tensor],
-        as_: list[torch.Tensor],
+        as_: list[Optional[torch.Tensor]],  # noqa: UP045
+        reds: list[Optional[torch.Tensor]],  # noqa: UP045
         gn: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
         retain_graph: bool = False,
@@ -405,9 +455,11 @@ class DescrptDPA3(nn.Module):
         over the blocks and sent home through its backward.  The geometric factors' gradients
         are summed over the layers and taken back to ``coord`` (the tensor ``p`` was prepared
         from) through the graph of :meth:`prepare`, with those of layer 0's inputs.
-        ``gn [Nn, n_dim]`` is the gradient of the output with respect to the last node
-        features.  ``retain_graph`` keeps the graph of :meth:`prepare` (and of the geometric
-        factors, which a committee shares: ``EnergyModel.forward_prepared``).  Returns
+        ``reds``: the angles' reduced edge messages kept per layer (or None), replayed
+        instead of recomputed.  ``gn [Nn, n_dim]`` is the gradient of the output with respect
+        to the last node features.  ``retain_graph`` keeps the graph of :meth:`prepare` (and
+        of the geometric factors, which a committee shares: ``EnergyModel.forward_prepared``).
+        Returns
         ``[nf, nall, 3]`` or None.
         """
         gh = torch.zeros_like(p.h2sw)
@@ -427,7 +479,11 @@ class DescrptDPA3(nn.Module):
             else:
                 n = ns.pop().detach().requires_grad_(True)
                 e = es.pop().detach().requires_grad_(True)
-                a = as_.pop().detach().requires_grad_(True)
+                kept_a = as_.pop()
+                if kept_a is None:  # layer 1's, not kept (_recomputes_a1)
+                    kept_a = self._layer1_angles(p, chunks)
+                a = kept_a.detach().requires_grad_(True)
+            red = reds.pop()
             n_ext = ghost_features(n, p.nall, comm_dict)
             n_ext_d = n_ext.detach()
             g_ext = torch.zeros_like(n_ext)
@@ -463,6 +519,8 @@ class DescrptDPA3(nn.Module):
                             c.a_eik,
                             p.fused,
                             self._level(i),
+                            None if red is None else red[c.e0 : c.e1],
+                            True,
                         )
                 outs: list[torch.Tensor] = [n2]
                 gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045

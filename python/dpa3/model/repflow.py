@@ -233,6 +233,8 @@ class RepFlowLayer(nn.Module):
         a_eij: Rows,
         a_eik: Rows,
         a_weight: torch.Tensor,
+        red_keep: torch.Tensor | None = None,
+        replay: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
 
@@ -241,27 +243,42 @@ class RepFlowLayer(nn.Module):
         second order: evaluation and training; needs the op library's inverse indices).
         ``a W_a`` is formed block by block inside the kernel, so no ``[A, D]`` tensor is
         materialised, in the backward and double backward either.
+
+        ``red_keep [E, n_red]``: the edge messages are copied into it (``replay`` False), or
+        ``replay`` takes them from it instead of computing them (the low-memory path's second
+        pass: same backward, the angle output is then not computed and must not be read).
         """
         ptr = a_eij.ptr
         nptr = center.ptr
         assert ptr is not None and nptr is not None
         per_edge, vk = self._edge_terms(w, b, nc, ec, center)
         alpha, beta = self._angle_residual(w.shape[1] - n_red, a)
-        out = _ops.angle_block(
-            a,
-            w[: self.a_dim],
-            per_edge,
-            vk,
-            a_weight.reshape(-1),
-            a_eik.idx,
-            ptr,
-            nptr,
-            n_red,
-            self.act_code,
-            self.act.threshold,
-            alpha,
-            beta,
-        )
+        wa = w[: self.a_dim]
+        aw = a_weight.reshape(-1)
+        act, thr = self.act_code, self.act.threshold
+        if replay and red_keep is not None:
+            out = _ops.angle_block_replay(
+                a,
+                wa,
+                per_edge,
+                vk,
+                aw,
+                a_eik.idx,
+                ptr,
+                nptr,
+                n_red,
+                act,
+                thr,
+                alpha,
+                beta,
+                red_keep,
+            )
+        else:
+            out = _ops.angle_block(
+                a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta
+            )
+            if red_keep is not None:
+                red_keep.copy_(out[0])
         return out[0], out[1]
 
     def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -344,6 +361,32 @@ class RepFlowLayer(nn.Module):
             updates.append(msg[:, h * self.n_dim : (h + 1) * self.n_dim])
         return self._combine(n, updates, self.n_residual)
 
+    def angle_update(
+        self,
+        n: torch.Tensor,
+        e: torch.Tensor,
+        a: torch.Tensor,
+        center: Rows,
+        a_eij: Rows,
+        a_eik: Rows,
+        a_weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """Only the updated angles ``[A, a_dim]`` of :meth:`forward` at level 2 on the fused,
+        parallel-update path (its angle-update columns alone, the same function up to
+        rounding): the low-memory path recomputes layer 1's input with it."""
+        lin_a = self.angle_self_linear
+        assert lin_a is not None
+        ba = lin_a.bias
+        assert ba is not None
+        nc, ec = self._compressed(n, e)
+        _, a_new = self._angle_fused(lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight)
+        return a_new
+
+    def keeps_messages(self, level: int, fused: bool) -> bool:
+        """Whether :meth:`forward` at ``level`` can keep and replay its angles' reduced edge
+        messages (``red_keep``/``replay``: the fused, parallel-update angle block)."""
+        return fused and self.update_angle and not self.sequential and level >= 1
+
     def passes_through(self, level: int) -> tuple[bool, bool]:
         """Whether :meth:`forward` at ``level`` returns its ``e`` and its ``a`` unchanged."""
         if level == 0 and not self.sequential:
@@ -371,6 +414,8 @@ class RepFlowLayer(nn.Module):
         a_eik: Rows,
         fused: bool = False,
         level: int = 2,
+        red_keep: torch.Tensor | None = None,
+        replay: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
@@ -384,6 +429,8 @@ class RepFlowLayer(nn.Module):
         (the last layers of a stack: the descriptor reads only node features).  Outputs not
         asked for are returned unchanged (``e``, ``a``) and their work is skipped where the
         update order allows it (the parallel update: ``sequential_update`` computes all).
+        ``red_keep [E, e_dim]`` and ``replay``: see :meth:`_angle_fused` (only where
+        :meth:`keeps_messages`; with ``replay`` the returned ``a`` holds no values).
         """
         n_j = gather(n_ext, nei)
         if level == 0 and not self.sequential:
@@ -443,7 +490,18 @@ class RepFlowLayer(nn.Module):
             assert b1 is not None
             if fused:
                 red, _ = self._angle_fused(
-                    lin1.matrix, b1, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight
+                    lin1.matrix,
+                    b1,
+                    self.e_dim,
+                    a,
+                    nc,
+                    ec,
+                    center,
+                    a_eij,
+                    a_eik,
+                    a_weight,
+                    red_keep,
+                    replay,
                 )
                 v_ang = self._finish_edges(red, e, is_a, fused)
             else:
@@ -469,6 +527,8 @@ class RepFlowLayer(nn.Module):
                 a_eij,
                 a_eik,
                 a_weight,
+                red_keep,
+                replay,
             )
             v_ang = self._finish_edges(red, e, is_a, fused)
         else:

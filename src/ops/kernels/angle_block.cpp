@@ -410,6 +410,45 @@ class AngleBlockBackward : public torch::autograd::Function<AngleBlockBackward> 
   }
 };
 
+// The backward of angle_block (and of angle_block_replay, whose saved inputs are the same).
+variable_list angle_block_backward(AutogradContext *ctx, const variable_list &grads)
+{
+  auto s = ctx->get_saved_variables();
+  const int64_t de = ctx->saved_data["de"].toInt();
+  const int64_t nedge = s[2].size(0), nangle = s[0].size(0), da = s[1].size(1) - de;
+  // An unused output has no gradient: zeros for the kernels, and no gradient for beta when
+  // the angle output is unused (as in the composite path, where beta is then not reached;
+  // AdamW would decay a parameter with a zero gradient, not one without).
+  const at::Tensor gred = grads[0].defined() ? grads[0] : at::zeros({nedge, de}, s[0].options());
+  const at::Tensor gaout = grads[1].defined() ? grads[1] : at::zeros({nangle, da}, s[0].options());
+  // needs_input_grad counts tensor arguments only: beta is the 9th
+  const bool need_wa = ctx->needs_input_grad(1);
+  const bool need_beta = ctx->needs_input_grad(8) && grads[1].defined();
+  // w (beta) enters the first derivatives only multiplied by gred (gaout): without that
+  // gradient it is passed detached, so that second derivatives do not reach it either
+  const at::Tensor w = grads[0].defined() ? s[4] : s[4].detach();
+  const at::Tensor beta = grads[1].defined() ? s[8] : s[8].detach();
+  auto g =
+      AngleBlockBackward::apply(s[0], s[1], s[2], s[3], w, beta, gred, gaout, s[5], s[6], s[7], de,
+                                ctx->saved_data["act"].toInt(), ctx->saved_data["thr"].toDouble(),
+                                ctx->saved_data["alpha"].toDouble(), need_wa, need_beta);
+  at::Tensor none;
+  return {g[0], need_wa ? g[1] : none,  g[2], g[3], g[4], none, none, none, none, none, none,
+          none, need_beta ? g[5] : none};
+}
+
+void save_inputs(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
+                 const at::Tensor &pe, const at::Tensor &vk, const at::Tensor &w,
+                 const at::Tensor &eik, const at::Tensor &aptr, const at::Tensor &nptr, int64_t de,
+                 int64_t act, double thr, double alpha, const at::Tensor &beta)
+{
+  ctx->save_for_backward({a, wa, pe, vk, w, eik, aptr, nptr, beta});
+  ctx->saved_data["de"] = de;
+  ctx->saved_data["act"] = act;
+  ctx->saved_data["thr"] = thr;
+  ctx->saved_data["alpha"] = alpha;
+}
+
 class AngleBlock : public torch::autograd::Function<AngleBlock> {
  public:
   static variable_list forward(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
@@ -421,39 +460,43 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
     ctx->set_materialize_grads(false);
     AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     auto out = prim::angle_block_fwd(in);
-    ctx->save_for_backward({a, wa, pe, vk, w, eik, aptr, nptr, beta});
-    ctx->saved_data["de"] = de;
-    ctx->saved_data["act"] = act;
-    ctx->saved_data["thr"] = thr;
-    ctx->saved_data["alpha"] = alpha;
+    save_inputs(ctx, a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     return out;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads)
   {
-    auto s = ctx->get_saved_variables();
-    const int64_t de = ctx->saved_data["de"].toInt();
-    const int64_t nedge = s[2].size(0), nangle = s[0].size(0), da = s[1].size(1) - de;
-    // An unused output has no gradient: zeros for the kernels, and no gradient for beta when
-    // the angle output is unused (as in the composite path, where beta is then not reached;
-    // AdamW would decay a parameter with a zero gradient, not one without).
-    const at::Tensor gred = grads[0].defined() ? grads[0] : at::zeros({nedge, de}, s[0].options());
-    const at::Tensor gaout = grads[1].defined() ? grads[1]
-                                                : at::zeros({nangle, da}, s[0].options());
-    // needs_input_grad counts tensor arguments only: beta is the 9th
-    const bool need_wa = ctx->needs_input_grad(1);
-    const bool need_beta = ctx->needs_input_grad(8) && grads[1].defined();
-    // w (beta) enters the first derivatives only multiplied by gred (gaout): without that
-    // gradient it is passed detached, so that second derivatives do not reach it either
-    const at::Tensor w = grads[0].defined() ? s[4] : s[4].detach();
-    const at::Tensor beta = grads[1].defined() ? s[8] : s[8].detach();
-    auto g = AngleBlockBackward::apply(s[0], s[1], s[2], s[3], w, beta, gred, gaout, s[5], s[6],
-                                       s[7], de, ctx->saved_data["act"].toInt(),
-                                       ctx->saved_data["thr"].toDouble(),
-                                       ctx->saved_data["alpha"].toDouble(), need_wa, need_beta);
-    at::Tensor none;
-    return {g[0], need_wa ? g[1] : none,  g[2], g[3], g[4], none, none, none, none, none, none,
-            none, need_beta ? g[5] : none};
+    return angle_block_backward(ctx, grads);
+  }
+};
+
+// dpa3::angle_block_replay: the backward pass of angle_block around edge messages computed
+// before (the low-memory path's second pass, which needs the graph but not the values).
+// Forward returns `red` as given and an uninitialised angle output (only its gradient is
+// read); backward is angle_block's (it recomputes the pre-activations from the inputs).
+class AngleBlockReplay : public torch::autograd::Function<AngleBlockReplay> {
+ public:
+  static variable_list forward(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
+                               const at::Tensor &pe, const at::Tensor &vk, const at::Tensor &w,
+                               const at::Tensor &eik, const at::Tensor &aptr,
+                               const at::Tensor &nptr, int64_t de, int64_t act, double thr,
+                               double alpha, const at::Tensor &beta, const at::Tensor &red)
+  {
+    ctx->set_materialize_grads(false);
+    AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    TORCH_CHECK(red.dim() == 2 && red.size(0) == pe.size(0) && red.size(1) == de &&
+                    red.scalar_type() == a.scalar_type() && red.device() == a.device(),
+                "dpa3::angle_block_replay: red must be [E, de] of a's dtype and device");
+    save_inputs(ctx, a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    const int64_t da = wa.size(1) - de;
+    return {red.detach().clone(), at::empty({a.size(0), da}, a.options())};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads)
+  {
+    auto g = angle_block_backward(ctx, grads);
+    g.push_back(at::Tensor());    // red: no gradient
+    return g;
   }
 };
 
@@ -466,6 +509,16 @@ std::vector<at::Tensor> angle_block(const at::Tensor &a, const at::Tensor &wa, c
   return AngleBlock::apply(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
 }
 
+std::vector<at::Tensor> angle_block_replay(const at::Tensor &a, const at::Tensor &wa,
+                                           const at::Tensor &pe, const at::Tensor &vk,
+                                           const at::Tensor &w, const at::Tensor &eik,
+                                           const at::Tensor &aptr, const at::Tensor &nptr,
+                                           int64_t de, int64_t act, double thr, double alpha,
+                                           const at::Tensor &beta, const at::Tensor &red)
+{
+  return AngleBlockReplay::apply(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red);
+}
+
 }    // namespace
 
 }    // namespace dpa3
@@ -475,9 +528,13 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.def("angle_block(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
         "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta) "
         "-> Tensor[]");
+  m.def("angle_block_replay(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
+        "Tensor red) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
 {
   m.impl("angle_block", &dpa3::angle_block);
+  m.impl("angle_block_replay", &dpa3::angle_block_replay);
 }
