@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
+from .blocks import Grad, add_rows, add_to, rows_of
 from .exchange import ghost_features, ops_loaded
 from .graph import (
     Rows,
@@ -370,7 +371,7 @@ class DescrptDPA3(nn.Module):
             for c in chunks:
                 n2, e2, a2 = layer(
                     n[c.c0 : c.c1],
-                    _rows_of(n_ext, c.rows),
+                    rows_of(n_ext, c.rows),
                     e[c.e0 : c.e1],
                     a[c.a0 : c.a1],
                     c.center,
@@ -490,8 +491,8 @@ class DescrptDPA3(nn.Module):
             g_n = torch.zeros_like(n)
             # the gradients of a block's edges and angles come from that block only: they
             # overwrite the incoming ones block by block (no second [A, a_dim] buffer)
-            ge_out = _Grad(ge, e)
-            ga_out = _Grad(ga, a)
+            ge_out = Grad(ge, e)
+            ga_out = Grad(ga, a)
             for c in chunks:
                 nc = n[c.c0 : c.c1].detach().requires_grad_(True)
                 ec = e[c.e0 : c.e1].detach().requires_grad_(True)
@@ -499,7 +500,7 @@ class DescrptDPA3(nn.Module):
                 hc = p.h2sw[c.e0 : c.e1].detach().requires_grad_(True)
                 sc = p.sw[c.e0 : c.e1].detach().requires_grad_(True)
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
-                xc = _rows_of(n_ext_d, c.rows).requires_grad_(True)
+                xc = rows_of(n_ext_d, c.rows).requires_grad_(True)
                 n2, e2, a2 = nc, ec, ac
                 # TorchScript unrolls this loop: a layer picked by a run-time index
                 for i, layer in enumerate(self.layers):
@@ -534,13 +535,13 @@ class DescrptDPA3(nn.Module):
                     outs, [nc, xc, ec, ac, hc, sc, wc], gouts, allow_unused=True
                 )
                 with torch.no_grad():
-                    _add_to(g_n, c.c0, grads[0])
-                    _add_rows(g_ext, c.rows, grads[1])
+                    add_to(g_n, c.c0, grads[0])
+                    add_rows(g_ext, c.rows, grads[1])
                     ge_out.put(c.e0, c.e1, grads[2])
                     ga_out.put(c.a0, c.a1, grads[3])
-                    _add_to(gh, c.e0, grads[4])
-                    _add_to(gs, c.e0, grads[5])
-                    _add_to(gw, c.a0, grads[6])
+                    add_to(gh, c.e0, grads[4])
+                    add_to(gs, c.e0, grads[5])
+                    add_to(gw, c.a0, grads[6])
             g_back: list[Optional[torch.Tensor]] = [g_ext]  # noqa: UP045
             g_home = torch.autograd.grad([n_ext], [n], g_back, allow_unused=True)[0]
             if g_home is not None:
@@ -560,55 +561,3 @@ class DescrptDPA3(nn.Module):
         return torch.autograd.grad(
             outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
         )[0]
-
-
-def _rows_of(x: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
-    """The rows ``rows`` of ``x`` (a new tensor), or ``x`` itself for None (all rows)."""
-    if rows is None:
-        return x
-    return x.index_select(0, rows)
-
-
-def _add_rows(
-    acc: torch.Tensor,
-    rows: Optional[torch.Tensor],  # noqa: UP045
-    g: Optional[torch.Tensor],  # noqa: UP045
-) -> None:
-    """``acc[rows] += g`` (``rows`` distinct; all rows for None; nothing for ``g`` None)."""
-    if g is None:
-        return
-    if rows is None:
-        acc += g
-    else:
-        acc.index_add_(0, rows, g)
-
-
-def _add_to(acc: torch.Tensor, start: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045
-    """``acc[start : start + len(g)] += g`` (nothing for None)."""
-    if g is not None:
-        acc[start : start + g.shape[0]] += g
-
-
-class _Grad:
-    """The gradient of a layer input, written block by block into the buffer of the incoming
-    gradient of the same shape (or a new one), or None if no block has one."""
-
-    def __init__(self, incoming: Optional[torch.Tensor], like: torch.Tensor) -> None:  # noqa: UP045
-        self.buf = incoming
-        self.like = like
-        self.used = False
-
-    def put(self, start: int, stop: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045
-        buf = self.buf
-        if g is None:
-            if buf is not None:
-                buf[start:stop].zero_()
-            return
-        if buf is None:
-            buf = torch.zeros_like(self.like)
-            self.buf = buf
-        buf[start:stop].copy_(g)
-        self.used = True
-
-    def result(self) -> Optional[torch.Tensor]:  # noqa: UP045
-        return self.buf if self.used else None
