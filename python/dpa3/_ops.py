@@ -285,34 +285,19 @@ def angle_block(
     thr: float,
     alpha: float,
     beta: torch.Tensor,
+    red: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript needs typing.Optional here)
 ) -> list[torch.Tensor]:
     """The fused angle block of a RepFlow layer (first and second derivatives):
-    ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_block``)."""
-    return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
+    ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_fused``).
 
-
-def angle_block_replay(
-    a: torch.Tensor,
-    wa: torch.Tensor,
-    pe: torch.Tensor,
-    vk: torch.Tensor,
-    w: torch.Tensor,
-    eik: torch.Tensor,
-    aptr: torch.Tensor,
-    nptr: torch.Tensor,
-    de: int,
-    act: int,
-    thr: float,
-    alpha: float,
-    beta: torch.Tensor,
-    red: torch.Tensor,
-) -> list[torch.Tensor]:
-    """:func:`angle_block` whose edge messages ``red [E, de]`` were computed before: returns
+    With ``red [E, de]``, messages computed before, ``dpa3::angle_block_replay``: returns
     ``[red, an uninitialised angle output]`` at no cost, with angle_block's backward (first
     derivatives; the low-memory path's second pass needs the graph, not the values)."""
-    return torch.ops.dpa3.angle_block_replay(
-        a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red
-    )
+    if red is not None:
+        return torch.ops.dpa3.angle_block_replay(
+            a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red
+        )
+    return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
 
 
 def activation(x: torch.Tensor, act: int, thr: float) -> torch.Tensor:

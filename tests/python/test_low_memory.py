@@ -288,24 +288,8 @@ def test_kept_messages_and_recomputed_layer1_angles():
     with torch.no_grad():
         ns, es, as_, reds, _ = desc.stack_inputs(p, chunks, None)
         n0, e0, a0 = desc.initial_features(p)
+        red0 = torch.empty_like(e0)  # filled by the layer (the first pass's way)
         ref_n1, ref_e1, ref_a1 = desc.layers[0](
-            n0,
-            n0,
-            e0,
-            a0,
-            p.center,
-            p.nei,
-            p.h2sw,
-            p.sw,
-            p.a_weight,
-            p.is_a,
-            p.a_eij,
-            p.a_eik,
-            True,
-            2,
-        )
-        red0 = torch.empty_like(e0)
-        desc.layers[0](
             n0,
             n0,
             e0,

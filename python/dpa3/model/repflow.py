@@ -256,29 +256,12 @@ class RepFlowLayer(nn.Module):
         wa = w[: self.a_dim]
         aw = a_weight.reshape(-1)
         act, thr = self.act_code, self.act.threshold
-        if replay and red_keep is not None:
-            out = _ops.angle_block_replay(
-                a,
-                wa,
-                per_edge,
-                vk,
-                aw,
-                a_eik.idx,
-                ptr,
-                nptr,
-                n_red,
-                act,
-                thr,
-                alpha,
-                beta,
-                red_keep,
-            )
-        else:
-            out = _ops.angle_block(
-                a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta
-            )
-            if red_keep is not None:
-                red_keep.copy_(out[0])
+        replayed = red_keep if replay else None
+        out = _ops.angle_block(
+            a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta, replayed
+        )
+        if red_keep is not None and not replay:
+            red_keep.copy_(out[0])
         return out[0], out[1]
 
     def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
