@@ -9,7 +9,9 @@
 * ``freeze``: ``dpa3 convert-deepmd`` + ``dpa3 freeze`` of the float64 and float32 water
   recipes of ``tests/data/parity`` with this torch;
 * (b) ``parity``: every DeePMD-kit fixture of ``tests/data/parity`` (checkpoint, and DeePMD-kit's
-  own frozen model where there is one) evaluated on the device, and the two models frozen here
+  own frozen model where there is one) evaluated on the device, each checkpoint also on the
+  low-memory path (budget 0, blocks of 3,000 angles: the kept angle messages replayed on the
+  device), and the two models frozen here
   through ``forward_lower`` (as the ASE calculator calls them), against DeePMD-kit's numbers:
   max |diff| <= 1e-10 (float64) / 1e-5 (float32) times max(1, max |reference|);
 * (c) ``lammps device``: ``pair_style dpa3 f64.pth device cuda`` on one rank vs ``device cpu``
