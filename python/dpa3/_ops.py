@@ -8,7 +8,8 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 - ``enable_mpi() -> bool``: whether the library was built with MPI;
 - ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``;
 - the compute ops of the RepFlow layers, differentiable (``gather_rows``, ``scatter_rows``,
-  ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order), each built
+  ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order;
+  ``angle_block_replay``, angle_block's backward around messages computed before), each built
   on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
   ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``,
   ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
