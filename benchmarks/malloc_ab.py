@@ -20,8 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lammps_runs import TCMALLOC
+
 HERE = Path(__file__).resolve().parent
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 CHILD = r"""
 import json, resource, sys, time

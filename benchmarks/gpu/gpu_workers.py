@@ -64,8 +64,15 @@ def cmd_parity(args: argparse.Namespace) -> int:
         sources = [("ckpt", PARITY / combo / "model.ckpt.pt")]
         if (PARITY / combo / "frozen_model.pth").exists():
             sources.append(("deepmd-frozen", PARITY / combo / "frozen_model.pth"))
-        for kind, path in sources:
+        # the low-memory path (layers recomputed in blocks, kept angle messages replayed by
+        # angle_block_replay) once per combination: the same numbers, no per-atom virials
+        for kind, path in [*sources, ("low-memory", sources[0][1])]:
             model = load_deepmd_model(path).to(dev).eval()
+            low = kind == "low-memory"
+            if low:
+                model.graph_budget_bytes = 0
+                model.descriptor.chunk_angles = 3000
+            keys = ("energy", "force", "virial") if low else KEYS
             for frame in (str(f) for f in ref["frames"]):
                 key = f"{frame}.box"
                 box = (
@@ -77,30 +84,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
                     torch.tensor(ref[f"{frame}.coord"], dtype=torch.float64, device=dev),
                     torch.tensor(ref[f"{frame}.atype"], dtype=torch.long, device=dev),
                     box,
-                    do_atomic_virial=True,
+                    do_atomic_virial=not low,
                 )
-                out = {k: out[k].detach().cpu().numpy() for k in KEYS}
-                check(f"{combo}:{kind}", ref, frame, out, "f32" in combo)
-            if kind == "ckpt":
-                # the low-memory path (layers recomputed in blocks, kept angle messages
-                # replayed by angle_block_replay): the same numbers, no per-atom virials
-                model.graph_budget_bytes = 0
-                model.descriptor.chunk_angles = 3000
-                for frame in (str(f) for f in ref["frames"]):
-                    key = f"{frame}.box"
-                    box = (
-                        torch.tensor(ref[key], dtype=torch.float64, device=dev)
-                        if key in ref.files
-                        else None
-                    )
-                    out = model(
-                        torch.tensor(ref[f"{frame}.coord"], dtype=torch.float64, device=dev),
-                        torch.tensor(ref[f"{frame}.atype"], dtype=torch.long, device=dev),
-                        box,
-                    )
-                    keys = ("energy", "force", "virial")
-                    out = {k: out[k].detach().cpu().numpy() for k in keys}
-                    check(f"{combo}:low-memory", ref, frame, out, "f32" in combo, keys)
+                out = {k: out[k].detach().cpu().numpy() for k in keys}
+                check(f"{combo}:{kind}", ref, frame, out, "f32" in combo, keys)
             del model
     # the models frozen on this machine, through forward_lower as the ASE calculator runs them
     for combo, frozen in (
