@@ -273,9 +273,10 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
 
 def test_kept_messages_and_recomputed_layer1_angles():
     """On the fused path the first pass keeps the angles' reduced edge messages of exactly the
-    level-2 layers (the last two layers keep none), does not keep layer 1's input angles, and
-    the recomputation of those (``_layer1_angles``, block by block) equals layer 0's angle
-    output of the first pass; the kept messages equal what the layers compute."""
+    layers that compute them (levels 2 and 1: the last layer keeps none), block by block, does
+    not keep layer 1's input angles, and the recomputation of those (``_layer1_angles``,
+    block by block) equals layer 0's angle output of the first pass; the kept inputs and
+    messages equal what the layers compute on the whole graph."""
     model = make_model(seed=6, nlayers=4)
     desc = model.descriptor
     desc.chunk_angles = 400  # several blocks
@@ -285,15 +286,14 @@ def test_kept_messages_and_recomputed_layer1_angles():
     assert p.fused
     chunks = desc.chunks(p)
     assert len(chunks) > 1
-    with torch.no_grad():
-        ns, es, as_, reds, _ = desc.stack_inputs(p, chunks, None)
-        n0, e0, a0 = desc.initial_features(p)
-        red0 = torch.empty_like(e0)  # filled by the layer (the first pass's way)
-        ref_n1, ref_e1, ref_a1 = desc.layers[0](
-            n0,
-            n0,
-            e0,
-            a0,
+
+    def whole(layer: int, n, e, a, level: int):
+        keep: list[torch.Tensor] = []  # the layer appends its messages (the first pass's way)
+        out = desc.layers[layer](
+            n,
+            n,
+            e,
+            a,
             p.center,
             p.nei,
             p.h2sw,
@@ -303,13 +303,25 @@ def test_kept_messages_and_recomputed_layer1_angles():
             p.a_eij,
             p.a_eik,
             True,
-            2,
-            red0,
+            level,
+            keep,
         )
-    assert [r is not None for r in reds] == [True, True, False, False]
+        assert len(keep) == 1
+        return out, keep[0]
+
+    with torch.no_grad():
+        ns, es, as_, reds, _ = desc.stack_inputs(p, chunks, None)
+        n0, e0, a0 = desc.initial_features(p)
+        (ref_n1, ref_e1, ref_a1), red0 = whole(0, n0, e0, a0, 2)
+        _, red2 = whole(2, ns[1], torch.cat(es[1]), torch.cat(as_[1]), 1)
+    assert [r is not None for r in reds] == [True, True, True, False]
+    assert all(len(r) == len(chunks) for r in reds[:3])
+    assert all(len(e) == len(chunks) for e in es)
     assert as_[0] is None and all(a is not None for a in as_[1:])
-    assert torch.allclose(ns[0], ref_n1, atol=1e-12) and torch.allclose(es[0], ref_e1, atol=1e-12)
-    assert torch.allclose(reds[0], red0, atol=1e-12)
-    a1 = desc._layer1_angles(p, chunks)
+    assert torch.allclose(ns[0], ref_n1, atol=1e-12)
+    assert torch.allclose(torch.cat(es[0]), ref_e1, atol=1e-12)
+    assert torch.allclose(torch.cat(reds[0]), red0, atol=1e-12)
+    assert torch.allclose(torch.cat(reds[2]), red2, atol=1e-12)
+    a1 = torch.cat(desc._layer1_angles(p, chunks))
     assert torch.allclose(a1, ref_a1, atol=1e-12)
     assert not torch.equal(a1, a0)  # layer 0 did update the angles

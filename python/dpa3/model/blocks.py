@@ -33,26 +33,28 @@ def add_to(acc: torch.Tensor, start: int, g: Optional[torch.Tensor]) -> None:  #
         acc[start : start + g.shape[0]] += g
 
 
-class Grad:
-    """The gradient of a layer input, written block by block into the buffer of the incoming
-    gradient of the same shape (or a new one), or None if no block has one."""
+class BlockGrads:
+    """The gradient of a layer input block by block (``put`` in block order): one tensor per
+    block, zeros where a block has none, or None if no block has one (nothing allocated)."""
 
-    def __init__(self, incoming: Optional[torch.Tensor], like: torch.Tensor) -> None:  # noqa: UP045
-        self.buf = incoming
-        self.like = like
+    def __init__(self) -> None:
+        self.grads: list[Optional[torch.Tensor]] = []  # noqa: UP045
+        self.shapes: list[list[int]] = []
+        self.kinds: list[torch.Tensor] = []  # empty tensors of the inputs' dtype and device
         self.used = False
 
-    def put(self, start: int, stop: int, g: Optional[torch.Tensor]) -> None:  # noqa: UP045
-        buf = self.buf
-        if g is None:
-            if buf is not None:
-                buf[start:stop].zero_()
-            return
-        if buf is None:
-            buf = torch.zeros_like(self.like)
-            self.buf = buf
-        buf[start:stop].copy_(g)
-        self.used = True
+    def put(self, g: Optional[torch.Tensor], like: torch.Tensor) -> None:  # noqa: UP045
+        """The next block's gradient ``g`` (None: zero) of its input ``like`` (not kept)."""
+        self.grads.append(g)
+        self.shapes.append(list(like.shape))
+        self.kinds.append(like.new_empty(0))
+        if g is not None:
+            self.used = True
 
-    def result(self) -> Optional[torch.Tensor]:  # noqa: UP045
-        return self.buf if self.used else None
+    def result(self) -> Optional[list[torch.Tensor]]:  # noqa: UP045
+        if not self.used:
+            return None
+        out: list[torch.Tensor] = []
+        for g, shape, kind in zip(self.grads, self.shapes, self.kinds):
+            out.append(kind.new_zeros(shape) if g is None else g)
+        return out

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config.model import DescriptorConfig, descriptor_dim_out
-from .blocks import Grad, add_rows, add_to, rows_of
+from .blocks import BlockGrads, add_rows, add_to, rows_of
 from .exchange import ghost_features, ops_loaded
 from .graph import (
     Rows,
@@ -214,11 +214,19 @@ class DescrptDPA3(nn.Module):
 
     def initial_features(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer-0 inputs ``n [Nn, n_dim]``, ``e [E, e_dim]``, ``a [A, a_dim]``."""
+        return self.act(p.tebd), self.initial_edges(p.e_in), self.initial_angles(p.cos)
+
+    def initial_edges(self, e_in: torch.Tensor) -> torch.Tensor:
+        """Layer-0 edge features ``[E, e_dim]`` of the edges' scalar inputs ``e_in [E, 1]``
+        (row by row: a block's rows give the block's features)."""
         if self.edge_init_use_dist:
-            e = self.edge_embd(p.e_in)
-        else:
-            e = self.act(self.edge_embd(p.e_in))
-        return self.act(p.tebd), e, self.angle_embd(p.cos)
+            return self.edge_embd(e_in)
+        return self.act(self.edge_embd(e_in))
+
+    def initial_angles(self, cos: torch.Tensor) -> torch.Tensor:
+        """Layer-0 angle features ``[A, a_dim]`` of the angles' cosines ``cos [A, 1]`` (row by
+        row)."""
+        return self.angle_embd(cos)
 
     def _level(self, i: int) -> int:
         """Outputs of layer ``i`` that the stack uses (see :meth:`RepFlowLayer.forward`)."""
@@ -303,24 +311,26 @@ class DescrptDPA3(nn.Module):
                 return layer.keeps_messages(2, p.fused)
         return False
 
-    def _layer1_angles(self, p: Prepared, chunks: list[Chunk]) -> torch.Tensor:
-        """Layer 1's input angles ``[A, a_dim]``, recomputed block by block (no graph)."""
+    def _layer1_angles(self, p: Prepared, chunks: list[Chunk]) -> list[torch.Tensor]:
+        """Layer 1's input angles, recomputed block by block (no graph): ``[A_c, a_dim]`` per
+        block."""
+        out: list[torch.Tensor] = []
         with torch.no_grad():
-            n0, e0, a0 = self.initial_features(p)
-            a1 = torch.empty_like(a0)
+            n0 = self.act(p.tebd)
             for i, layer in enumerate(self.layers):
                 if i == 0:
                     for c in chunks:
-                        a1[c.a0 : c.a1] = layer.angle_update(
+                        a1 = layer.angle_update(
                             n0[c.c0 : c.c1],
-                            e0[c.e0 : c.e1],
-                            a0[c.a0 : c.a1],
+                            self.initial_edges(p.e_in[c.e0 : c.e1]),
+                            self.initial_angles(p.cos[c.a0 : c.a1]),
                             c.center,
                             c.a_eij,
                             c.a_eik,
                             p.a_weight[c.a0 : c.a1],
                         )
-        return a1
+                        out.append(a1)
+        return out
 
     def stack_inputs(
         self,
@@ -329,29 +339,32 @@ class DescrptDPA3(nn.Module):
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
     ) -> tuple[
         list[torch.Tensor],
-        list[torch.Tensor],
-        list[Optional[torch.Tensor]],  # noqa: UP045
-        list[Optional[torch.Tensor]],  # noqa: UP045
+        list[list[torch.Tensor]],
+        list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        list[Optional[list[torch.Tensor]]],  # noqa: UP045
         torch.Tensor,
     ]:
         """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
 
-        Returns the inputs ``n``, ``e``, ``a`` of layers ``1 .. L-1`` (three lists of ``L - 1``
-        tensors; layer 0's are recomputed from ``p``, and layer 1's ``a`` too where
-        :meth:`_recomputes_a1`: None in its place), the reduced edge messages of the angles
-        ``[E, e_dim]`` of every layer at level 2 that can keep them
-        (``RepFlowLayer.keeps_messages``, else None; the second pass replays them instead of
-        running the angle block's forward again)
-        and the last node features ``[Nn, n_dim]``.
+        Returns the inputs ``n [Nn, n_dim]`` of layers ``1 .. L-1``, their ``e`` and ``a`` block
+        by block (one tensor ``[E_c, e_dim]`` / ``[A_c, a_dim]`` per block of ``chunks``, as the
+        blocks computed them: no copy into a whole tensor; layer 0's inputs are recomputed
+        from ``p``, and layer 1's ``a`` too where :meth:`_recomputes_a1`: None in its place),
+        the reduced edge messages of the angles ``[E_c, e_dim]`` per block of every layer that
+        can keep them (``RepFlowLayer.keeps_messages``, else None; the second pass replays
+        them instead of running the angle block's forward again) and the last node features
+        ``[Nn, n_dim]``.
         A layer returns the outputs the next one does not read unchanged, so the lists share
         those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
-        :meth:`chunks`) after one exchange, writing into the next layer's inputs.
+        :meth:`chunks`) after one exchange.
         """
         ns: list[torch.Tensor] = []
-        es: list[torch.Tensor] = []
-        as_: list[Optional[torch.Tensor]] = []  # noqa: UP045
-        reds: list[Optional[torch.Tensor]] = []  # noqa: UP045
-        n, e, a = self.initial_features(p)
+        es: list[list[torch.Tensor]] = []
+        as_: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
+        reds: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
+        n, e0, a0 = self.initial_features(p)
+        e = [e0[c.e0 : c.e1] for c in chunks]
+        a = [a0[c.a0 : c.a1] for c in chunks]
         drop_a1 = self._recomputes_a1(p)
         for i, layer in enumerate(self.layers):
             if i > 0:
@@ -359,21 +372,20 @@ class DescrptDPA3(nn.Module):
                 es.append(e)
                 as_.append(None if i == 1 and drop_a1 else a)
             level = self._level(i)
-            red: Optional[torch.Tensor] = None  # noqa: UP045
-            if level == 2 and layer.keeps_messages(level, p.fused):
-                red = torch.empty(e.shape[0], layer.e_dim, dtype=e.dtype, device=e.device)
+            red: Optional[list[torch.Tensor]] = None  # noqa: UP045
+            if level >= 1 and layer.keeps_messages(level, p.fused):
+                red = []
             reds.append(red)
             n_ext = ghost_features(n, p.nall, comm_dict)
-            keep_e, keep_a = layer.passes_through(level)
             n_new = torch.empty_like(n)
-            e_new = e if keep_e else torch.empty_like(e)
-            a_new = a if keep_a else torch.empty_like(a)
-            for c in chunks:
+            e_new: list[torch.Tensor] = []
+            a_new: list[torch.Tensor] = []
+            for k, c in enumerate(chunks):
                 n2, e2, a2 = layer(
                     n[c.c0 : c.c1],
                     rows_of(n_ext, c.rows),
-                    e[c.e0 : c.e1],
-                    a[c.a0 : c.a1],
+                    e[k],
+                    a[k],
                     c.center,
                     c.nei,
                     p.h2sw[c.e0 : c.e1],
@@ -384,13 +396,11 @@ class DescrptDPA3(nn.Module):
                     c.a_eik,
                     p.fused,
                     level,
-                    None if red is None else red[c.e0 : c.e1],
+                    red,
                 )
                 n_new[c.c0 : c.c1] = n2
-                if not keep_e:
-                    e_new[c.e0 : c.e1] = e2
-                if not keep_a:
-                    a_new[c.a0 : c.a1] = a2
+                e_new.append(e2)
+                a_new.append(a2)
             n, e, a = n_new, e_new, a_new
         return ns, es, as_, reds, n
 
@@ -440,9 +450,9 @@ class DescrptDPA3(nn.Module):
         p: Prepared,
         chunks: list[Chunk],
         ns: list[torch.Tensor],
-        es: list[torch.Tensor],
-        as_: list[Optional[torch.Tensor]],  # noqa: UP045
-        reds: list[Optional[torch.Tensor]],  # noqa: UP045
+        es: list[list[torch.Tensor]],
+        as_: list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        reds: list[Optional[list[torch.Tensor]]],  # noqa: UP045
         gn: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
         retain_graph: bool = False,
@@ -456,47 +466,53 @@ class DescrptDPA3(nn.Module):
         over the blocks and sent home through its backward.  The geometric factors' gradients
         are summed over the layers and taken back to ``coord`` (the tensor ``p`` was prepared
         from) through the graph of :meth:`prepare`, with those of layer 0's inputs.
-        ``reds``: the angles' reduced edge messages kept per layer (or None), replayed
-        instead of recomputed.  ``gn [Nn, n_dim]`` is the gradient of the output with respect
-        to the last node features.  ``retain_graph`` keeps the graph of :meth:`prepare` (and
-        of the geometric factors, which a committee shares: ``EnergyModel.forward_prepared``).
-        Returns
-        ``[nf, nall, 3]`` or None.
+        ``reds``: the angles' reduced edge messages kept per layer and block (or None),
+        replayed instead of recomputed.  ``gn [Nn, n_dim]`` is the gradient of the output with
+        respect to the last node features.  ``retain_graph`` keeps the graph of :meth:`prepare`
+        (and of the geometric factors, which a committee shares:
+        ``EnergyModel.forward_prepared``).  Returns ``[nf, nall, 3]`` or None.
         """
         gh = torch.zeros_like(p.h2sw)
         gs = torch.zeros_like(p.sw)
         gw = torch.zeros_like(p.a_weight)
-        ge: Optional[torch.Tensor] = None  # noqa: UP045
-        ga: Optional[torch.Tensor] = None  # noqa: UP045
+        nothing = p.sw.new_empty(0)  # in place of what a block has read
+        # gradients of the layer outputs e, a: one tensor per block (None: not read)
+        ge: Optional[list[torch.Tensor]] = None  # noqa: UP045
+        ga: Optional[list[torch.Tensor]] = None  # noqa: UP045
         nlayers = len(self.layers)
         for k in range(nlayers):
             target = nlayers - 1 - k
-            if target == 0:
-                with torch.no_grad():
-                    n0, e0, a0 = self.initial_features(p)
-                n = n0.requires_grad_(True)
-                e = e0.requires_grad_(True)
-                a = a0.requires_grad_(True)
+            if target == 0:  # inputs from the scalar ones block by block, below
+                n = self.act(p.tebd).detach()
+                e = [nothing for _ in chunks]
+                a = [nothing for _ in chunks]
             else:
-                n = ns.pop().detach().requires_grad_(True)
-                e = es.pop().detach().requires_grad_(True)
+                n = ns.pop()
+                e = es.pop()
                 kept_a = as_.pop()
                 if kept_a is None:  # layer 1's, not kept (_recomputes_a1)
                     kept_a = self._layer1_angles(p, chunks)
-                a = kept_a.detach().requires_grad_(True)
+                a = kept_a
             red = reds.pop()
+            n = n.detach().requires_grad_(True)
             n_ext = ghost_features(n, p.nall, comm_dict)
             n_ext_d = n_ext.detach()
             g_ext = torch.zeros_like(n_ext)
             g_n = torch.zeros_like(n)
-            # the gradients of a block's edges and angles come from that block only: they
-            # overwrite the incoming ones block by block (no second [A, a_dim] buffer)
-            ge_out = Grad(ge, e)
-            ga_out = Grad(ga, a)
-            for c in chunks:
+            ge_new = BlockGrads()
+            ga_new = BlockGrads()
+            for j, c in enumerate(chunks):
                 nc = n[c.c0 : c.c1].detach().requires_grad_(True)
-                ec = e[c.e0 : c.e1].detach().requires_grad_(True)
-                ac = a[c.a0 : c.a1].detach().requires_grad_(True)
+                if target == 0:  # leaves: the scalar inputs of the edges and angles
+                    e_leaf = p.e_in[c.e0 : c.e1].detach().requires_grad_(True)
+                    a_leaf = p.cos[c.a0 : c.a1].detach().requires_grad_(True)
+                    ec = self.initial_edges(e_leaf)
+                    ac = self.initial_angles(a_leaf)
+                else:
+                    ec = e[j].detach().requires_grad_(True)
+                    ac = a[j].detach().requires_grad_(True)
+                    e_leaf = ec
+                    a_leaf = ac
                 hc = p.h2sw[c.e0 : c.e1].detach().requires_grad_(True)
                 sc = p.sw[c.e0 : c.e1].detach().requires_grad_(True)
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
@@ -520,25 +536,34 @@ class DescrptDPA3(nn.Module):
                             c.a_eik,
                             p.fused,
                             self._level(i),
-                            None if red is None else red[c.e0 : c.e1],
-                            True,
+                            None,
+                            None if red is None else red[j],
                         )
                 outs: list[torch.Tensor] = [n2]
                 gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
                 if ge is not None:
                     outs.append(e2)
-                    gouts.append(ge[c.e0 : c.e1])
+                    gouts.append(ge[j])
                 if ga is not None:
                     outs.append(a2)
-                    gouts.append(ga[c.a0 : c.a1])
+                    gouts.append(ga[j])
                 grads = torch.autograd.grad(
-                    outs, [nc, xc, ec, ac, hc, sc, wc], gouts, allow_unused=True
+                    outs, [nc, xc, e_leaf, a_leaf, hc, sc, wc], gouts, allow_unused=True
                 )
+                # this block's kept inputs and incoming gradients are read: let them go
+                e[j] = nothing
+                a[j] = nothing
+                if red is not None:
+                    red[j] = nothing
+                if ge is not None:
+                    ge[j] = nothing
+                if ga is not None:
+                    ga[j] = nothing
                 with torch.no_grad():
                     add_to(g_n, c.c0, grads[0])
                     add_rows(g_ext, c.rows, grads[1])
-                    ge_out.put(c.e0, c.e1, grads[2])
-                    ga_out.put(c.a0, c.a1, grads[3])
+                    ge_new.put(grads[2], e_leaf)
+                    ga_new.put(grads[3], a_leaf)
                     add_to(gh, c.e0, grads[4])
                     add_to(gs, c.e0, grads[5])
                     add_to(gw, c.a0, grads[6])
@@ -547,17 +572,17 @@ class DescrptDPA3(nn.Module):
             if g_home is not None:
                 g_n = g_n + g_home
             gn = g_n
-            ge = ge_out.result()
-            ga = ga_out.result()
-        _, e0, a0 = self.initial_features(p)  # layer 0's inputs again, with their graph
+            ge = ge_new.result()
+            ga = ga_new.result()
+        # ge, ga: now those of layer 0's scalar inputs e_in [E, 1] and cos [A, 1]
         outs0: list[torch.Tensor] = [p.h2sw, p.sw, p.a_weight]
         gouts0: list[Optional[torch.Tensor]] = [gh, gs, gw]  # noqa: UP045
         if ge is not None:
-            outs0.append(e0)
-            gouts0.append(ge)
+            outs0.append(p.e_in)
+            gouts0.append(torch.cat(ge))
         if ga is not None:
-            outs0.append(a0)
-            gouts0.append(ga)
+            outs0.append(p.cos)
+            gouts0.append(torch.cat(ga))
         return torch.autograd.grad(
             outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
         )[0]

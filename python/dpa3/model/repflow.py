@@ -233,8 +233,8 @@ class RepFlowLayer(nn.Module):
         a_eij: Rows,
         a_eik: Rows,
         a_weight: torch.Tensor,
-        red_keep: torch.Tensor | None = None,
-        replay: bool = False,
+        keep: list[torch.Tensor] | None = None,
+        replayed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
 
@@ -244,9 +244,10 @@ class RepFlowLayer(nn.Module):
         ``a W_a`` is formed block by block inside the kernel, so no ``[A, D]`` tensor is
         materialised, in the backward and double backward either.
 
-        ``red_keep [E, n_red]``: the edge messages are copied into it (``replay`` False), or
-        ``replay`` takes them from it instead of computing them (the low-memory path's second
-        pass: same backward, the angle output is then not computed and must not be read).
+        ``keep``: the edge messages ``[E, n_red]`` are appended to it (the low-memory path's
+        first pass); ``replayed [E, n_red]``: messages computed before, returned instead of
+        computed (its second pass: same backward; the angle output is then not computed and
+        must not be read).
         """
         ptr = a_eij.ptr
         nptr = center.ptr
@@ -256,12 +257,11 @@ class RepFlowLayer(nn.Module):
         wa = w[: self.a_dim]
         aw = a_weight.reshape(-1)
         act, thr = self.act_code, self.act.threshold
-        replayed = red_keep if replay else None
         out = _ops.angle_block(
             a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta, replayed
         )
-        if red_keep is not None and not replay:
-            red_keep.copy_(out[0])
+        if keep is not None and replayed is None:
+            keep.append(out[0])
         return out[0], out[1]
 
     def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -367,7 +367,7 @@ class RepFlowLayer(nn.Module):
 
     def keeps_messages(self, level: int, fused: bool) -> bool:
         """Whether :meth:`forward` at ``level`` can keep and replay its angles' reduced edge
-        messages (``red_keep``/``replay``: the fused, parallel-update angle block)."""
+        messages (``keep``/``replayed``: the fused, parallel-update angle block)."""
         return fused and self.update_angle and not self.sequential and level >= 1
 
     def passes_through(self, level: int) -> tuple[bool, bool]:
@@ -397,8 +397,8 @@ class RepFlowLayer(nn.Module):
         a_eik: Rows,
         fused: bool = False,
         level: int = 2,
-        red_keep: torch.Tensor | None = None,
-        replay: bool = False,
+        keep: list[torch.Tensor] | None = None,
+        replayed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
@@ -412,8 +412,8 @@ class RepFlowLayer(nn.Module):
         (the last layers of a stack: the descriptor reads only node features).  Outputs not
         asked for are returned unchanged (``e``, ``a``) and their work is skipped where the
         update order allows it (the parallel update: ``sequential_update`` computes all).
-        ``red_keep [E, e_dim]`` and ``replay``: see :meth:`_angle_fused` (only where
-        :meth:`keeps_messages`; with ``replay`` the returned ``a`` holds no values).
+        ``keep`` and ``replayed [E, e_dim]``: see :meth:`_angle_fused` (only where
+        :meth:`keeps_messages`; with ``replayed`` the returned ``a`` holds no values).
         """
         n_j = gather(n_ext, nei)
         if level == 0 and not self.sequential:
@@ -483,8 +483,8 @@ class RepFlowLayer(nn.Module):
                     a_eij,
                     a_eik,
                     a_weight,
-                    red_keep,
-                    replay,
+                    keep,
+                    replayed,
                 )
                 v_ang = self._finish_edges(red, e, is_a, fused)
             else:
@@ -510,8 +510,8 @@ class RepFlowLayer(nn.Module):
                 a_eij,
                 a_eik,
                 a_weight,
-                red_keep,
-                replay,
+                keep,
+                replayed,
             )
             v_ang = self._finish_edges(red, e, is_a, fused)
         else:
