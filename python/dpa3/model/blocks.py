@@ -55,6 +55,6 @@ class BlockGrads:
         if not self.used:
             return None
         out: list[torch.Tensor] = []
-        for g, shape, kind in zip(self.grads, self.shapes, self.kinds):
-            out.append(kind.new_zeros(shape) if g is None else g)
+        for i, g in enumerate(self.grads):
+            out.append(self.kinds[i].new_zeros(self.shapes[i]) if g is None else g)
         return out
