@@ -123,17 +123,32 @@ def evaluate(model, coord, atype, box, atomic: bool = False):
 @pytest.fixture(scope="session")
 def malloc_shim(tmp_path_factory) -> Path:
     """A library to ``LD_PRELOAD`` that defines ``malloc`` (forwarding to glibc's
-    ``__libc_malloc``): a stand-in for another allocator such as tcmalloc."""
+    ``__libc_malloc``): a stand-in for another allocator."""
+    return _compile_shim(tmp_path_factory, "malloc_shim", "")
+
+
+@pytest.fixture(scope="session")
+def tcmalloc_shim(tmp_path_factory) -> Path:
+    """Like :func:`malloc_shim`, and it exports gperftools tcmalloc's release-rate flag (a
+    double of that symbol, 1.0 as tcmalloc's default): a stand-in for tcmalloc."""
+    from dpa3.malloc import TCMALLOC_RELEASE_RATE
+
+    return _compile_shim(
+        tmp_path_factory, "tcmalloc_shim", f"double {TCMALLOC_RELEASE_RATE} = 1.0;\n"
+    )
+
+
+def _compile_shim(tmp_path_factory, name: str, extra: str) -> Path:
     import subprocess
 
-    work = tmp_path_factory.mktemp("malloc_shim")
+    work = tmp_path_factory.mktemp(name)
     src = work / "shim.c"
     src.write_text(
         "#include <stddef.h>\n"
         "extern void *__libc_malloc(size_t);\n"
-        "void *malloc(size_t n) { return __libc_malloc(n); }\n"
+        "void *malloc(size_t n) { return __libc_malloc(n); }\n" + extra
     )
-    lib = work / "libmalloc_shim.so"
+    lib = work / f"lib{name}.so"
     cc = subprocess.run(
         ["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True, text=True
     )

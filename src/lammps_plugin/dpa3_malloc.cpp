@@ -5,6 +5,7 @@
 #include "dpa3_malloc.h"
 
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__GLIBC__)
@@ -29,7 +30,18 @@ Dpa3Malloc dpa3_keep_freed_memory()
     return done;
   }
   if (!std::strstr(where.dli_fname, "libc.so")) {
+    // gperftools' tcmalloc hands free spans back to the kernel a little at a time (its
+    // release rate, default 1), so a large evaluation faults them in again: rate 0 keeps them
+    // (as TCMALLOC_RELEASE_RATE=0 would; left alone when the user set that variable)
+    auto *rate = static_cast<double *>(dlsym(RTLD_DEFAULT, DPA3_TCMALLOC_RELEASE_RATE));
+    if (rate && !std::getenv("TCMALLOC_RELEASE_RATE")) {
+      *rate = 0.0;
+      done.changed = true;
+      done.what = "tcmalloc keeps freed memory for the next step (release rate 0)";
+      return done;
+    }
     done.why = std::string("malloc comes from ") + where.dli_fname;
+    if (rate) done.why += " (TCMALLOC_RELEASE_RATE is set)";
     return done;
   }
   if (mallopt(M_MMAP_THRESHOLD, INT_MAX) != 1 || mallopt(M_TRIM_THRESHOLD, INT_MAX) != 1) {
@@ -37,6 +49,8 @@ Dpa3Malloc dpa3_keep_freed_memory()
     return done;
   }
   done.changed = true;
+  done.what = "glibc malloc keeps freed memory for the next step (M_MMAP_THRESHOLD, "
+              "M_TRIM_THRESHOLD)";
 #else
   done.why = "not a glibc system";
 #endif

@@ -202,9 +202,7 @@ void PairDPA3::load_model()
   // each step's large tensors reuse the previous step's memory (dpa3_malloc.h)
   const Dpa3Malloc heap = dpa3_keep_freed_memory();
   if (comm->me == 0 && heap.changed)
-    utils::logmesg(lmp,
-                   "dpa3: glibc malloc keeps freed memory for the next step "
-                   "(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)\n");
+    utils::logmesg(lmp, "dpa3: {}\n", heap.what);
   else if (comm->me == 0)
     utils::logmesg(lmp, "dpa3: malloc left as is: {}\n", heap.why);
 

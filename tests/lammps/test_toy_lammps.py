@@ -324,19 +324,29 @@ def test_torch_calls_its_own_blas(tmp_path, plugin, toy, frames):
         assert rebound is None, res.log[-2000:]
 
 
-def test_glibc_malloc_keeps_freed_memory(tmp_path, plugin, toy, frames, malloc_shim):
+def test_malloc_keeps_freed_memory(tmp_path, plugin, toy, frames, malloc_shim, tcmalloc_shim):
     """With glibc's malloc the plugin raises its mmap and trim thresholds (each step's large
     tensors then reuse the last step's pages instead of faulting them in again) and says so;
-    with another allocator preloaded (a stand-in defining malloc) it leaves malloc alone and
-    names that library.  Results are those of the reference model either way."""
+    with tcmalloc preloaded (a stand-in exporting its release-rate flag) it sets the release
+    rate to 0 and says so; with another allocator preloaded (a stand-in defining malloc) it
+    leaves malloc alone and names that library.  Results are those of the reference model
+    every time."""
     system = make_system(frames["water"])
     script = L.make_script(plugin, toy[1], "* * " + " ".join(system.elements))
-    for preload in ("", str(malloc_shim)):
-        work = tmp_path / ("glibc" if not preload else "other")
+    lines = {
+        "glibc": "dpa3: glibc malloc keeps freed memory for the next step",
+        "tcmalloc": "dpa3: tcmalloc keeps freed memory for the next step (release rate 0)",
+        "other": f"dpa3: malloc left as is: malloc comes from {malloc_shim}",
+    }
+    for case, preload in (
+        ("glibc", ""),
+        ("tcmalloc", str(tcmalloc_shim)),
+        ("other", str(malloc_shim)),
+    ):
+        work = tmp_path / case
         work.mkdir()
         system.write(work / "data.lmp")
         res = L.run_lammps(work, script, env={"LD_PRELOAD": preload})
         assert_matches(res, system.reference(toy[0]))
-        kept = "dpa3: glibc malloc keeps freed memory for the next step" in res.log
-        other = f"dpa3: malloc left as is: malloc comes from {malloc_shim}" in res.log
-        assert (kept, other) == ((True, False) if not preload else (False, True)), res.log[-2000:]
+        found = {k for k, line in lines.items() if line in res.log}
+        assert found == {case}, (case, res.log[-2000:])

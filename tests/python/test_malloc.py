@@ -60,3 +60,38 @@ def test_another_allocator_is_left_alone(malloc_shim):
         check=True,
     )
     assert "not glibc's" in out.stdout, out.stdout
+
+
+RATE = r"""
+import ctypes, json, sys
+from dpa3.malloc import TCMALLOC_RELEASE_RATE, keep_freed_memory
+rate = ctypes.c_double.in_dll(ctypes.CDLL(None), TCMALLOC_RELEASE_RATE)
+before = rate.value
+why = keep_freed_memory()
+print(json.dumps({"why": why, "before": before, "after": rate.value}))
+"""
+
+
+def _rate(preload: str, **env: str) -> dict:
+    full = {k: v for k, v in os.environ.items() if k != "TCMALLOC_RELEASE_RATE"}
+    full.update(LD_PRELOAD=preload, **env)
+    out = subprocess.run(
+        [sys.executable, "-c", RATE], env=full, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_tcmalloc_release_rate_is_set_to_zero(tcmalloc_shim):
+    """With tcmalloc preloaded (a stand-in exporting its release-rate flag; and the real
+    library too where this machine has it) the release rate goes from its default to 0, unless
+    the user set TCMALLOC_RELEASE_RATE (then it is left alone and the reason says so)."""
+    libs = [str(tcmalloc_shim)]
+    real = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    if os.path.exists(real):
+        libs.append(real)
+    for lib in libs:
+        res = _rate(lib)
+        assert res == {"why": None, "before": 1.0, "after": 0.0}, (lib, res)
+        res = _rate(lib, TCMALLOC_RELEASE_RATE="3")
+        assert res["after"] == res["before"] and res["before"] > 0, (lib, res)
+        assert "TCMALLOC_RELEASE_RATE is set" in res["why"], (lib, res)
