@@ -27,7 +27,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _INT_MAX = 2**31 - 1
 # gperftools' tcmalloc: its release-rate flag (a double; the symbol of its FLAGS_ variable)
-TCMALLOC_RELEASE_RATE = "_ZN62FLAG__namespace_do_not_use_directly_use_DECLARE_double_instead27FLAGS_tcmalloc_release_rateE"
+TCMALLOC_RELEASE_RATE = (
+    "_ZN62FLAG__namespace_do_not_use_directly_use_DECLARE_double_instead"
+    "27FLAGS_tcmalloc_release_rateE"
+)
 
 
 def keep_freed_memory() -> str | None:

@@ -370,16 +370,6 @@ class RepFlowLayer(nn.Module):
         messages (``keep``/``replayed``: the fused, parallel-update angle block)."""
         return fused and self.update_angle and not self.sequential and level >= 1
 
-    def passes_through(self, level: int) -> tuple[bool, bool]:
-        """Whether :meth:`forward` at ``level`` returns its ``e`` and its ``a`` unchanged."""
-        if level == 0 and not self.sequential:
-            return True, True
-        if not self.update_angle:
-            return False, True
-        if level == 1 and not self.sequential:
-            return False, True
-        return False, False
-
     # ----------------------------------------------------------------- forward
     def forward(
         self,
