@@ -280,6 +280,21 @@ class RepFlowLayer(nn.Module):
             return s, torch.full((width,), s, dtype=a.dtype, device=a.device)
         return 1.0, torch.ones(width, dtype=a.dtype, device=a.device)  # res_incr
 
+    def _angle_weights(self, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` of the angles' edge messages (columns ``[:e_dim]``), followed by those of
+        the angle update where ``update`` (one fused linear)."""
+        lin1 = self.edge_angle_linear1
+        assert lin1 is not None
+        b1 = lin1.bias
+        assert b1 is not None
+        if not update:
+            return lin1.matrix, b1
+        lin_a = self.angle_self_linear
+        assert lin_a is not None
+        ba = lin_a.bias
+        assert ba is not None
+        return torch.cat([lin1.matrix, lin_a.matrix], dim=1), torch.cat([b1, ba], dim=0)
+
     def _angle_both(
         self,
         a: torch.Tensor,
@@ -290,14 +305,7 @@ class RepFlowLayer(nn.Module):
         a_eik: Rows,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edge messages ``p [A, e_dim]`` and angle updates ``[A, a_dim]`` from one fused linear."""
-        lin1 = self.edge_angle_linear1
-        lin_a = self.angle_self_linear
-        assert lin1 is not None and lin_a is not None
-        b1 = lin1.bias
-        ba = lin_a.bias
-        assert b1 is not None and ba is not None
-        w = torch.cat([lin1.matrix, lin_a.matrix], dim=1)
-        b = torch.cat([b1, ba], dim=0)
+        w, b = self._angle_weights(True)
         out = self.act(self._angle_input(w, b, a, nc, ec, center, a_eij, a_eik))
         return out[:, : self.e_dim], out[:, self.e_dim :]
 
@@ -456,54 +464,19 @@ class RepFlowLayer(nn.Module):
             n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw, fused)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
-        if level == 1:  # the edge messages of the angles only, no angle update
-            lin1 = self.edge_angle_linear1
-            assert lin1 is not None
-            b1 = lin1.bias
-            assert b1 is not None
-            if fused:
-                red, _ = self._angle_fused(
-                    lin1.matrix,
-                    b1,
-                    self.e_dim,
-                    a,
-                    nc,
-                    ec,
-                    center,
-                    a_eij,
-                    a_eik,
-                    a_weight,
-                    keep,
-                    replayed,
-                )
-                v_ang = self._finish_edges(red, e, is_a, fused)
-            else:
-                p = self._angle_one(lin1.matrix, b1, a, nc, ec, center, a_eij, a_eik)
-                v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
-            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
-            return n_new, self._combine(e, [v_self, v_ang], self.e_residual), a
+        # level 1: the edge messages of the angles only, no angle update
         if fused:
-            lin1 = self.edge_angle_linear1
-            lin_a = self.angle_self_linear
-            assert lin1 is not None and lin_a is not None
-            b1 = lin1.bias
-            ba = lin_a.bias
-            assert b1 is not None and ba is not None
-            red, a_new = self._angle_fused(
-                torch.cat([lin1.matrix, lin_a.matrix], dim=1),
-                torch.cat([b1, ba], dim=0),
-                self.e_dim,
-                a,
-                nc,
-                ec,
-                center,
-                a_eij,
-                a_eik,
-                a_weight,
-                keep,
-                replayed,
+            w, b = self._angle_weights(level == 2)
+            red, a_out = self._angle_fused(
+                w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, keep, replayed
             )
             v_ang = self._finish_edges(red, e, is_a, fused)
+            a_new = a_out if level == 2 else a
+        elif level == 1:
+            w, b = self._angle_weights(False)
+            p = self._angle_one(w, b, a, nc, ec, center, a_eij, a_eik)
+            v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
+            a_new = a
         else:
             p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
             v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
