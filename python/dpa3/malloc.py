@@ -14,7 +14,8 @@ other evaluation made ~1 million page faults (2.9 s of system time in 31 s); the
 then set to 0 (what ``TCMALLOC_RELEASE_RATE=0`` does; left alone when that variable is set).
 Numerics are not affected.  ``pair_style dpa3`` does the same in LAMMPS.
 
-Nothing happens at import; a library user (an ASE script) may call it once.
+Nothing happens at import; the ``dpa3`` command and :class:`dpa3.calculator.DPA3Calculator`
+(when constructed, unless told not to) call it; other Python code may call it once.
 """
 
 from __future__ import annotations

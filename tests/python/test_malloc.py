@@ -12,11 +12,17 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 SCRIPT = r"""
 import ctypes, json, resource, sys
 from dpa3.malloc import keep_freed_memory
 why = keep_freed_memory() if sys.argv[1] == "keep" else "not called"
+if sys.argv[1].startswith("calc"):  # what the ASE calculator does when constructed
+    sys.path.insert(0, sys.argv[2])
+    from conftest import make_model
+    from dpa3.calculator import DPA3Calculator
+    DPA3Calculator(make_model(seed=3), keep_freed_memory=sys.argv[1] == "calc")
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -34,10 +40,15 @@ print(json.dumps({"why": why, "faults": faults, "pages": n // resource.getpagesi
 def _run(mode: str) -> dict:
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    tests = str(Path(__file__).resolve().parents[1])
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", SCRIPT, mode, tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return json.loads(out.stdout)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_freed_large_block_is_reused_without_page_faults():
@@ -47,6 +58,15 @@ def test_freed_large_block_is_reused_without_page_faults():
     # glibc's default: the second write faults (nearly) every page of the block in again
     assert default["faults"] > 0.9 * default["pages"], default
     assert kept["faults"] < 0.01 * kept["pages"], kept
+
+
+def test_ase_calculator_keeps_freed_memory_unless_told_not_to():
+    """DPA3Calculator sets the same as keep_freed_memory() when constructed (default), and
+    leaves malloc alone with keep_freed_memory=False."""
+    on = _run("calc")
+    off = _run("calc-off")
+    assert on["faults"] < 0.01 * on["pages"], on
+    assert off["faults"] > 0.9 * off["pages"], off
 
 
 def test_another_allocator_is_left_alone(malloc_shim):
