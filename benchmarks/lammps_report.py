@@ -158,9 +158,10 @@ def write_report(run: SimpleNamespace) -> None:
     md.append(
         "| layers | atoms | ranks × threads | dpa3 s/step | DeePMD-kit s/step | speed-up"
         " | dpa3 peak GB | DeePMD-kit peak GB | memory ratio | dpa3 % of mm | "
-        "DeePMD-kit % of mm | CPU use dpa3 / DeePMD-kit | load at start |"
+        "dpa3 % of mm by DeePMD-kit's FLOPs | DeePMD-kit % of mm | CPU use dpa3 / DeePMD-kit"
+        " | load at start |"
     )
-    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for nl, reps, ranks, threads, res in rows:
         o, d = res["dpa3"], res["deepmd"]
         nat = 192 * reps**3
@@ -189,6 +190,7 @@ def write_report(run: SimpleNamespace) -> None:
         md.append(
             f"| {nl} | {nat:,} | {ranks} × {threads} | {t(o)} | {t(d)} | {speed} | "
             f"{opeak} | {dpeak} | {memr} | {frac(o, models[nl]['flops'])} | "
+            f"{frac(o, models[nl]['deepmd_flops'])} | "
             f"{frac(d, models[nl]['deepmd_flops'])} | {pct(o)} / {pct(d)} | "
             f"{o.load_before} |"
         )
@@ -440,7 +442,9 @@ Before any timing, 192 atoms on 1 rank:
   of the machine's memory was in use by other work); "timeout" = stopped after
   {args.timeout:g} s.{failures}
 - % of mm: (matmul FLOPs per atom-step × atoms ÷ s/step) ÷ the measured {args.cores}-thread
-  `torch.mm` throughput (the better of start and end), each code with its own FLOP count.
+  `torch.mm` throughput (the better of start and end), each code with its own FLOP count;
+  "dpa3 % of mm by DeePMD-kit's FLOPs" counts dpa3's time with DeePMD-kit's count (the same
+  function, so the same work).
 - CPU use: LAMMPS's own "% CPU use" of the timed run, per rank (100% × threads per rank = the
   rank's threads ran all the time); lower values mean that other work on the machine had the
   cores for that part of the time.
