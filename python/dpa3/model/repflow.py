@@ -306,7 +306,7 @@ class RepFlowLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edge messages ``p [A, e_dim]`` and angle updates ``[A, a_dim]`` from one fused linear."""
         w, b = self._angle_weights(True)
-        out = self.act(self._angle_input(w, b, a, nc, ec, center, a_eij, a_eik))
+        out = self._angle_one(w, b, a, nc, ec, center, a_eij, a_eik)
         return out[:, : self.e_dim], out[:, self.e_dim :]
 
     def _angle_one(
@@ -320,6 +320,7 @@ class RepFlowLayer(nn.Module):
         a_eij: Rows,
         a_eik: Rows,
     ) -> torch.Tensor:
+        """Angle messages ``act([a, n~_i, e~_ik, e~_ij] W + b)`` ``[A, out]`` (composite path)."""
         return self.act(self._angle_input(w, b, a, nc, ec, center, a_eij, a_eik))
 
     def _node_update(
@@ -465,7 +466,7 @@ class RepFlowLayer(nn.Module):
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
         # level 1: the edge messages of the angles only, no angle update
-        if fused:
+        if fused:  # one kernel call for both levels (update columns only at level 2)
             w, b = self._angle_weights(level == 2)
             red, a_out = self._angle_fused(
                 w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, keep, replayed
