@@ -51,6 +51,23 @@ def _clean_model_params(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+# element type of each storage class name a pickled TorchScript archive refers to
+_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexDoubleStorage": torch.complex128,
+    "ComplexFloatStorage": torch.complex64,
+}
+
+
 def _is_torchscript_archive(path: Path) -> bool:
     with zipfile.ZipFile(path) as zf:
         return any(n.endswith("/data.pkl") for n in zf.namelist()) and any(
@@ -81,12 +98,17 @@ def _read_torchscript_state(path: Path) -> dict[str, Any]:
             def find_class(self, module: str, name: str) -> Any:
                 if module.startswith("__torch__"):
                     return _State
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    # the legacy storage class names the element type: read it from the name
+                    # (the class's .dtype warns that TypedStorage is deprecated)
+                    return _STORAGE_DTYPES[name]
                 return super().find_class(module, name)
 
             def persistent_load(self, pid: Any) -> Any:
-                _, storage_type, key, _, _ = pid
+                _, dtype, key, _, _ = pid
+                if not isinstance(dtype, torch.dtype):
+                    raise ConfigError(f"{path}: a tensor's storage has an unknown type {dtype!r}")
                 raw = zf.read(f"{root}data/{key}")
-                dtype = getattr(storage_type, "dtype", storage_type)
                 untyped = (
                     torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
                     if raw

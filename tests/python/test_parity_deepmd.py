@@ -10,6 +10,7 @@ on a water frame, a triclinic alloy frame, a cell smaller than the cutoff and a 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,11 @@ def test_checkpoint_parity(combo):
 def test_frozen_model_parity(combo):
     from dpa3.convert import load_deepmd_model
 
-    model = load_deepmd_model(PARITY / combo / "frozen_model.pth")
+    # reading the archive's storages must not go through torch's deprecated TypedStorage API
+    # (which warns, and will go away): any warning here is an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_deepmd_model(PARITY / combo / "frozen_model.pth")
     model.eval()
     _check(model, np.load(PARITY / combo / "reference.npz"), combo)
 
