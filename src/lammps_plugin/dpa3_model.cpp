@@ -17,6 +17,7 @@
 
 #include <dlfcn.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -169,6 +170,8 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
     std::ifstream probe(path, std::ios::binary);
     if (!probe.good()) throw std::runtime_error("cannot open model file '" + path + "'");
   }
+  if (std::filesystem::is_directory(path))
+    throw std::runtime_error("model file '" + path + "' is a directory");
 
   torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
   try {
@@ -184,6 +187,12 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
           path +
           " model.ckpt.pt && dpa3 freeze -c model.ckpt.pt -o model-dpa3.pth' and use "
           "model-dpa3.pth (or run it with DeePMD-kit's pair_style deepmd)");
+    // a torch.save zip (a training checkpoint) has no TorchScript constants.pkl
+    if (msg.find("constants.pkl") != std::string::npos)
+      throw std::runtime_error("'" + path +
+                               "' is not a frozen model but a torch.save file (a training "
+                               "checkpoint?); freeze it with 'dpa3 freeze -c " +
+                               path + " -o model.pth' and give pair_style dpa3 model.pth");
     // a model frozen by another dpa3 version whose ops had different signatures
     const bool schema = msg.find("dpa3::") != std::string::npos &&
         (msg.find("Expected a value of type") != std::string::npos ||

@@ -132,6 +132,12 @@ void PairDPA3::init_style()
     error->all(FLERR, "pair_style dpa3 check on requires atom IDs");
   if (out_atomic && !atom->tag_enable)
     error->all(FLERR, "pair_style dpa3 atomic requires atom IDs (the values are in ID order)");
+  check_neigh_modify();
+  // the model's energy vanishes smoothly at its cutoff and has no long-range tail
+  if (offset_flag && comm->me == 0)
+    error->warning(FLERR, "pair_modify shift yes has no effect on pair_style dpa3");
+  if (tail_flag && comm->me == 0)
+    error->warning(FLERR, "pair_modify tail yes has no effect on pair_style dpa3");
 
   ener_unit = force->boltz / BOLTZ_METAL;
   dist_unit = force->angstrom;
@@ -421,6 +427,25 @@ void PairDPA3::check_positions()
   compute_failed(msg.str());
 }
 
+// The atoms of NULL types are dropped at re-neighbouring (rebuild); a type changed between a
+// NULL and a handled one since then (set type, then run ... pre no) would be evaluated with
+// the wrong set of atoms.  Types between handled elements may change: they are read each step.
+void PairDPA3::check_null_types()
+{
+  const int nall = atom->nlocal + atom->nghost;
+  const int *type = atom->type;
+  for (int i = 0; i < nall; i++) {
+    const bool handled = type_map[type[i]] >= 0;
+    if (handled == (fwd_map[i] >= 0)) continue;
+    compute_failed(fmt::format(
+        "atom {} has type {}, {} in pair_coeff, but was {} at the last re-neighbouring: a type "
+        "changed between a NULL and an element type without re-neighbouring (set type, then run "
+        "... pre no?); run with pre yes after changing types",
+        atom_name(i), type[i], handled ? coeff_names[type[i]] : "NULL",
+        handled ? "of a NULL type" : "handled by dpa3"));
+  }
+}
+
 void PairDPA3::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
@@ -432,15 +457,12 @@ void PairDPA3::compute(int eflag, int vflag)
   const int *type = atom->type;
   const double *boxlo = domain->boxlo;
 
+  check_null_types();
   coord_buf.resize(3 * static_cast<size_t>(nall_model));
   atype_buf.resize(nall_model);
   for (int k = 0; k < nall_model; k++) {
     const int i = bkw_map[k];
-    const int t = type_map[type[i]];
-    if (t < 0)
-      error->one(FLERR, "pair_style dpa3: atom {} changed to a NULL type without re-neighbouring",
-                 i);
-    atype_buf[k] = t;
+    atype_buf[k] = type_map[type[i]];
     for (int d = 0; d < 3; d++) coord_buf[3 * k + d] = (x[i][d] - boxlo[d]) / dist_unit;
   }
 

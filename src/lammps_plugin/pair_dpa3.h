@@ -63,6 +63,8 @@ class PairDPA3 : public Pair {
   void compute_failed(const std::string &what);
   void check_positions();
   void check_special();
+  void check_neigh_modify();
+  void check_null_types();
   std::string atom_name(int i) const;
   // model deviation (pair_dpa3_devi.cpp)
   void devi_open();

@@ -14,7 +14,9 @@
 #include "atom.h"
 #include "comm.h"
 #include "error.h"
+#include "group.h"
 #include "json.h"
+#include "neighbor.h"
 #include "utils.h"
 
 #include "dpa3_blas.h"
@@ -54,6 +56,11 @@ bool is_keyword(const std::string &word)
 void PairDPA3::settings(int narg, char **arg)
 {
   if (narg < 1) error->all(FLERR, "Illegal pair_style dpa3 command: missing model file");
+  if (is_keyword(arg[0]))
+    error->all(FLERR,
+               "Illegal pair_style dpa3 command: missing model file (the first argument, {}, is a "
+               "keyword; pair_style dpa3 MODEL [MODEL2 ...] [keyword value ...])",
+               arg[0]);
 
   // model files: the first argument, then every argument up to the first keyword.  A word
   // that is neither a keyword nor an existing file is reported as an unknown keyword (decided
@@ -367,4 +374,39 @@ void PairDPA3::update_type_map()
     nmapped++;
   }
   if (nmapped == 0) error->all(FLERR, "pair_coeff for dpa3: all atom types are NULL");
+}
+
+/* ----------------------------------------------------------------------
+   neigh_modify exclude / include act on every pair neighbour list, dpa3's too: an excluded
+   pair, or a centre outside the include group, is missing from the model's graph and the
+   energy is silently another one.  Type exclusions involving a NULL type (atoms dpa3 does
+   not see, e.g. those of a classical style of pair_style hybrid) are harmless.
+------------------------------------------------------------------------- */
+
+void PairDPA3::check_neigh_modify()
+{
+  std::string what;
+  for (int k = 0; k < neighbor->nex_type && what.empty(); k++) {
+    const int a = neighbor->ex1_type[k], b = neighbor->ex2_type[k];
+    if (type_map[a] >= 0 && type_map[b] >= 0)
+      what = fmt::format("exclude type {} {} ({} {})", a, b, coeff_names[a], coeff_names[b]);
+  }
+  if (what.empty() && neighbor->nex_group > 0)
+    what = fmt::format("exclude group {} {}", group->names[neighbor->ex1_group[0]],
+                       group->names[neighbor->ex2_group[0]]);
+  if (what.empty() && neighbor->nex_mol > 0)
+    what = fmt::format("exclude molecule/{} {}", neighbor->ex_mol_intra[0] ? "intra" : "inter",
+                       group->names[neighbor->ex_mol_group[0]]);
+  if (!what.empty())
+    error->all(FLERR,
+               "pair_style dpa3: neigh_modify {} removes pairs from dpa3's neighbour list, but the "
+               "model needs every pair within its cutoff (use neigh_modify exclude none; only "
+               "exclusions between a NULL type and another type are allowed)",
+               what);
+  if (neighbor->includegroup)
+    error->all(FLERR,
+               "pair_style dpa3: neigh_modify include {} leaves the atoms outside that group "
+               "without neighbours, but the model needs every pair within its cutoff (use "
+               "neigh_modify include all)",
+               group->names[neighbor->includegroup]);
 }

@@ -128,6 +128,21 @@ def test_deepmd_kit_frozen_model_names_the_conversion(tmp_path, plugin, water):
 
 
 @pytest.mark.lammps
+def test_training_checkpoint_names_dpa3_freeze(tmp_path, plugin, water):
+    """A torch.save file (what training writes) is named as such, with the freeze command."""
+    ckpt = tmp_path / "model.ckpt.pt"
+    torch.save({"model": ToyMessagePassing(TYPE_MAP).state_dict()}, ckpt)
+    out = _fails(tmp_path, _model_script(plugin, ckpt), "is not a frozen model but a torch.save")
+    assert f"dpa3 freeze -c {ckpt} -o model.pth" in out, out[-3000:]
+
+
+@pytest.mark.lammps
+def test_model_file_is_a_directory(tmp_path, plugin, water):
+    (tmp_path / "models").mkdir()
+    _fails(tmp_path, _model_script(plugin, tmp_path / "models"), "is a directory")
+
+
+@pytest.mark.lammps
 def test_model_without_getters(tmp_path, plugin, water):
     lower = _save_script(Lower(), tmp_path / "lower.pth")
     _fails(tmp_path, _model_script(plugin, lower), "has no method get_rcut")
@@ -210,6 +225,74 @@ def test_units_lj(tmp_path, plugin, water, toy_file):
 def test_unknown_keyword(tmp_path, plugin, water, toy_file):
     script = L.make_script(plugin, toy_file, "* * O H", pair_extra="speed fast")
     _fails(tmp_path, script, "Unknown pair_style dpa3 keyword: speed")
+
+
+@pytest.mark.lammps
+def test_keyword_instead_of_model(tmp_path, plugin, water):
+    # the model file forgotten: not "Unknown keyword: cpu"
+    script = L.make_script(plugin, "device", "* * O H", pair_extra="cpu")
+    _fails(tmp_path, script, "missing model file (the first argument, device, is a keyword")
+
+
+@pytest.mark.lammps
+@pytest.mark.parametrize(
+    ("pre", "named"),
+    [
+        ("neigh_modify exclude type 1 2", "exclude type 1 2 (O H)"),
+        ("group a id 1:10\nneigh_modify exclude group a a", "exclude group a a"),
+        ("group a id 1:96\natom_modify first a\nneigh_modify include a", "include a leaves"),
+    ],
+)
+def test_neigh_modify_removing_pairs(tmp_path, plugin, water, toy_file, pre, named):
+    # these change every pair list, dpa3's too: the energy would silently be another one
+    script = L.make_script(plugin, toy_file, "* * O H", pre=pre)
+    _fails(tmp_path, script, f"pair_style dpa3: neigh_modify {named}")
+
+
+@pytest.mark.lammps
+def test_neigh_modify_exclude_of_a_null_type_is_allowed(tmp_path, plugin, frames, toy_file):
+    # a third atom type that dpa3 does not handle (NULL; 11 H atoms moved to it), excluded
+    # from the lists: the dpa3 energy is the one without the exclusion
+    system = make_system(frames["water"])
+    system.elements = ["O", "H", "Cu"]
+    system.write(tmp_path / "data.lmp")
+    energies = []
+    for exclude in ["", "neigh_modify exclude type 1 3 exclude type 3 3"]:
+        pre = f"set atom 150*160 type 3\n{exclude}"
+        script = L.make_script(plugin, toy_file, "* * O H NULL", pre=pre)
+        energies.append(L.run_lammps(tmp_path, script).energy)
+    assert energies[0] == energies[1] and energies[0] != 0.0, energies
+
+
+@pytest.mark.lammps
+@pytest.mark.parametrize("option", ["shift", "tail"])
+def test_pair_modify_shift_or_tail_warns(tmp_path, plugin, water, toy_file, option):
+    script = L.make_script(plugin, toy_file, "* * O H")
+    script = script.replace("neighbor 1.0 bin", f"neighbor 1.0 bin\npair_modify {option} yes")
+    proc = L.run_input(tmp_path, script, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert f"WARNING: pair_modify {option} yes has no effect on pair_style dpa3" in out, out[-3000:]
+
+
+@pytest.mark.lammps
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [1, 2])
+@pytest.mark.parametrize(("atom", "new_type"), [(150, 1), (1, 2)])
+def test_type_changed_to_or_from_null_without_reneighbouring(
+    tmp_path, plugin, mpirun, water, toy_file, nprocs, atom, new_type
+):
+    # water: types 1 (O, atoms 1-64) and 2 (H, NULL here); `run 1 pre no` after `set type`
+    # evaluates without re-neighbouring, where dpa3 decides which atoms it handles
+    script = L.make_script(
+        plugin,
+        toy_file,
+        "* * O NULL",
+        processors="2 1 1" if nprocs == 2 else None,
+        run=f"run 0\nset atom {atom} type {new_type}\nrun 1 pre no",
+    )
+    message = f"pair_style dpa3: atom ID {atom} has type {new_type}, "
+    _fails(tmp_path, script, message, nprocs=nprocs)
 
 
 @pytest.mark.lammps
