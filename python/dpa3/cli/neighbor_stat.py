@@ -40,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     Raises :class:`dpa3.errors.UsageError` for a cutoff that is not positive and
     :class:`dpa3.errors.DataError` for systems that cannot be read or give no type map.
     """
+    import math
     from pathlib import Path
 
     from ..data.stats import auto_sel, neighbor_stat
     from ..data.system import find_systems, load_system
     from ..errors import DataError, UsageError
 
-    if args.rcut <= 0:
+    if not (args.rcut > 0 and math.isfinite(args.rcut)):  # NaN fails the first test
         raise UsageError(f"-r/--rcut must be positive, got {args.rcut}")
     paths = find_systems(args.systems, where="-s")
     type_map = args.type_map

@@ -97,19 +97,25 @@ def _write_out_json(data: dict | None) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 train``.
 
-    Raises :class:`dpa3.errors.ConfigError` for an input file that is missing or not JSON;
-    otherwise the errors of the trainer (config, data, checkpoint, device).
+    Raises :class:`dpa3.errors.ConfigError` for an input file that is missing, not JSON or
+    not a JSON object; otherwise the errors of the trainer (config, data, checkpoint, device).
     """
     from ..config.multitask import is_multitask_input
     from ..train.distributed import init_distributed, shutdown_distributed
 
     path = Path(args.input)
+    if path.is_dir():
+        raise ConfigError(f"input file '{path}' is a folder, not a file")
     if not path.is_file():
         raise ConfigError(f"input file '{path}' does not exist")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"'{path}' is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"'{path}' must hold a JSON object (model, training, ...), got {type(data).__name__}"
+        )
     if is_multitask_input(data):
         from ..train.multitask_trainer import MultiTaskTrainer as TrainerClass
     else:

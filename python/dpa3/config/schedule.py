@@ -75,9 +75,17 @@ class LearningRateConfig:
             stop = start * ratio
         if stop is None:
             stop = 5e-8
-        if stop < 0 or (kind == "wsd" and stop <= 0):
+        if not (stop >= 0 and math.isfinite(stop)) or (kind == "wsd" and stop <= 0):
             where = sec.key("stop_lr_ratio" if ratio is not None else "stop_lr")
             raise ConfigError(f"'{where}' must be positive, got {stop}")
+        if stop > start:
+            # lr / start_lr > 1 would carry the loss prefactors past their start values, a
+            # start_pref below its limit_pref to a negative weight
+            where = sec.key("stop_lr_ratio" if ratio is not None else "stop_lr")
+            raise ConfigError(
+                f"'{where}' gives stop_lr {stop:g} above start_lr {start:g}: the learning rate "
+                "must not grow (the loss prefactors follow lr / start_lr)"
+            )
         kw: dict[str, Any] = {"type": kind, "start_lr": start, "stop_lr": stop}
         if kind == "exp":
             kw["decay_steps"] = sec.get_int("decay_steps", 5000)
@@ -236,6 +244,9 @@ class LossConfig:
             "limit_pref_ae",
         ):
             kw[name] = sec.get_float(name, d[name].default)
+            if not (kw[name] >= 0 and math.isfinite(kw[name])):  # NaN fails the first test
+                # a negative prefactor rewards the error it weighs
+                raise ConfigError(f"'{sec.key(name)}' must be >= 0, got {kw[name]}")
         kw["intensive_ener_virial"] = sec.get_bool("intensive_ener_virial", False)
         kw["relative_f"] = sec.get_float("relative_f", None)
         if kw["relative_f"] is not None and not kw["relative_f"] > 0:

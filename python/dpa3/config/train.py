@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._base import ConfigError, Section
@@ -265,6 +266,9 @@ class TrainingConfig:
         )
         if kw["stat_file_mode"] == "read" and kw["stat_file"] is None:
             raise ConfigError(f"'{sec.key('stat_file_mode')}' = 'read' needs 'training.stat_file'")
+        for name in ("disp_file", "save_ckpt"):
+            if not Path(kw[name]).name:
+                raise ConfigError(f"'{sec.key(name)}' = {kw[name]!r} must name a file")
         # max_ckpt_keep below 1 keeps every checkpoint, as in DeePMD-kit
         for name in ("disp_freq", "save_freq", "tensorboard_freq"):
             if kw[name] <= 0:

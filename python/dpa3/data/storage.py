@@ -23,6 +23,8 @@ from ..errors import DataError
 
 #: Separates the HDF5 file from the group in ``data.hdf5#/group`` (DeePMD-kit's spelling).
 H5_SEP = "#"
+#: The first bytes of every ``.npy`` file (format version excluded).
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _h5py() -> Any:
@@ -109,6 +111,15 @@ class DirStore(Store):
 
     def array(self, rel: str) -> np.ndarray:
         try:
+            with open(self.root / rel, "rb") as fh:
+                magic = fh.read(len(_NPY_MAGIC))
+        except OSError as err:
+            raise DataError(f"cannot read '{self.where(rel)}': {err}") from err
+        if magic != _NPY_MAGIC:
+            # numpy would try it as a pickle and report "pickled (object) data"
+            what = "it is empty" if not magic else "it does not start with the .npy signature"
+            raise DataError(f"'{self.where(rel)}' is not a NumPy .npy file ({what})")
+        try:
             return np.load(self.root / rel, allow_pickle=False)
         except Exception as err:  # report which file is broken
             raise DataError(f"cannot read '{self.where(rel)}': {err}") from err
@@ -120,7 +131,12 @@ class DirStore(Store):
             raise DataError(f"'{self.where(rel)}' must hold one integer per atom: {err}") from err
 
     def names(self, rel: str) -> list[str]:
-        return (self.root / rel).read_text().split()
+        try:
+            return (self.root / rel).read_text().split()
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"'{self.where(rel)}' must be a text file of element names: {err}"
+            ) from None
 
 
 class H5Store(Store):

@@ -17,8 +17,9 @@ placeholder; without ``type_map.raw`` those types index the model's type map (as
 ``aparam``, ``numb_copy``, ...) are not read, as in DeePMD-kit; the input keys that would use
 them are refused in :mod:`dpa3.config`.  Refused with a :class:`DataError` naming the file:
 other shapes (DeePMD-kit would reshape them in memory order, or fail in one of its two
-readers) and virtual atoms (type -1).  ``tests/python/test_npy_layouts.py`` compares each
-layout with what DeePMD-kit's ``DeepmdData`` reads.
+readers), other dtypes (strings, booleans, complex numbers), files that are not ``.npy``,
+sets without frames, and virtual atoms (type -1).  ``tests/python/test_npy_layouts.py``
+compares each layout with what DeePMD-kit's ``DeepmdData`` reads.
 
 The same layout inside an HDF5 file (``data.hdf5`` or ``data.hdf5#/group``, as dpdata's
 ``deepmd/hdf5`` writes it) is read through :mod:`dpa3.data.storage`.  ``.raw`` text frames
@@ -151,7 +152,7 @@ def find_systems(
     to ``base`` (default: the working directory).  The systems keep the spelling of the
     entries (DeePMD-kit prints them so in the data summary).
     """
-    from .storage import h5_child_systems, is_h5_path
+    from .storage import h5_child_systems, is_h5_path, is_hdf5_system_path
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -162,6 +163,11 @@ def find_systems(
             s = os.path.join(str(base), s)
         if os.path.isdir(s):
             found = _expand(Path(s), patterns)
+        elif is_h5_path(s) and not is_hdf5_system_path(s):
+            raise DataError(
+                f"{where}: '{entry}' is a file but not an HDF5 file (no HDF5 signature); "
+                "give a system folder (with type.raw and set.*) or an HDF5 file"
+            )
         elif is_h5_path(s):
             if patterns is not None:
                 raise DataError(
@@ -210,6 +216,8 @@ def _reshape(
     memory order (a force array of shape (nframes, 3, natoms) becomes other forces) or reads
     them in one reader only.
     """
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"'{where}' holds {arr.dtype} values; expected integers or floats")
     inner = inner or (width,)
     one = ((width,),) if nframes is None else ((width,), inner) if nframes == 1 else ()
     if arr.shape in one or (arr.ndim == 0 and width == 1 and nframes == 1):
@@ -296,6 +304,11 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
             f"'{root}': some sets have real_atom_types.npy (mixed type) and some do not; "
             "all sets of a system must use the same layout"
         )
+    if not any(mixed) and base_types.min() < 0:
+        raise DataError(
+            f"'{st.where('type.raw')}' has the type {int(base_types.min())}: types are "
+            "0-based indices into type_map.raw (dpa3 does not support virtual atoms)"
+        )
     for sdir in sets:
         cfile = f"{sdir}/coord.npy"
         if not st.is_file(cfile):
@@ -309,6 +322,8 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
             (natoms, 3),
         )
         nf = coord.shape[0]
+        if nf == 0:
+            raise DataError(f"'{st.where(cfile)}' has no frames (shape {coord.shape})")
         set_nframes.append(nf)
         _check_finite(coord, st.where(cfile))
         coords.append(coord.reshape(nf, natoms, 3).astype(np.float64))
@@ -328,6 +343,8 @@ def _read_system(st: Store, type_map: Sequence[str] | None, set_prefix: str) -> 
         rfile = f"{sdir}/real_atom_types.npy"
         if st.is_file(rfile):
             rt = _reshape(st.array(rfile), st.where(rfile), nf, natoms, "types per frame")
+            if np.any(rt != np.round(rt)):
+                raise DataError(f"'{st.where(rfile)}' holds non-integer types")
             types.append(rt.astype(np.int64))
         else:
             types.append(np.broadcast_to(base_types, (nf, natoms)).copy())

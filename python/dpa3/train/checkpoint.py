@@ -20,15 +20,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import __version__
 from ..atomic_file import TMP_PATTERN, atomic_open, fsync_dir, symlink, write_text
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from ..config.train import TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +153,35 @@ def save_checkpoint(
     return path
 
 
+def check_output_paths(training: TrainingConfig) -> None:
+    """Before training: the folders of ``disp_file``, ``save_ckpt`` and ``stat_file`` exist
+    (those of ``save_ckpt`` and ``stat_file`` are created, as saving would) and take files,
+    and no output name is a folder; so a bad path fails now, not at the first save.
+
+    Raises :class:`dpa3.errors.ConfigError` naming the key.
+    """
+    outputs = [("disp_file", Path(training.disp_file), False)]
+    outputs.append(("save_ckpt", Path(training.save_ckpt + ".pt"), True))
+    if training.stat_file is not None and training.stat_file_mode == "update":
+        outputs.append(("stat_file", Path(training.stat_file), True))
+    for key, path, create in outputs:
+        where = f"'training.{key}' = {getattr(training, key)!r}"
+        folder = path.parent
+        if key == "disp_file" and path.is_dir():
+            raise ConfigError(f"{where}: '{path}' is a folder, not a file")
+        try:
+            if create:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.is_dir():
+                raise ConfigError(f"{where}: folder '{folder}' does not exist")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ConfigError(f"{where}: cannot write in folder '{folder}': {err}") from None
+    if Path(POINTER).is_dir():
+        raise ConfigError(f"'{POINTER}' (the checkpoint pointer file) is a folder, not a file")
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """Accept a checkpoint file, the ``checkpoint`` pointer file, or a folder holding one."""
     p = Path(path)
@@ -161,15 +195,40 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+def _not_torch_file(p: Path) -> str | None:
+    """Why ``p`` cannot be a ``torch.save`` or TorchScript file (both are zip archives since
+    torch 1.6; torch itself would report an unpickling byte or a miniz error), or ``None``."""
+    size = p.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(p):
+        return f"not the zip archive torch writes: a truncated file ({size} bytes) or another kind"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of a torch error, without miniz's advice to file a bug."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line.split(" This is an internal miniz error")[0]
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Load and check a dpa3 checkpoint (``weights_only``: it holds no pickled objects)."""
     p = resolve_checkpoint(path)
+    why = _not_torch_file(p)
+    if why is not None:
+        raise CheckpointError(f"cannot read checkpoint '{p}': {why}")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as err:  # name the file in the message
-        raise CheckpointError(f"cannot read checkpoint '{p}': {err}") from err
+    except Exception as err:  # name the file in the message (torch's first line only)
+        raise CheckpointError(
+            f"cannot read checkpoint '{p}': {_first_line(err)} (a dpa3 checkpoint holds "
+            "tensors and plain values only; DeePMD-kit checkpoints need 'dpa3 convert-deepmd' "
+            "first)"
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"'{p}' is not a dpa3 checkpoint (DeePMD-kit checkpoints need "
@@ -195,14 +254,17 @@ def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"frozen model '{path}' does not exist")
+    why = _not_torch_file(p)
+    if why is not None:
+        raise CheckpointError(f"cannot read the weights of '{p}': not a frozen dpa3 model ({why})")
     _ops.load_ops()  # the scripted model calls the op library
     try:
         module = torch.jit.load(str(p), map_location="cpu")
         config = json.loads(module.get_metadata()["config"])
     except Exception as err:  # name the file in the message
         raise CheckpointError(
-            f"cannot read the weights of '{p}': not a frozen dpa3 model ({err}); a DeePMD-kit "
-            f"model needs 'dpa3 convert-deepmd {p}' first"
+            f"cannot read the weights of '{p}': not a frozen dpa3 model ({_first_line(err)}); "
+            f"a DeePMD-kit model needs 'dpa3 convert-deepmd {p}' first"
         ) from err
     # a scripted module's state_dict also holds the buffers the eager model does not save
     state = {
@@ -230,6 +292,7 @@ __all__ = [
     "POINTER",
     "CheckpointError",
     "atomic_torch_save",
+    "check_output_paths",
     "frozen_checkpoint",
     "load_checkpoint",
     "make_checkpoint",

@@ -18,13 +18,14 @@ import torch
 
 from ..config.model import AUTO_SEL, SEL_KEYS, AutoSel, ModelConfig
 from ..config.model_section import BiasAdjustMode, ModelSection
+from ..config.schedule import LossConfig
 from ..config.train import InputConfig
 from ..data.loader import Batch, DataSampler
 from ..data.neighbor_cache import NeighborCache
 from ..data.stat_file import load_stat
 from ..data.stats import auto_sel, compute_or_load_energy_stat, neighbor_stat
 from ..data.system import System
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .distributed import DistContext
 from .finetune import refit_bias_delta
 from .loss import EnergyLoss
@@ -71,6 +72,42 @@ def validation_metrics(
     }
 
 
+#: The loss terms: label file (without ``.npy``), prefactor suffix, whether it is active.
+_TERMS = (
+    ("energy", "e", lambda c: c.has_e),
+    ("force", "f", lambda c: c.has_f),
+    ("virial", "v", lambda c: c.has_v),
+    ("atom_ener", "ae", lambda c: c.has_ae),
+)
+
+
+def check_labels(loss: LossConfig, systems: Sequence[System], where: str) -> None:
+    """Refuse training data without a label for any active loss term (every step's loss
+    would be 0 and nothing be learnt); warn for an active term no system has a label for
+    (DeePMD-kit skips it silently).
+
+    Raises :class:`dpa3.errors.DataError` naming the data and the label files looked for.
+    """
+    active = [(name, k) for name, k, on in _TERMS if on(loss)]
+    missing = [(name, k) for name, k in active if not any(s.has_label(name) for s in systems)]
+    if missing and len(missing) == len(active):
+        files = ", ".join(f"{name}.npy (loss.*_pref_{k})" for name, k in missing)
+        raise DataError(
+            f"{where}: no system has a label for any loss term in use; looked for {files} "
+            "in the sets: the loss would be 0 at every step"
+        )
+    if DistContext.current().is_main:
+        for name, k in missing:
+            log.warning(
+                "loss.start_pref_%s/limit_pref_%s are non-zero but no system of %s has "
+                "%s.npy: that term is skipped",
+                k,
+                k,
+                where,
+                name,
+            )
+
+
 @dataclass
 class Task:
     """One head's training: its parsed input, data, statistics seed and loss.
@@ -101,6 +138,13 @@ class Task:
     model_cfg: ModelConfig | None = None
     loss: EnergyLoss | None = None
     last_trn: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        check_labels(
+            self.cfg.loss,
+            self.train_data.systems,
+            f"training.data_dict.{self.name}.training_data" if self.name else "training_data",
+        )
 
     @property
     def label(self) -> str:

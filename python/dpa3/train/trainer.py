@@ -39,6 +39,7 @@ from ..data.neighbor_cache import NeighborCache
 from ..errors import ConfigError
 from .checkpoint import (
     POINTER,
+    check_output_paths,
     frozen_checkpoint,
     load_checkpoint,
     make_checkpoint,
@@ -129,6 +130,8 @@ class Trainer:
         self.factory = model_factory or default_model_factory
         self.dist = DistContext.current()
         tcfg = self.cfg.training
+        # a bad output path fails now, on every rank, not at the first save
+        self.dist.run_on_main(lambda: check_output_paths(tcfg))
 
         ckpt = None
         src = restart or init_model or init_frz_model or finetune
