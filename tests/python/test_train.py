@@ -245,6 +245,38 @@ def test_stat_file_written_and_reused(tmp_path, monkeypatch):
     assert torch.equal(Trainer(d2).model.out_bias, bias)
 
 
+def test_restart_with_another_architecture_warns(tmp_path, monkeypatch, caplog):
+    """--restart / --init-model continue the checkpoint's model: an input that describes
+    another one is named option by option (the same input: no warning; "auto" selections and
+    seeds are not differences)."""
+    monkeypatch.chdir(tmp_path)
+    pre = tiny_input(WATER[:1], ("O", "H"), steps=1)
+    pre["training"]["training_data"]["batch_size"] = 1
+    Trainer(pre).run()
+    ckpt = str(tmp_path / "model.ckpt-1.pt")
+
+    def warnings_for(d: dict, **how) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dpa3"):
+            Trainer(d, **how)
+        return [r.getMessage() for r in caplog.records if "in the checkpoint" in r.getMessage()]
+
+    same = copy.deepcopy(pre)
+    same["model"]["descriptor"]["repflow"]["e_sel"] = "auto"
+    same["model"]["descriptor"]["seed"] = 7
+    assert warnings_for(same, init_model=ckpt) == []
+    other = copy.deepcopy(pre)
+    other["model"]["descriptor"]["repflow"]["n_dim"] = 8
+    other["model"]["fitting_net"]["neuron"] = [16]
+    got = warnings_for(other, restart=ckpt)
+    assert got == [
+        "model.descriptor.repflow.n_dim is 8 in the input but 16 in the checkpoint: "
+        "its model is used",
+        "model.fitting_net.neuron is (16,) in the input but (16, 16) in the checkpoint: "
+        "its model is used",
+    ]
+
+
 def test_init_model_and_finetune_new_type_map(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pre = tiny_input(WATER[:1], ("O", "H"), steps=2)

@@ -76,6 +76,42 @@ class ModelSection:
         rf.validate(f"{self.path}.descriptor.repflow")
         return replace(self.template, descriptor=replace(self.template.descriptor, repflow=rf))
 
+    def differences(self, other: ModelConfig) -> list[tuple[str, Any, Any]]:
+        """Where the model this section describes differs from ``other`` (a checkpoint's):
+        ``(key path, value here, value in other)`` for every option that changes the model.
+        ``"auto"`` selections take ``other``'s values; the type map (compared by the caller),
+        the seeds and the statistics options (``data_stat_*``, ``preset_out_bias``: read only
+        when statistics are computed) are not compared."""
+        rf = other.descriptor.repflow
+        sel = {k: self.sel(k) for k in ("e_sel", "a_sel")}
+        mine = replace(
+            self.template,
+            type_map=other.type_map,
+            descriptor=replace(
+                self.template.descriptor,
+                repflow=replace(
+                    self.template.descriptor.repflow,
+                    **{k: getattr(rf, k) if isinstance(v, AutoSel) else v for k, v in sel.items()},
+                ),
+            ),
+            data_stat_nbatch=other.data_stat_nbatch,
+            data_stat_protect=other.data_stat_protect,
+            preset_out_bias=other.preset_out_bias,
+        )
+        out: list[tuple[str, Any, Any]] = []
+
+        def walk(a: Any, b: Any, path: str) -> None:
+            if isinstance(a, dict) and isinstance(b, dict):
+                for k in a:
+                    if k != "seed":  # the input's key names (fitting: fitting_net)
+                        name = "fitting_net" if path == self.path and k == "fitting" else k
+                        walk(a[k], b.get(k), f"{path}.{name}")
+            elif a != b:
+                out.append((path, a, b))
+
+        walk(asdict(mine), asdict(other), self.path)
+        return out
+
     def to_input(self, model: ModelConfig | None = None) -> dict[str, Any]:
         """The section as a DeePMD-kit ``model`` dict with every key dpa3 reads at its
         effective value (``model``: the resolved config to write instead of the template,

@@ -164,6 +164,10 @@ class Trainer:
         # --- typed model configs ----------------------------------------------------------
         if resume:
             cfgs = pre_cfgs
+            for task in (t for t in self.tasks if t.name in cfgs):
+                for diff in task.cfg.model.differences(cfgs[task.name]):
+                    msg = "%s is %r in the input but %r in the checkpoint: its model is used"
+                    log.warning(msg, *diff)
         else:
             cfgs = self._resolve_model_configs(skip_neighbor_stat, pre, use_pretrain_script)
         for task in self.tasks:
