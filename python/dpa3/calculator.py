@@ -39,14 +39,9 @@ def _load(model: str | Path | torch.nn.Module, device: torch.device) -> torch.nn
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"dpa3: no model file {path}")
-    from .export.load import is_deepmd_frozen, load_model
+    from .export.load import load_model
 
-    if path.suffix == ".pth" and not is_deepmd_frozen(path):  # DeePMD-kit's: load_model converts
-        from .export.freeze import load_frozen
-
-        module, _ = load_frozen(path, map_location=device)
-        return module
-    return load_model(path, device=device)
+    return load_model(path, device=device)  # what the file holds, whatever its suffix
 
 
 class DPA3Calculator(Calculator):

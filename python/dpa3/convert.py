@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, ModelConfig
+from .errors import UsageError
 from .model import EnergyModel
 
 # keys DeePMD-kit's normalisation adds to a model section that carry no model information
@@ -73,6 +74,12 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any(n.endswith("/data.pkl") for n in zf.namelist()) and any(
             "/code/__torch__/" in n for n in zf.namelist()
         )
+
+
+def _is_dpa3_frozen(path: Path) -> bool:
+    """Whether the TorchScript archive ``path`` was frozen by dpa3 (it holds dpa3's code)."""
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/__torch__/dpa3/" in n for n in zf.namelist())
 
 
 def _read_torchscript_state(path: Path) -> dict[str, Any]:
@@ -141,9 +148,17 @@ def _read_torchscript_state(path: Path) -> dict[str, Any]:
 
 def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Return ``(model_params, state)`` with state keys relative to the atomic model."""
+    from .export.load import check_archive, is_deepmd_frozen
+
     if not path.is_file():
         raise FileNotFoundError(f"DeePMD-kit model file not found: {path}")
-    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+    check_archive(path)
+    if _is_torchscript_archive(path):
+        if not is_deepmd_frozen(path):
+            raise ConfigError(
+                f"{path}: a TorchScript file, but not a DeePMD-kit frozen model"
+                + (" (a dpa3 frozen model: no conversion needed)" if _is_dpa3_frozen(path) else "")
+            )
         top = _read_torchscript_state(path)
         if "model_def_script" not in top:
             raise ConfigError(f"{path}: a TorchScript file, but not a DeePMD-kit frozen model")
@@ -158,6 +173,10 @@ def _read_deepmd_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
                 f"{path}: neither a DeePMD-kit checkpoint nor a frozen .pth "
                 f"({type(exc).__name__}: {exc})"
             ) from None
+        from .train.checkpoint import CHECKPOINT_FORMAT
+
+        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path}: a dpa3 checkpoint already, not a DeePMD-kit one")
         state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise ConfigError(f"{path}: no model state dict found")
@@ -305,12 +324,23 @@ def convert_deepmd(src: str | Path, output: str | Path) -> EnergyModel:
     ------
     FileNotFoundError
         If ``src`` does not exist.
+    CheckpointError
+        If ``src`` cannot hold a model (:func:`dpa3.export.load.check_archive`).
     ConfigError
-        If ``src`` is not a single-task DeePMD-kit DPA3 energy model that dpa3 can represent.
+        If ``src`` is not a single-task DeePMD-kit DPA3 energy model that dpa3 can represent
+        (a dpa3 checkpoint or frozen model is named as one).
+    UsageError
+        If ``output`` is ``src``.
     """
     from .train.checkpoint import atomic_torch_save, make_checkpoint
 
     src = Path(src)
+    out = Path(output)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise UsageError(
+            f"convert-deepmd: the output '{output}' is the input model; write the dpa3 "
+            "checkpoint to another file so that the DeePMD-kit one stays"
+        )
     params, _ = _read_deepmd_file(src)
     model = load_deepmd_model(src)
     ckpt = make_checkpoint(

@@ -102,15 +102,21 @@ def read_lcurve(path: str | Path) -> LCurve:
     FileNotFoundError
         If ``path`` does not exist.
     PlotError
-        If there is no header line or no data row.
+        If it is a folder or not a text file, or there is no header line or no data row.
     """
     p = Path(path)
+    if p.is_dir():
+        raise PlotError(f"learning-curve file '{p}' is a folder (give its lcurve.out)")
     if not p.is_file():
         raise FileNotFoundError(f"learning-curve file '{p}' does not exist")
+    try:
+        text_lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise PlotError(f"'{p}' is not a text file (not an lcurve.out)") from None
     columns: list[str] | None = None
     rows: list[list[float]] = []
     skipped = 0
-    for line in p.read_text().splitlines():
+    for line in text_lines:
         text = line.strip()
         if not text:
             continue
@@ -270,10 +276,34 @@ def lcurve_figure(paths: Sequence[str | Path]) -> Any:
     return fig
 
 
+def image_format(output: str | Path) -> str:
+    """The matplotlib format of the image ``output`` by its suffix (``png``, ``pdf``, ``svg``...).
+
+    Raises :class:`dpa3.errors.PlotError` for a suffix matplotlib cannot write, or none: call
+    it before the work whose result is plotted.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    fmt = Path(output).suffix.lstrip(".").lower()
+    if fmt not in known:
+        raise PlotError(
+            f"cannot write the image '{output}': "
+            f"{f'unknown format .{fmt}' if fmt else 'no suffix'} (use one of "
+            f"{', '.join('.' + k for k in sorted(known))})"
+        )
+    return fmt
+
+
 def _save(fig: Any, output: str | Path, **kwargs: Any) -> Path:
+    """Save ``fig`` to ``output`` atomically (:mod:`dpa3.atomic_file`), making its folder."""
+    from .atomic_file import atomic_open
+
     out = Path(output)
+    fmt = image_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, **kwargs)
+    with atomic_open(out, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=120, **kwargs)
     return out
 
 
@@ -281,8 +311,10 @@ def plot_lcurves(paths: Sequence[str | Path], output: str | Path) -> Path:
     """Write :func:`lcurve_figure` of ``paths`` to ``output`` (PNG, PDF, SVG... by suffix).
 
     Returns the path written.  Raises :class:`FileNotFoundError` for a missing file and
-    :class:`dpa3.errors.PlotError` for one that cannot be plotted; nothing is written then.
+    :class:`dpa3.errors.PlotError` for one that cannot be plotted or an ``output`` of a format
+    matplotlib does not write (:func:`image_format`); nothing is written then.
     """
+    image_format(output)
     return _save(lcurve_figure(paths), output)
 
 
@@ -382,7 +414,8 @@ def parity_plot(
     """Write :func:`parity_figure` of ``samples`` to ``output`` (format by suffix).
 
     Returns the path written; raises :class:`dpa3.errors.PlotError` for samples that cannot
-    be plotted (none labelled, or predictions and references of different sizes).
+    be plotted (none labelled, or predictions and references of different sizes) or an
+    ``output`` of a format matplotlib does not write (:func:`image_format`).
     """
     return _save(parity_figure(samples, title), output, bbox_inches="tight", pad_inches=0.1)
 
@@ -390,6 +423,7 @@ def parity_plot(
 __all__ = [
     "LCurve",
     "PlotError",
+    "image_format",
     "lcurve_figure",
     "parity_figure",
     "parity_plot",

@@ -87,7 +87,7 @@ def test_change_bias_errors(work, monkeypatch, capsys):
     assert main(["change-bias", "m0.pt", "-b", "1.0"]) == 1
     assert "1 bias values for the 2 types O H" in capsys.readouterr().out
     assert main(["change-bias", "m0.ckpt", "-s", "sys_a"]) == 1
-    assert "(.pt) or a frozen model (.pth)" in capsys.readouterr().out
+    assert "model file 'm0.ckpt' does not exist" in capsys.readouterr().out
     assert main(["change-bias", "m0.pt", "-s", "nowhere"]) == 1
     assert "nowhere" in capsys.readouterr().out
 

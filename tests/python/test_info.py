@@ -11,6 +11,7 @@ import torch
 
 from dpa3 import _ops
 from dpa3.cli.main import main
+from dpa3.errors import CheckpointError
 from dpa3.export.info import (
     _same_release,
     cuda_compiled_in,
@@ -130,8 +131,8 @@ def test_info_bad_model(tmp_path, capsys):
     junk.write_text("not a model")
     assert main(["info", str(junk)]) == 1
     out = capsys.readouterr().out
-    assert "does not exist" in out and "Traceback" not in out
-    with pytest.raises(FileNotFoundError):
+    assert "does not exist" in out and "is not a model file" in out and "Traceback" not in out
+    with pytest.raises(CheckpointError, match="model file '.*missing.pth' does not exist"):
         model_report(tmp_path / "missing.pth")
 
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
-
-from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +62,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _datafile(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"change-bias: -f '{path}' does not exist")
-    lines = [ln.strip() for ln in p.read_text().splitlines()]
-    if not [ln for ln in lines if ln]:
-        raise UsageError(f"change-bias: -f '{path}' lists no systems")
-    return [ln for ln in lines if ln]
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run ``dpa3 change-bias`` (errors: :func:`dpa3.export.change_bias.change_bias`)."""
+    """Run ``dpa3 change-bias`` (errors: :func:`dpa3.export.change_bias.change_bias`, and
+    :func:`dpa3.cli.test.read_datafile` for ``-f``)."""
     from ..export.change_bias import change_bias
+    from .test import read_datafile
 
     if args.bias_value is not None:
         systems = None
     elif args.datafile is not None:
-        systems = _datafile(args.datafile)
+        systems = read_datafile(args.datafile)
     else:
         systems = [args.system]
     res = change_bias(

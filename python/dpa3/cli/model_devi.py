@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,14 @@ def _systems(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dpa3 model-devi``."""
+    """Run ``dpa3 model-devi``.
+
+    Raises :class:`dpa3.errors.UsageError` for a frequency < 1, a ``--select`` range that is
+    empty, or a ``--relative``/``--relative-v`` level that is not a finite number > 0 (the
+    deviation is divided by ``|mean| + L``, which is 0 for L = 0 and an atom without force);
+    :class:`dpa3.errors.DataError` for an output that cannot be written; those of
+    :func:`dpa3.model_devi.load_models` and :func:`dpa3.model_devi.read_frames`.
+    """
     from ..atomic_file import write_text
     from ..device import describe, resolve_device
     from ..errors import DataError, UsageError
@@ -127,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frequency < 1:
         raise UsageError(f"-f/--frequency must be >= 1, got {args.frequency}")
+    for opt, level in (("--relative", args.relative), ("--relative-v", args.relative_v)):
+        if level is not None and not (0 < level < math.inf):  # also NaN: every row NaN
+            raise UsageError(f"{opt} L must be a finite number > 0, got {level}")
     if args.select is not None and not args.select[0] < args.select[1]:
         raise UsageError(f"--select LO HI needs LO < HI, got {args.select}")
     out = Path(args.output)

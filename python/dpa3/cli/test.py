@@ -97,18 +97,46 @@ def _report_errors(res: SystemErrors) -> None:
             log.info(rmse.format(f"{st.rmse:e}"))
 
 
-def _read_datafile(path: str) -> list[str]:
+def read_datafile(path: str) -> list[str]:
+    """The systems listed in the ``-f`` file ``path``, one folder a line (blank lines skipped).
+
+    Raises :class:`dpa3.errors.DataError` for a file that cannot be read, is not text or lists
+    no system.  Used by ``dpa3 test -f`` and ``dpa3 change-bias -f``.
+    """
     from ..errors import DataError
 
     try:
         with open(path, encoding="utf-8") as fh:
             lines = [ln.strip() for ln in fh.read().splitlines()]
     except OSError as err:
-        raise DataError(f"-f: cannot read the system list '{path}': {err}") from err
+        raise DataError(f"-f: cannot read the system list '{path}': {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(
+            f"-f: '{path}' is not a text file (a list of system folders, one a line)"
+        ) from None
     systems = [ln for ln in lines if ln]
     if not systems:
         raise DataError(f"-f: '{path}' lists no system")
     return systems
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse the outputs that cannot be written before any model is evaluated."""
+    from ..errors import DataError, UsageError
+
+    if args.numb_test < 0:
+        raise UsageError(f"-n/--numb-test must be >= 0 (0 = all frames), got {args.numb_test}")
+    if args.detail_file is not None:
+        folder = Path(args.detail_file).parent
+        if not folder.is_dir():
+            raise DataError(
+                f"-d: cannot write the detail files '{args.detail_file}.*.out': folder "
+                f"'{folder}' does not exist"
+            )
+    if args.plot:
+        from ..plot import image_format
+
+        image_format(args.plot)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
 
     Errors: those of :func:`dpa3.device.resolve_device`, :func:`dpa3.export.load.load_model`,
     :func:`dpa3.data.system.find_systems`/``load_system``, :func:`dpa3.plot.parity_plot`;
-    :class:`dpa3.errors.DataError` for an unreadable ``-f`` list or a missing
-    ``atom_ener.npy`` with ``-a``.
+    :class:`dpa3.errors.DataError` for an unreadable ``-f`` list (:func:`read_datafile`), a
+    ``-d`` prefix in a missing folder or a missing ``atom_ener.npy`` with ``-a``;
+    :class:`dpa3.errors.UsageError` for a negative ``-n``; a ``--plot`` image of an unknown
+    format (:func:`dpa3.plot.image_format`).  The outputs are checked before the model runs.
     """
     from ..data.system import find_systems, load_system
     from ..device import describe, resolve_device
@@ -129,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         write_details,
     )
 
+    _check_outputs(args)
     device = resolve_device(args.device, option="--device")
     log.info("%s", describe(args.device, device))
     model_path = args.model
@@ -137,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(model_path, device, head=args.head)
     type_map = list(model.get_type_map())
     if args.datafile is not None:
-        paths = _read_datafile(args.datafile)
+        paths = read_datafile(args.datafile)
     else:
         paths = find_systems(args.systems, where="-s")
     total = SystemErrors()

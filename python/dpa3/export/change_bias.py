@@ -1,12 +1,13 @@
 """``dpa3 change-bias``: re-fit or set the per-type energy bias of a trained model.
 
 As ``dp --pt change-bias``: the input is a dpa3 checkpoint (``.pt``) or a frozen model
-(``.pth``), written back in the same kind (default name ``<input>_updated.pt/.pth``).  The
-bias is either given per type (``bias``), or fitted by least squares on labelled systems:
-``change`` adds the fit of (label - prediction) to the current bias (DeePMD-kit's
-``change-by-statistic``), ``set`` replaces the bias by the fit of the labels
-(``set-by-statistic``).  Every frame of every system is used, or the first ``numb_batch``
-frames of each system (batch size 1, as DeePMD-kit).
+(``.pth``), told apart by content and written back in the same kind (default name
+``<input>_updated.pt/.pth``; never over the input).  The bias is either given per type
+(``bias``), or fitted by least squares on labelled systems: ``change`` adds the fit of
+(label - prediction) to the current bias (DeePMD-kit's ``change-by-statistic``), ``set``
+replaces the bias by the fit of the labels (``set-by-statistic``).  Every frame of every
+system is used, or the first ``numb_batch`` frames of each system (batch size 1, as
+DeePMD-kit).
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ def change_bias(
     Raises
     ------
     UsageError
-        Neither or both of ``systems`` and ``bias``, a ``bias`` of the wrong length, an
-        unknown ``mode``, a negative ``numb_batch``, a model that is neither ``.pt`` nor
-        ``.pth``.
+        Neither or both of ``systems`` and ``bias``, a ``bias`` of the wrong length or not
+        finite, an unknown ``mode``, a negative ``numb_batch``, an ``output`` that is the
+        input model.
     CheckpointError
-        The model cannot be read, or is a multi-task checkpoint.
+        The model cannot be read (:func:`dpa3.export.load.resolve_model_file`), or is a
+        multi-task checkpoint.
+    ModelFileError
+        A frozen model this dpa3 cannot load (:func:`dpa3.export.freeze.load_frozen`).
     DataError
         As :func:`dpa3.data.system.load_systems`.
     """
@@ -69,20 +73,27 @@ def change_bias(
     from ..train.finetune import refit_bias_delta
     from ..train.multitask import checkpoint_model, is_multitask_checkpoint
     from ..train.task import model_forward
-    from .freeze import freeze
+    from .freeze import freeze, load_frozen
+    from .load import is_torchscript, resolve_model_file
 
-    src = Path(model)
-    if src.suffix not in (".pt", ".pth"):
-        raise UsageError(
-            f"change-bias: '{src}' must be a checkpoint (.pt) or a frozen model (.pth)"
-        )
     if mode not in MODES:
         raise UsageError(f"change-bias: mode '{mode}' is not one of {', '.join(MODES)}")
     if (systems is None) == (bias is None):
         raise UsageError("change-bias: give either systems to fit the bias on or the bias")
     if numb_batch < 0:
         raise UsageError(f"change-bias: numb_batch must be >= 0, got {numb_batch}")
-    frozen = src.suffix == ".pth"
+    if bias is not None and not np.all(np.isfinite(np.asarray(bias, dtype=np.float64))):
+        raise UsageError(f"change-bias: the bias values must be finite numbers, got {list(bias)}")
+    src = resolve_model_file(model)
+    out = Path(output) if output is not None else _updated_name(src)
+    if out.exists() and out.resolve() == src.resolve():
+        raise UsageError(
+            f"change-bias: the output '{out}' is the input model; write the changed model "
+            "to another file (-o) so that the original stays"
+        )
+    frozen = is_torchscript(src)  # by content: a frozen model may be named .pt and vice versa
+    if frozen:
+        load_frozen(src)  # refuses DeePMD-kit's and unsupported metadata before reading weights
     ckpt = frozen_checkpoint(src) if frozen else load_checkpoint(src)
     if is_multitask_checkpoint(ckpt):
         raise CheckpointError(
@@ -115,7 +126,6 @@ def change_bias(
             net.set_out_bias(fitted, std)
         log.info("bias fitted on %d systems, %d frames", len(loaded), sum(map(len, batches)))
     after = net.out_bias.detach().cpu().numpy().copy()
-    out = Path(output) if output is not None else _updated_name(src)
     if frozen:
         freeze(net, out, metadata={"changed_bias_of": str(src)})
     else:

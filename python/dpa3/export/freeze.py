@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..atomic_file import atomic_open
-from ..errors import ExportError, ModelFileError
+from ..errors import CheckpointError, ExportError, ModelFileError
 from .metadata import METADATA_FILE, build_metadata, parse_metadata
 
 #: Methods a frozen model must provide (``docs/internals.md``).
@@ -158,15 +158,24 @@ def load_frozen(
     FileNotFoundError
         If ``path`` is not a file.
     ModelFileError
-        If it is not a frozen dpa3 model this dpa3 can load (another version's op signatures,
-        no or unsupported ``metadata.json``, missing methods); a :class:`ValueError`.
+        If it is not a frozen dpa3 model this dpa3 can load (empty, not a zip archive or cut
+        short, frozen by DeePMD-kit, another version's op signatures, no or unsupported
+        ``metadata.json``, missing methods); a :class:`ValueError`.
     ExportError
         If the op library is not available.
     """
+    from .load import check_archive, convert_command, is_deepmd_frozen
+
     _require_ops()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dpa3: no model file {path}")
+    check_archive(path, ModelFileError)
+    if is_deepmd_frozen(path):  # its code calls DeePMD-kit's ops, which dpa3 does not have
+        raise ModelFileError(
+            f"'{path}' is a model frozen by DeePMD-kit, not by dpa3; dpa3 test, model-devi "
+            f"and the ASE calculator run it as is, or convert it: {convert_command(path)}"
+        )
     extra = {METADATA_FILE: ""}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -219,17 +228,25 @@ def freeze_checkpoint(
     Raises
     ------
     CheckpointError
-        The checkpoint is missing or unreadable, or ``head`` is missing for a multi-task
+        The checkpoint is missing or unreadable (:func:`dpa3.export.load.resolve_model_file`)
+        or a frozen model, or ``head`` is missing for a multi-task
         checkpoint or given for a single-task one.
     ConfigError
         ``head`` is not a head of the checkpoint (the message lists them).
     ExportError, ModelFileError
         As :func:`freeze`.
     """
-    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from ..train.checkpoint import load_checkpoint
     from ..train.multitask import checkpoint_model
+    from .load import is_deepmd_frozen, is_torchscript, resolve_model_file
 
-    source = resolve_checkpoint(checkpoint)
+    source = resolve_model_file(checkpoint)
+    if is_torchscript(source):  # a frozen model holds no training state to freeze from
+        who = "DeePMD-kit" if is_deepmd_frozen(source) else "dpa3"
+        raise CheckpointError(
+            f"'{source}' is a model frozen by {who}, not a training checkpoint: dpa3 freeze "
+            "reads a checkpoint (.pt, e.g. model.ckpt.pt)"
+        )
     ckpt = load_checkpoint(source)
     model = checkpoint_model(ckpt, head, source=source)
     if graph_budget_bytes is not None:

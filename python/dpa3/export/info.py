@@ -174,21 +174,17 @@ def model_report(path: str | Path) -> dict[str, Any]:
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
     CheckpointError
-        If it is neither a frozen model nor a readable dpa3 checkpoint.
+        If it does not exist or cannot hold a model
+        (:func:`dpa3.export.load.resolve_model_file`), or is neither a frozen model nor a
+        readable dpa3 checkpoint.
     ModelFileError, ExportError
         If it is a frozen model this dpa3 cannot load (see :func:`dpa3.export.load_frozen`).
     """
-    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
-    from .load import is_torchscript
+    from ..train.checkpoint import load_checkpoint
+    from .load import is_torchscript, resolve_model_file
 
-    p = Path(path)
-    if p.is_dir() or p.name == "checkpoint":
-        p = resolve_checkpoint(p)
-    if not p.is_file():
-        raise FileNotFoundError(f"model file '{path}' does not exist")
+    p = resolve_model_file(path)
     if is_torchscript(p):
         from .freeze import load_frozen
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DPA3Error
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _load_deepmd_frozen(p: Path, device: str | torch.device) -> torch.nn.Module:
     conversion is refused."""
     from ..convert import load_deepmd_model
 
-    cmd = f"dpa3 convert-deepmd {shlex.quote(str(p))} {shlex.quote(p.stem + '.ckpt.pt')}"
+    cmd = convert_command(p)
     try:
         with warnings.catch_warnings():  # torch's TypedStorage notice while reading the archive
             warnings.simplefilter("ignore", UserWarning)
@@ -65,6 +65,78 @@ def _load_deepmd_frozen(p: Path, device: str | torch.device) -> torch.nn.Module:
         cmd,
     )
     return model.to(device).eval()
+
+
+def _short(err: BaseException) -> str:
+    """The first line of a foreign error (torch's own run to many lines of advice)."""
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def check_archive(path: Path, error: type[DPA3Error] = CheckpointError) -> None:
+    """Refuse a file that cannot hold a model: empty, or not the zip archive that ``torch.save``
+    and ``torch.jit.save`` write (a text file, or an archive cut short by a copy or a write).
+
+    Raises ``error`` (:class:`~dpa3.errors.CheckpointError` unless told) naming the file and
+    what is wrong with it.
+    """
+    if path.stat().st_size == 0:
+        raise error(f"model file '{path}' is empty (0 bytes)")
+    if zipfile.is_zipfile(path):
+        return
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":  # a zip archive's first entry, but no end: the tail is missing
+        raise error(
+            f"model file '{path}' is truncated or corrupt: a zip archive without its end "
+            "(was a copy or a write cut short?)"
+        )
+    tf = " (a TensorFlow .pb model cannot be used)" if path.suffix == ".pb" else ""
+    raise error(
+        f"'{path}' is not a model file: dpa3 checkpoints (.pt) and frozen models (.pth) are "
+        f"zip archives written by torch, and this file is not one{tf}"
+    )
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """The model file ``path`` names, checked by :func:`check_archive`: a file, or a training
+    folder / ``checkpoint`` pointer file resolved to the checkpoint it names.
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` does not exist, is a folder without a ``checkpoint`` pointer file, or names
+        a file that cannot hold a model (:func:`check_archive`).
+    """
+    from ..train.checkpoint import POINTER, resolve_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"model file '{path}' does not exist")
+    if p.is_dir() and not (p / POINTER).is_file():
+        raise CheckpointError(
+            f"'{path}' is a folder without a '{POINTER}' file naming a checkpoint; "
+            "give the model file"
+        )
+    if p.is_dir() or p.name == POINTER:
+        p = resolve_checkpoint(p)
+    check_archive(p)
+    return p
+
+
+def is_deepmd_checkpoint(obj: Any) -> bool:
+    """Whether a ``torch.load``-ed object is a DeePMD-kit training checkpoint (its model's
+    parameters and config under ``model`` / ``_extra_state``)."""
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("model"), dict)
+        and "_extra_state" in obj["model"]
+    )
+
+
+def convert_command(path: Path) -> str:
+    """The ``dpa3 convert-deepmd`` command for a DeePMD-kit model file."""
+    return f"dpa3 convert-deepmd {shlex.quote(str(path))} {shlex.quote(path.stem + '.ckpt.pt')}"
 
 
 def load_model(
@@ -84,45 +156,51 @@ def load_model(
     Raises
     ------
     CheckpointError
-        The file does not exist or is neither a dpa3 checkpoint nor a frozen dpa3 model nor a
-        DeePMD-kit frozen DPA3 energy model (the message gives the conversion command), or
-        ``head`` is missing for a multi-task checkpoint or given for another model.
+        As :func:`resolve_model_file`; or the file is neither a dpa3 checkpoint nor a frozen
+        dpa3 model nor a DeePMD-kit frozen DPA3 energy model (for a DeePMD-kit checkpoint the
+        message gives the conversion command), or ``head`` is missing for a multi-task
+        checkpoint or given for another model.
     ConfigError
         ``head`` is not a head of the multi-task checkpoint.
+    ModelFileError
+        A frozen model this dpa3 cannot load (:func:`dpa3.export.freeze.load_frozen`).
     """
-    from ..train.checkpoint import CHECKPOINT_FORMAT, resolve_checkpoint
+    from ..train.checkpoint import CHECKPOINT_FORMAT
     from ..train.multitask import checkpoint_model
 
-    p = Path(path)
-    if p.is_dir() or p.name == "checkpoint":
-        p = resolve_checkpoint(p)
-    if not p.is_file():
-        raise CheckpointError(f"model file '{path}' does not exist")
-    load_err: Exception | None = None
-    obj: Any = None
-    if not is_torchscript(p):
-        try:
-            obj = torch.load(p, map_location=device, weights_only=True)
-        except Exception as err:  # reported below with the TorchScript error
-            load_err = err
+    p = resolve_model_file(path)
+    if is_torchscript(p):
+        if head is not None:
+            raise CheckpointError(
+                f"'{p}' is a frozen model, not a multi-task checkpoint: --head does not apply"
+            )
+        if is_deepmd_frozen(p):
+            return _load_deepmd_frozen(p, device)
+        from .freeze import load_frozen
+
+        module, _ = load_frozen(p, map_location=device)
+        return module.eval()
+    try:
+        obj = torch.load(p, map_location=device, weights_only=True)
+    except Exception as err:  # a damaged archive, or pickled objects no checkpoint holds
+        raise CheckpointError(
+            f"cannot read '{p}': neither a frozen model nor a dpa3 checkpoint ({_short(err)})"
+        ) from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return checkpoint_model(obj, head, source=p).to(device)
-    if obj is not None:
-        raise CheckpointError(f"'{p}' is neither a dpa3 checkpoint nor a frozen dpa3 model")
-    if head is not None:
-        raise CheckpointError(f"'{p}' is not a multi-task checkpoint: --head does not apply")
-    if is_deepmd_frozen(p):
-        return _load_deepmd_frozen(p, device)
-    from .freeze import load_frozen
-
-    try:
-        module, _ = load_frozen(p, map_location=device)
-    except Exception as err:
+    if is_deepmd_checkpoint(obj):
         raise CheckpointError(
-            f"cannot load model '{p}': not a dpa3 checkpoint ({load_err}) nor a frozen dpa3 "
-            f"model ({err})"
-        ) from err
-    return module.eval()
+            f"'{p}' is a DeePMD-kit checkpoint; convert it first: {convert_command(p)}"
+        )
+    raise CheckpointError(f"'{p}' is neither a dpa3 checkpoint nor a frozen dpa3 model")
 
 
-__all__ = ["is_deepmd_frozen", "is_torchscript", "load_model"]
+__all__ = [
+    "check_archive",
+    "convert_command",
+    "is_deepmd_checkpoint",
+    "is_deepmd_frozen",
+    "is_torchscript",
+    "load_model",
+    "resolve_model_file",
+]

@@ -36,29 +36,34 @@ def show_lines(path: str | Path, attributes: list[str]) -> list[str]:
     UsageError
         An attribute dpa3 does not show (``model-branch``, ``observed-type``, unknown).
     CheckpointError
-        The model cannot be read, or is a multi-task checkpoint.
+        The model cannot be read (:func:`dpa3.export.load.resolve_model_file`), or is a
+        multi-task checkpoint.
+    ModelFileError
+        A frozen model this dpa3 cannot load (:func:`dpa3.export.freeze.load_frozen`).
     """
     from ..errors import CheckpointError, UsageError
     from ..train.checkpoint import frozen_checkpoint, load_checkpoint
     from ..train.multitask import checkpoint_model, is_multitask_checkpoint
-    from .load import is_torchscript
+    from .load import is_torchscript, resolve_model_file
 
     bad = [a for a in attributes if a not in ATTRIBUTES]
     if bad:
         raise UsageError(
             f"show: {', '.join(bad)} not supported (dpa3 shows {', '.join(ATTRIBUTES)})"
         )
-    p = Path(path)
-    frozen = p.is_file() and is_torchscript(p)
+    p = resolve_model_file(path)
+    frozen = is_torchscript(p)
+    meta: dict[str, Any] = {}
+    if frozen:  # load_frozen first: it refuses DeePMD-kit's and unsupported metadata clearly
+        from .freeze import load_frozen
+
+        _, meta = load_frozen(p)
     ckpt = frozen_checkpoint(p) if frozen else load_checkpoint(p)
     if is_multitask_checkpoint(ckpt):
         raise CheckpointError(
             f"show: '{p}' is a multi-task checkpoint; freeze one head (dpa3 freeze --head) first"
         )
     if frozen:
-        from .freeze import load_frozen
-
-        _, meta = load_frozen(p)
         if isinstance(meta.get("converted_model"), dict):  # see freeze_checkpoint
             ckpt["input"] = {"model": meta["converted_model"], "converted_from": str(p)}
     section = _model_section(ckpt)
