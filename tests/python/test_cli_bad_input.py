@@ -121,9 +121,18 @@ def test_deepmd_frozen_model_to_show_info_change_bias(tmp_path, capsys):
         assert "frozen by DeePMD-kit, not by dpa3" in line and "dpa3 convert-deepmd" in line
 
 
-def test_deepmd_checkpoint_names_the_conversion(capsys):
+def test_deepmd_checkpoint_names_the_conversion(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="is a DeePMD-kit checkpoint; convert it first"):
         load_model(DEEPMD_CKPT)
+    # the commands that read checkpoints (freeze, show, info) give the command to run
+    for argv in (
+        ["freeze", "-c", str(DEEPMD_CKPT), "-o", str(tmp_path / "x.pth")],
+        ["show", str(DEEPMD_CKPT), "type-map"],
+        ["info", str(DEEPMD_CKPT)],
+    ):
+        assert main(argv) == 1, argv
+        line = _one_line_error(capsys)
+        assert f"dpa3 convert-deepmd {DEEPMD_CKPT} m0-dpa3.ckpt.pt" in line, line
 
 
 def test_model_kind_by_content_not_suffix(models, tmp_path, capsys):

@@ -203,7 +203,9 @@ def test_unconvertible_deepmd_frozen_model_names_the_command(tmp_path):
         zf.writestr("other/code/__torch__/deepmd/pt/model/model/ener_model.py", "")
         zf.writestr("other/data.pkl", b"not a pickle")
         zf.writestr("other/constants.pkl", b"")
-    with pytest.raises(CheckpointError, match=r"dpa3 convert-deepmd .*other\.pth other\.ckpt\.pt"):
+    with pytest.raises(
+        CheckpointError, match=r"dpa3 convert-deepmd .*other\.pth other-dpa3\.ckpt\.pt"
+    ):
         load_model(bad)
 
 

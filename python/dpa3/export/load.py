@@ -12,15 +12,14 @@ of model offer ``forward_lower`` and the getters of ``docs/internals.md``, so
 from __future__ import annotations
 
 import logging
-import shlex
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import CheckpointError, ConfigError, DPA3Error
+from ..train.checkpoint import convert_command, is_deepmd_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +121,6 @@ def resolve_model_file(path: str | Path) -> Path:
         p = resolve_checkpoint(p)
     check_archive(p)
     return p
-
-
-def is_deepmd_checkpoint(obj: Any) -> bool:
-    """Whether a ``torch.load``-ed object is a DeePMD-kit training checkpoint (its model's
-    parameters and config under ``model`` / ``_extra_state``)."""
-    return (
-        isinstance(obj, dict)
-        and isinstance(obj.get("model"), dict)
-        and "_extra_state" in obj["model"]
-    )
-
-
-def convert_command(path: Path) -> str:
-    """The ``dpa3 convert-deepmd`` command for a DeePMD-kit model file."""
-    return f"dpa3 convert-deepmd {shlex.quote(str(path))} {shlex.quote(path.stem + '.ckpt.pt')}"
 
 
 def load_model(

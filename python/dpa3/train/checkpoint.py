@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -213,6 +214,27 @@ def _first_line(err: BaseException) -> str:
     return line.split(" This is an internal miniz error")[0]
 
 
+def is_deepmd_checkpoint(obj: Any) -> bool:
+    """Whether a ``torch.load``-ed object is a DeePMD-kit training checkpoint (its model's
+    parameters and config under ``model`` / ``_extra_state``)."""
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("model"), dict)
+        and "_extra_state" in obj["model"]
+    )
+
+
+def convert_command(path: Path) -> str:
+    """The ``dpa3 convert-deepmd`` command for a DeePMD-kit model file (output: the file's
+    name without ``.pt``/``.pth`` and ``.ckpt``, then ``-dpa3.ckpt.pt``, in the working
+    folder)."""
+    base = path.name
+    for suffix in (".pt", ".pth", ".ckpt"):
+        base = base.removesuffix(suffix)
+    out = f"{base or 'model'}-dpa3.ckpt.pt"
+    return f"dpa3 convert-deepmd {shlex.quote(str(path))} {shlex.quote(out)}"
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -229,6 +251,10 @@ def load_checkpoint(
             "tensors and plain values only; DeePMD-kit checkpoints need 'dpa3 convert-deepmd' "
             "first)"
         ) from err
+    if is_deepmd_checkpoint(ckpt):
+        raise CheckpointError(
+            f"'{p}' is a DeePMD-kit checkpoint; convert it first: {convert_command(p)}"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"'{p}' is not a dpa3 checkpoint (DeePMD-kit checkpoints need "
