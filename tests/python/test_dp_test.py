@@ -124,6 +124,25 @@ def test_second_run_replaces_detail_files(model, tmp_path, capsys, monkeypatch):
     assert (work / "detail.e.out").read_text() == first
 
 
+def test_failed_run_leaves_earlier_detail_files(model, tmp_path, capsys, monkeypatch):
+    """The detail files are put in place when every system has been tested: a run that stops
+    at a later system (here one with an element the model lacks) leaves those of the run
+    before intact, and no temporary file."""
+    work = _workdir(tmp_path)
+    _run(model, work, ["-s", "sys_a", "-n", "1", "-d", "detail"], capsys, monkeypatch)
+    before = {p.name: p.read_text() for p in work.glob("detail.*")}
+    assert "detail.e.out" in before and "detail.f.out" in before
+    shutil.copytree(work / "sys_b", work / "sys_bad")
+    names = (work / "sys_bad" / "type_map.raw").read_text().split()
+    (work / "sys_bad" / "type_map.raw").write_text("\n".join(["Xx", *names[1:]]) + "\n")
+    (work / "two.txt").write_text("sys_b\nsys_bad\n")
+    argv = ["test", "-m", str(model), "--device", "cpu", "-f", "two.txt", "-n", "1"]
+    assert dpa3_main([*argv, "-d", "detail"]) == 1
+    assert "Xx" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in work.glob("detail.*")} == before
+    assert not list(work.glob(".detail.*"))
+
+
 def test_atomic_needs_atom_ener(model, tmp_path, capsys, monkeypatch):
     work = _workdir(tmp_path)
     monkeypatch.chdir(work)

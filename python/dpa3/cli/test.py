@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..train.evaluate import SystemErrors
+    import torch
+
+    from ..train.evaluate import DetailFiles, SystemErrors
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,41 @@ def _check_outputs(args: argparse.Namespace) -> None:
         image_format(args.plot)
 
 
+def _test_systems(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    paths: list[str],
+    type_map: list[str],
+    total: SystemErrors,
+    samples: dict | None,
+    details: DetailFiles | None,
+) -> None:
+    """Evaluate and report every system of ``paths``, merging its errors into ``total``;
+    their rows go to ``details`` when given."""
+    from ..data.system import load_system
+    from ..train.evaluate import evaluate_system, load_atom_ener
+
+    for path in paths:
+        log.info("# ---------------output of dp test--------------- ")
+        log.info("# testing system : %s", path)
+        system = load_system(path, type_map, args.set_prefix)
+        atom_ener = load_atom_ener(system, args.set_prefix) if args.atomic else None
+        res = evaluate_system(
+            model,
+            system,
+            args.numb_test,
+            collect=samples,
+            atom_ener=atom_ener,
+            details=details is not None,
+        )
+        if details is not None:
+            details.add(str(path), res, system.natoms)
+        log.info("# number of test data : %d ", res.nframes)
+        _report_errors(res)
+        log.info(_RULE)
+        total.merge(res)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dpa3 test``.
 
@@ -149,15 +186,10 @@ def run(args: argparse.Namespace) -> int:
     :class:`dpa3.errors.UsageError` for a negative ``-n``; a ``--plot`` image of an unknown
     format (:func:`dpa3.plot.image_format`).  The outputs are checked before the model runs.
     """
-    from ..data.system import find_systems, load_system
+    from ..data.system import find_systems
     from ..device import describe, resolve_device
     from ..export.load import load_model
-    from ..train.evaluate import (
-        SystemErrors,
-        evaluate_system,
-        load_atom_ener,
-        write_details,
-    )
+    from ..train.evaluate import DetailFiles, SystemErrors
 
     _check_outputs(args)
     device = resolve_device(args.device, option="--device")
@@ -173,25 +205,15 @@ def run(args: argparse.Namespace) -> int:
         paths = find_systems(args.systems, where="-s")
     total = SystemErrors()
     samples: dict | None = {} if args.plot else None
-    for i, path in enumerate(paths):
-        log.info("# ---------------output of dp test--------------- ")
-        log.info("# testing system : %s", path)
-        system = load_system(path, type_map, args.set_prefix)
-        atom_ener = load_atom_ener(system, args.set_prefix) if args.atomic else None
-        res = evaluate_system(
-            model,
-            system,
-            args.numb_test,
-            collect=samples,
-            atom_ener=atom_ener,
-            details=args.detail_file is not None,
-        )
-        if args.detail_file is not None:
-            write_details(args.detail_file, path, res, system.natoms, append=i > 0)
-        log.info("# number of test data : %d ", res.nframes)
-        _report_errors(res)
-        log.info(_RULE)
-        total.merge(res)
+    details = DetailFiles(args.detail_file) if args.detail_file is not None else None
+    try:
+        _test_systems(args, model, paths, type_map, total, samples, details)
+    except BaseException:
+        if details is not None:
+            details.discard()  # the detail files of an earlier run stay as they were
+        raise
+    if details is not None:
+        details.commit()
     log.info("# ----------weighted average of errors----------- ")
     log.info("# number of systems : %d", len(paths))
     _report_errors(total)

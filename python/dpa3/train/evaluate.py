@@ -8,12 +8,14 @@ so an eager checkpoint and a frozen TorchScript file follow one code path.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic_file import fsync_dir, temporary_name
 from ..data.system import System
 from ..errors import DataError
 
@@ -182,39 +184,64 @@ DETAIL_FILES: tuple[tuple[str, str, str, bool], ...] = (
 )
 
 
-def write_details(
-    prefix: str, label: str, res: SystemErrors, natoms: int, append: bool
-) -> list[str]:
-    """Write ``dp test -d PREFIX``'s detail files for one system; returns the files written.
+class DetailFiles:
+    """``dp test -d PREFIX``'s detail files, written system by system and put in place at once.
 
     As DeePMD-kit: the file names are ``PREFIX`` with its suffix (if any) replaced by
     ``.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out`` and, for a
     periodic system with virial labels, ``.s.out`` (stress = -virial/volume, eV/Å³); each row
-    holds the reference columns then the predicted ones (``numpy.savetxt``, ``%.18e``); the
-    header ``# <system>: <columns>`` is written when a file is started.  The first system
-    (``append`` false) replaces the files, later systems are appended to them without a
-    header (a file that does not exist yet, or is empty, still gets one).
+    holds the reference columns then the predicted ones (``numpy.savetxt``, ``%.18e``); a file
+    starts with the header ``# <system>: <columns>`` of the first system that writes it, later
+    systems append their rows without a header.
+
+    :meth:`add` appends to temporary files next to the targets (``.<name>.tmp-<pid>``,
+    :func:`dpa3.atomic_file.temporary_name`); :meth:`commit` moves them into place, so a run
+    that stops half-way (an error in a later system, a kill) leaves the files of an earlier
+    run as they were; :meth:`discard` removes the temporary files.
     """
-    if res.details is None:
-        raise ValueError("write_details: the errors were evaluated without details=True")
-    base = Path(prefix)
-    written = []
-    for suffix, key, columns, per_atom in DETAIL_FILES:
-        if key not in res.details:
-            continue
-        ref, pred = res.details[key]
-        width = 3 if key == "force" else (1 if key == "energy" else 9)
-        table = np.concatenate((ref.reshape(-1, width), pred.reshape(-1, width)), axis=1)
-        if per_atom:
-            table = table / natoms
-        path = base.with_suffix(suffix)
-        header = f"{label}: {columns}" if key != "stress" else f"{label} (eV/Å³): {columns}"
-        if append and path.exists() and path.stat().st_size > 0:
-            header = ""
-        with path.open("a" if append else "w", encoding="utf-8") as fh:
-            np.savetxt(fh, table, header=header)
-        written.append(str(path))
-    return written
+
+    def __init__(self, prefix: str | os.PathLike) -> None:
+        self.base = Path(prefix)
+        self.started: dict[Path, Path] = {}  # target -> temporary file
+
+    def add(self, label: str, res: SystemErrors, natoms: int) -> list[str]:
+        """Append one system's rows; returns the target files it wrote to."""
+        if res.details is None:
+            raise ValueError("DetailFiles.add: the errors were evaluated without details=True")
+        written = []
+        for suffix, key, columns, per_atom in DETAIL_FILES:
+            if key not in res.details:
+                continue
+            ref, pred = res.details[key]
+            width = 3 if key == "force" else (1 if key == "energy" else 9)
+            table = np.concatenate((ref.reshape(-1, width), pred.reshape(-1, width)), axis=1)
+            if per_atom:
+                table = table / natoms
+            path = self.base.with_suffix(suffix)
+            header = f"{label}: {columns}" if key != "stress" else f"{label} (eV/Å³): {columns}"
+            if path in self.started:
+                header = ""
+            tmp = self.started.setdefault(path, temporary_name(path))
+            with tmp.open("a" if header == "" else "w", encoding="utf-8") as fh:
+                np.savetxt(fh, table, header=header)
+            written.append(str(path))
+        return written
+
+    def commit(self) -> None:
+        """Move every temporary file into place (flushed to disk first)."""
+        for path, tmp in self.started.items():
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        for folder in {p.parent for p in self.started}:
+            fsync_dir(folder)
+        self.started.clear()
+
+    def discard(self) -> None:
+        """Remove the temporary files (the targets stay as they were)."""
+        for tmp in self.started.values():
+            tmp.unlink(missing_ok=True)
+        self.started.clear()
 
 
 def load_atom_ener(system: System, set_prefix: str = "set") -> np.ndarray:
@@ -240,10 +267,10 @@ def load_atom_ener(system: System, set_prefix: str = "set") -> np.ndarray:
 __all__ = [
     "DETAIL_FILES",
     "ERROR_KEYS",
+    "DetailFiles",
     "ErrorStats",
     "SystemErrors",
     "evaluate_system",
     "load_atom_ener",
     "predict",
-    "write_details",
 ]
