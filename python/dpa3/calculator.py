@@ -4,8 +4,12 @@
     atoms.calc = DPA3Calculator("model.pth")
 
 Implements ``energy``, ``free_energy``, ``forces`` (eV/Å), ``stress`` (eV/Å^3, ASE's Voigt
-order xx yy zz yz xz xy, ``= -virial / volume``) and per-atom ``energies``.  Both periodic
-(all three directions) and non-periodic systems are supported.
+order xx yy zz yz xz xy, ``= -virial / volume``) and per-atom ``energies``.  Periodic,
+non-periodic and mixed systems (a slab: ``pbc=(True, True, False)``) are supported; a mixed
+one is evaluated in its cell made periodic, as DeePMD-kit's calculator does, once the vacuum
+along each non-periodic cell vector is checked to exceed the model's cutoff (so no atom sees
+an image across it: the same numbers as without those images; the stress then refers to the
+whole cell's volume, vacuum included).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .data.neighbor import build_neighbor_data
+from .data.neighbor import build_neighbor_data, face_distances
 from .device import describe, resolve_device
 from .errors import DataError
 from .malloc import keep_freed_memory as _keep_freed_memory
@@ -42,6 +46,34 @@ def _load(model: str | Path | torch.nn.Module, device: torch.device) -> torch.nn
     from .export.load import load_model
 
     return load_model(path, device=device)  # what the file holds, whatever its suffix
+
+
+def _check_vacuum(atoms, rcut: float) -> None:
+    """A mixed-periodic ``atoms`` (pbc partly True) may be evaluated as fully periodic when,
+    along every non-periodic cell vector, the gap between the atoms and their images (the face
+    distance of the cell times the part of it the atoms do not span) exceeds ``rcut`` (Å);
+    raises :class:`DataError` naming the vector otherwise."""
+    pbc = atoms.get_pbc()
+    cell = atoms.get_cell().array.astype(np.float64)
+    if not np.isfinite(cell).all() or abs(np.linalg.det(cell)) <= 1e-10 * max(
+        float(np.prod(np.linalg.norm(cell, axis=1))), 1e-300
+    ):
+        raise DataError(
+            f"dpa3: pbc={pbc.tolist()} needs a cell of non-zero volume (with vacuum along the "
+            f"non-periodic directions), got {cell.tolist()}"
+        )
+    frac = np.linalg.solve(cell.T, atoms.get_positions().astype(np.float64).T).T
+    if not np.isfinite(frac).all():
+        return  # build_neighbor_data names the non-finite position
+    h = face_distances(cell)
+    for d in np.flatnonzero(~pbc):
+        gap = h[d] * (1.0 - float(frac[:, d].max() - frac[:, d].min()))
+        if not gap > rcut * (1.0 + 1e-9):
+            raise DataError(
+                f"dpa3: pbc={pbc.tolist()}: the vacuum along cell vector {'abc'[d]} is "
+                f"{gap:.3f} Å, not more than the model's cutoff {rcut:g} Å; make the cell longer "
+                "along it (atoms would see images across the vacuum)"
+            )
 
 
 class DPA3Calculator(Calculator):
@@ -111,13 +143,11 @@ class DPA3Calculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         pbc = atoms.get_pbc()
-        if pbc.any() and not pbc.all():
-            raise NotImplementedError(
-                "dpa3: mixed periodic boundaries are not supported by the ASE calculator; "
-                "use a fully periodic cell (with vacuum) or no periodicity"
-            )
+        periodic = bool(pbc.any())
+        if periodic and not pbc.all():
+            _check_vacuum(atoms, self.rcut)
         coord = atoms.get_positions().astype(np.float64)
-        box = atoms.get_cell().array.reshape(9).astype(np.float64) if pbc.all() else None
+        box = atoms.get_cell().array.reshape(9).astype(np.float64) if periodic else None
         atype = self._types(atoms.get_chemical_symbols())
         nd = build_neighbor_data(coord, box, self.rcut, self.sel)
         nloc = len(atype)
@@ -144,7 +174,7 @@ class DPA3Calculator(Calculator):
         self.results["free_energy"] = energy
         self.results["forces"] = force
         self.results["energies"] = out["atom_energy"][0, :, 0].detach().cpu().numpy().copy()
-        if pbc.all():
+        if periodic:
             virial = out["virial"][0].detach().cpu().numpy().reshape(3, 3)
             stress = -0.5 * (virial + virial.T) / atoms.get_volume()
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]

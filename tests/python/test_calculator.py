@@ -42,6 +42,56 @@ def test_stress_matches_numerical_stress():
     assert np.abs(analytic).max() > 1e-5
 
 
+def _slab(vacuum_factor: float):
+    """The alloy frame as a slab: periodic along a and b, its c vector lengthened so that
+    the gap between the atoms and their images along c is ``vacuum_factor`` x the cutoff."""
+    from dpa3.data.neighbor import face_distances
+
+    coord, atype, box = alloy_frame()
+    cell = box.reshape(3, 3).copy()
+    rcut = make_model(seed=33).get_rcut()
+    span = np.ptp(np.linalg.solve(cell.T, coord.T).T[:, 2]) * face_distances(cell)[2]
+    h_c = face_distances(cell)[2]
+    cell[2] *= (span + vacuum_factor * rcut) / h_c
+    return coord, atype, cell
+
+
+def test_slab_is_evaluated_with_its_vacuum():
+    """pbc=(True, True, False): the same numbers as the fully periodic cell with twice the
+    vacuum (evaluated by the model directly); the stress refers to the slab cell's volume."""
+    from dpa3.calculator import DPA3Calculator
+
+    model = make_model(seed=33)
+    coord, atype, cell = _slab(1.05)
+    big = cell.copy()
+    big[2] *= 2.0
+    ref = evaluate(model, coord, atype, big.reshape(9))
+    symbols = [TYPE_MAP[t] for t in atype]
+    atoms = Atoms(symbols, positions=coord, cell=cell, pbc=(True, True, False))
+    atoms.calc = DPA3Calculator(model)
+    assert abs(atoms.get_potential_energy() - ref["energy"][0]) < 1e-10
+    assert np.abs(atoms.get_forces() - ref["force"]).max() < 1e-10
+    virial = ref["virial"].reshape(3, 3)
+    stress = -0.5 * (virial + virial.T) / abs(np.linalg.det(cell))
+    assert np.abs(atoms.get_stress() - stress.flat[[0, 4, 8, 5, 2, 1]]).max() < 1e-10
+    assert np.abs(atoms.get_stress()).max() > 1e-5
+
+
+def test_slab_with_too_little_vacuum_is_refused():
+    from dpa3.calculator import DPA3Calculator
+    from dpa3.errors import DataError
+
+    coord, atype, cell = _slab(0.9)
+    symbols = [TYPE_MAP[t] for t in atype]
+    atoms = Atoms(symbols, positions=coord, cell=cell, pbc=(True, True, False))
+    atoms.calc = DPA3Calculator(make_model(seed=33))
+    with pytest.raises(DataError, match="vacuum along cell vector c is .* the model's cutoff"):
+        atoms.get_potential_energy()
+    atoms.set_pbc((True, False, False))
+    with pytest.raises(DataError, match="vacuum along cell vector b"):
+        atoms.get_potential_energy()
+
+
 def test_frozen_model_in_calculator_and_md(tmp_path):
     from ase import units
     from ase.md.verlet import VelocityVerlet
