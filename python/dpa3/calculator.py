@@ -128,6 +128,33 @@ class DPA3Calculator(Calculator):
         self.type_map = list(self.model.get_type_map())
         self.rcut = float(self.model.get_rcut())
         self.sel = int(self.model.get_sel()[0])
+        # the angle cutoff and a_sel (get_graph_spec; absent from models frozen before it)
+        spec = self.model.get_graph_spec() if hasattr(self.model, "get_graph_spec") else []
+        self.angle_limit = (float(spec[2]), int(spec[3])) if len(spec) >= 4 else None
+        self._truncation_said = False
+
+    def _report_truncation(self, nd, coord: np.ndarray) -> None:
+        """Say once per calculator when an atom has more neighbours than e_sel within the
+        cutoff (or, among those kept, more than a_sel within the angle cutoff): the model keeps
+        the nearest and leaves the rest out, as DeePMD-kit does."""
+        most = int(nd.n_neighbors.max(initial=0))
+        said = []
+        if most > self.sel:
+            said.append(f"{most} neighbours within {self.rcut:g} Å, more than e_sel {self.sel}")
+        if self.angle_limit is not None and nd.nlist.size:
+            a_rcut, a_sel = self.angle_limit
+            valid = nd.nlist >= 0
+            d = np.linalg.norm(nd.ext_coord[np.maximum(nd.nlist, 0)] - coord[:, None], axis=-1)
+            most_a = int(((d <= a_rcut) & valid).sum(axis=1).max())
+            if most_a > a_sel:
+                said.append(f"{most_a} within {a_rcut:g} Å, more than a_sel {a_sel}")
+        if said:
+            self._truncation_said = True
+            log.warning(
+                "DPA3Calculator: an atom has %s: the nearest are used and the rest left out, as "
+                "in DeePMD-kit; the structure may be denser than the training data (said once)",
+                "; ".join(said),
+            )
 
     def _types(self, symbols: list[str]) -> np.ndarray:
         index = {name: i for i, name in enumerate(self.type_map)}
@@ -150,6 +177,8 @@ class DPA3Calculator(Calculator):
         box = atoms.get_cell().array.reshape(9).astype(np.float64) if periodic else None
         atype = self._types(atoms.get_chemical_symbols())
         nd = build_neighbor_data(coord, box, self.rcut, self.sel)
+        if not self._truncation_said:
+            self._report_truncation(nd, nd.ext_coord[: len(coord)])
         nloc = len(atype)
         dev = self.device
         mapping = torch.as_tensor(nd.mapping, device=dev)[None]

@@ -264,6 +264,7 @@ Dpa3Model::Dpa3Model(const std::string &path, const std::string &device, int dev
 Dpa3Model::~Dpa3Model() = default;
 
 double Dpa3Model::rcut() const { return impl->rcut; }
+const std::vector<double> &Dpa3Model::graph_spec() const { return impl->graph_spec; }
 const std::vector<std::string> &Dpa3Model::type_map() const { return impl->type_map; }
 int Dpa3Model::num_layers() const { return impl->num_layers; }
 int Dpa3Model::exchange_width() const { return impl->exchange_width; }

@@ -38,6 +38,9 @@ class Dpa3Model {
   Dpa3Model &operator=(const Dpa3Model &) = delete;
 
   double rcut() const;
+  // get_graph_spec() of the model (edge cutoff, e_sel, angle cutoff, a_sel, ...; Angstrom),
+  // empty for a model frozen without it
+  const std::vector<double> &graph_spec() const;
   const std::vector<std::string> &type_map() const;
   int num_layers() const;
   int exchange_width() const;

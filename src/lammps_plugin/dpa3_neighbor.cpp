@@ -155,3 +155,30 @@ Dpa3BadPosition LAMMPS_NS::dpa3_check_positions(int inum, const int *ilist, cons
   }
   return bad;
 }
+
+std::vector<int> LAMMPS_NS::dpa3_max_neighbours(int inum, const int *ilist, const int *numneigh,
+                                                int *const *firstneigh, int nlocal,
+                                                const std::vector<int> &fwd_map,
+                                                const double *const *x,
+                                                const std::vector<double> &radii)
+{
+  const size_t nr = radii.size();
+  std::vector<double> r2(nr);
+  for (size_t k = 0; k < nr; k++) r2[k] = radii[k] * radii[k];
+  std::vector<int> best(nr, 0), count(nr);
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || fwd_map[i] < 0) continue;
+    std::fill(count.begin(), count.end(), 0);
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (fwd_map[j] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      for (size_t k = 0; k < nr; k++) count[k] += rsq <= r2[k];
+    }
+    for (size_t k = 0; k < nr; k++) best[k] = std::max(best[k], count[k]);
+  }
+  return best;
+}

@@ -78,6 +78,14 @@ Dpa3BadPosition dpa3_check_positions(int inum, const int *ilist, const int *numn
                                      const std::vector<int> &fwd_map, const double *const *x,
                                      double min_dist);
 
+// Largest number of neighbours a local atom (NULL types skipped) has within each radius of
+// `radii` (in the units of x), from a LAMMPS list with skin: one entry per radius.  Neighbour
+// indices are masked with NEIGHMASK.
+std::vector<int> dpa3_max_neighbours(int inum, const int *ilist, const int *numneigh,
+                                     int *const *firstneigh, int nlocal,
+                                     const std::vector<int> &fwd_map, const double *const *x,
+                                     const std::vector<double> &radii);
+
 }    // namespace LAMMPS_NS
 
 #endif

@@ -427,6 +427,45 @@ void PairDPA3::check_positions()
   compute_failed(msg.str());
 }
 
+// An atom with more neighbours within a model's edge (angle) cutoff than its e_sel (a_sel): the
+// model keeps the nearest e_sel (a_sel) and leaves the others out, as DeePMD-kit does; this is
+// said once per run and limit, on rank 0, with the largest count over the ranks.
+void PairDPA3::check_neighbour_counts()
+{
+  const size_t nm = models.size();
+  sel_warned.resize(2 * nm, 0);
+  std::vector<int> local(2 * nm, 0), global(2 * nm, 0);
+  bool any = false;
+  for (size_t m = 0; m < nm; m++) {
+    const std::vector<double> &spec = models[m]->graph_spec();
+    if (spec.size() < 4 || (sel_warned[2 * m] && sel_warned[2 * m + 1])) continue;
+    any = true;
+    const std::vector<int> c =
+        dpa3_max_neighbours(list->inum, list->ilist, list->numneigh, list->firstneigh, atom->nlocal,
+                            fwd_map, atom->x, {spec[0] * dist_unit, spec[2] * dist_unit});
+    local[2 * m] = c[0];
+    local[2 * m + 1] = c[1];
+  }
+  if (!any) return;    // the same on every rank: the models and flags are
+  MPI_Allreduce(local.data(), global.data(), static_cast<int>(2 * nm), MPI_INT, MPI_MAX, world);
+  for (size_t m = 0; m < nm; m++) {
+    const std::vector<double> &spec = models[m]->graph_spec();
+    for (int k = 0; k < 2 && spec.size() >= 4; k++) {
+      const int sel = static_cast<int>(spec[2 * k + 1]);
+      if (sel_warned[2 * m + k] || global[2 * m + k] <= sel) continue;
+      sel_warned[2 * m + k] = 1;
+      if (comm->me == 0)
+        error->warning(FLERR,
+                       "pair_style dpa3: an atom has {} neighbours within {} Angstrom (step {}), "
+                       "more than the {} {} of model {}: the {} nearest are used and the rest "
+                       "left out, as in DeePMD-kit; the structure may be denser than the "
+                       "training data (said once per run)",
+                       global[2 * m + k], spec[2 * k], update->ntimestep, k ? "a_sel" : "e_sel",
+                       sel, model_files[m], sel);
+    }
+  }
+}
+
 // The atoms of NULL types are dropped at re-neighbouring (rebuild); a type changed between a
 // NULL and a handled one since then (set type, then run ... pre no) would be evaluated with
 // the wrong set of atoms.  Types between handled elements may change: they are read each step.
@@ -451,6 +490,7 @@ void PairDPA3::compute(int eflag, int vflag)
   ev_init(eflag, vflag);
   if (need_rebuild()) rebuild();
   check_positions();
+  check_neighbour_counts();
 
   double **x = atom->x;
   double **f = atom->f;

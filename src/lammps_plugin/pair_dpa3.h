@@ -62,6 +62,7 @@ class PairDPA3 : public Pair {
   void check_exchange();
   void compute_failed(const std::string &what);
   void check_positions();
+  void check_neighbour_counts();
   void check_special();
   void check_neigh_modify();
   void check_null_types();
@@ -81,6 +82,7 @@ class PairDPA3 : public Pair {
   bool check_flag;                         // push atom tags through the exchange op at each rebuild
   bool check_logged;
   std::vector<std::unique_ptr<Dpa3Model>> models;
+  std::vector<char> sel_warned;    // [nmodels * 2]: e_sel, a_sel overflow reported
 
   // model deviation: written every out_freq steps when there are several models
   int out_freq;    // 0 with a single model

@@ -20,6 +20,8 @@ LAMMPS on 1 rank equals the reference and N ranks equal 1 rank, within 1e-8.
 
 from __future__ import annotations
 
+import re
+
 import lmp_driver as L
 import numpy as np
 import pytest
@@ -151,6 +153,49 @@ def test_one_rank_equals_python(tmp_path, plugin, truncating, frames, name):
     res = _run(tmp_path, plugin, path, system)
     _one_rank[name] = res
     assert_matches(res, _reference(name, frames, model), atol=TOL)
+
+
+def _sel_warnings(log: str) -> list[tuple[int, float, str]]:
+    """(count, radius, limit) of every neighbour-count warning in a LAMMPS log."""
+    pattern = (
+        r"WARNING: pair_style dpa3: an atom has (\d+) neighbours within ([\d.]+) Angstrom "
+        r"\(step \d+\), more than the (e_sel|a_sel) "
+    )
+    return [(int(n), float(r), k) for n, r, k in re.findall(pattern, log)]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_truncation_is_reported_once(tmp_path, plugin, mpirun, truncating, frames, nprocs):
+    """More neighbours than e_sel / a_sel: one warning per limit and run (printed by rank 0,
+    counts the largest over the ranks, as counted here from the positions)."""
+    _, path = truncating
+    system = SYSTEMS["water"](frames)
+    system.write(tmp_path / "data.lmp")
+    script = L.make_script(
+        plugin,
+        path,
+        "* * " + " ".join(system.elements),
+        processors="2 1 1" if nprocs == 2 else None,
+        run="run 3",
+    )
+    res = L.run_lammps(tmp_path, script, nprocs=nprocs, timeout=TIMEOUT)
+    rows = _distances(system, 4.5)
+    most_e = max(len(r) for r in rows)
+    most_a = max(int((r <= 3.5).sum()) for r in rows)
+    assert _sel_warnings(res.log) == [(most_e, 4.5, "e_sel"), (most_a, 3.5, "a_sel")]
+
+
+def test_no_report_without_truncation(tmp_path, plugin, frames):
+    from dpa3.export import freeze
+
+    system = SYSTEMS["water"](frames)
+    assert max(len(r) for r in _distances(system, 4.5)) <= make_model().sel
+    path = freeze(make_model(seed=4), tmp_path / "wide.pth")
+    system.write(tmp_path / "data.lmp")
+    script = L.make_script(plugin, path, "* * " + " ".join(system.elements), run="run 1")
+    res = L.run_lammps(tmp_path, script, timeout=TIMEOUT)
+    assert "Angstrom (step" not in res.log and "e_sel" not in res.log
 
 
 CASES = [

@@ -92,6 +92,40 @@ def test_slab_with_too_little_vacuum_is_refused():
         atoms.get_potential_energy()
 
 
+def test_truncated_neighbours_are_reported_once(caplog):
+    """More neighbours than e_sel (and, of those, more than a_sel within the angle cutoff):
+    one warning per calculator with the largest counts (counted here by ASE's neighbour
+    list); none from a model whose selections hold every neighbour."""
+    from ase.neighborlist import neighbor_list
+
+    from dpa3.calculator import DPA3Calculator
+
+    atoms = _atoms(alloy_frame())
+    e_counts = np.bincount(neighbor_list("i", atoms, 4.5), minlength=len(atoms))
+    a_counts = np.bincount(neighbor_list("i", atoms, 3.5), minlength=len(atoms))
+    assert e_counts.max() > 20 and a_counts.max() > 8
+    assert e_counts.max() <= make_model().sel  # the default test model truncates nothing
+    for model, said in (
+        (make_model(seed=34), False),
+        (make_model(seed=34, e_sel=20, a_sel=8), True),
+    ):
+        assert model.get_rcut() == 4.5 and model.get_graph_spec()[2] == 3.5
+        atoms.calc = DPA3Calculator(model)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dpa3"):
+            atoms.get_potential_energy()
+            atoms.positions[0, 0] += 0.01
+            atoms.get_potential_energy()
+        msgs = [r.getMessage() for r in caplog.records if "neighbours within" in r.getMessage()]
+        if not said:
+            assert msgs == []
+            continue
+        assert len(msgs) == 1, msgs
+        assert f"{e_counts.max()} neighbours within 4.5 Å, more than e_sel 20" in msgs[0]
+        # of the 20 kept, those within 3.5 Å (all of them when fewer than 20 are)
+        assert f"{min(a_counts.max(), 20)} within 3.5 Å, more than a_sel 8" in msgs[0]
+
+
 def test_frozen_model_in_calculator_and_md(tmp_path):
     from ase import units
     from ase.md.verlet import VelocityVerlet
