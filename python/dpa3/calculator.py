@@ -136,7 +136,8 @@ class DPA3Calculator(Calculator):
     def _report_truncation(self, nd, coord: np.ndarray) -> None:
         """Say once per calculator when an atom has more neighbours than e_sel within the
         cutoff (or, among those kept, more than a_sel within the angle cutoff): the model keeps
-        the nearest and leaves the rest out, as DeePMD-kit does."""
+        the nearest and leaves the rest out, as DeePMD-kit does, and its energy is not smooth
+        where a count crosses the limit."""
         most = int(nd.n_neighbors.max(initial=0))
         said = []
         if most > self.sel:
@@ -152,7 +153,8 @@ class DPA3Calculator(Calculator):
             self._truncation_said = True
             log.warning(
                 "DPA3Calculator: an atom has %s: the nearest are used and the rest left out, as "
-                "in DeePMD-kit; the structure may be denser than the training data (said once)",
+                "in DeePMD-kit, so the energy jumps where a count crosses its limit (a larger "
+                "sel needs training again; said once)",
                 "; ".join(said),
             )
 

@@ -458,10 +458,10 @@ void PairDPA3::check_neighbour_counts()
         error->warning(FLERR,
                        "pair_style dpa3: an atom has {} neighbours within {} Angstrom (step {}), "
                        "more than the {} {} of model {}: the {} nearest are used and the rest "
-                       "left out, as in DeePMD-kit; the structure may be denser than the "
-                       "training data (said once per run)",
+                       "left out, as in DeePMD-kit, so the energy jumps where a count crosses "
+                       "{} (a larger {} needs training again; said once per run)",
                        global[2 * m + k], spec[2 * k], update->ntimestep, k ? "a_sel" : "e_sel",
-                       sel, model_files[m], sel);
+                       sel, model_files[m], sel, sel, k ? "a_sel" : "e_sel");
     }
   }
 }
