@@ -206,11 +206,16 @@ def test_calculator_element_not_in_type_map():
         atoms.get_potential_energy()
 
 
-def test_calculator_mixed_periodicity():
-    atoms = Atoms("OH", positions=[[1, 1, 1], [2, 1, 1]], cell=np.eye(3) * 8, pbc=[1, 1, 0])
-    atoms.calc = _calculator()
-    with pytest.raises(NotImplementedError, match="mixed periodic boundaries are not supported"):
+def test_calculator_slab_without_enough_vacuum():
+    calc = _calculator()
+    cell = np.diag([8.0, 8.0, calc.rcut])  # the atoms span 0 along c: a gap of exactly rcut
+    atoms = Atoms("OH", positions=[[1, 1, 1], [2, 1, 1]], cell=cell, pbc=[1, 1, 0])
+    atoms.calc = calc
+    msg = "the vacuum along cell vector c is .* Å, not more than the model's cutoff"
+    with pytest.raises(DataError, match=msg):
         atoms.get_potential_energy()
+    atoms.set_cell(np.diag([8.0, 8.0, calc.rcut + 1.0]))  # more than the cutoff: evaluated
+    assert np.isfinite(atoms.get_potential_energy())
 
 
 def test_calculator_overlapping_atoms():
