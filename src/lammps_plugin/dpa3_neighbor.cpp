@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <utility>
 
 // same value as in LAMMPS's lmptype.h: the two top bits of a neighbour index carry
 // special-bond flags
@@ -121,30 +120,12 @@ int LAMMPS_NS::dpa3_build_nlist(int inum, const int *ilist, const int *numneigh,
   return nnei;
 }
 
-namespace {
-
-// (j, r^2) of the neighbours of atom i in a LAMMPS list that are not of a NULL type (indices
-// masked with NEIGHMASK); out is overwritten.
-void neighbour_rsq(int i, const int *numneigh, int *const *firstneigh,
-                   const std::vector<int> &fwd_map, const double *const *x,
-                   std::vector<std::pair<int, double>> &out)
-{
-  out.clear();
-  const int *jlist = firstneigh[i];
-  for (int jj = 0; jj < numneigh[i]; jj++) {
-    const int j = jlist[jj] & NEIGHMASK;
-    if (fwd_map[j] < 0) continue;
-    const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-    out.emplace_back(j, dx * dx + dy * dy + dz * dz);
-  }
-}
-
-}    // namespace
-
 Dpa3BadPosition LAMMPS_NS::dpa3_check_positions(int inum, const int *ilist, const int *numneigh,
                                                 int *const *firstneigh, int nlocal,
                                                 const std::vector<int> &fwd_map,
-                                                const double *const *x, double min_dist)
+                                                const double *const *x, double min_dist,
+                                                const std::vector<double> &radii,
+                                                std::vector<int> &most)
 {
   Dpa3BadPosition bad;
   for (int ii = 0; ii < inum; ii++) {
@@ -156,12 +137,21 @@ Dpa3BadPosition LAMMPS_NS::dpa3_check_positions(int inum, const int *ilist, cons
     }
   }
   const double min2 = min_dist * min_dist;
-  std::vector<std::pair<int, double>> nb;
+  const size_t nr = radii.size();
+  std::vector<double> r2(nr);
+  for (size_t k = 0; k < nr; k++) r2[k] = radii[k] * radii[k];
+  std::vector<int> count(nr);
+  most.assign(nr, 0);
   for (int ii = 0; ii < inum; ii++) {
     const int i = ilist[ii];
     if (i >= nlocal || fwd_map[i] < 0) continue;
-    neighbour_rsq(i, numneigh, firstneigh, fwd_map, x, nb);
-    for (const auto &[j, rsq] : nb) {
+    std::fill(count.begin(), count.end(), 0);
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (fwd_map[j] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double rsq = dx * dx + dy * dy + dz * dz;
       // false for a ghost whose position is not finite: its owner reports that
       if (rsq < min2) {
         bad.i = i;
@@ -169,30 +159,9 @@ Dpa3BadPosition LAMMPS_NS::dpa3_check_positions(int inum, const int *ilist, cons
         bad.r = std::sqrt(rsq);
         return bad;
       }
+      for (size_t k = 0; k < nr; k++) count[k] += rsq <= r2[k];
     }
+    for (size_t k = 0; k < nr; k++) most[k] = std::max(most[k], count[k]);
   }
   return bad;
-}
-
-std::vector<int> LAMMPS_NS::dpa3_max_neighbours(int inum, const int *ilist, const int *numneigh,
-                                                int *const *firstneigh, int nlocal,
-                                                const std::vector<int> &fwd_map,
-                                                const double *const *x,
-                                                const std::vector<double> &radii)
-{
-  const size_t nr = radii.size();
-  std::vector<int> best(nr, 0);
-  std::vector<std::pair<int, double>> nb;
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    if (i >= nlocal || fwd_map[i] < 0) continue;
-    neighbour_rsq(i, numneigh, firstneigh, fwd_map, x, nb);
-    for (size_t k = 0; k < nr; k++) {
-      const double r2 = radii[k] * radii[k];
-      int count = 0;
-      for (const auto &pair : nb) count += pair.second <= r2;
-      best[k] = std::max(best[k], count);
-    }
-  }
-  return best;
 }

@@ -68,7 +68,9 @@ int dpa3_build_nlist(int inum, const int *ilist, const int *numneigh, int *const
 // First bad input among the local atoms of a LAMMPS list (NULL types skipped): a position
 // that is not finite (j = -1), or a neighbour closer than min_dist (in the units of x).
 // Only local atoms are tested for finiteness: a non-finite ghost is reported by its owner.
-// i = -1 if there is none.  Neighbour indices are masked with NEIGHMASK.
+// i = -1 if there is none.  Neighbour indices are masked with NEIGHMASK.  In the same pass,
+// most[k] = the largest number of neighbours a local atom has within radii[k] (units of x;
+// complete only when no bad input is found).
 struct Dpa3BadPosition {
   int i = -1, j = -1;
   double r = 0.0;
@@ -76,15 +78,8 @@ struct Dpa3BadPosition {
 Dpa3BadPosition dpa3_check_positions(int inum, const int *ilist, const int *numneigh,
                                      int *const *firstneigh, int nlocal,
                                      const std::vector<int> &fwd_map, const double *const *x,
-                                     double min_dist);
-
-// Largest number of neighbours a local atom (NULL types skipped) has within each radius of
-// `radii` (in the units of x), from a LAMMPS list with skin: one entry per radius.  Neighbour
-// indices are masked with NEIGHMASK.
-std::vector<int> dpa3_max_neighbours(int inum, const int *ilist, const int *numneigh,
-                                     int *const *firstneigh, int nlocal,
-                                     const std::vector<int> &fwd_map, const double *const *x,
-                                     const std::vector<double> &radii);
+                                     double min_dist, const std::vector<double> &radii,
+                                     std::vector<int> &most);
 
 }    // namespace LAMMPS_NS
 

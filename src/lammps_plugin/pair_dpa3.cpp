@@ -405,13 +405,32 @@ std::string PairDPA3::atom_name(int i) const
 }
 
 // NaN/inf positions and overlapping atoms: error->one on the rank that sees them (the others
-// are aborted with it, never left waiting in the exchange)
+// are aborted with it, never left waiting in the exchange).  The same pass over the pairs
+// counts the neighbours within the cutoffs of the models' e_sel/a_sel (report_truncation).
 void PairDPA3::check_positions()
 {
+  const size_t nm = models.size();
+  sel_warned.resize(2 * nm, 0);
+  bool counting = false;    // some limit not reported yet
+  for (size_t m = 0; m < nm; m++)
+    counting |=
+        models[m]->graph_spec().size() >= 4 && !(sel_warned[2 * m] && sel_warned[2 * m + 1]);
+  std::vector<double> radii;    // [2 * nm]: edge and angle cutoff of every model (0: none)
+  if (counting) radii.assign(2 * nm, 0.0);
+  for (size_t m = 0; m < nm && counting; m++) {
+    const std::vector<double> &spec = models[m]->graph_spec();
+    if (spec.size() < 4) continue;
+    radii[2 * m] = spec[0] * dist_unit;
+    radii[2 * m + 1] = spec[2] * dist_unit;
+  }
+  std::vector<int> most;
   const Dpa3BadPosition bad =
       dpa3_check_positions(list->inum, list->ilist, list->numneigh, list->firstneigh, atom->nlocal,
-                           fwd_map, atom->x, MIN_DISTANCE * dist_unit);
-  if (bad.i < 0) return;
+                           fwd_map, atom->x, MIN_DISTANCE * dist_unit, radii, most);
+  if (bad.i < 0) {
+    if (!radii.empty()) report_truncation(most);
+    return;
+  }
   double **x = atom->x;
   std::ostringstream msg;
   msg.precision(6);
@@ -429,26 +448,14 @@ void PairDPA3::check_positions()
 
 // An atom with more neighbours within a model's edge (angle) cutoff than its e_sel (a_sel): the
 // model keeps the nearest e_sel (a_sel) and leaves the others out, as DeePMD-kit does; this is
-// said once per run and limit, on rank 0, with the largest count over the ranks.
-void PairDPA3::check_neighbour_counts()
+// said once per run and limit, on rank 0, with the largest count over the ranks.  most [2 * nm]:
+// this rank's largest counts (check_positions; every rank calls this, or none does: the models
+// and flags are the same on all).
+void PairDPA3::report_truncation(const std::vector<int> &most)
 {
-  const size_t nm = models.size();
-  sel_warned.resize(2 * nm, 0);
-  std::vector<int> local(2 * nm, 0), global(2 * nm, 0);
-  bool any = false;
-  for (size_t m = 0; m < nm; m++) {
-    const std::vector<double> &spec = models[m]->graph_spec();
-    if (spec.size() < 4 || (sel_warned[2 * m] && sel_warned[2 * m + 1])) continue;
-    any = true;
-    const std::vector<int> c =
-        dpa3_max_neighbours(list->inum, list->ilist, list->numneigh, list->firstneigh, atom->nlocal,
-                            fwd_map, atom->x, {spec[0] * dist_unit, spec[2] * dist_unit});
-    local[2 * m] = c[0];
-    local[2 * m + 1] = c[1];
-  }
-  if (!any) return;    // the same on every rank: the models and flags are
-  MPI_Allreduce(local.data(), global.data(), static_cast<int>(2 * nm), MPI_INT, MPI_MAX, world);
-  for (size_t m = 0; m < nm; m++) {
+  std::vector<int> global(most.size(), 0);
+  MPI_Allreduce(most.data(), global.data(), static_cast<int>(most.size()), MPI_INT, MPI_MAX, world);
+  for (size_t m = 0; m < models.size(); m++) {
     const std::vector<double> &spec = models[m]->graph_spec();
     for (int k = 0; k < 2 && spec.size() >= 4; k++) {
       const int sel = static_cast<int>(spec[2 * k + 1]);
@@ -490,7 +497,6 @@ void PairDPA3::compute(int eflag, int vflag)
   ev_init(eflag, vflag);
   if (need_rebuild()) rebuild();
   check_positions();
-  check_neighbour_counts();
 
   double **x = atom->x;
   double **f = atom->f;

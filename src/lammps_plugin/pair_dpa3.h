@@ -62,7 +62,7 @@ class PairDPA3 : public Pair {
   void check_exchange();
   void compute_failed(const std::string &what);
   void check_positions();
-  void check_neighbour_counts();
+  void report_truncation(const std::vector<int> &most);
   void check_special();
   void check_neigh_modify();
   void check_null_types();

@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError, DPA3Error
-from ..train.checkpoint import convert_command, is_deepmd_checkpoint
+from ..train.checkpoint import (
+    archive_problem,
+    convert_command,
+    first_line,
+    is_deepmd_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +71,20 @@ def _load_deepmd_frozen(p: Path, device: str | torch.device) -> torch.nn.Module:
     return model.to(device).eval()
 
 
-def _short(err: BaseException) -> str:
-    """The first line of a foreign error (torch's own run to many lines of advice)."""
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
 def check_archive(path: Path, error: type[DPA3Error] = CheckpointError) -> None:
     """Refuse a file that cannot hold a model: empty, or not the zip archive that ``torch.save``
-    and ``torch.jit.save`` write (a text file, or an archive cut short by a copy or a write).
+    and ``torch.jit.save`` write (a text file, or an archive cut short by a copy or a write;
+    :func:`dpa3.train.checkpoint.archive_problem`).
 
     Raises ``error`` (:class:`~dpa3.errors.CheckpointError` unless told) naming the file and
     what is wrong with it.
     """
-    if path.stat().st_size == 0:
-        raise error(f"model file '{path}' is empty (0 bytes)")
-    if zipfile.is_zipfile(path):
+    problem = archive_problem(path)
+    if problem is None:
         return
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if head == b"PK\x03\x04":  # a zip archive's first entry, but no end: the tail is missing
+    if problem == "empty":
+        raise error(f"model file '{path}' is empty (0 bytes)")
+    if problem == "truncated":  # a zip archive's first entry, but no end: the tail is missing
         raise error(
             f"model file '{path}' is truncated or corrupt: a zip archive without its end "
             "(was a copy or a write cut short?)"
@@ -168,7 +167,7 @@ def load_model(
         obj = torch.load(p, map_location=device, weights_only=True)
     except Exception as err:  # a damaged archive, or pickled objects no checkpoint holds
         raise CheckpointError(
-            f"cannot read '{p}': neither a frozen model nor a dpa3 checkpoint ({_short(err)})"
+            f"cannot read '{p}': neither a frozen model nor a dpa3 checkpoint ({first_line(err)})"
         ) from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return checkpoint_model(obj, head, source=p).to(device)

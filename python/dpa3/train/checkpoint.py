@@ -196,22 +196,36 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+def archive_problem(p: Path) -> str | None:
+    """What keeps ``p`` from being a ``torch.save`` or TorchScript file (both are zip archives
+    since torch 1.6; torch itself would report an unpickling byte or a miniz error):
+    ``"empty"``, ``"truncated"`` (a zip archive's first entry but no end), ``"not a zip"``, or
+    ``None``."""
+    if p.stat().st_size == 0:
+        return "empty"
+    if zipfile.is_zipfile(p):
+        return None
+    with p.open("rb") as fh:
+        return "truncated" if fh.read(4) == b"PK\x03\x04" else "not a zip"
+
+
 def _not_torch_file(p: Path) -> str | None:
-    """Why ``p`` cannot be a ``torch.save`` or TorchScript file (both are zip archives since
-    torch 1.6; torch itself would report an unpickling byte or a miniz error), or ``None``."""
-    size = p.stat().st_size
-    if size == 0:
+    """Why ``p`` cannot be a checkpoint (:func:`archive_problem`, in words), or ``None``."""
+    problem = archive_problem(p)
+    if problem == "empty":
         return "the file is empty"
-    if not zipfile.is_zipfile(p):
+    if problem is not None:
+        size = p.stat().st_size
         return f"not the zip archive torch writes: a truncated file ({size} bytes) or another kind"
     return None
 
 
-def _first_line(err: BaseException) -> str:
-    """The first line of a torch error, without miniz's advice to file a bug."""
+def first_line(err: BaseException) -> str:
+    """The first line of a foreign (torch) error, without miniz's advice to file a bug, at
+    most 200 characters (torch's own messages run to many lines of advice)."""
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
-    return line.split(" This is an internal miniz error")[0]
+    return line.split(" This is an internal miniz error")[0][:200]
 
 
 def is_deepmd_checkpoint(obj: Any) -> bool:
@@ -247,7 +261,7 @@ def load_checkpoint(
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as err:  # name the file in the message (torch's first line only)
         raise CheckpointError(
-            f"cannot read checkpoint '{p}': {_first_line(err)} (a dpa3 checkpoint holds "
+            f"cannot read checkpoint '{p}': {first_line(err)} (a dpa3 checkpoint holds "
             "tensors and plain values only; DeePMD-kit checkpoints need 'dpa3 convert-deepmd' "
             "first)"
         ) from err
@@ -289,7 +303,7 @@ def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(module.get_metadata()["config"])
     except Exception as err:  # name the file in the message
         raise CheckpointError(
-            f"cannot read the weights of '{p}': not a frozen dpa3 model ({_first_line(err)}); "
+            f"cannot read the weights of '{p}': not a frozen dpa3 model ({first_line(err)}); "
             f"a DeePMD-kit model needs 'dpa3 convert-deepmd {p}' first"
         ) from err
     # a scripted module's state_dict also holds the buffers the eager model does not save
@@ -317,8 +331,10 @@ def frozen_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 __all__ = [
     "POINTER",
     "CheckpointError",
+    "archive_problem",
     "atomic_torch_save",
     "check_output_paths",
+    "first_line",
     "frozen_checkpoint",
     "load_checkpoint",
     "make_checkpoint",
