@@ -60,8 +60,10 @@ class Phases:
 
         setattr(cls, name, timed)
 
-    def wrap_layer(self, cls: type) -> None:
-        f = cls.forward
+    def wrap_layer(self, cls: type, name: str) -> None:
+        """Time ``cls.name`` (``forward``, or ``replay``: the second pass of a layer that kept its
+        pre-activations) as the first pass (no graph) or the second forward."""
+        f = getattr(cls, name)
 
         def forward(layer, *args, **kwargs):
             graph = torch.is_grad_enabled()
@@ -75,7 +77,7 @@ class Phases:
             self.t["second forward" if graph else "first pass layers"] += time.perf_counter() - t0
             return out
 
-        cls.forward = forward
+        setattr(cls, name, forward)
 
 
 def second_forward_ops(prof, edges: set[int]) -> dict[str, float]:
@@ -127,7 +129,9 @@ def main() -> None:
     ph = Phases()
     for name in PHASES:
         ph.wrap(DescrptDPA3, name)
-    ph.wrap_layer(RepFlowLayer)
+    ph.wrap_layer(RepFlowLayer, "forward")
+    ph.wrap_layer(RepFlowLayer, "replay")
+    ph.wrap(RepFlowLayer, "edge_tail_grad")
     backward = torch.autograd.grad
 
     def grad(*a, **k):
@@ -181,6 +185,7 @@ def main() -> None:
         "first pass layers": "layers, first pass (no graph)",
         "second forward": "layers run again with a graph",
         "autograd.grad": "backward (autograd.grad; fitting included)",
+        "edge_tail_grad": "edge updates' backward by hand (act', Lin_ea2)",
         "_layer1_angles": "layer 1's angles recomputed",
     }
     for key, label in names.items():

@@ -27,8 +27,8 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 This module is the only place in the package that names ``torch.ops.dpa3``: it loads the library
 and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,
 :func:`scatter_rows`, :func:`edge_sum`, :func:`center_outer`, :func:`angle_block`,
-:func:`activation`, :func:`border_exchange`, :func:`allreduce_min`); scripted models inline
-them, so a frozen model calls the registered ops directly.  :data:`COMM_KEYS` defines the
+:func:`activation`, :func:`activation_grad`, :func:`border_exchange`, :func:`allreduce_min`);
+scripted models inline them, so a frozen model calls the registered ops directly.  :data:`COMM_KEYS` defines the
 exchange schedule (``comm_dict``) keys and their order.
 :func:`register_flop_formulas` (explicit, idempotent) tells ``torch.utils.flop_counter`` how many
 FLOPs the matrix products inside the primitives' kernels do, which it cannot see.
@@ -306,6 +306,11 @@ def activation(x: torch.Tensor, act: int, thr: float) -> torch.Tensor:
     differentiable twice in fused passes (the composite formulation's double backward makes about
     twenty passes over ``x``)."""
     return torch.ops.dpa3.activation(x, act, thr)
+
+
+def activation_grad(g: torch.Tensor, x: torch.Tensor, act: int, thr: float) -> torch.Tensor:
+    """``g act'(x)`` element-wise (the backward of :func:`activation`; not differentiable)."""
+    return torch.ops.dpa3._activation_bwd(g, x, act, thr)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -271,12 +271,13 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
             assert len(chunks) == 1
 
 
-def test_kept_messages_and_recomputed_layer1_angles():
-    """On the fused path the first pass keeps the angles' reduced edge messages of exactly the
-    layers that compute them (levels 2 and 1: the last layer keeps none), block by block, does
-    not keep layer 1's input angles, and the recomputation of those (``_layer1_angles``,
-    block by block) equals layer 0's angle output of the first pass; the kept inputs and
-    messages equal what the layers compute on the whole graph."""
+def test_kept_preactivations_and_recomputed_layer1_angles():
+    """On the fused path the first pass keeps the pre-activation of the edge update's angle term
+    (``x_ang = Lin_ea2(red)``) of exactly the layers that update edges (levels 2 and 1: the last
+    layer keeps none), block by block, does not keep layer 1's input angles, and the
+    recomputation of those (``_layer1_angles``, block by block) equals layer 0's angle output of
+    the first pass; the kept inputs and pre-activations equal what the layers compute on the
+    whole graph."""
     model = make_model(seed=6, nlayers=4)
     desc = model.descriptor
     desc.chunk_angles = 400  # several blocks
@@ -288,40 +289,80 @@ def test_kept_messages_and_recomputed_layer1_angles():
     assert len(chunks) > 1
 
     def whole(layer: int, n, e, a, level: int):
-        keep: list[torch.Tensor] = []  # the layer appends its messages (the first pass's way)
-        out = desc.layers[layer](
-            n,
-            n,
-            e,
-            a,
+        keep: list[torch.Tensor] = []  # the layer appends x_ang (the first pass's way)
+        out = desc.layers[layer](*_layer_args(p, n, e, a), True, level, keep)
+        assert len(keep) == 1
+        return out, keep[0]
+
+    with torch.no_grad():
+        ns, es, as_, pres, _ = desc.stack_inputs(p, chunks, None)
+        n0, e0, a0 = desc.initial_features(p)
+        (ref_n1, ref_e1, ref_a1), x0 = whole(0, n0, e0, a0, 2)
+        _, x2 = whole(2, ns[1], torch.cat(es[1]), torch.cat(as_[1]), 1)
+    assert [r is not None for r in pres] == [True, True, True, False]
+    assert all(len(r) == len(chunks) for r in pres[:3])
+    assert all(len(e) == len(chunks) for e in es)
+    assert as_[0] is None and all(a is not None for a in as_[1:])
+    assert torch.allclose(ns[0], ref_n1, atol=1e-12)
+    assert torch.allclose(torch.cat(es[0]), ref_e1, atol=1e-12)
+    assert torch.allclose(torch.cat(pres[0]), x0, atol=1e-12)
+    assert torch.allclose(torch.cat(pres[2]), x2, atol=1e-12)
+    a1 = torch.cat(desc._layer1_angles(p, chunks))
+    assert torch.allclose(a1, ref_a1, atol=1e-12)
+    assert not torch.equal(a1, a0)  # layer 0 did update the angles
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"smooth_edge_update": False}, {"update_style": "res_avg"}, {"update_style": "res_incr"}],
+)
+def test_edge_update_gradient_from_kept_preactivations(options):
+    """``replay`` + ``edge_tail_grad`` (the edge update's backward from its pre-activations,
+    without the activations' and ``Lin_ea2``'s forward) give the gradient that autograd takes
+    through the layer's forward, for the edge output's gradient ``ge`` and the node output's
+    ``gn``, to the node rows, the neighbour rows and the input edges; at level 2 and 1."""
+    model = make_model(seed=3, nlayers=3, **options)
+    desc = model.descriptor
+    ext, ext_t, nlist, mapping, _ = _lower(model, alloy_frame())
+    p = desc.prepare(ext, ext_t, nlist, mapping, None)
+    assert p.fused
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        n, e, a = desc.layers[0](*_layer_args(p, *desc.initial_features(p)), True, 2)
+    for level in (2, 1):
+        layer = desc.layers[level - 1]
+        leaves = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
+        keep: list[torch.Tensor] = []
+        n2, e2, _ = layer(*_layer_args(p, *leaves[1:], n=leaves[0]), True, level, keep)
+        gn = torch.randn(n2.shape, generator=gen, dtype=n2.dtype)
+        ge = torch.randn(e2.shape, generator=gen, dtype=e2.dtype)
+        want = torch.autograd.grad([n2, e2], leaves[:3], [gn, ge])
+        x_ang = keep[0].detach()
+        nl, xl, el, al = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
+        n3, red, _, x_self = layer.replay(
+            nl,
+            xl,
+            el,
+            al,
             p.center,
             p.nei,
             p.h2sw,
             p.sw,
             p.a_weight,
-            p.is_a,
             p.a_eij,
             p.a_eik,
-            True,
             level,
-            keep,
+            x_ang,
         )
-        assert len(keep) == 1
-        return out, keep[0]
+        g_self, t_e, t_red = layer.edge_tail_grad(ge, x_self.detach(), x_ang, p.is_a)
+        got = torch.autograd.grad([n3, x_self, red, el], [nl, xl, el], [gn, g_self, t_red, t_e])
+        for name, w, g in zip("n n_ext e".split(), want, got, strict=True):
+            err = (g - w).abs().max().item()
+            assert err < 1e-10 * max(w.abs().max().item(), 1.0), (options, level, name, err)
 
-    with torch.no_grad():
-        ns, es, as_, reds, _ = desc.stack_inputs(p, chunks, None)
-        n0, e0, a0 = desc.initial_features(p)
-        (ref_n1, ref_e1, ref_a1), red0 = whole(0, n0, e0, a0, 2)
-        _, red2 = whole(2, ns[1], torch.cat(es[1]), torch.cat(as_[1]), 1)
-    assert [r is not None for r in reds] == [True, True, True, False]
-    assert all(len(r) == len(chunks) for r in reds[:3])
-    assert all(len(e) == len(chunks) for e in es)
-    assert as_[0] is None and all(a is not None for a in as_[1:])
-    assert torch.allclose(ns[0], ref_n1, atol=1e-12)
-    assert torch.allclose(torch.cat(es[0]), ref_e1, atol=1e-12)
-    assert torch.allclose(torch.cat(reds[0]), red0, atol=1e-12)
-    assert torch.allclose(torch.cat(reds[2]), red2, atol=1e-12)
-    a1 = torch.cat(desc._layer1_angles(p, chunks))
-    assert torch.allclose(a1, ref_a1, atol=1e-12)
-    assert not torch.equal(a1, a0)  # layer 0 did update the angles
+
+def _layer_args(p, n_ext, e, a, n=None):
+    """Arguments of ``RepFlowLayer.forward`` up to ``fused`` on the whole graph (single
+    process: the neighbour rows are the local nodes)."""
+    n = n_ext if n is None else n
+    return (n, n_ext, e, a, p.center, p.nei, p.h2sw, p.sw, p.a_weight, p.is_a, p.a_eij, p.a_eik)

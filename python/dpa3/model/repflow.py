@@ -198,16 +198,22 @@ class RepFlowLayer(nn.Module):
             return n[:, : self.nc_dim], e[:, : self.ec_dim]
         return n, e
 
-    def _finish_edges(
-        self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor, fused: bool = False
+    def _angle_preactivation(
+        self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor
     ) -> torch.Tensor:
-        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]``
+        """``Lin_ea2(P) [E, e_dim]`` from the reduced messages ``red [E, e_dim]``
         (docs/dpa3-spec.md §2.3.6)."""
         lin2 = self.edge_angle_linear2
         assert lin2 is not None
         if not self.smooth_edge_update:
             red = torch.where(is_a.unsqueeze(-1), red, e)
-        return self._act(lin2(red), fused)
+        return lin2(red)
+
+    def _finish_edges(
+        self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor, fused: bool = False
+    ) -> torch.Tensor:
+        """``V2 = act(Lin_ea2(P))`` from the reduced messages ``red [E, e_dim]``."""
+        return self._act(self._angle_preactivation(red, e, is_a), fused)
 
     def _reduce_to_edges(
         self,
@@ -233,7 +239,6 @@ class RepFlowLayer(nn.Module):
         a_eij: Rows,
         a_eik: Rows,
         a_weight: torch.Tensor,
-        keep: list[torch.Tensor] | None = None,
         replayed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
@@ -244,10 +249,10 @@ class RepFlowLayer(nn.Module):
         ``a W_a`` is formed block by block inside the kernel, so no ``[A, D]`` tensor is
         materialised, in the backward and double backward either.
 
-        ``keep``: the edge messages ``[E, n_red]`` are appended to it (the low-memory path's
-        first pass); ``replayed [E, n_red]``: messages computed before, returned instead of
-        computed (its second pass: same backward; the angle output is then not computed and
-        must not be read).
+        ``replayed [E, n_red]``: any tensor of the messages' shape, returned (copied) in place
+        of the messages, with the block's backward (the low-memory path's second pass,
+        :meth:`replay`, which needs the graph and not the values; the angle output is then not
+        computed and must not be read either).
         """
         ptr = a_eij.ptr
         nptr = center.ptr
@@ -260,8 +265,6 @@ class RepFlowLayer(nn.Module):
         out = _ops.angle_block(
             a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta, replayed
         )
-        if keep is not None and replayed is None:
-            keep.append(out[0])
         return out[0], out[1]
 
     def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -374,10 +377,84 @@ class RepFlowLayer(nn.Module):
         _, a_new = self._angle_fused(lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight)
         return a_new
 
-    def keeps_messages(self, level: int, fused: bool) -> bool:
-        """Whether :meth:`forward` at ``level`` can keep and replay its angles' reduced edge
-        messages (``keep``/``replayed``: the fused, parallel-update angle block)."""
+    # ----------------------------------------------------------- low-memory path
+    def keeps_preactivations(self, level: int, fused: bool) -> bool:
+        """Whether :meth:`forward` at ``level`` can keep the pre-activation of its edge update's
+        angle term (``keep``) and the low-memory path's second pass use it (:meth:`replay`,
+        :meth:`edge_tail_grad`): the fused, parallel-update layer that updates its edges."""
         return fused and self.update_angle and not self.sequential and level >= 1
+
+    def edge_coefficients(self, like: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """``(alpha, b_self [e_dim], b_ang [e_dim])`` with ``e_new = alpha e + b_self v_self +
+        b_ang v_ang``: :meth:`_combine` of the parallel edge update, as coefficients."""
+        if self.update_style == "res_residual":
+            er = self.e_residual
+            assert er is not None
+            return 1.0, er[0], er[1]
+        if self.update_style == "res_avg":
+            s = 1.0 / math.sqrt(3.0)
+            b = torch.full((self.e_dim,), s, dtype=like.dtype, device=like.device)
+            return s, b, b
+        b = torch.full((self.e_dim,), 1.0 / math.sqrt(2.0), dtype=like.dtype, device=like.device)
+        return 1.0, b, b  # res_incr
+
+    def edge_tail_grad(
+        self, ge: torch.Tensor, x_self: torch.Tensor, x_ang: torch.Tensor, is_a: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backward pass of the edge update ``e_new = alpha e + b_self act(x_self) + b_ang
+        act(x_ang)`` from its pre-activations: the gradient ``ge [E, e_dim]`` of ``e_new`` taken
+        to ``(x_self, e, red)``, the edge self-update's pre-activation (autograd takes it on
+        through :meth:`replay`'s graph), the input edges (their direct part) and the angles'
+        reduced messages (:meth:`replay`'s output, through ``x_ang = Lin_ea2(red)``); what
+        autograd would do without the activations' and ``Lin_ea2``'s forward."""
+        alpha, b_self, b_ang = self.edge_coefficients(ge)
+        code, thr = self.act_code, self.act.threshold
+        g_self = _ops.activation_grad(ge * b_self, x_self, code, thr)
+        g_ang = _ops.activation_grad(ge * b_ang, x_ang, code, thr)
+        lin2 = self.edge_angle_linear2
+        assert lin2 is not None
+        g_red = torch.matmul(g_ang, lin2.matrix.t())
+        g_e = ge * alpha
+        if not self.smooth_edge_update:
+            mask = is_a.unsqueeze(-1)
+            g_e = g_e + torch.where(mask, torch.zeros_like(g_red), g_red)
+            g_red = torch.where(mask, g_red, torch.zeros_like(g_red))
+        return g_self, g_e, g_red
+
+    def replay(
+        self,
+        n: torch.Tensor,
+        n_ext: torch.Tensor,
+        e: torch.Tensor,
+        a: torch.Tensor,
+        center: Rows,
+        nei: Rows,
+        h2sw: torch.Tensor,
+        sw: torch.Tensor,
+        a_weight: torch.Tensor,
+        a_eij: Rows,
+        a_eik: Rows,
+        level: int,
+        x_ang: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The low-memory path's second pass of :meth:`forward` (``level`` >= 1,
+        :meth:`keeps_preactivations`) from the kept ``x_ang [E, e_dim]``: ``(n_new, red, a_new,
+        x_self)`` with their graph, where ``red [E, e_dim]`` stands for the angles' reduced
+        messages (values not computed: ``x_ang`` is returned in their place), ``a_new`` holds
+        no values either and ``x_self`` is the edge self-update's pre-activation.  The rest of
+        the edge update is not run: :meth:`edge_tail_grad` takes its gradient to ``x_self``,
+        ``e`` and ``red``."""
+        x_self = self._pair_linear(
+            self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
+        )
+        n_j = gather(n_ext, nei)
+        nc, ec = self._compressed(n, e)
+        w, b = self._angle_weights(level == 2)
+        red, a_out = self._angle_fused(
+            w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, x_ang
+        )
+        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, True)
+        return n_new, red, a_out, x_self
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -397,7 +474,6 @@ class RepFlowLayer(nn.Module):
         fused: bool = False,
         level: int = 2,
         keep: list[torch.Tensor] | None = None,
-        replayed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
@@ -411,18 +487,17 @@ class RepFlowLayer(nn.Module):
         (the last layers of a stack: the descriptor reads only node features).  Outputs not
         asked for are returned unchanged (``e``, ``a``) and their work is skipped where the
         update order allows it (the parallel update: ``sequential_update`` computes all).
-        ``keep`` and ``replayed [E, e_dim]``: see :meth:`_angle_fused` (only where
-        :meth:`keeps_messages`; with ``replayed`` the returned ``a`` holds no values).
+        ``keep`` (only where :meth:`keeps_preactivations`): the pre-activation of the edge
+        update's angle term, ``x_ang = Lin_ea2(red) [E, e_dim]``, is appended to it (the
+        low-memory path's first pass).
         """
         n_j = gather(n_ext, nei)
         if level == 0 and not self.sequential:
             return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused), e, a
-        v_self = self._act(
-            self._pair_linear(
-                self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
-            ),
-            fused,
+        x_self = self._pair_linear(
+            self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
         )
+        v_self = self._act(x_self, fused)
         if not self.update_angle:
             e_new = self._combine(e, [v_self], self.e_residual)
             n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
@@ -469,9 +544,12 @@ class RepFlowLayer(nn.Module):
         if fused:  # one kernel call for both levels (update columns only at level 2)
             w, b = self._angle_weights(level == 2)
             red, a_out = self._angle_fused(
-                w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, keep, replayed
+                w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight
             )
-            v_ang = self._finish_edges(red, e, is_a, fused)
+            x_ang = self._angle_preactivation(red, e, is_a)
+            v_ang = self._act(x_ang, fused)
+            if keep is not None:
+                keep.append(x_ang)
             a_new = a_out if level == 2 else a
         elif level == 1:
             w, b = self._angle_weights(False)

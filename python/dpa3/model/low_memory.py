@@ -1,0 +1,386 @@
+"""The low-memory evaluation path of the descriptor (``docs/internals.md``, "Memory").
+
+The layers run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping what the
+backward pass needs; the backward pass (:meth:`LowMemoryPass.coord_grad`) then runs each layer
+again with a graph, last first, block of centres by block (:meth:`LowMemoryPass.chunks`), and
+differentiates it at once, so only one block's graph exists at any time.
+
+Where a layer keeps the pre-activation of its edge update's angle term (``x_ang [E, e_dim]``,
+:meth:`RepFlowLayer.keeps_preactivations`), its second run skips the angle kernel's forward,
+``Lin_ea2``, the edge update's activations and residual sum (:meth:`RepFlowLayer.replay`): the
+edge update's gradient is taken by hand from the pre-activations
+(:meth:`RepFlowLayer.edge_tail_grad`).
+
+:class:`LowMemoryPass` is a base of :class:`~dpa3.model.descriptor.DescrptDPA3` and reads its
+``layers``, ``act``, ``chunk_angles`` and embedding methods.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .blocks import BlockGrads, add_rows, add_to, rows_of
+from .exchange import ghost_features
+from .graph import Rows, make_rows
+from .prepared import Chunk, Prepared
+
+
+class LowMemoryPass:
+    """Methods of the low-memory path (a base class of ``DescrptDPA3``; see the module)."""
+
+    def _recomputes_a1(self, p: Prepared) -> bool:
+        """Whether the low-memory path recomputes layer 1's input angles from layer 0's
+        inputs (:meth:`RepFlowLayer.angle_update`: one pass of the angle kernel over its
+        angle-update columns) instead of keeping them (``[A, a_dim]``, the size of about four
+        layers' kept pre-activations)."""
+        if len(self.layers) < 2 or self._level(0) != 2:
+            return False
+        for i, layer in enumerate(self.layers):
+            if i == 0:
+                return layer.keeps_preactivations(2, p.fused)
+        return False
+
+    def _layer1_angles(self, p: Prepared, chunks: list[Chunk]) -> list[torch.Tensor]:
+        """Layer 1's input angles, recomputed block by block (no graph): ``[A_c, a_dim]`` per
+        block."""
+        out: list[torch.Tensor] = []
+        with torch.no_grad():
+            n0 = self.act(p.tebd)
+            for i, layer in enumerate(self.layers):
+                if i == 0:
+                    for c in chunks:
+                        a1 = layer.angle_update(
+                            n0[c.c0 : c.c1],
+                            self.initial_edges(p.e_in[c.e0 : c.e1]),
+                            self.initial_angles(p.cos[c.a0 : c.a1]),
+                            c.center,
+                            c.a_eij,
+                            c.a_eik,
+                            p.a_weight[c.a0 : c.a1],
+                        )
+                        out.append(a1)
+        return out
+
+    def stack_inputs(
+        self,
+        p: Prepared,
+        chunks: list[Chunk],
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+    ) -> tuple[
+        list[torch.Tensor],
+        list[list[torch.Tensor]],
+        list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        torch.Tensor,
+    ]:
+        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
+
+        Returns ``(ns, es, as_, pres, n_last)``: the inputs ``n [Nn, n_dim]`` of layers
+        ``1 .. L-1``; their ``e`` and ``a`` block by block (one tensor ``[E_c, e_dim]`` /
+        ``[A_c, a_dim]`` per block of ``chunks``, as the blocks computed them: no copy into a
+        whole tensor; layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too where
+        :meth:`_recomputes_a1`: None in its place); per layer ``0 .. L-1`` the pre-activation
+        of its edge update's angle term ``x_ang [E_c, e_dim]`` block by block, where
+        ``RepFlowLayer.keeps_preactivations`` (else None); and the last node features ``[Nn,
+        n_dim]``.
+        A layer returns the outputs the next one does not read unchanged, so the lists share
+        those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
+        :meth:`chunks`) after one exchange.
+        """
+        ns: list[torch.Tensor] = []
+        es: list[list[torch.Tensor]] = []
+        as_: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
+        pres: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
+        n, e0, a0 = self.initial_features(p)
+        e = [e0[c.e0 : c.e1] for c in chunks]
+        a = [a0[c.a0 : c.a1] for c in chunks]
+        drop_a1 = self._recomputes_a1(p)
+        for i, layer in enumerate(self.layers):
+            level = self._level(i)
+            pre: Optional[list[torch.Tensor]] = None  # noqa: UP045
+            if layer.keeps_preactivations(level, p.fused):
+                pre = []
+            pres.append(pre)
+            if i > 0:
+                ns.append(n)
+                es.append(e)
+                as_.append(None if i == 1 and drop_a1 else a)
+            n_ext = ghost_features(n, p.nall, comm_dict)
+            n_new = torch.empty_like(n)
+            e_new: list[torch.Tensor] = []
+            a_new: list[torch.Tensor] = []
+            for k, c in enumerate(chunks):
+                n2, e2, a2 = layer(
+                    n[c.c0 : c.c1],
+                    rows_of(n_ext, c.rows),
+                    e[k],
+                    a[k],
+                    c.center,
+                    c.nei,
+                    p.h2sw[c.e0 : c.e1],
+                    p.sw[c.e0 : c.e1],
+                    p.a_weight[c.a0 : c.a1],
+                    p.is_a[c.e0 : c.e1],
+                    c.a_eij,
+                    c.a_eik,
+                    p.fused,
+                    level,
+                    pre,
+                )
+                n_new[c.c0 : c.c1] = n2
+                e_new.append(e2)
+                a_new.append(a2)
+            n, e, a = n_new, e_new, a_new
+        return ns, es, as_, pres, n
+
+    def chunks(self, p: Prepared) -> list[Chunk]:
+        """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
+        more is a block of its own; one block without the op library's inverse indices)."""
+        cptr = p.center.ptr
+        aptr = p.a_eij.ptr
+        nnode = p.tebd.shape[0]
+        nedge = p.sw.shape[0]
+        nangle = p.a_weight.shape[0]
+        if cptr is None or aptr is None or nangle <= self.chunk_angles:
+            return [Chunk(0, nnode, 0, nedge, 0, nangle, p.center, p.nei, p.a_eij, p.a_eik, None)]
+        # angles before each centre, to cut at centre boundaries
+        a_before: list[int] = aptr.index_select(0, cptr).tolist()
+        e_before: list[int] = cptr.tolist()
+        out: list[Chunk] = []
+        c0 = 0
+        while c0 < nnode:
+            c1 = c0 + 1
+            while c1 < nnode and a_before[c1 + 1] - a_before[c0] <= self.chunk_angles:
+                c1 += 1
+            e0, e1 = e_before[c0], e_before[c1]
+            a0, a1 = a_before[c0], a_before[c1]
+            ne = e1 - e0
+            center = Rows(
+                p.center.idx[e0:e1] - c0,
+                torch.arange(ne, dtype=torch.long, device=cptr.device),
+                cptr[c0 : c1 + 1] - e0,
+            )
+            # the node rows this block's neighbours read, and its neighbour index into them
+            rows, local = torch.unique(p.nei.idx[e0:e1], sorted=True, return_inverse=True)
+            nei = make_rows(local, rows.shape[0], True)
+            eij = Rows(
+                p.a_eij.idx[a0:a1] - e0,
+                torch.arange(a1 - a0, dtype=torch.long, device=cptr.device),
+                aptr[e0 : e1 + 1] - a0,
+            )
+            eik = make_rows(p.a_eik.idx[a0:a1] - e0, ne, True)
+            out.append(Chunk(c0, c1, e0, e1, a0, a1, center, nei, eij, eik, rows))
+            c0 = c1
+        return out
+
+    def _tail_grad(
+        self,
+        target: int,
+        ge: torch.Tensor,
+        x_self: torch.Tensor,
+        x_ang: torch.Tensor,
+        is_a: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ``target``'s :meth:`RepFlowLayer.edge_tail_grad`.  TorchScript unrolls the loops
+        of this method and the next: a layer picked by a run-time index."""
+        out = (ge, ge, ge)
+        for i, layer in enumerate(self.layers):
+            if i == target:
+                out = layer.edge_tail_grad(ge, x_self, x_ang, is_a)
+        return out
+
+    def _rerun(
+        self,
+        target: int,
+        n: torch.Tensor,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        a: torch.Tensor,
+        h2sw: torch.Tensor,
+        sw: torch.Tensor,
+        a_weight: torch.Tensor,
+        p: Prepared,
+        c: Chunk,
+        x_ang: Optional[torch.Tensor],  # noqa: UP045
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ``target`` on the block ``c`` with a graph: ``(n, e, a, e)`` of its forward, or
+        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where ``x_ang`` (kept) is
+        given."""
+        out = (n, e, a, e)
+        for i, layer in enumerate(self.layers):
+            if i == target:
+                if x_ang is None:
+                    n2, e2, a2 = layer(
+                        n,
+                        x,
+                        e,
+                        a,
+                        c.center,
+                        c.nei,
+                        h2sw,
+                        sw,
+                        a_weight,
+                        p.is_a[c.e0 : c.e1],
+                        c.a_eij,
+                        c.a_eik,
+                        p.fused,
+                        self._level(i),
+                    )
+                    out = (n2, e2, a2, e2)
+                else:
+                    out = layer.replay(
+                        n,
+                        x,
+                        e,
+                        a,
+                        c.center,
+                        c.nei,
+                        h2sw,
+                        sw,
+                        a_weight,
+                        c.a_eij,
+                        c.a_eik,
+                        self._level(i),
+                        x_ang,
+                    )
+        return out
+
+    def coord_grad(
+        self,
+        coord: torch.Tensor,
+        p: Prepared,
+        chunks: list[Chunk],
+        ns: list[torch.Tensor],
+        es: list[list[torch.Tensor]],
+        as_: list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        pres: list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        gn: torch.Tensor,
+        comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
+        retain_graph: bool = False,
+    ) -> Optional[torch.Tensor]:  # noqa: UP045
+        """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
+
+        Each layer is run again with a graph from its kept inputs (:meth:`stack_inputs`,
+        emptied here as the pass goes down) and differentiated at once, block of centres by
+        block (:meth:`chunks`), so only one block's graph exists at any time.  A layer that
+        kept ``x_ang`` runs :meth:`RepFlowLayer.replay` instead of its forward, and its edge
+        update's gradient is taken by hand (:meth:`RepFlowLayer.edge_tail_grad`) to the
+        self-update's pre-activation, the input edges and the angles' messages, from where
+        autograd takes it on with the other outputs' gradients.  The exchange of a layer runs
+        once, outside the blocks; the gradient of the ghost features is summed over the blocks
+        and sent home through its backward.  The geometric factors' gradients are summed over
+        the layers and taken back to ``coord`` (the tensor ``p`` was prepared from) through the
+        graph of :meth:`prepare`, with those of layer 0's inputs.  ``gn [Nn, n_dim]`` is the
+        gradient of the output with respect to the last node features.  ``retain_graph``
+        keeps the graph of :meth:`prepare` (and of the geometric factors, which a committee
+        shares: ``EnergyModel.forward_prepared``).  Returns ``[nf, nall, 3]`` or None.
+        """
+        gh = torch.zeros_like(p.h2sw)
+        gs = torch.zeros_like(p.sw)
+        gw = torch.zeros_like(p.a_weight)
+        nothing = p.sw.new_empty(0)  # in place of what a block has read
+        # gradients of the layer outputs e, a: one tensor per block (None: not read)
+        ge: Optional[list[torch.Tensor]] = None  # noqa: UP045
+        ga: Optional[list[torch.Tensor]] = None  # noqa: UP045
+        nlayers = len(self.layers)
+        for k in range(nlayers):
+            target = nlayers - 1 - k
+            pre = pres.pop()
+            if target == 0:  # inputs from the scalar ones block by block, below
+                n = self.act(p.tebd).detach()
+                e = [nothing for _ in chunks]
+                a = [nothing for _ in chunks]
+            else:
+                n = ns.pop()
+                e = es.pop()
+                kept_a = as_.pop()
+                if kept_a is None:  # layer 1's, not kept (_recomputes_a1)
+                    kept_a = self._layer1_angles(p, chunks)
+                a = kept_a
+            n = n.detach().requires_grad_(True)
+            n_ext = ghost_features(n, p.nall, comm_dict)
+            n_ext_d = n_ext.detach()
+            g_ext = torch.zeros_like(n_ext)
+            g_n = torch.zeros_like(n)
+            ge_new = BlockGrads()
+            ga_new = BlockGrads()
+            for j, c in enumerate(chunks):
+                nc = n[c.c0 : c.c1].detach().requires_grad_(True)
+                if target == 0:  # leaves: the scalar inputs of the edges and angles
+                    e_leaf = p.e_in[c.e0 : c.e1].detach().requires_grad_(True)
+                    a_leaf = p.cos[c.a0 : c.a1].detach().requires_grad_(True)
+                    ec = self.initial_edges(e_leaf)
+                    ac = self.initial_angles(a_leaf)
+                else:
+                    ec = e[j].detach().requires_grad_(True)
+                    ac = a[j].detach().requires_grad_(True)
+                    e_leaf = ec
+                    a_leaf = ac
+                hc = p.h2sw[c.e0 : c.e1].detach().requires_grad_(True)
+                sc = p.sw[c.e0 : c.e1].detach().requires_grad_(True)
+                wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
+                xc = rows_of(n_ext_d, c.rows).requires_grad_(True)
+                x_ang: Optional[torch.Tensor] = None  # noqa: UP045
+                if pre is not None:
+                    x_ang = pre[j]
+                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang)
+                outs: list[torch.Tensor] = [n2]
+                gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
+                if ge is not None and x_ang is not None:
+                    # e2 stands for the angles' messages, xs2 is x_self: the edge update by hand
+                    g_self, t_e, t_red = self._tail_grad(
+                        target, ge[j], xs2.detach(), x_ang, p.is_a[c.e0 : c.e1]
+                    )
+                    outs.append(xs2)
+                    outs.append(e2)
+                    outs.append(ec)
+                    gouts.append(g_self)
+                    gouts.append(t_red)
+                    gouts.append(t_e)
+                elif ge is not None:
+                    outs.append(e2)
+                    gouts.append(ge[j])
+                if ga is not None:
+                    outs.append(a2)
+                    gouts.append(ga[j])
+                grads = torch.autograd.grad(
+                    outs, [nc, xc, e_leaf, a_leaf, hc, sc, wc], gouts, allow_unused=True
+                )
+                # this block's kept inputs and incoming gradients are read: let them go
+                e[j] = nothing
+                a[j] = nothing
+                if pre is not None:
+                    pre[j] = nothing
+                if ge is not None:
+                    ge[j] = nothing
+                if ga is not None:
+                    ga[j] = nothing
+                with torch.no_grad():
+                    add_to(g_n, c.c0, grads[0])
+                    add_rows(g_ext, c.rows, grads[1])
+                    ge_new.put(grads[2], e_leaf)
+                    ga_new.put(grads[3], a_leaf)
+                    add_to(gh, c.e0, grads[4])
+                    add_to(gs, c.e0, grads[5])
+                    add_to(gw, c.a0, grads[6])
+            g_back: list[Optional[torch.Tensor]] = [g_ext]  # noqa: UP045
+            g_home = torch.autograd.grad([n_ext], [n], g_back, allow_unused=True)[0]
+            if g_home is not None:
+                g_n = g_n + g_home
+            gn = g_n
+            ge = ge_new.result()
+            ga = ga_new.result()
+        # ge, ga: now those of layer 0's scalar inputs e_in [E, 1] and cos [A, 1]
+        outs0: list[torch.Tensor] = [p.h2sw, p.sw, p.a_weight]
+        gouts0: list[Optional[torch.Tensor]] = [gh, gs, gw]  # noqa: UP045
+        if ge is not None:
+            outs0.append(p.e_in)
+            gouts0.append(torch.cat(ge))
+        if ga is not None:
+            outs0.append(p.cos)
+            gouts0.append(torch.cat(ga))
+        return torch.autograd.grad(
+            outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
+        )[0]
