@@ -28,8 +28,8 @@ This module is the only place in the package that names ``torch.ops.dpa3``: it l
 and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,
 :func:`scatter_rows`, :func:`edge_sum`, :func:`center_outer`, :func:`angle_block`,
 :func:`activation`, :func:`activation_grad`, :func:`border_exchange`, :func:`allreduce_min`);
-scripted models inline them, so a frozen model calls the registered ops directly.  :data:`COMM_KEYS` defines the
-exchange schedule (``comm_dict``) keys and their order.
+scripted models inline them, so a frozen model calls the registered ops directly.
+:data:`COMM_KEYS` defines the exchange schedule (``comm_dict``) keys and their order.
 :func:`register_flop_formulas` (explicit, idempotent) tells ``torch.utils.flop_counter`` how many
 FLOPs the matrix products inside the primitives' kernels do, which it cannot see.
 In a process where the LAMMPS plugin has already loaded the library (the plugin links it),
