@@ -267,21 +267,34 @@ class RepFlowLayer(nn.Module):
         )
         return out[0], out[1]
 
-    def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """``(alpha, beta [width])`` with ``a_new = alpha a + beta * u`` for one update ``u``.
+    def _update_coefficients(
+        self, rho: torch.Tensor | None, count: int, width: int, like: torch.Tensor
+    ) -> tuple[float, list[torch.Tensor]]:
+        """``(alpha, [beta_k [width]])`` with ``x_new = alpha x + sum_k beta_k * u_k``: the update
+        of :meth:`_combine` with ``count`` terms and residual ``rho``, as coefficients."""
+        betas: list[torch.Tensor] = []
+        if self.update_style == "res_residual":
+            assert rho is not None
+            for k in range(count):
+                betas.append(rho[k])
+            return 1.0, betas
+        if self.update_style == "res_avg":
+            alpha = 1.0 / math.sqrt(count + 1.0)
+            s = alpha
+        else:  # res_incr
+            alpha = 1.0
+            s = 1.0 / math.sqrt(float(count))
+        for _ in range(count):
+            betas.append(torch.full((width,), s, dtype=like.dtype, device=like.device))
+        return alpha, betas
 
-        The same update as :meth:`_combine` with a single term (``width == 0``: no angle output).
-        """
+    def _angle_residual(self, width: int, a: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``(alpha, beta [width])`` with ``a_new = alpha a + beta * u`` for one update ``u``
+        (``width == 0``: no angle output)."""
         if width == 0:
             return 1.0, torch.zeros(0, dtype=a.dtype, device=a.device)
-        if self.update_style == "res_residual":
-            ar = self.a_residual
-            assert ar is not None
-            return 1.0, ar[0]
-        if self.update_style == "res_avg":
-            s = 1.0 / math.sqrt(2.0)
-            return s, torch.full((width,), s, dtype=a.dtype, device=a.device)
-        return 1.0, torch.ones(width, dtype=a.dtype, device=a.device)  # res_incr
+        alpha, betas = self._update_coefficients(self.a_residual, 1, width, a)
+        return alpha, betas[0]
 
     def _angle_weights(self, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, b)`` of the angles' edge messages (columns ``[:e_dim]``), followed by those of
@@ -384,20 +397,6 @@ class RepFlowLayer(nn.Module):
         :meth:`edge_tail_grad`): the fused, parallel-update layer that updates its edges."""
         return fused and self.update_angle and not self.sequential and level >= 1
 
-    def edge_coefficients(self, like: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """``(alpha, b_self [e_dim], b_ang [e_dim])`` with ``e_new = alpha e + b_self v_self +
-        b_ang v_ang``: :meth:`_combine` of the parallel edge update, as coefficients."""
-        if self.update_style == "res_residual":
-            er = self.e_residual
-            assert er is not None
-            return 1.0, er[0], er[1]
-        if self.update_style == "res_avg":
-            s = 1.0 / math.sqrt(3.0)
-            b = torch.full((self.e_dim,), s, dtype=like.dtype, device=like.device)
-            return s, b, b
-        b = torch.full((self.e_dim,), 1.0 / math.sqrt(2.0), dtype=like.dtype, device=like.device)
-        return 1.0, b, b  # res_incr
-
     def edge_tail_grad(
         self, ge: torch.Tensor, x_self: torch.Tensor, x_ang: torch.Tensor, is_a: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -407,7 +406,8 @@ class RepFlowLayer(nn.Module):
         through :meth:`replay`'s graph), the input edges (their direct part) and the angles'
         reduced messages (:meth:`replay`'s output, through ``x_ang = Lin_ea2(red)``); what
         autograd would do without the activations' and ``Lin_ea2``'s forward."""
-        alpha, b_self, b_ang = self.edge_coefficients(ge)
+        alpha, betas = self._update_coefficients(self.e_residual, 2, self.e_dim, ge)
+        b_self, b_ang = betas[0], betas[1]
         code, thr = self.act_code, self.act.threshold
         g_self = _ops.activation_grad(ge * b_self, x_self, code, thr)
         g_ang = _ops.activation_grad(ge * b_ang, x_ang, code, thr)
