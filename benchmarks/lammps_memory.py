@@ -1,8 +1,8 @@
 """LAMMPS peak memory per atom at growing water boxes: ``pair_style dpa3`` vs DeePMD-kit.
 
     .venv/bin/python benchmarks/lammps_memory.py [--grids 1x1x1 2x2x2 4x4x4 4x4x8] [--ranks 2]
-        [--cores 2] [--steps 1] [--warmup 0] [--deepmd-max-atoms 1536] [--memory-budget GIB]
-        [--output F]
+        [--cores 2] [--steps 1 [..]] [--warmup 0 [..]] [--deepmd-max-atoms 1536]
+        [--memory-budget GIB] [--output F]
 
 The float32 water recipe (6 layers, weights written by DeePMD-kit,
 ``tests/data/parity/water_recipe_f32/model.ckpt.pt``) on the 192-atom box of
@@ -10,11 +10,12 @@ The float32 water recipe (6 layers, weights written by DeePMD-kit,
 --ranks`` threads, NVT as in ``benchmarks/lammps_vs_deepmd.py`` (whose LAMMPS runner this uses:
 peak resident set of every rank by ``/usr/bin/time``, summed over the ranks; a guard stops a run
 before the machine runs out of memory). Each case runs ``--warmup`` untimed and ``--steps`` timed
-MD steps; the time per step is LAMMPS's loop time of the timed run (on a busy machine, compare
-sizes, not absolute times). dpa3 runs with the frozen model's default ``graph_budget_bytes`` (4
-GiB per process: above it, evaluation recomputes the layers block by block; see
-``docs/internals.md``, "Memory") unless ``--memory-budget`` is given; DeePMD-kit runs up to
-``--deepmd-max-atoms``. Writes a markdown report (default ``benchmarks/results_memory.md``).
+MD steps (one number for all grids, or one per grid); the time per step is LAMMPS's loop time of
+the timed run (on a busy machine, compare sizes, not absolute times). dpa3 runs with the frozen
+model's default ``graph_budget_bytes`` (4 GiB per process: above it, evaluation recomputes the
+layers block by block; see ``docs/internals.md``, "Memory") unless ``--memory-budget`` is given;
+DeePMD-kit runs up to ``--deepmd-max-atoms`` (0: not at all, and it need not be installed).
+Writes a markdown report (default ``benchmarks/results_memory.md``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,19 @@ def main() -> None:
     )
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="timed MD steps: one number for every grid, or one per grid (small boxes need "
+        "more steps for a stable time per step)",
+    )
     ap.add_argument(
         "--warmup",
         type=int,
-        default=0,
+        nargs="+",
+        default=[0],
         help="untimed MD steps before the timed run (time per step in steady "
         "state; the first steps include TorchScript's profiling runs)",
     )
@@ -75,27 +84,39 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "lammps_memory")
     ap.add_argument("--output", type=Path, default=HERE / "results_memory.md")
     args = ap.parse_args()
+    for name in ("steps", "warmup"):
+        per = getattr(args, name)
+        if len(per) not in (1, len(args.grids)):
+            ap.error(f"--{name}: one number, or one per grid ({len(args.grids)})")
+        setattr(args, name, per * len(args.grids) if len(per) == 1 else per)
 
     import dpa3.lammps
 
     ours = Path(sys.prefix)
     dp_venv = args.deepmd_venv.resolve()
-    dp_py = dp_venv / "bin" / "python"
-    dp_site = subprocess.run(
-        [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    sides = {
-        "dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3"),
-        "deepmd": Side(
+    # DeePMD-kit only where a box is at most --deepmd-max-atoms (0: dpa3 alone, no DeePMD-kit
+    # installation needed)
+    with_deepmd = any(192 * g[0] * g[1] * g[2] <= args.deepmd_max_atoms for g in args.grids)
+    sides = {"dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3")}
+    if with_deepmd:
+        dp_py = dp_venv / "bin" / "python"
+        if not dp_py.exists():
+            raise SystemExit(
+                f"{dp_py} missing: install DeePMD-kit (scripts/install_deepmd_lammps.sh) or "
+                "pass --deepmd-max-atoms 0"
+            )
+        dp_site = subprocess.run(
+            [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        sides["deepmd"] = Side(
             "DeePMD-kit",
             dp_venv,
             Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so",
             "deepmd",
-        ),
-    }
+        )
     if not Path(TCMALLOC).exists():
         raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     work = args.workdir.resolve()
@@ -104,18 +125,19 @@ def main() -> None:
     sh([ours / "bin" / "dpa3", "convert-deepmd", CKPT6, work / "dpa3.pt"])
     budget = [] if args.memory_budget is None else ["--memory-budget", str(args.memory_budget)]
     sh([ours / "bin" / "dpa3", "freeze", "-c", work / "dpa3.pt", "-o", models["dpa3"], *budget])
-    sh(
-        [dp_venv / "bin" / "dp", "--pt", "freeze", "-c", CKPT6, "-o", models["deepmd"]],
-        cwd=work,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    if with_deepmd:
+        sh(
+            [dp_venv / "bin" / "dp", "--pt", "freeze", "-c", CKPT6, "-o", models["deepmd"]],
+            cwd=work,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
 
     mem = meminfo()
     start = dt.datetime.now(dt.timezone.utc)
     load_start = loadavg()
     threads = max(1, args.cores // args.ranks)
     rows = []
-    for g in args.grids:
+    for g, steps, warmup in zip(args.grids, args.steps, args.warmup, strict=True):
         natoms = 192 * g[0] * g[1] * g[2]
         for key in ("dpa3", "deepmd"):
             if key == "deepmd" and natoms > args.deepmd_max_atoms:
@@ -128,8 +150,8 @@ def main() -> None:
                 reps=g,
                 ranks=args.ranks,
                 threads=threads,
-                warmup=args.warmup,
-                steps=args.steps,
+                warmup=warmup,
+                steps=steps,
                 timeout=args.timeout,
                 min_free=int(args.min_free_gb * GIB),
             )
@@ -169,8 +191,9 @@ def main() -> None:
         f"- Load average (1, 5, 15 min) at the start {load_start}, at the end {loadavg()}; "
         "other jobs shared the machine when the load is above ~2: times are then slow, memory "
         "is not affected.",
-        f"- {args.ranks} rank(s) x {threads} thread(s), {args.steps} timed MD step(s) after "
-        f"setup and {args.warmup} untimed step(s); "
+        f"- {args.ranks} rank(s) x {threads} thread(s), {'/'.join(map(str, args.steps))} timed "
+        f"MD step(s) (per grid) after setup and {'/'.join(map(str, args.warmup))} untimed "
+        "step(s); "
         "peak = sum over ranks of each rank's maximum resident set (libtorch, LAMMPS and the "
         "model included).",
         f'- dpa3 frozen with {budget_text} (docs/internals.md, "Memory").',
