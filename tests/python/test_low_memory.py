@@ -366,3 +366,42 @@ def _layer_args(p, n_ext, e, a, n=None):
     process: the neighbour rows are the local nodes)."""
     n = n_ext if n is None else n
     return (n, n_ext, e, a, p.center, p.nei, p.h2sw, p.sw, p.a_weight, p.is_a, p.a_eij, p.a_eik)
+
+
+@pytest.mark.parametrize("options", [{}, {"sequential_update": True}])
+def test_neighbour_products_computed_once_for_all_rows(options):
+    """A layer given ``proj = n_ext W_n`` (``RepFlowLayer.neighbour_matrix`` at its level, as the
+    low-memory path computes it once for all rows) gives the outputs and, with ``proj`` a leaf
+    whose gradient is taken to ``n_ext`` by ``W_n^T``, the gradients of its own products, at
+    levels 2, 1 and 0; ``W_n`` holds the edge self-update's columns only where that runs."""
+    model = make_model(seed=5, nlayers=3, **options)
+    desc = model.descriptor
+    ext, ext_t, nlist, mapping, _ = _lower(model, alloy_frame())
+    p = desc.prepare(ext, ext_t, nlist, mapping, None)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        n, e, a = desc.layers[0](*_layer_args(p, *desc.initial_features(p)), True, 2)
+    layer = desc.layers[1]
+    for level in (2, 1, 0):
+        w_n = layer.neighbour_matrix(level)
+        with_self = level > 0 or layer.sequential
+        assert w_n.shape == (layer.n_dim, layer.e_dim * with_self + layer.n_dim * layer.n_heads)
+        leaves = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
+        outs = layer(*_layer_args(p, *leaves[1:], n=leaves[0]), True, level)
+        gouts = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+        want = torch.autograd.grad(outs, leaves[:3], gouts, allow_unused=True)
+        nl, xl, el, al = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
+        proj = torch.matmul(xl.detach(), w_n.detach()).requires_grad_(True)
+        got_outs = layer(*_layer_args(p, xl, el, al, n=nl), True, level, None, proj)
+        for o, g in zip(outs, got_outs, strict=True):
+            assert torch.allclose(o, g, atol=1e-12, rtol=0), (options, level)
+        g_n, g_x, g_e, g_p = torch.autograd.grad(
+            got_outs, [nl, xl, el, proj], gouts, allow_unused=True
+        )
+        g_x = (torch.zeros_like(xl) if g_x is None else g_x) + torch.matmul(g_p, w_n.t())
+        for name, w, g in zip("n n_ext e".split(), want, (g_n, g_x, g_e), strict=True):
+            if w is None:
+                assert g is None or not g.any(), (options, level, name)
+                continue
+            err = (g - w).abs().max().item()
+            assert err < 1e-10 * max(w.abs().max().item(), 1.0), (options, level, name, err)

@@ -108,6 +108,8 @@ class LowMemoryPass:
                 es.append(e)
                 as_.append(None if i == 1 and drop_a1 else a)
             n_ext = ghost_features(n, p.nall, comm_dict)
+            # the neighbours' products once for all rows (the blocks share most of them)
+            proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
             n_new = torch.empty_like(n)
             e_new: list[torch.Tensor] = []
             a_new: list[torch.Tensor] = []
@@ -128,6 +130,7 @@ class LowMemoryPass:
                     p.fused,
                     level,
                     pre,
+                    rows_of(proj, c.rows),
                 )
                 n_new[c.c0 : c.c1] = n2
                 e_new.append(e2)
@@ -204,10 +207,11 @@ class LowMemoryPass:
         p: Prepared,
         c: Chunk,
         x_ang: Optional[torch.Tensor],  # noqa: UP045
+        proj: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``target`` on the block ``c`` with a graph: ``(n, e, a, e)`` of its forward, or
         ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where ``x_ang`` (kept) is
-        given."""
+        given; ``proj``: the block's rows of ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
         out = (n, e, a, e)
         for i, layer in enumerate(self.layers):
             if i == target:
@@ -227,6 +231,8 @@ class LowMemoryPass:
                         c.a_eik,
                         p.fused,
                         self._level(i),
+                        None,
+                        proj,
                     )
                     out = (n2, e2, a2, e2)
                 else:
@@ -244,7 +250,16 @@ class LowMemoryPass:
                         c.a_eik,
                         self._level(i),
                         x_ang,
+                        proj,
                     )
+        return out
+
+    def _neighbour_matrix(self, target: int) -> torch.Tensor:
+        """Layer ``target``'s :meth:`RepFlowLayer.neighbour_matrix` at its level (no graph)."""
+        out = torch.zeros(0)
+        for i, layer in enumerate(self.layers):
+            if i == target:
+                out = layer.neighbour_matrix(self._level(i)).detach()
         return out
 
     def coord_grad(
@@ -303,6 +318,11 @@ class LowMemoryPass:
             n_ext = ghost_features(n, p.nall, comm_dict)
             n_ext_d = n_ext.detach()
             g_ext = torch.zeros_like(n_ext)
+            # the neighbours' products for all rows; their gradient summed over the blocks and
+            # taken to n_ext once below
+            w_nei = self._neighbour_matrix(target)
+            proj = torch.matmul(n_ext_d, w_nei)
+            g_proj = torch.zeros_like(proj)
             g_n = torch.zeros_like(n)
             ge_new = BlockGrads()
             ga_new = BlockGrads()
@@ -322,10 +342,11 @@ class LowMemoryPass:
                 sc = p.sw[c.e0 : c.e1].detach().requires_grad_(True)
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
                 xc = rows_of(n_ext_d, c.rows).requires_grad_(True)
+                pc = rows_of(proj, c.rows).requires_grad_(True)
                 x_ang: Optional[torch.Tensor] = None  # noqa: UP045
                 if pre is not None:
                     x_ang = pre[j]
-                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang)
+                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang, pc)
                 outs: list[torch.Tensor] = [n2]
                 gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
                 if ge is not None and x_ang is not None:
@@ -346,7 +367,7 @@ class LowMemoryPass:
                     outs.append(a2)
                     gouts.append(ga[j])
                 grads = torch.autograd.grad(
-                    outs, [nc, xc, e_leaf, a_leaf, hc, sc, wc], gouts, allow_unused=True
+                    outs, [nc, xc, e_leaf, a_leaf, hc, sc, wc, pc], gouts, allow_unused=True
                 )
                 # this block's kept inputs and incoming gradients are read: let them go
                 e[j] = nothing
@@ -365,6 +386,8 @@ class LowMemoryPass:
                     add_to(gh, c.e0, grads[4])
                     add_to(gs, c.e0, grads[5])
                     add_to(gw, c.a0, grads[6])
+                    add_rows(g_proj, c.rows, grads[7])
+            g_ext = g_ext + torch.matmul(g_proj, w_nei.t())
             g_back: list[Optional[torch.Tensor]] = [g_ext]  # noqa: UP045
             g_home = torch.autograd.grad([n_ext], [n], g_back, allow_unused=True)[0]
             if g_home is not None:

@@ -20,6 +20,7 @@ from .. import _ops
 from ..config.model import RepflowConfig
 from .graph import Rows, edge_sum, gather, scatter, weighted_scatter
 from .network import Activation, Linear
+from .replay import LayerReplay
 
 
 def _residual_param(
@@ -33,8 +34,9 @@ def _residual_param(
     return nn.Parameter(init.to(dtype))
 
 
-class RepFlowLayer(nn.Module):
-    """Node, edge and angle updates of one message-passing layer."""
+class RepFlowLayer(LayerReplay, nn.Module):
+    """Node, edge and angle updates of one message-passing layer (its low-memory second pass:
+    :class:`~.replay.LayerReplay`)."""
 
     def __init__(
         self,
@@ -122,12 +124,14 @@ class RepFlowLayer(nn.Module):
         e: torch.Tensor,
         center: Rows,
         nei: Rows,
+        xn: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[n_i, n_j, e_ij] W + b`` with ``W`` rows ordered ``n_i, n_j, e_ij``."""
+        """``[n_i, n_j, e_ij] W + b`` with ``W`` rows ordered ``n_i, n_j, e_ij``; ``xn``: the
+        rows of ``n_ext W_j`` if already computed (:meth:`neighbour_matrix`)."""
         dn = self.n_dim
         return edge_sum(
             torch.matmul(n, w[:dn]),
-            torch.matmul(n_ext, w[dn : 2 * dn]),
+            torch.matmul(n_ext, w[dn : 2 * dn]) if xn is None else xn,
             torch.matmul(e, w[2 * dn :]),
             b,
             center,
@@ -350,6 +354,7 @@ class RepFlowLayer(nn.Module):
         h2sw: torch.Tensor,
         sw: torch.Tensor,
         fused: bool = False,
+        xn: torch.Tensor | None = None,
     ) -> torch.Tensor:
         nnode = n.shape[0]
         u_self = self._act(self.node_self_mlp(n), fused)
@@ -359,7 +364,14 @@ class RepFlowLayer(nn.Module):
         u_sym = self._act(self.node_sym_linear(sym_in), fused)
         q = self._act(
             self._pair_linear(
-                self.node_edge_linear.matrix, self.node_edge_linear.bias, n, n_ext, e, center, nei
+                self.node_edge_linear.matrix,
+                self.node_edge_linear.bias,
+                n,
+                n_ext,
+                e,
+                center,
+                nei,
+                xn,
             ),
             fused,
         )
@@ -368,93 +380,6 @@ class RepFlowLayer(nn.Module):
         for h in range(self.n_heads):
             updates.append(msg[:, h * self.n_dim : (h + 1) * self.n_dim])
         return self._combine(n, updates, self.n_residual)
-
-    def angle_update(
-        self,
-        n: torch.Tensor,
-        e: torch.Tensor,
-        a: torch.Tensor,
-        center: Rows,
-        a_eij: Rows,
-        a_eik: Rows,
-        a_weight: torch.Tensor,
-    ) -> torch.Tensor:
-        """Only the updated angles ``[A, a_dim]`` of :meth:`forward` at level 2 on the fused,
-        parallel-update path (its angle-update columns alone, the same function up to
-        rounding): the low-memory path recomputes layer 1's input with it."""
-        lin_a = self.angle_self_linear
-        assert lin_a is not None
-        ba = lin_a.bias
-        assert ba is not None
-        nc, ec = self._compressed(n, e)
-        _, a_new = self._angle_fused(lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight)
-        return a_new
-
-    # ----------------------------------------------------------- low-memory path
-    def keeps_preactivations(self, level: int, fused: bool) -> bool:
-        """Whether :meth:`forward` at ``level`` can keep the pre-activation of its edge update's
-        angle term (``keep``) and the low-memory path's second pass use it (:meth:`replay`,
-        :meth:`edge_tail_grad`): the fused, parallel-update layer that updates its edges."""
-        return fused and self.update_angle and not self.sequential and level >= 1
-
-    def edge_tail_grad(
-        self, ge: torch.Tensor, x_self: torch.Tensor, x_ang: torch.Tensor, is_a: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The backward pass of the edge update ``e_new = alpha e + b_self act(x_self) + b_ang
-        act(x_ang)`` from its pre-activations: the gradient ``ge [E, e_dim]`` of ``e_new`` taken
-        to ``(x_self, e, red)``, the edge self-update's pre-activation (autograd takes it on
-        through :meth:`replay`'s graph), the input edges (their direct part) and the angles'
-        reduced messages (:meth:`replay`'s output, through ``x_ang = Lin_ea2(red)``); what
-        autograd would do without the activations' and ``Lin_ea2``'s forward."""
-        alpha, betas = self._update_coefficients(self.e_residual, 2, self.e_dim, ge)
-        b_self, b_ang = betas[0], betas[1]
-        code, thr = self.act_code, self.act.threshold
-        g_self = _ops.activation_grad(ge * b_self, x_self, code, thr)
-        g_ang = _ops.activation_grad(ge * b_ang, x_ang, code, thr)
-        lin2 = self.edge_angle_linear2
-        assert lin2 is not None
-        g_red = torch.matmul(g_ang, lin2.matrix.t())
-        g_e = ge * alpha
-        if not self.smooth_edge_update:
-            mask = is_a.unsqueeze(-1)
-            g_e = g_e + torch.where(mask, torch.zeros_like(g_red), g_red)
-            g_red = torch.where(mask, g_red, torch.zeros_like(g_red))
-        return g_self, g_e, g_red
-
-    def replay(
-        self,
-        n: torch.Tensor,
-        n_ext: torch.Tensor,
-        e: torch.Tensor,
-        a: torch.Tensor,
-        center: Rows,
-        nei: Rows,
-        h2sw: torch.Tensor,
-        sw: torch.Tensor,
-        a_weight: torch.Tensor,
-        a_eij: Rows,
-        a_eik: Rows,
-        level: int,
-        x_ang: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The low-memory path's second pass of :meth:`forward` (``level`` >= 1,
-        :meth:`keeps_preactivations`) from the kept ``x_ang [E, e_dim]``: ``(n_new, red, a_new,
-        x_self)`` with their graph, where ``red [E, e_dim]`` stands for the angles' reduced
-        messages (values not computed: ``x_ang`` is returned in their place), ``a_new`` holds
-        no values either and ``x_self`` is the edge self-update's pre-activation.  The rest of
-        the edge update is not run: :meth:`edge_tail_grad` takes its gradient to ``x_self``,
-        ``e`` and ``red``."""
-        x_self = self._pair_linear(
-            self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
-        )
-        n_j = gather(n_ext, nei)
-        nc, ec = self._compressed(n, e)
-        w, b = self._angle_weights(level == 2)
-        red, a_out = self._angle_fused(
-            w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, x_ang
-        )
-        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, True)
-        return n_new, red, a_out, x_self
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -474,6 +399,7 @@ class RepFlowLayer(nn.Module):
         fused: bool = False,
         level: int = 2,
         keep: list[torch.Tensor] | None = None,
+        proj: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
@@ -489,18 +415,27 @@ class RepFlowLayer(nn.Module):
         update order allows it (the parallel update: ``sequential_update`` computes all).
         ``keep`` (only where :meth:`keeps_preactivations`): the pre-activation of the edge
         update's angle term, ``x_ang = Lin_ea2(red) [E, e_dim]``, is appended to it (the
-        low-memory path's first pass).
+        low-memory path's first pass).  ``proj``: the rows of ``n_ext W_n``
+        (:meth:`neighbour_matrix` at ``level``), where the caller computed them for all rows.
         """
+        p_self, p_node = self._proj_parts(proj)
         n_j = gather(n_ext, nei)
         if level == 0 and not self.sequential:
-            return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused), e, a
+            return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node), e, a
         x_self = self._pair_linear(
-            self.edge_self_linear.matrix, self.edge_self_linear.bias, n, n_ext, e, center, nei
+            self.edge_self_linear.matrix,
+            self.edge_self_linear.bias,
+            n,
+            n_ext,
+            e,
+            center,
+            nei,
+            p_self,
         )
         v_self = self._act(x_self, fused)
         if not self.update_angle:
             e_new = self._combine(e, [v_self], self.e_residual)
-            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
+            n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node)
             return n_new, e_new, a
         if self.sequential:
             er = self.e_residual
@@ -537,7 +472,7 @@ class RepFlowLayer(nn.Module):
                 p = self._angle_one(lin1.matrix, b1, a_new, nc, ec, center, a_eij, a_eik)
                 v_ang = self._reduce_to_edges(p, e1, a_weight, is_a, a_eij)
             e_new = e1 + er[1] * v_ang
-            n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw, fused)
+            n_new = self._node_update(n, n_ext, n_j, e_new, center, nei, h2sw, sw, fused, p_node)
             return n_new, e_new, a_new
         nc, ec = self._compressed(n, e)
         # level 1: the edge messages of the angles only, no angle update
@@ -560,6 +495,6 @@ class RepFlowLayer(nn.Module):
             p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
             v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
             a_new = self._combine(a, [w_ang], self.a_residual)
-        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused)
+        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node)
         e_new = self._combine(e, [v_self, v_ang], self.e_residual)
         return n_new, e_new, a_new
