@@ -182,7 +182,7 @@ def main() -> None:
         f"Measured {start:%Y-%m-%d %H:%M} - {end:%H:%M} UTC by",
         "",
         "```bash",
-        "bash scripts/install_deepmd_lammps.sh   # once",
+        *(["bash scripts/install_deepmd_lammps.sh   # once"] if with_deepmd else []),
         ".venv/bin/python benchmarks/lammps_memory.py " + " ".join(sys.argv[1:]),
         "```",
         "",
