@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from lammps_report import CKPT6, GIB, ROOT, cpu_model, loadavg, meminfo
-from lammps_runs import TCMALLOC, Side, run_lammps
+from lammps_runs import TCMALLOC, Side, deepmd_side, run_lammps
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,24 +99,7 @@ def main() -> None:
     with_deepmd = any(192 * g[0] * g[1] * g[2] <= args.deepmd_max_atoms for g in args.grids)
     sides = {"dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3")}
     if with_deepmd:
-        dp_py = dp_venv / "bin" / "python"
-        if not dp_py.exists():
-            raise SystemExit(
-                f"{dp_py} missing: install DeePMD-kit (scripts/install_deepmd_lammps.sh) or "
-                "pass --deepmd-max-atoms 0"
-            )
-        dp_site = subprocess.run(
-            [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        sides["deepmd"] = Side(
-            "DeePMD-kit",
-            dp_venv,
-            Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so",
-            "deepmd",
-        )
+        sides["deepmd"] = deepmd_side(dp_venv)
     if not Path(TCMALLOC).exists():
         raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     work = args.workdir.resolve()

@@ -94,6 +94,27 @@ class Side:
         return self.venv / "bin" / "mpirun"
 
 
+def deepmd_side(venv: Path) -> Side:
+    """DeePMD-kit's side of a comparison: its venv (``scripts/install_deepmd_lammps.sh``) and the
+    LAMMPS plugin in it; exits with what to run where either is missing."""
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(
+            f"{venv} missing: run `bash scripts/install_deepmd_lammps.sh` (lammps_memory.py: or "
+            "pass --deepmd-max-atoms 0)"
+        )
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    plugin = Path(site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so"
+    if not plugin.exists():
+        raise SystemExit(f"DeePMD-kit's LAMMPS plugin missing: {plugin}")
+    return Side("DeePMD-kit", venv, plugin, "deepmd")
+
+
 def run_env(threads: int) -> tuple[dict[str, str], dict[str, str]]:
     """Environment of a timed run (LAMMPS or ASE): the full one, and the variables set."""
     env = dict(os.environ)

@@ -77,6 +77,7 @@ from lammps_report import (
 from lammps_runs import (
     TCMALLOC,
     Side,
+    deepmd_side,
     dpa3_flops,
     mm_gflops,
     run_ase,
@@ -187,23 +188,15 @@ def main() -> None:
 
     ours_venv = Path(sys.prefix)
     dp_venv = args.deepmd_venv.resolve()
-    dp_py = dp_venv / "bin" / "python"
-    if not dp_py.exists():
-        raise SystemExit(f"{dp_venv} missing: run `bash scripts/install_deepmd_lammps.sh`")
-    dp_site = subprocess.run(
-        [dp_py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    dp_plugin = Path(dp_site) / "deepmd" / "lib" / "libdeepmd_lmpplugin.so"
     our_plugin = dpa3.lammps.plugin_path()
-    if our_plugin is None or not dp_plugin.exists():
-        raise SystemExit(f"plugin missing: dpa3 {our_plugin}, DeePMD-kit {dp_plugin}")
+    if our_plugin is None:
+        raise SystemExit("dpa3's LAMMPS plugin missing (bash scripts/setup.sh)")
     sides = {
         "dpa3": Side("dpa3", ours_venv, our_plugin, "dpa3"),
-        "deepmd": Side("DeePMD-kit", dp_venv, dp_plugin, "deepmd"),
+        "deepmd": deepmd_side(dp_venv),
     }
+    dp_py = dp_venv / "bin" / "python"
+    dp_plugin = sides["deepmd"].plugin
     if not Path(TCMALLOC).exists():
         raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     do_ase = not args.no_ase and 1 in args.ranks

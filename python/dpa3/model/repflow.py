@@ -138,6 +138,19 @@ class RepFlowLayer(LayerReplay, nn.Module):
             nei,
         )
 
+    def _self_preactivation(
+        self,
+        n: torch.Tensor,
+        n_ext: torch.Tensor,
+        e: torch.Tensor,
+        center: Rows,
+        nei: Rows,
+        xn: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The edge self-update's pre-activation ``x_self = [n_i, n_j, e_ij] W + b [E, e_dim]``."""
+        lin = self.edge_self_linear
+        return self._pair_linear(lin.matrix, lin.bias, n, n_ext, e, center, nei, xn)
+
     def _sym(self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int) -> torch.Tensor:
         """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (docs/dpa3-spec.md §2.4)."""
         d = g.shape[1]
@@ -422,16 +435,7 @@ class RepFlowLayer(LayerReplay, nn.Module):
         n_j = gather(n_ext, nei)
         if level == 0 and not self.sequential:
             return self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node), e, a
-        x_self = self._pair_linear(
-            self.edge_self_linear.matrix,
-            self.edge_self_linear.bias,
-            n,
-            n_ext,
-            e,
-            center,
-            nei,
-            p_self,
-        )
+        x_self = self._self_preactivation(n, n_ext, e, center, nei, p_self)
         v_self = self._act(x_self, fused)
         if not self.update_angle:
             e_new = self._combine(e, [v_self], self.e_residual)

@@ -118,16 +118,7 @@ class LayerReplay:
         the edge update is not run: :meth:`edge_tail_grad` takes its gradient to ``x_self``,
         ``e`` and ``red``; ``proj`` as in :meth:`forward`."""
         p_self, p_node = self._proj_parts(proj)
-        x_self = self._pair_linear(
-            self.edge_self_linear.matrix,
-            self.edge_self_linear.bias,
-            n,
-            n_ext,
-            e,
-            center,
-            nei,
-            p_self,
-        )
+        x_self = self._self_preactivation(n, n_ext, e, center, nei, p_self)
         n_j = gather(n_ext, nei)
         nc, ec = self._compressed(n, e)
         w, b = self._angle_weights(level == 2)
