@@ -295,7 +295,7 @@ def test_kept_preactivations_and_recomputed_layer1_angles():
         return out, keep[0]
 
     with torch.no_grad():
-        ns, es, as_, pres, _ = desc.stack_inputs(p, chunks, None)
+        ns, es, as_, pres = desc.stack_inputs(p, chunks, None)
         n0, e0, a0 = desc.initial_features(p)
         (ref_n1, ref_e1, ref_a1), x0 = whole(0, n0, e0, a0, 2)
         _, x2 = whole(2, ns[1], torch.cat(es[1]), torch.cat(as_[1]), 1)
@@ -405,3 +405,47 @@ def test_neighbour_products_computed_once_for_all_rows(options):
                 continue
             err = (g - w).abs().max().item()
             assert err < 1e-10 * max(w.abs().max().item(), 1.0), (options, level, name, err)
+
+
+def test_last_layer_runs_once_with_the_fitting_net_block_by_block(monkeypatch):
+    """The last layer runs once, block by block with its graph (not in the first pass, not
+    again), the fitting net on each block's rows; a virtual atom (type -1) has energy 0, and
+    everything equals the standard path."""
+    from dpa3.model.network import FittingNet
+    from dpa3.model.repflow import RepFlowLayer
+
+    model = make_model(seed=7, nlayers=3)
+    desc = model.descriptor
+    desc.chunk_angles = 400  # several blocks
+    coord, atype, box = alloy_frame()
+    atype = atype.copy()
+    atype[3] = -1
+    args = (torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None])
+    model.graph_budget_bytes = 1 << 60
+    std = model(*args)
+    last = desc.layers[-1]
+    runs: list[bool] = []  # grad mode of the last layer's calls
+    rows: list[int] = []  # rows of the fitting net's calls
+    forward, energies = RepFlowLayer.forward, FittingNet.atom_energies
+
+    def spy_forward(layer, *a, **k):
+        if layer is last:
+            runs.append(torch.is_grad_enabled())
+        return forward(layer, *a, **k)
+
+    def spy_energies(net, d):
+        rows.append(d.shape[0])
+        return energies(net, d)
+
+    monkeypatch.setattr(RepFlowLayer, "forward", spy_forward)
+    monkeypatch.setattr(FittingNet, "atom_energies", spy_energies)
+    model.graph_budget_bytes = 0
+    low = model(*args)
+    ext, ext_t, nlist, mapping, _ = _lower(model, (coord, atype, box))
+    nblocks = len(desc.chunks(desc.prepare(ext, ext_t, nlist, mapping, None)))
+    assert nblocks > 1
+    assert runs == [True] * nblocks
+    assert len(rows) == nblocks and sum(rows) == len(atype)
+    assert low["atom_energy"][0, 3].item() == 0.0
+    for k in (*KEYS, "atom_energy"):
+        assert (low[k] - std[k]).abs().max().item() < 1e-12, k

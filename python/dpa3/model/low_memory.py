@@ -1,9 +1,10 @@
 """The low-memory evaluation path of the descriptor (``docs/internals.md``, "Memory").
 
-The layers run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping what the
-backward pass needs; the backward pass (:meth:`LowMemoryPass.coord_grad`) then runs each layer
-again with a graph, last first, block of centres by block (:meth:`LowMemoryPass.chunks`), and
-differentiates it at once, so only one block's graph exists at any time.
+The layers but the last run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping
+what the backward pass needs; :meth:`LowMemoryPass.coord_grad` then runs the last layer with the
+fitting net and each layer below again, all with a graph, last first, block of centres by block
+(:meth:`LowMemoryPass.chunks`), and differentiates each block at once, so only one block's graph
+exists at any time.  The last layer runs once: the fitting net reads only its block's rows.
 
 Where a layer keeps the pre-activation of its edge update's angle term (``x_ang [E, e_dim]``,
 :meth:`RepFlowLayer.keeps_preactivations`), its second run skips the angle kernel's forward,
@@ -25,6 +26,15 @@ from .blocks import BlockGrads, add_rows, add_to, rows_of
 from .exchange import ghost_features
 from .graph import Rows, make_rows
 from .prepared import Chunk, Prepared
+
+
+@torch.jit.interface
+class AtomFitting(torch.nn.Module):
+    """What the low-memory path calls of the fitting net (``FittingNet.atom_energies``)."""
+
+    def atom_energies(self, d: torch.Tensor) -> torch.Tensor:
+        """Atomic network energies ``[m]`` float64 of descriptor rows ``d [m, dim_out]``."""
+        pass  # noqa: PIE790 (TorchScript's interface declarations need it)
 
 
 class LowMemoryPass:
@@ -73,18 +83,17 @@ class LowMemoryPass:
         list[list[torch.Tensor]],
         list[Optional[list[torch.Tensor]]],  # noqa: UP045
         list[Optional[list[torch.Tensor]]],  # noqa: UP045
-        torch.Tensor,
     ]:
-        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
+        """Run the layers but the last (call it under ``torch.no_grad()``), keeping what the
+        backward needs (:meth:`coord_grad` runs the last layer once, with its graph).
 
-        Returns ``(ns, es, as_, pres, n_last)``: the inputs ``n [Nn, n_dim]`` of layers
+        Returns ``(ns, es, as_, pres)``: the inputs ``n [Nn, n_dim]`` of layers
         ``1 .. L-1``; their ``e`` and ``a`` block by block (one tensor ``[E_c, e_dim]`` /
         ``[A_c, a_dim]`` per block of ``chunks``, as the blocks computed them: no copy into a
         whole tensor; layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too where
         :meth:`_recomputes_a1`: None in its place); per layer ``0 .. L-1`` the pre-activation
         of its edge update's angle term ``x_ang [E_c, e_dim]`` block by block, where
-        ``RepFlowLayer.keeps_preactivations`` (else None); and the last node features ``[Nn,
-        n_dim]``.
+        ``RepFlowLayer.keeps_preactivations`` (else None; the last layer keeps none).
         A layer returns the outputs the next one does not read unchanged, so the lists share
         those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
         :meth:`chunks`) after one exchange.
@@ -107,36 +116,37 @@ class LowMemoryPass:
                 ns.append(n)
                 es.append(e)
                 as_.append(None if i == 1 and drop_a1 else a)
-            n_ext = ghost_features(n, p.nall, comm_dict)
-            # the neighbours' products once for all rows (the blocks share most of them)
-            proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
-            n_new = torch.empty_like(n)
-            e_new: list[torch.Tensor] = []
-            a_new: list[torch.Tensor] = []
-            for k, c in enumerate(chunks):
-                n2, e2, a2 = layer(
-                    n[c.c0 : c.c1],
-                    rows_of(n_ext, c.rows),
-                    e[k],
-                    a[k],
-                    c.center,
-                    c.nei,
-                    p.h2sw[c.e0 : c.e1],
-                    p.sw[c.e0 : c.e1],
-                    p.a_weight[c.a0 : c.a1],
-                    p.is_a[c.e0 : c.e1],
-                    c.a_eij,
-                    c.a_eik,
-                    p.fused,
-                    level,
-                    pre,
-                    rows_of(proj, c.rows),
-                )
-                n_new[c.c0 : c.c1] = n2
-                e_new.append(e2)
-                a_new.append(a2)
-            n, e, a = n_new, e_new, a_new
-        return ns, es, as_, pres, n
+            if i < len(self.layers) - 1:  # the last layer runs in coord_grad
+                n_ext = ghost_features(n, p.nall, comm_dict)
+                # the neighbours' products once for all rows (the blocks share most of them)
+                proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
+                n_new = torch.empty_like(n)
+                e_new: list[torch.Tensor] = []
+                a_new: list[torch.Tensor] = []
+                for k, c in enumerate(chunks):
+                    n2, e2, a2 = layer(
+                        n[c.c0 : c.c1],
+                        rows_of(n_ext, c.rows),
+                        e[k],
+                        a[k],
+                        c.center,
+                        c.nei,
+                        p.h2sw[c.e0 : c.e1],
+                        p.sw[c.e0 : c.e1],
+                        p.a_weight[c.a0 : c.a1],
+                        p.is_a[c.e0 : c.e1],
+                        c.a_eij,
+                        c.a_eik,
+                        p.fused,
+                        level,
+                        pre,
+                        rows_of(proj, c.rows),
+                    )
+                    n_new[c.c0 : c.c1] = n2
+                    e_new.append(e2)
+                    a_new.append(a2)
+                n, e, a = n_new, e_new, a_new
+        return ns, es, as_, pres
 
     def chunks(self, p: Prepared) -> list[Chunk]:
         """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
@@ -271,15 +281,20 @@ class LowMemoryPass:
         es: list[list[torch.Tensor]],
         as_: list[Optional[list[torch.Tensor]]],  # noqa: UP045
         pres: list[Optional[list[torch.Tensor]]],  # noqa: UP045
-        gn: torch.Tensor,
+        fitting: AtomFitting,
+        real: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
         retain_graph: bool = False,
-    ) -> Optional[torch.Tensor]:  # noqa: UP045
-        """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP045
+        """The fitting net's atomic energies ``E_i`` and ``sum_i dE_i / d coord``: the last
+        layer and the backward pass through the layers, one at a time.
 
-        Each layer is run again with a graph from its kept inputs (:meth:`stack_inputs`,
-        emptied here as the pass goes down) and differentiated at once, block of centres by
-        block (:meth:`chunks`), so only one block's graph exists at any time.  A layer that
+        The last layer (its inputs from :meth:`stack_inputs`) runs once, block of centres by
+        block (:meth:`chunks`), with its graph and the ``fitting`` net on the block's
+        descriptor rows (``real [Nn]`` bool: False for virtual atoms, whose energy is 0), and is
+        differentiated at once.  Each layer below is run again with a graph from its kept
+        inputs (:meth:`stack_inputs`, emptied here as the pass goes down) and differentiated at
+        once, block by block, so only one block's graph exists at any time.  A layer that
         kept ``x_ang`` runs :meth:`RepFlowLayer.replay` instead of its forward, and its edge
         update's gradient is taken by hand (:meth:`RepFlowLayer.edge_tail_grad`) to the
         self-update's pre-activation, the input edges and the angles' messages, from where
@@ -287,11 +302,12 @@ class LowMemoryPass:
         once, outside the blocks; the gradient of the ghost features is summed over the blocks
         and sent home through its backward.  The geometric factors' gradients are summed over
         the layers and taken back to ``coord`` (the tensor ``p`` was prepared from) through the
-        graph of :meth:`prepare`, with those of layer 0's inputs.  ``gn [Nn, n_dim]`` is the
-        gradient of the output with respect to the last node features.  ``retain_graph``
-        keeps the graph of :meth:`prepare` (and of the geometric factors, which a committee
-        shares: ``EnergyModel.forward_prepared``).  Returns ``[nf, nall, 3]`` or None.
+        graph of :meth:`prepare`, with those of layer 0's inputs.  ``retain_graph`` keeps the
+        graph of :meth:`prepare` (and of the geometric factors, which a committee shares:
+        ``EnergyModel.forward_prepared``).  Returns ``(E [Nn] float64, [nf, nall, 3] or None)``.
         """
+        e_net = torch.zeros(real.shape[0], dtype=torch.float64, device=real.device)
+        gn = p.sw.new_empty(0)  # the gradient of a layer's node output (none for the last)
         gh = torch.zeros_like(p.h2sw)
         gs = torch.zeros_like(p.sw)
         gw = torch.zeros_like(p.a_weight)
@@ -347,8 +363,17 @@ class LowMemoryPass:
                 if pre is not None:
                     x_ang = pre[j]
                 n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang, pc)
-                outs: list[torch.Tensor] = [n2]
-                gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
+                outs: list[torch.Tensor] = []
+                gouts: list[Optional[torch.Tensor]] = []  # noqa: UP045
+                if k == 0:  # the last layer: the fitting net on the block's rows
+                    e_blk = fitting.atom_energies(self.output_rows(n2, p.tebd[c.c0 : c.c1]))
+                    e_blk = torch.where(real[c.c0 : c.c1], e_blk, torch.zeros_like(e_blk))
+                    e_net[c.c0 : c.c1] = e_blk.detach()
+                    outs.append(e_blk.sum())
+                    gouts.append(None)
+                else:
+                    outs.append(n2)
+                    gouts.append(gn[c.c0 : c.c1])
                 if ge is not None and x_ang is not None:
                     # e2 stands for the angles' messages, xs2 is x_self: the edge update by hand
                     g_self, t_e, t_red = self._tail_grad(
@@ -404,6 +429,7 @@ class LowMemoryPass:
         if ga is not None:
             outs0.append(p.cos)
             gouts0.append(torch.cat(ga))
-        return torch.autograd.grad(
+        grad = torch.autograd.grad(
             outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
         )[0]
+        return e_net, grad
