@@ -7,10 +7,10 @@ fitting net and each layer below again, all with a graph, last first, block of c
 exists at any time.  The last layer runs once: the fitting net reads only its block's rows.
 
 Where a layer keeps the pre-activation of its edge update's angle term (``x_ang [E, e_dim]``,
-:meth:`RepFlowLayer.keeps_preactivations`), its second run skips the angle kernel's forward,
-``Lin_ea2``, the edge update's activations and residual sum (:meth:`RepFlowLayer.replay`): the
-edge update's gradient is taken by hand from the pre-activations
-(:meth:`RepFlowLayer.edge_tail_grad`).
+:meth:`RepFlowLayer.keeps_preactivations`) and its node update's outer sums (``[N, 3, d]``),
+its second run skips the angle kernel's forward, the outer sums, ``Lin_ea2``, the edge
+update's activations and residual sum (:meth:`RepFlowLayer.replay`): the edge update's
+gradient is taken by hand from the pre-activations (:meth:`RepFlowLayer.edge_tail_grad`).
 
 :class:`LowMemoryPass` is a base of :class:`~dpa3.model.descriptor.DescrptDPA3` and reads its
 ``layers``, ``act``, ``chunk_angles`` and embedding methods.
@@ -92,7 +92,8 @@ class LowMemoryPass:
         ``[A_c, a_dim]`` per block of ``chunks``, as the blocks computed them: no copy into a
         whole tensor; layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too where
         :meth:`_recomputes_a1`: None in its place); per layer ``0 .. L-1`` the pre-activation
-        of its edge update's angle term ``x_ang [E_c, e_dim]`` block by block, where
+        of its edge update's angle term ``x_ang [E_c, e_dim]`` and its node update's outer sums
+        ``T_e [N_c, 3, e_dim]``, ``T_n [N_c, 3, n_dim]``, block after block, where
         ``RepFlowLayer.keeps_preactivations`` (else None; the last layer keeps none).
         A layer returns the outputs the next one does not read unchanged, so the lists share
         those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
@@ -216,16 +217,17 @@ class LowMemoryPass:
         a_weight: torch.Tensor,
         p: Prepared,
         c: Chunk,
-        x_ang: Optional[torch.Tensor],  # noqa: UP045
+        kept: Optional[list[torch.Tensor]],  # noqa: UP045
         proj: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``target`` on the block ``c`` with a graph: ``(n, e, a, e)`` of its forward, or
-        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where ``x_ang`` (kept) is
-        given; ``proj``: the block's rows of ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
+        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where what the first pass
+        kept of the block is given (``[x_ang, T_e, T_n]``); ``proj``: the block's rows of
+        ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
         out = (n, e, a, e)
         for i, layer in enumerate(self.layers):
             if i == target:
-                if x_ang is None:
+                if kept is None:
                     n2, e2, a2 = layer(
                         n,
                         x,
@@ -259,7 +261,7 @@ class LowMemoryPass:
                         c.a_eij,
                         c.a_eik,
                         self._level(i),
-                        x_ang,
+                        kept,
                         proj,
                     )
         return out
@@ -319,6 +321,7 @@ class LowMemoryPass:
         for k in range(nlayers):
             target = nlayers - 1 - k
             pre = pres.pop()
+            per_block = 0 if pre is None else len(pre) // len(chunks)
             if target == 0:  # inputs from the scalar ones block by block, below
                 n = self.act(p.tebd).detach()
                 e = [nothing for _ in chunks]
@@ -359,10 +362,12 @@ class LowMemoryPass:
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
                 xc = rows_of(n_ext_d, c.rows).requires_grad_(True)
                 pc = rows_of(proj, c.rows).requires_grad_(True)
+                kept: Optional[list[torch.Tensor]] = None  # noqa: UP045
                 x_ang: Optional[torch.Tensor] = None  # noqa: UP045
-                if pre is not None:
-                    x_ang = pre[j]
-                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang, pc)
+                if pre is not None:  # [x_ang, T_e, T_n] of each block (RepFlowLayer.forward)
+                    kept = pre[per_block * j : per_block * (j + 1)]
+                    x_ang = kept[0]
+                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, kept, pc)
                 outs: list[torch.Tensor] = []
                 gouts: list[Optional[torch.Tensor]] = []  # noqa: UP045
                 if k == 0:  # the last layer: the fitting net on the block's rows
@@ -398,7 +403,8 @@ class LowMemoryPass:
                 e[j] = nothing
                 a[j] = nothing
                 if pre is not None:
-                    pre[j] = nothing
+                    for q in range(per_block * j, per_block * (j + 1)):
+                        pre[q] = nothing
                 if ge is not None:
                     ge[j] = nothing
                 if ga is not None:
