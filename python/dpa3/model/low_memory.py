@@ -1,16 +1,15 @@
 """The low-memory evaluation path of the descriptor (``docs/internals.md``, "Memory").
 
-The layers but the last run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping
-what the backward pass needs; :meth:`LowMemoryPass.coord_grad` then runs the last layer with the
-fitting net and each layer below again, all with a graph, last first, block of centres by block
-(:meth:`LowMemoryPass.chunks`), and differentiates each block at once, so only one block's graph
-exists at any time.  The last layer runs once: the fitting net reads only its block's rows.
+The layers run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping what the
+backward pass needs; the backward pass (:meth:`LowMemoryPass.coord_grad`) then runs each layer
+again with a graph, last first, block of centres by block (:meth:`LowMemoryPass.chunks`), and
+differentiates it at once, so only one block's graph exists at any time.
 
 Where a layer keeps the pre-activation of its edge update's angle term (``x_ang [E, e_dim]``,
-:meth:`RepFlowLayer.keeps_preactivations`) and its node update's outer sums (``[N, 3, d]``),
-its second run skips the angle kernel's forward, the outer sums, ``Lin_ea2``, the edge
-update's activations and residual sum (:meth:`RepFlowLayer.replay`): the edge update's
-gradient is taken by hand from the pre-activations (:meth:`RepFlowLayer.edge_tail_grad`).
+:meth:`RepFlowLayer.keeps_preactivations`), its second run skips the angle kernel's forward,
+``Lin_ea2``, the edge update's activations and residual sum (:meth:`RepFlowLayer.replay`): the
+edge update's gradient is taken by hand from the pre-activations
+(:meth:`RepFlowLayer.edge_tail_grad`).
 
 :class:`LowMemoryPass` is a base of :class:`~dpa3.model.descriptor.DescrptDPA3` and reads its
 ``layers``, ``act``, ``chunk_angles`` and embedding methods.
@@ -26,15 +25,6 @@ from .blocks import BlockGrads, add_rows, add_to, rows_of
 from .exchange import ghost_features
 from .graph import Rows, make_rows
 from .prepared import Chunk, Prepared
-
-
-@torch.jit.interface
-class AtomFitting(torch.nn.Module):
-    """What the low-memory path calls of the fitting net (``FittingNet.atom_energies``)."""
-
-    def atom_energies(self, d: torch.Tensor) -> torch.Tensor:
-        """Atomic network energies ``[m]`` float64 of descriptor rows ``d [m, dim_out]``."""
-        pass  # noqa: PIE790 (TorchScript's interface declarations need it)
 
 
 class LowMemoryPass:
@@ -83,18 +73,18 @@ class LowMemoryPass:
         list[list[torch.Tensor]],
         list[Optional[list[torch.Tensor]]],  # noqa: UP045
         list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        torch.Tensor,
     ]:
-        """Run the layers but the last (call it under ``torch.no_grad()``), keeping what the
-        backward needs (:meth:`coord_grad` runs the last layer once, with its graph).
+        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
 
-        Returns ``(ns, es, as_, pres)``: the inputs ``n [Nn, n_dim]`` of layers
+        Returns ``(ns, es, as_, pres, n_last)``: the inputs ``n [Nn, n_dim]`` of layers
         ``1 .. L-1``; their ``e`` and ``a`` block by block (one tensor ``[E_c, e_dim]`` /
         ``[A_c, a_dim]`` per block of ``chunks``, as the blocks computed them: no copy into a
         whole tensor; layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too where
         :meth:`_recomputes_a1`: None in its place); per layer ``0 .. L-1`` the pre-activation
-        of its edge update's angle term ``x_ang [E_c, e_dim]`` and its node update's outer sums
-        ``T_e [N_c, 3, e_dim]``, ``T_n [N_c, 3, n_dim]``, block after block, where
-        ``RepFlowLayer.keeps_preactivations`` (else None; the last layer keeps none).
+        of its edge update's angle term ``x_ang [E_c, e_dim]`` block by block, where
+        ``RepFlowLayer.keeps_preactivations`` (else None); and the last node features ``[Nn,
+        n_dim]``.
         A layer returns the outputs the next one does not read unchanged, so the lists share
         those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
         :meth:`chunks`) after one exchange.
@@ -117,37 +107,36 @@ class LowMemoryPass:
                 ns.append(n)
                 es.append(e)
                 as_.append(None if i == 1 and drop_a1 else a)
-            if i < len(self.layers) - 1:  # the last layer runs in coord_grad
-                n_ext = ghost_features(n, p.nall, comm_dict)
-                # the neighbours' products once for all rows (the blocks share most of them)
-                proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
-                n_new = torch.empty_like(n)
-                e_new: list[torch.Tensor] = []
-                a_new: list[torch.Tensor] = []
-                for k, c in enumerate(chunks):
-                    n2, e2, a2 = layer(
-                        n[c.c0 : c.c1],
-                        rows_of(n_ext, c.rows),
-                        e[k],
-                        a[k],
-                        c.center,
-                        c.nei,
-                        p.h2sw[c.e0 : c.e1],
-                        p.sw[c.e0 : c.e1],
-                        p.a_weight[c.a0 : c.a1],
-                        p.is_a[c.e0 : c.e1],
-                        c.a_eij,
-                        c.a_eik,
-                        p.fused,
-                        level,
-                        pre,
-                        rows_of(proj, c.rows),
-                    )
-                    n_new[c.c0 : c.c1] = n2
-                    e_new.append(e2)
-                    a_new.append(a2)
-                n, e, a = n_new, e_new, a_new
-        return ns, es, as_, pres
+            n_ext = ghost_features(n, p.nall, comm_dict)
+            # the neighbours' products once for all rows (the blocks share most of them)
+            proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
+            n_new = torch.empty_like(n)
+            e_new: list[torch.Tensor] = []
+            a_new: list[torch.Tensor] = []
+            for k, c in enumerate(chunks):
+                n2, e2, a2 = layer(
+                    n[c.c0 : c.c1],
+                    rows_of(n_ext, c.rows),
+                    e[k],
+                    a[k],
+                    c.center,
+                    c.nei,
+                    p.h2sw[c.e0 : c.e1],
+                    p.sw[c.e0 : c.e1],
+                    p.a_weight[c.a0 : c.a1],
+                    p.is_a[c.e0 : c.e1],
+                    c.a_eij,
+                    c.a_eik,
+                    p.fused,
+                    level,
+                    pre,
+                    rows_of(proj, c.rows),
+                )
+                n_new[c.c0 : c.c1] = n2
+                e_new.append(e2)
+                a_new.append(a2)
+            n, e, a = n_new, e_new, a_new
+        return ns, es, as_, pres, n
 
     def chunks(self, p: Prepared) -> list[Chunk]:
         """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
@@ -217,17 +206,16 @@ class LowMemoryPass:
         a_weight: torch.Tensor,
         p: Prepared,
         c: Chunk,
-        kept: Optional[list[torch.Tensor]],  # noqa: UP045
+        x_ang: Optional[torch.Tensor],  # noqa: UP045
         proj: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``target`` on the block ``c`` with a graph: ``(n, e, a, e)`` of its forward, or
-        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where what the first pass
-        kept of the block is given (``[x_ang, T_e, T_n]``); ``proj``: the block's rows of
-        ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
+        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where ``x_ang`` (kept) is
+        given; ``proj``: the block's rows of ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
         out = (n, e, a, e)
         for i, layer in enumerate(self.layers):
             if i == target:
-                if kept is None:
+                if x_ang is None:
                     n2, e2, a2 = layer(
                         n,
                         x,
@@ -261,7 +249,7 @@ class LowMemoryPass:
                         c.a_eij,
                         c.a_eik,
                         self._level(i),
-                        kept,
+                        x_ang,
                         proj,
                     )
         return out
@@ -283,20 +271,15 @@ class LowMemoryPass:
         es: list[list[torch.Tensor]],
         as_: list[Optional[list[torch.Tensor]]],  # noqa: UP045
         pres: list[Optional[list[torch.Tensor]]],  # noqa: UP045
-        fitting: AtomFitting,
-        real: torch.Tensor,
+        gn: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
         retain_graph: bool = False,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP045
-        """The fitting net's atomic energies ``E_i`` and ``sum_i dE_i / d coord``: the last
-        layer and the backward pass through the layers, one at a time.
+    ) -> Optional[torch.Tensor]:  # noqa: UP045
+        """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
 
-        The last layer (its inputs from :meth:`stack_inputs`) runs once, block of centres by
-        block (:meth:`chunks`), with its graph and the ``fitting`` net on the block's
-        descriptor rows (``real [Nn]`` bool: False for virtual atoms, whose energy is 0), and is
-        differentiated at once.  Each layer below is run again with a graph from its kept
-        inputs (:meth:`stack_inputs`, emptied here as the pass goes down) and differentiated at
-        once, block by block, so only one block's graph exists at any time.  A layer that
+        Each layer is run again with a graph from its kept inputs (:meth:`stack_inputs`,
+        emptied here as the pass goes down) and differentiated at once, block of centres by
+        block (:meth:`chunks`), so only one block's graph exists at any time.  A layer that
         kept ``x_ang`` runs :meth:`RepFlowLayer.replay` instead of its forward, and its edge
         update's gradient is taken by hand (:meth:`RepFlowLayer.edge_tail_grad`) to the
         self-update's pre-activation, the input edges and the angles' messages, from where
@@ -304,12 +287,11 @@ class LowMemoryPass:
         once, outside the blocks; the gradient of the ghost features is summed over the blocks
         and sent home through its backward.  The geometric factors' gradients are summed over
         the layers and taken back to ``coord`` (the tensor ``p`` was prepared from) through the
-        graph of :meth:`prepare`, with those of layer 0's inputs.  ``retain_graph`` keeps the
-        graph of :meth:`prepare` (and of the geometric factors, which a committee shares:
-        ``EnergyModel.forward_prepared``).  Returns ``(E [Nn] float64, [nf, nall, 3] or None)``.
+        graph of :meth:`prepare`, with those of layer 0's inputs.  ``gn [Nn, n_dim]`` is the
+        gradient of the output with respect to the last node features.  ``retain_graph``
+        keeps the graph of :meth:`prepare` (and of the geometric factors, which a committee
+        shares: ``EnergyModel.forward_prepared``).  Returns ``[nf, nall, 3]`` or None.
         """
-        e_net = torch.zeros(real.shape[0], dtype=torch.float64, device=real.device)
-        gn = p.sw.new_empty(0)  # the gradient of a layer's node output (none for the last)
         gh = torch.zeros_like(p.h2sw)
         gs = torch.zeros_like(p.sw)
         gw = torch.zeros_like(p.a_weight)
@@ -321,7 +303,6 @@ class LowMemoryPass:
         for k in range(nlayers):
             target = nlayers - 1 - k
             pre = pres.pop()
-            per_block = 0 if pre is None else len(pre) // len(chunks)
             if target == 0:  # inputs from the scalar ones block by block, below
                 n = self.act(p.tebd).detach()
                 e = [nothing for _ in chunks]
@@ -362,23 +343,12 @@ class LowMemoryPass:
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
                 xc = rows_of(n_ext_d, c.rows).requires_grad_(True)
                 pc = rows_of(proj, c.rows).requires_grad_(True)
-                kept: Optional[list[torch.Tensor]] = None  # noqa: UP045
                 x_ang: Optional[torch.Tensor] = None  # noqa: UP045
-                if pre is not None:  # [x_ang, T_e, T_n] of each block (RepFlowLayer.forward)
-                    kept = pre[per_block * j : per_block * (j + 1)]
-                    x_ang = kept[0]
-                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, kept, pc)
-                outs: list[torch.Tensor] = []
-                gouts: list[Optional[torch.Tensor]] = []  # noqa: UP045
-                if k == 0:  # the last layer: the fitting net on the block's rows
-                    e_blk = fitting.atom_energies(self.output_rows(n2, p.tebd[c.c0 : c.c1]))
-                    e_blk = torch.where(real[c.c0 : c.c1], e_blk, torch.zeros_like(e_blk))
-                    e_net[c.c0 : c.c1] = e_blk.detach()
-                    outs.append(e_blk.sum())
-                    gouts.append(None)
-                else:
-                    outs.append(n2)
-                    gouts.append(gn[c.c0 : c.c1])
+                if pre is not None:
+                    x_ang = pre[j]
+                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang, pc)
+                outs: list[torch.Tensor] = [n2]
+                gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
                 if ge is not None and x_ang is not None:
                     # e2 stands for the angles' messages, xs2 is x_self: the edge update by hand
                     g_self, t_e, t_red = self._tail_grad(
@@ -403,8 +373,7 @@ class LowMemoryPass:
                 e[j] = nothing
                 a[j] = nothing
                 if pre is not None:
-                    for q in range(per_block * j, per_block * (j + 1)):
-                        pre[q] = nothing
+                    pre[j] = nothing
                 if ge is not None:
                     ge[j] = nothing
                 if ga is not None:
@@ -435,7 +404,6 @@ class LowMemoryPass:
         if ga is not None:
             outs0.append(p.cos)
             gouts0.append(torch.cat(ga))
-        grad = torch.autograd.grad(
+        return torch.autograd.grad(
             outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
         )[0]
-        return e_net, grad
