@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/lammps_memory.py [--grids 1x1x1 2x2x2 4x4x4 4x4x8] [--ranks 2]
         [--cores 2] [--steps 1 [..]] [--warmup 0 [..]] [--deepmd-max-atoms 1536]
-        [--memory-budget GIB] [--output F]
+        [--memory-budget GIB] [--rounds 1] [--output F]
 
 The float32 water recipe (6 layers, weights written by DeePMD-kit,
 ``tests/data/parity/water_recipe_f32/model.ckpt.pt``) on the 192-atom box of
@@ -15,6 +15,10 @@ the timed run (on a busy machine, compare sizes, not absolute times). dpa3 runs 
 model's default ``graph_budget_bytes`` (4 GiB per process: above it, evaluation recomputes the
 layers block by block; see ``docs/internals.md``, "Memory") unless ``--memory-budget`` is given;
 DeePMD-kit runs up to ``--deepmd-max-atoms`` (0: not at all, and it need not be installed).
+``--rounds N`` runs the whole sequence of grids N times and reports, per round and as the median
+over the rounds, each grid's dpa3 time per atom-step over the first grid's (issue #14's scaling
+clause: ``--grids 2x2x2 4x4x8``); the runs of one round follow each other, so a round's ratio
+sees the same machine state as far as a shared machine allows.
 Writes a markdown report (default ``benchmarks/results_memory.md``).
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +43,43 @@ def grid(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"'{text}' is not NXxNYxNZ (e.g. 4x4x8)")
     return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def scaling_lines(
+    per_atom: dict[tuple[int, tuple[int, int, int], str], float | None],
+    grids: list[tuple[int, int, int]],
+    rounds: int,
+) -> list[str]:
+    """Markdown lines: per round, each later grid's dpa3 time per atom-step over the first
+    grid's, and the median over the rounds (none with one grid; '-' where a run failed)."""
+    if len(grids) < 2:
+        return []
+    first = grids[0]
+    names = [f"{192 * g[0] * g[1] * g[2]:,}" for g in grids]
+    head = " | ".join(f"{n} / {names[0]}" for n in names[1:])
+    out = [
+        "",
+        f"dpa3 time per atom-step over the {names[0]}-atom box's, per round:",
+        "",
+        f"| round | {head} |",
+        "|---|" + "---|" * (len(grids) - 1),
+    ]
+    ratios: dict[tuple[int, int, int], list[float]] = {g: [] for g in grids[1:]}
+    for rnd in range(1, rounds + 1):
+        base = per_atom.get((rnd, first, "dpa3"))
+        cells = []
+        for g in grids[1:]:
+            t = per_atom.get((rnd, g, "dpa3"))
+            if base and t:
+                ratios[g].append(t / base)
+                cells.append(f"{t / base:.3f}")
+            else:
+                cells.append("-")
+        out.append(f"| {rnd} | " + " | ".join(cells) + " |")
+    if rounds > 1:
+        med = [f"{statistics.median(ratios[g]):.3f}" if ratios[g] else "-" for g in grids[1:]]
+        out.append("| median | " + " | ".join(med) + " |")
+    return out
 
 
 def sh(cmd: list, **kw) -> None:
@@ -78,6 +120,13 @@ def main() -> None:
         metavar="GIB",
         help="dpa3 freeze --memory-budget (default: the model's default)",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the sequence of grids this many times; report per round and the median of "
+        "each grid's dpa3 time per atom-step over the first grid's",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--min-free-gb", type=float, default=1.0)
     ap.add_argument("--deepmd-venv", type=Path, default=ROOT / ".venv-deepmd")
@@ -89,6 +138,8 @@ def main() -> None:
         if len(per) not in (1, len(args.grids)):
             ap.error(f"--{name}: one number, or one per grid ({len(args.grids)})")
         setattr(args, name, per * len(args.grids) if len(per) == 1 else per)
+    if args.rounds < 1:
+        ap.error(f"--rounds: at least 1, got {args.rounds}")
 
     import dpa3.lammps
 
@@ -120,12 +171,20 @@ def main() -> None:
     load_start = loadavg()
     threads = max(1, args.cores // args.ranks)
     rows = []
-    for g, steps, warmup in zip(args.grids, args.steps, args.warmup, strict=True):
+    per_atom: dict[tuple[int, tuple[int, int, int], str], float | None] = {}
+    plan = [
+        (rnd, g, steps, warmup)
+        for rnd in range(1, args.rounds + 1)
+        for g, steps, warmup in zip(args.grids, args.steps, args.warmup, strict=True)
+    ]
+    for rnd, g, steps, warmup in plan:
         natoms = 192 * g[0] * g[1] * g[2]
         for key in ("dpa3", "deepmd"):
             if key == "deepmd" and natoms > args.deepmd_max_atoms:
                 continue
             case = work / f"{key}_{g[0]}x{g[1]}x{g[2]}_np{args.ranks}"
+            if args.rounds > 1:
+                case = case.with_name(f"{case.name}_r{rnd}")
             res = run_lammps(
                 sides[key],
                 models[key],
@@ -144,11 +203,10 @@ def main() -> None:
             sps = f"{res.s_per_step:.2f}" if res.s_per_step else "-"
             # ms per atom-step: the time per atom, to compare sizes
             msa = f"{1e3 * res.s_per_step / natoms:.3f}" if res.s_per_step else "-"
-            rows.append(
-                (natoms, g, key, res.status, mb, peak, sps, msa, e0, res.load_before, res.command)
-            )
+            rows.append((natoms, g, key, res.status, mb, peak, sps, msa, e0, rnd, res.command))
+            per_atom[rnd, g, key] = res.s_per_step / natoms if res.s_per_step else None
             print(
-                f"{natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
+                f"round {rnd}: {natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
                 f"{sps} s/step ({msa} ms/atom-step), E0/atom {e0} (load {res.load_before})",
                 flush=True,
             )
@@ -176,21 +234,24 @@ def main() -> None:
         "is not affected.",
         f"- {args.ranks} rank(s) x {threads} thread(s), {'/'.join(map(str, args.steps))} timed "
         f"MD step(s) (per grid) after setup and {'/'.join(map(str, args.warmup))} untimed "
-        "step(s); "
+        f"step(s); {args.rounds} round(s) of the grids in this order; "
         "peak = sum over ranks of each rank's maximum resident set (libtorch, LAMMPS and the "
         "model included).",
         f'- dpa3 frozen with {budget_text} (docs/internals.md, "Memory").',
         "",
-        "| atoms | replicate | code | status | peak GB | MB/atom | s/step | ms/atom-step | "
+        ("| round " if args.rounds > 1 else "")
+        + "| atoms | replicate | code | status | peak GB | MB/atom | s/step | ms/atom-step | "
         "E(step 0)/atom, eV |",
-        "|---|---|---|---|---|---|---|---|---|",
+        ("|---" if args.rounds > 1 else "") + "|---|---|---|---|---|---|---|---|---|",
     ]
-    for natoms, g, key, status, mb, peak, sps, msa, e0, _load, _cmd in rows:
+    for natoms, g, key, status, mb, peak, sps, msa, e0, rnd, _cmd in rows:
         gb = f"{peak / GIB:.2f}" if peak else "-"
         lines.append(
-            f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
+            (f"| {rnd} " if args.rounds > 1 else "")
+            + f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
             f"{gb} | {mb} | {sps} | {msa} | {e0} |"
         )
+    lines += scaling_lines(per_atom, args.grids, args.rounds)
     lines += ["", "Commands (first case of each code):", ""]
     seen = set()
     for row in rows:
