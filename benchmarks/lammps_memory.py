@@ -45,8 +45,13 @@ def grid(text: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+def atoms_of(g: tuple[int, int, int]) -> int:
+    """Atoms in the 192-atom water box replicated ``g``."""
+    return 192 * g[0] * g[1] * g[2]
+
+
 def scaling_lines(
-    per_atom: dict[tuple[int, tuple[int, int, int], str], float | None],
+    per_atom: dict[tuple[int, tuple[int, int, int]], float],
     grids: list[tuple[int, int, int]],
     rounds: int,
 ) -> list[str]:
@@ -55,7 +60,7 @@ def scaling_lines(
     if len(grids) < 2:
         return []
     first = grids[0]
-    names = [f"{192 * g[0] * g[1] * g[2]:,}" for g in grids]
+    names = [f"{atoms_of(g):,}" for g in grids]
     head = " | ".join(f"{n} / {names[0]}" for n in names[1:])
     out = [
         "",
@@ -66,10 +71,10 @@ def scaling_lines(
     ]
     ratios: dict[tuple[int, int, int], list[float]] = {g: [] for g in grids[1:]}
     for rnd in range(1, rounds + 1):
-        base = per_atom.get((rnd, first, "dpa3"))
+        base = per_atom.get((rnd, first))
         cells = []
         for g in grids[1:]:
-            t = per_atom.get((rnd, g, "dpa3"))
+            t = per_atom.get((rnd, g))
             if base and t:
                 ratios[g].append(t / base)
                 cells.append(f"{t / base:.3f}")
@@ -147,7 +152,7 @@ def main() -> None:
     dp_venv = args.deepmd_venv.resolve()
     # DeePMD-kit only where a box is at most --deepmd-max-atoms (0: dpa3 alone, no DeePMD-kit
     # installation needed)
-    with_deepmd = any(192 * g[0] * g[1] * g[2] <= args.deepmd_max_atoms for g in args.grids)
+    with_deepmd = any(atoms_of(g) <= args.deepmd_max_atoms for g in args.grids)
     sides = {"dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3")}
     if with_deepmd:
         sides["deepmd"] = deepmd_side(dp_venv)
@@ -171,19 +176,20 @@ def main() -> None:
     load_start = loadavg()
     threads = max(1, args.cores // args.ranks)
     rows = []
-    per_atom: dict[tuple[int, tuple[int, int, int], str], float | None] = {}
+    with_round = args.rounds > 1  # a round column and one folder per round
+    per_atom: dict[tuple[int, tuple[int, int, int]], float] = {}  # dpa3's s per atom-step
     plan = [
         (rnd, g, steps, warmup)
         for rnd in range(1, args.rounds + 1)
         for g, steps, warmup in zip(args.grids, args.steps, args.warmup, strict=True)
     ]
     for rnd, g, steps, warmup in plan:
-        natoms = 192 * g[0] * g[1] * g[2]
+        natoms = atoms_of(g)
         for key in ("dpa3", "deepmd"):
             if key == "deepmd" and natoms > args.deepmd_max_atoms:
                 continue
             case = work / f"{key}_{g[0]}x{g[1]}x{g[2]}_np{args.ranks}"
-            if args.rounds > 1:
+            if with_round:
                 case = case.with_name(f"{case.name}_r{rnd}")
             res = run_lammps(
                 sides[key],
@@ -204,7 +210,8 @@ def main() -> None:
             # ms per atom-step: the time per atom, to compare sizes
             msa = f"{1e3 * res.s_per_step / natoms:.3f}" if res.s_per_step else "-"
             rows.append((natoms, g, key, res.status, mb, peak, sps, msa, e0, rnd, res.command))
-            per_atom[rnd, g, key] = res.s_per_step / natoms if res.s_per_step else None
+            if key == "dpa3" and res.s_per_step:
+                per_atom[rnd, g] = res.s_per_step / natoms
             print(
                 f"round {rnd}: {natoms:6d} atoms {g} {key:6s}: {res.status}, {mb} MB/atom, "
                 f"{sps} s/step ({msa} ms/atom-step), E0/atom {e0} (load {res.load_before})",
@@ -239,15 +246,15 @@ def main() -> None:
         "model included).",
         f'- dpa3 frozen with {budget_text} (docs/internals.md, "Memory").',
         "",
-        ("| round " if args.rounds > 1 else "")
+        ("| round " if with_round else "")
         + "| atoms | replicate | code | status | peak GB | MB/atom | s/step | ms/atom-step | "
         "E(step 0)/atom, eV |",
-        ("|---" if args.rounds > 1 else "") + "|---|---|---|---|---|---|---|---|---|",
+        ("|---" if with_round else "") + "|---|---|---|---|---|---|---|---|---|",
     ]
     for natoms, g, key, status, mb, peak, sps, msa, e0, rnd, _cmd in rows:
         gb = f"{peak / GIB:.2f}" if peak else "-"
         lines.append(
-            (f"| {rnd} " if args.rounds > 1 else "")
+            (f"| {rnd} " if with_round else "")
             + f"| {natoms:,} | {g[0]}x{g[1]}x{g[2]} | {sides[key].name} | {status} | "
             f"{gb} | {mb} | {sps} | {msa} | {e0} |"
         )
