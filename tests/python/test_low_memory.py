@@ -295,7 +295,8 @@ def test_kept_preactivations_and_recomputed_layer1_angles():
         return out, keep[0]
 
     with torch.no_grad():
-        ns, es, as_, pres, _ = desc.stack_inputs(p, chunks, None)
+        kept = desc.stack_inputs(p, chunks, None)
+        ns, es, as_, pres = kept.ns, kept.es, kept.as_, kept.pres
         n0, e0, a0 = desc.initial_features(p)
         (ref_n1, ref_e1, ref_a1), x0 = whole(0, n0, e0, a0, 2)
         _, x2 = whole(2, ns[1], torch.cat(es[1]), torch.cat(as_[1]), 1)

@@ -1,9 +1,64 @@
-"""Block-wise gradient bookkeeping of the low-memory path (``DescrptDPA3.stack_inputs`` /
-``coord_grad``): the node rows a block reads, and the sums of the blocks' gradients."""
+"""Block-wise bookkeeping of the low-memory path (``DescrptDPA3.stack_inputs`` /
+``coord_grad``): what the first pass keeps (:class:`Kept`, in one buffer: :class:`Workspace`),
+the node rows a block reads, and the sums of the blocks' gradients."""
 
-from typing import Optional
+import math
+from typing import NamedTuple, Optional
 
 import torch
+
+
+class Kept(NamedTuple):
+    """What the low-memory path's first pass keeps for its backward pass (``stack_inputs``).
+
+    Per layer ``1 .. L-1``: ``ns`` its input nodes ``[Nn, n_dim]``; ``es`` its input edges and
+    ``as_`` its input angles block by block (``[E_c, e_dim]`` / ``[A_c, a_dim]`` per block;
+    ``as_`` None for layer 1's where they are recomputed); ``own_e`` / ``own_a`` whether those
+    are this layer's alone (the previous layer computed them; not the same tensors as its own
+    inputs, which a layer that does not update them passes on), so that the backward pass may
+    write their gradient in their place.  Per layer ``0 .. L-1``: ``pres`` the pre-activation of
+    the edge update's angle term ``x_ang [E_c, e_dim]`` block by block, or None.  ``n_last``
+    the last node features ``[Nn, n_dim]``.  Every block tensor is a view of one
+    :class:`Workspace` buffer (except inputs passed on unchanged from layer 0).
+    """
+
+    ns: list[torch.Tensor]
+    es: list[list[torch.Tensor]]
+    as_: list[Optional[list[torch.Tensor]]]  # noqa: UP045
+    pres: list[Optional[list[torch.Tensor]]]  # noqa: UP045
+    own_e: list[bool]
+    own_a: list[bool]
+    n_last: torch.Tensor
+
+
+def workspace_numel(n: int) -> int:
+    """``n`` rounded up to the next of the sizes ``2^(k/8)`` (steps of ~9 %): an evaluation
+    asks for the same size as the one before unless its graph grew past the step, so the
+    allocator hands back the buffer it freed (the part beyond ``n`` is never written, and
+    pages never written are not resident)."""
+    if n <= 1:
+        return max(n, 0)
+    k = math.ceil(8.0 * math.log(float(n)) / math.log(2.0))
+    return max(n, int(math.ceil(2.0 ** (k / 8.0))))
+
+
+class Workspace:
+    """One buffer for everything the first pass keeps, handed out in slots (views): the
+    block tensors of a layer are written into its slot as the blocks compute them, so the
+    kept data is not scattered between the blocks' temporaries across the heap (which made
+    the resident memory of long runs grow, ``benchmarks/results_memory.md``)."""
+
+    def __init__(self, like: torch.Tensor, numel: int) -> None:
+        self.buf = like.new_empty(workspace_numel(numel))
+        self.off = 0
+
+    def slot(self, rows: int, width: int) -> torch.Tensor:
+        """The next ``[rows, width]`` of the buffer."""
+        end = self.off + rows * width
+        assert end <= self.buf.shape[0], "Workspace: capacity exceeded"
+        out = self.buf[self.off : end].view(rows, width)
+        self.off = end
+        return out
 
 
 def rows_of(x: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .blocks import BlockGrads, add_rows, add_to, rows_of
+from .blocks import BlockGrads, Kept, Workspace, add_rows, add_to, rows_of
 from .exchange import ghost_features
 from .graph import Rows, make_rows
 from .prepared import Chunk, Prepared
@@ -42,15 +42,20 @@ class LowMemoryPass:
                 return layer.keeps_preactivations(2, p.fused)
         return False
 
-    def _layer1_angles(self, p: Prepared, chunks: list[Chunk]) -> list[torch.Tensor]:
+    def _layer1_angles(
+        self,
+        p: Prepared,
+        chunks: list[Chunk],
+        into: Optional[list[torch.Tensor]] = None,  # noqa: UP045
+    ) -> list[torch.Tensor]:
         """Layer 1's input angles, recomputed block by block (no graph): ``[A_c, a_dim]`` per
-        block."""
+        block, written into the blocks of ``into`` (slots no longer read) where given."""
         out: list[torch.Tensor] = []
         with torch.no_grad():
             n0 = self.act(p.tebd)
             for i, layer in enumerate(self.layers):
                 if i == 0:
-                    for c in chunks:
+                    for j, c in enumerate(chunks):
                         a1 = layer.angle_update(
                             n0[c.c0 : c.c1],
                             self.initial_edges(p.e_in[c.e0 : c.e1]),
@@ -60,6 +65,8 @@ class LowMemoryPass:
                             c.a_eik,
                             p.a_weight[c.a0 : c.a1],
                         )
+                        if into is not None:
+                            a1 = into[j].copy_(a1)
                         out.append(a1)
         return out
 
@@ -68,57 +75,71 @@ class LowMemoryPass:
         p: Prepared,
         chunks: list[Chunk],
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
-    ) -> tuple[
-        list[torch.Tensor],
-        list[list[torch.Tensor]],
-        list[Optional[list[torch.Tensor]]],  # noqa: UP045
-        list[Optional[list[torch.Tensor]]],  # noqa: UP045
-        torch.Tensor,
-    ]:
-        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs.
-
-        Returns ``(ns, es, as_, pres, n_last)``: the inputs ``n [Nn, n_dim]`` of layers
-        ``1 .. L-1``; their ``e`` and ``a`` block by block (one tensor ``[E_c, e_dim]`` /
-        ``[A_c, a_dim]`` per block of ``chunks``, as the blocks computed them: no copy into a
-        whole tensor; layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too where
-        :meth:`_recomputes_a1`: None in its place); per layer ``0 .. L-1`` the pre-activation
-        of its edge update's angle term ``x_ang [E_c, e_dim]`` block by block, where
-        ``RepFlowLayer.keeps_preactivations`` (else None); and the last node features ``[Nn,
-        n_dim]``.
-        A layer returns the outputs the next one does not read unchanged, so the lists share
-        those tensors instead of holding copies.  Each layer runs block by block (``chunks``,
-        :meth:`chunks`) after one exchange.
+    ) -> Kept:
+        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs
+        (:class:`Kept`): layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too
+        where :meth:`_recomputes_a1`.  A layer returns the outputs the next one does not read
+        unchanged, so the lists share those tensors instead of holding copies.  Each layer runs
+        block by block (``chunks``, :meth:`chunks`) after one exchange; what a block computes
+        and a later layer keeps is copied into the layer's slot of one :class:`Workspace`.
         """
         ns: list[torch.Tensor] = []
         es: list[list[torch.Tensor]] = []
         as_: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
         pres: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
-        n, e0, a0 = self.initial_features(p)
-        e = [e0[c.e0 : c.e1] for c in chunks]
-        a = [a0[c.a0 : c.a1] for c in chunks]
+        own_e: list[bool] = []
+        own_a: list[bool] = []
+        n = self.act(p.tebd)
+        nl = len(self.layers)
+        ne, na = p.sw.shape[0], p.a_weight.shape[0]
+        de, da = self.layers[0].e_dim, self.layers[0].a_dim
+        # at most: every layer's input edges and angles and pre-activations
+        ws = Workspace(n, (nl - 1) * (ne * de + na * da) + nl * ne * de)
+        e: list[torch.Tensor] = []  # layer 0's: block by block from the scalar inputs
+        a: list[torch.Tensor] = []
+        e_own = False  # whether e / a are the next layer's alone (in a slot of their own)
+        a_own = False
+        a_slot = n
         drop_a1 = self._recomputes_a1(p)
         for i, layer in enumerate(self.layers):
             level = self._level(i)
             pre: Optional[list[torch.Tensor]] = None  # noqa: UP045
+            x_slot = n
             if layer.keeps_preactivations(level, p.fused):
                 pre = []
+                x_slot = ws.slot(ne, de)
             pres.append(pre)
+            # layer 1's input angles where they are recomputed: kept by nobody, so the
+            # layer's new angles take their place block by block
+            reuse_a = i == 1 and drop_a1 and a_own
             if i > 0:
                 ns.append(n)
                 es.append(e)
+                own_e.append(e_own)
                 as_.append(None if i == 1 and drop_a1 else a)
+                own_a.append(a_own)
+            slot_out = i + 1 < nl  # the next layer keeps this one's new outputs
+            e_slot = n
             n_ext = ghost_features(n, p.nall, comm_dict)
             # the neighbours' products once for all rows (the blocks share most of them)
             proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
             n_new = torch.empty_like(n)
             e_new: list[torch.Tensor] = []
             a_new: list[torch.Tensor] = []
+            e_own = False
+            a_own = False
             for k, c in enumerate(chunks):
+                if i == 0:
+                    ek = self.initial_edges(p.e_in[c.e0 : c.e1])
+                    ak = self.initial_angles(p.cos[c.a0 : c.a1])
+                else:
+                    ek = e[k]
+                    ak = a[k]
                 n2, e2, a2 = layer(
                     n[c.c0 : c.c1],
                     rows_of(n_ext, c.rows),
-                    e[k],
-                    a[k],
+                    ek,
+                    ak,
                     c.center,
                     c.nei,
                     p.h2sw[c.e0 : c.e1],
@@ -133,10 +154,23 @@ class LowMemoryPass:
                     rows_of(proj, c.rows),
                 )
                 n_new[c.c0 : c.c1] = n2
+                if pre is not None:
+                    pre[k] = x_slot[c.e0 : c.e1].copy_(pre[k])
+                if slot_out and e2 is not ek:
+                    if k == 0:
+                        e_slot = ws.slot(ne, de)
+                        e_own = True
+                    e2 = e_slot[c.e0 : c.e1].copy_(e2)
+                if slot_out and a2 is not ak:
+                    if k == 0:
+                        if not reuse_a:
+                            a_slot = ws.slot(na, da)
+                        a_own = True
+                    a2 = a_slot[c.a0 : c.a1].copy_(a2)
                 e_new.append(e2)
                 a_new.append(a2)
             n, e, a = n_new, e_new, a_new
-        return ns, es, as_, pres, n
+        return Kept(ns, es, as_, pres, own_e, own_a, n)
 
     def chunks(self, p: Prepared) -> list[Chunk]:
         """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
@@ -267,17 +301,14 @@ class LowMemoryPass:
         coord: torch.Tensor,
         p: Prepared,
         chunks: list[Chunk],
-        ns: list[torch.Tensor],
-        es: list[list[torch.Tensor]],
-        as_: list[Optional[list[torch.Tensor]]],  # noqa: UP045
-        pres: list[Optional[list[torch.Tensor]]],  # noqa: UP045
+        kept: Kept,
         gn: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
         retain_graph: bool = False,
     ) -> Optional[torch.Tensor]:  # noqa: UP045
         """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
 
-        Each layer is run again with a graph from its kept inputs (:meth:`stack_inputs`,
+        Each layer is run again with a graph from its kept inputs (``kept``, :meth:`stack_inputs`,
         emptied here as the pass goes down) and differentiated at once, block of centres by
         block (:meth:`chunks`), so only one block's graph exists at any time.  A layer that
         kept ``x_ang`` runs :meth:`RepFlowLayer.replay` instead of its forward, and its edge
@@ -291,7 +322,14 @@ class LowMemoryPass:
         gradient of the output with respect to the last node features.  ``retain_graph``
         keeps the graph of :meth:`prepare` (and of the geometric factors, which a committee
         shares: ``EnergyModel.forward_prepared``).  Returns ``[nf, nall, 3]`` or None.
+
+        A block's gradients of a layer's input edges and angles are written in the place of
+        those inputs where they are the layer's alone (``kept.own_e`` / ``own_a``): nothing
+        kept is freed and nothing as large allocated while the pass goes down, and layer 1's
+        recomputed angles go into angles no longer read (:meth:`_layer1_angles`).
         """
+        ns, es, as_, pres = kept.ns, kept.es, kept.as_, kept.pres
+        own_es, own_as = kept.own_e, kept.own_a
         gh = torch.zeros_like(p.h2sw)
         gs = torch.zeros_like(p.sw)
         gw = torch.zeros_like(p.a_weight)
@@ -299,10 +337,15 @@ class LowMemoryPass:
         # gradients of the layer outputs e, a: one tensor per block (None: not read)
         ge: Optional[list[torch.Tensor]] = None  # noqa: UP045
         ga: Optional[list[torch.Tensor]] = None  # noqa: UP045
+        # the angles' slot whose gradients ``ga`` are in, and one no longer read
+        ga_slot: Optional[list[torch.Tensor]] = None  # noqa: UP045
+        spare: Optional[list[torch.Tensor]] = None  # noqa: UP045
         nlayers = len(self.layers)
         for k in range(nlayers):
             target = nlayers - 1 - k
             pre = pres.pop()
+            own_e = False
+            own_a = False
             if target == 0:  # inputs from the scalar ones block by block, below
                 n = self.act(p.tebd).detach()
                 e = [nothing for _ in chunks]
@@ -310,10 +353,15 @@ class LowMemoryPass:
             else:
                 n = ns.pop()
                 e = es.pop()
+                own_e = own_es.pop()
+                own_a = own_as.pop()
                 kept_a = as_.pop()
                 if kept_a is None:  # layer 1's, not kept (_recomputes_a1)
-                    kept_a = self._layer1_angles(p, chunks)
+                    kept_a = self._layer1_angles(p, chunks, spare)
+                    own_a = True
                 a = kept_a
+            e_slot = list(e)  # the blocks' inputs, for their gradients in place
+            a_slot = list(a)
             n = n.detach().requires_grad_(True)
             n_ext = ghost_features(n, p.nall, comm_dict)
             n_ext_d = n_ext.detach()
@@ -381,8 +429,14 @@ class LowMemoryPass:
                 with torch.no_grad():
                     add_to(g_n, c.c0, grads[0])
                     add_rows(g_ext, c.rows, grads[1])
-                    ge_new.put(grads[2], e_leaf)
-                    ga_new.put(grads[3], a_leaf)
+                    g_e = grads[2]
+                    if own_e and g_e is not None:
+                        g_e = e_slot[j].copy_(g_e)
+                    g_a = grads[3]
+                    if own_a and g_a is not None:
+                        g_a = a_slot[j].copy_(g_a)
+                    ge_new.put(g_e, e_leaf)
+                    ga_new.put(g_a, a_leaf)
                     add_to(gh, c.e0, grads[4])
                     add_to(gs, c.e0, grads[5])
                     add_to(gw, c.a0, grads[6])
@@ -395,6 +449,13 @@ class LowMemoryPass:
             gn = g_n
             ge = ge_new.result()
             ga = ga_new.result()
+            # the incoming angle gradients are read: their slot is free for layer 1's angles
+            if ga_slot is not None:
+                spare = ga_slot
+            in_place: Optional[list[torch.Tensor]] = None  # noqa: UP045
+            if own_a and ga is not None:
+                in_place = a_slot
+            ga_slot = in_place
         # ge, ga: now those of layer 0's scalar inputs e_in [E, 1] and cos [A, 1]
         outs0: list[torch.Tensor] = [p.h2sw, p.sw, p.a_weight]
         gouts0: list[Optional[torch.Tensor]] = [gh, gs, gw]  # noqa: UP045

@@ -219,13 +219,13 @@ class EnergyModel(nn.Module):
         desc = self.descriptor
         chunks = desc.chunks(p)
         with torch.no_grad():
-            ns, es, as_, pres, n_last = desc.stack_inputs(p, chunks, comm_dict)
-        n_last = n_last.detach().requires_grad_(True)
+            kept = desc.stack_inputs(p, chunks, comm_dict)
+        n_last = kept.n_last.detach().requires_grad_(True)
         e_atom = self._fit(desc.output(n_last, p, nf, nloc), ext_atype[:, :nloc])
         gn = torch.autograd.grad([e_atom.sum()], [n_last], allow_unused=True)[0]
         if gn is None:
             gn = torch.zeros_like(n_last)
-        grad = desc.coord_grad(coord, p, chunks, ns, es, as_, pres, gn, comm_dict, retain_graph)
+        grad = desc.coord_grad(coord, p, chunks, kept, gn, comm_dict, retain_graph)
         return e_atom.detach(), grad
 
     @torch.jit.export
