@@ -132,6 +132,13 @@ def main() -> None:
         help="run the sequence of grids this many times; report per round and the median of "
         "each grid's dpa3 time per atom-step over the first grid's",
     )
+    ap.add_argument(
+        "--malloc",
+        choices=("tcmalloc", "glibc"),
+        default="tcmalloc",
+        help="the ranks' allocator: tcmalloc preloaded (default), or glibc's (with the "
+        "plugin's keep-freed-memory settings)",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--min-free-gb", type=float, default=1.0)
     ap.add_argument("--deepmd-venv", type=Path, default=ROOT / ".venv-deepmd")
@@ -156,7 +163,7 @@ def main() -> None:
     sides = {"dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3")}
     if with_deepmd:
         sides["deepmd"] = deepmd_side(dp_venv)
-    if not Path(TCMALLOC).exists():
+    if args.malloc == "tcmalloc" and not Path(TCMALLOC).exists():
         raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -202,6 +209,7 @@ def main() -> None:
                 steps=steps,
                 timeout=args.timeout,
                 min_free=int(args.min_free_gb * GIB),
+                tcmalloc=args.malloc == "tcmalloc",
             )
             peak = res.peak if res.status == "ok" else None
             mb = f"{peak / natoms / 1e6:.2f}" if peak else "-"
@@ -243,7 +251,7 @@ def main() -> None:
         f"MD step(s) (per grid) after setup and {'/'.join(map(str, args.warmup))} untimed "
         f"step(s); {args.rounds} round(s) of the grids in this order; "
         "peak = sum over ranks of each rank's maximum resident set (libtorch, LAMMPS and the "
-        "model included).",
+        f"model included); allocator: {args.malloc}.",
         f'- dpa3 frozen with {budget_text} (docs/internals.md, "Memory").',
         "",
         ("| round " if with_round else "")

@@ -115,12 +115,14 @@ def deepmd_side(venv: Path) -> Side:
     return Side("DeePMD-kit", venv, plugin, "deepmd")
 
 
-def run_env(threads: int) -> tuple[dict[str, str], dict[str, str]]:
-    """Environment of a timed run (LAMMPS or ASE): the full one, and the variables set."""
+def run_env(threads: int, tcmalloc: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """Environment of a timed run (LAMMPS or ASE): the full one, and the variables set;
+    ``tcmalloc`` False: glibc's allocator (no preload)."""
     env = dict(os.environ)
     env.pop("LAMMPS_PLUGIN_PATH", None)
-    env_set = {
-        "LD_PRELOAD": TCMALLOC,
+    env.pop("LD_PRELOAD", None)
+    env_set = {"LD_PRELOAD": TCMALLOC} if tcmalloc else {}
+    env_set |= {
         "OMP_NUM_THREADS": str(threads),
         "DP_INTRA_OP_PARALLELISM_THREADS": str(threads),
         "DP_INTER_OP_PARALLELISM_THREADS": "1",
@@ -141,9 +143,10 @@ def run_lammps(
     steps: int,
     timeout: float,
     min_free: int,
+    tcmalloc: bool = True,
 ) -> Result:
     """One LAMMPS run of the 192-atom water box replicated ``reps`` times along each axis
-    (an int: the same along all three)."""
+    (an int: the same along all three); ``tcmalloc`` as in :func:`run_env`."""
     case_dir.mkdir(parents=True, exist_ok=True)
     for old in case_dir.glob("maxrss.*"):
         old.unlink()
@@ -164,7 +167,7 @@ def run_lammps(
             steps=steps,
         )
     )
-    env, env_set = run_env(threads)
+    env, env_set = run_env(threads, tcmalloc)
     # every rank under /usr/bin/time: its maximum resident set (the lmp binary started by the
     # wheel's `lmp` launcher is the largest process it waits for) lands in maxrss.<rank>
     wrap = 'o=$1; shift; exec /usr/bin/time -f %M -o "$o.${PMI_RANK:-0}" "$@"'

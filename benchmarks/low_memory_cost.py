@@ -10,12 +10,12 @@ graph) and the low-memory path (``graph_budget_bytes = 0``: ``DescrptDPA3.stack_
 
 Prints, as medians over the rounds: the time per evaluation of both paths and their ratio; the
 low-memory path's phases (first pass without a graph, the layers run again with a graph, the
-backward pass, layer 1's recomputed angles); from one extra evaluation under ``torch.profiler``,
+backward pass); from one extra evaluation under ``torch.profiler``,
 the ops of the layers' second forward (matrix products over edges ``[E, k] x [k, n]``,
 activations, edge sums, the rest); and two floors of the ratio:
 
 - ``floor (recomputed edge products)``: standard + the second forward's matrix products over the
-  edges + layer 1's angles, i.e. what recomputing costs even if every other part of the second
+  edges, i.e. what recomputing costs even if every other part of the second
   forward were free (the products are at MKL speed: merging those that share an input gains
   nothing measurable, see benchmarks/results_memory.md);
 - the measured ratio itself.
@@ -38,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "tests" / "data" / "parity" / "water_recipe_f32" / "model.ckpt.pt"
-PHASES = ("stack_inputs", "_layer1_angles", "coord_grad")
+PHASES = ("stack_inputs", "coord_grad")
 
 
 class Phases:
@@ -186,15 +186,14 @@ def main() -> None:
         "second forward": "layers run again with a graph",
         "autograd.grad": "backward (autograd.grad; fitting included)",
         "edge_tail_grad": "edge updates' backward by hand (act', Lin_ea2)",
-        "_layer1_angles": "layer 1's angles recomputed",
     }
     for key, label in names.items():
         print(f"  {label:45s} {phase.get(key, 0.0):7.3f}")
     print("second forward by op (profiled run, share of its op time):")
     for k, v in sorted(share.items(), key=lambda kv: -kv[1]):
         print(f"  {k:45s} {100 * v:6.1f} %")
-    floor = (std + mm_edges + phase.get("_layer1_angles", 0.0)) / std
-    print(f"floor (recomputed edge products + layer 1's angles over standard): {floor:.3f}")
+    floor = (std + mm_edges) / std
+    print(f"floor (recomputed edge products over standard): {floor:.3f}")
 
 
 if __name__ == "__main__":

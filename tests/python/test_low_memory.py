@@ -229,7 +229,7 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
     angles the contiguous ranges of its centres, its row indices those of the batch rebased
     to the block (checked against the batch's own indices), at most ``chunk_angles`` angles
     unless one centre has more."""
-    from dpa3.model.graph import gather
+    from dpa3.model.graph import gather, make_rows
 
     model = make_model(seed=5)
     frame = alloy_frame()
@@ -265,19 +265,23 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
             x = torch.randn(int(c.e1 - c.e0), 3, dtype=torch.float64)
             for rows in (c.a_eij, c.a_eik):
                 assert torch.equal(gather(x, rows), x[rows.idx])
+            # the ik edges' inverse index (a slice of the batch's): a stable sort's
+            ref = make_rows(c.a_eik.idx, int(c.e1 - c.e0), True)
+            assert torch.equal(c.a_eik.perm, ref.perm) and torch.equal(c.a_eik.ptr, ref.ptr)
         if limit == 1:
             assert len(chunks) == nloc
         if limit == 1 << 30:
             assert len(chunks) == 1
 
 
-def test_kept_preactivations_and_recomputed_layer1_angles():
+def test_kept_inputs_and_preactivations():
     """On the fused path the first pass keeps the pre-activation of the edge update's angle term
     (``x_ang = Lin_ea2(red)``) of exactly the layers that update edges (levels 2 and 1: the last
-    layer keeps none), block by block, does not keep layer 1's input angles, and the
-    recomputation of those (``_layer1_angles``, block by block) equals layer 0's angle output of
-    the first pass; the kept inputs and pre-activations equal what the layers compute on the
-    whole graph."""
+    layer keeps none), block by block, and the inputs of layers 1 .. L-1; all of them equal
+    what the layers compute on the whole graph.  The edges and angles a layer computed are its
+    successor's own (the backward pass may write their gradients in their place); the angles
+    that a level-1 layer passes on unchanged are not its successor's own, and they and every
+    kept block are views of one buffer."""
     model = make_model(seed=6, nlayers=4)
     desc = model.descriptor
     desc.chunk_angles = 400  # several blocks
@@ -299,18 +303,27 @@ def test_kept_preactivations_and_recomputed_layer1_angles():
         ns, es, as_, pres = kept.ns, kept.es, kept.as_, kept.pres
         n0, e0, a0 = desc.initial_features(p)
         (ref_n1, ref_e1, ref_a1), x0 = whole(0, n0, e0, a0, 2)
+        (_, _, ref_a2), _ = whole(1, ref_n1, ref_e1, ref_a1, 2)
         _, x2 = whole(2, ns[1], torch.cat(es[1]), torch.cat(as_[1]), 1)
     assert [r is not None for r in pres] == [True, True, True, False]
     assert all(len(r) == len(chunks) for r in pres[:3])
     assert all(len(e) == len(chunks) for e in es)
-    assert as_[0] is None and all(a is not None for a in as_[1:])
+    assert all(len(a) == len(chunks) for a in as_)
     assert torch.allclose(ns[0], ref_n1, atol=1e-12)
     assert torch.allclose(torch.cat(es[0]), ref_e1, atol=1e-12)
+    assert torch.allclose(torch.cat(as_[0]), ref_a1, atol=1e-12)
+    assert not torch.equal(torch.cat(as_[0]), a0)  # layer 0 did update the angles
+    assert torch.allclose(torch.cat(as_[1]), ref_a2, atol=1e-12)
     assert torch.allclose(torch.cat(pres[0]), x0, atol=1e-12)
     assert torch.allclose(torch.cat(pres[2]), x2, atol=1e-12)
-    a1 = torch.cat(desc._layer1_angles(p, chunks))
-    assert torch.allclose(a1, ref_a1, atol=1e-12)
-    assert not torch.equal(a1, a0)  # layer 0 did update the angles
+    # layers 1, 2 read new edges and angles; layer 3 (after the level-1 layer 2) new edges
+    # and layer 2's input angles, passed on
+    assert kept.own_e == [True, True, True]
+    assert kept.own_a == [True, True, False]
+    assert all(x is y for x, y in zip(as_[2], as_[1], strict=True))
+    base = es[0][0].untyped_storage().data_ptr()
+    for blocks in es + as_ + pres[:3]:
+        assert all(t.untyped_storage().data_ptr() == base for t in blocks)
 
 
 @pytest.mark.parametrize(
@@ -406,3 +419,27 @@ def test_neighbour_products_computed_once_for_all_rows(options):
                 continue
             err = (g - w).abs().max().item()
             assert err < 1e-10 * max(w.abs().max().item(), 1.0), (options, level, name, err)
+
+
+def test_workspace_sizes_are_steps_that_repeat():
+    """The buffer of what the first pass keeps is sized in steps of 2^(1/8) (~9 %): never
+    smaller than asked, at most one step larger, and the same for sizes within a step (the
+    next evaluation of a slightly different graph gets the same size, so the allocator can
+    hand back the freed buffer); slots are consecutive views, and asking past the end fails."""
+    from dpa3.model.blocks import Workspace, workspace_numel
+
+    assert [workspace_numel(n) for n in (0, 1, 2, 3)] == [0, 1, 2, 4]
+    for n in (5, 100, 12_345, 10**6 + 5, 3 * 10**9 + 7):
+        m = workspace_numel(n)
+        assert n <= m <= 2 ** (1 / 8) * n + 1
+    assert workspace_numel(1_000_001) == workspace_numel(1_040_000) == 1 << 20
+    assert workspace_numel((1 << 20) + 1) > 1 << 20
+    ws = Workspace(torch.zeros(1, dtype=torch.float32), 10)
+    x = ws.slot(2, 3)
+    y = ws.slot(1, 4)
+    assert x.shape == (2, 3) and y.shape == (1, 4) and x.dtype == torch.float32
+    assert y.data_ptr() == x.data_ptr() + 6 * 4  # consecutive in one buffer
+    left = workspace_numel(10) - 10
+    ws.slot(left, 1)  # the rounding's room
+    with pytest.raises(AssertionError, match="capacity"):
+        ws.slot(1, 1)

@@ -12,19 +12,19 @@ class Kept(NamedTuple):
     """What the low-memory path's first pass keeps for its backward pass (``stack_inputs``).
 
     Per layer ``1 .. L-1``: ``ns`` its input nodes ``[Nn, n_dim]``; ``es`` its input edges and
-    ``as_`` its input angles block by block (``[E_c, e_dim]`` / ``[A_c, a_dim]`` per block;
-    ``as_`` None for layer 1's where they are recomputed); ``own_e`` / ``own_a`` whether those
+    ``as_`` its input angles block by block (``[E_c, e_dim]`` / ``[A_c, a_dim]`` per block);
+    ``own_e`` / ``own_a`` whether those
     are this layer's alone (the previous layer computed them; not the same tensors as its own
     inputs, which a layer that does not update them passes on), so that the backward pass may
     write their gradient in their place.  Per layer ``0 .. L-1``: ``pres`` the pre-activation of
     the edge update's angle term ``x_ang [E_c, e_dim]`` block by block, or None.  ``n_last``
     the last node features ``[Nn, n_dim]``.  Every block tensor is a view of one
-    :class:`Workspace` buffer (except inputs passed on unchanged from layer 0).
+    :class:`Workspace` buffer (but inputs that layer 0 passes on unchanged).
     """
 
     ns: list[torch.Tensor]
     es: list[list[torch.Tensor]]
-    as_: list[Optional[list[torch.Tensor]]]  # noqa: UP045
+    as_: list[list[torch.Tensor]]
     pres: list[Optional[list[torch.Tensor]]]  # noqa: UP045
     own_e: list[bool]
     own_a: list[bool]
@@ -39,7 +39,7 @@ def workspace_numel(n: int) -> int:
     if n <= 1:
         return max(n, 0)
     k = math.ceil(8.0 * math.log(float(n)) / math.log(2.0))
-    return max(n, int(math.ceil(2.0 ** (k / 8.0))))
+    return max(n, math.ceil(2.0 ** (k / 8.0)))
 
 
 class Workspace:

@@ -30,46 +30,6 @@ from .prepared import Chunk, Prepared
 class LowMemoryPass:
     """Methods of the low-memory path (a base class of ``DescrptDPA3``; see the module)."""
 
-    def _recomputes_a1(self, p: Prepared) -> bool:
-        """Whether the low-memory path recomputes layer 1's input angles from layer 0's
-        inputs (:meth:`RepFlowLayer.angle_update`: one pass of the angle kernel over its
-        angle-update columns) instead of keeping them (``[A, a_dim]``, the size of about four
-        layers' kept pre-activations)."""
-        if len(self.layers) < 2 or self._level(0) != 2:
-            return False
-        for i, layer in enumerate(self.layers):
-            if i == 0:
-                return layer.keeps_preactivations(2, p.fused)
-        return False
-
-    def _layer1_angles(
-        self,
-        p: Prepared,
-        chunks: list[Chunk],
-        into: Optional[list[torch.Tensor]] = None,  # noqa: UP045
-    ) -> list[torch.Tensor]:
-        """Layer 1's input angles, recomputed block by block (no graph): ``[A_c, a_dim]`` per
-        block, written into the blocks of ``into`` (slots no longer read) where given."""
-        out: list[torch.Tensor] = []
-        with torch.no_grad():
-            n0 = self.act(p.tebd)
-            for i, layer in enumerate(self.layers):
-                if i == 0:
-                    for j, c in enumerate(chunks):
-                        a1 = layer.angle_update(
-                            n0[c.c0 : c.c1],
-                            self.initial_edges(p.e_in[c.e0 : c.e1]),
-                            self.initial_angles(p.cos[c.a0 : c.a1]),
-                            c.center,
-                            c.a_eij,
-                            c.a_eik,
-                            p.a_weight[c.a0 : c.a1],
-                        )
-                        if into is not None:
-                            a1 = into[j].copy_(a1)
-                        out.append(a1)
-        return out
-
     def stack_inputs(
         self,
         p: Prepared,
@@ -77,15 +37,15 @@ class LowMemoryPass:
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
     ) -> Kept:
         """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs
-        (:class:`Kept`): layer 0's inputs are recomputed from ``p``, and layer 1's ``a`` too
-        where :meth:`_recomputes_a1`.  A layer returns the outputs the next one does not read
-        unchanged, so the lists share those tensors instead of holding copies.  Each layer runs
-        block by block (``chunks``, :meth:`chunks`) after one exchange; what a block computes
-        and a later layer keeps is copied into the layer's slot of one :class:`Workspace`.
+        (:class:`Kept`; layer 0's inputs are recomputed from ``p``).  A layer returns the
+        outputs the next one does not read unchanged, so the lists share those tensors instead
+        of holding copies.  Each layer runs block by block (``chunks``, :meth:`chunks`) after
+        one exchange; what a block computes and a later layer keeps is copied into the layer's
+        slot of one :class:`Workspace`.
         """
         ns: list[torch.Tensor] = []
         es: list[list[torch.Tensor]] = []
-        as_: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
+        as_: list[list[torch.Tensor]] = []
         pres: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
         own_e: list[bool] = []
         own_a: list[bool] = []
@@ -99,8 +59,6 @@ class LowMemoryPass:
         a: list[torch.Tensor] = []
         e_own = False  # whether e / a are the next layer's alone (in a slot of their own)
         a_own = False
-        a_slot = n
-        drop_a1 = self._recomputes_a1(p)
         for i, layer in enumerate(self.layers):
             level = self._level(i)
             pre: Optional[list[torch.Tensor]] = None  # noqa: UP045
@@ -109,17 +67,15 @@ class LowMemoryPass:
                 pre = []
                 x_slot = ws.slot(ne, de)
             pres.append(pre)
-            # layer 1's input angles where they are recomputed: kept by nobody, so the
-            # layer's new angles take their place block by block
-            reuse_a = i == 1 and drop_a1 and a_own
             if i > 0:
                 ns.append(n)
                 es.append(e)
                 own_e.append(e_own)
-                as_.append(None if i == 1 and drop_a1 else a)
+                as_.append(a)
                 own_a.append(a_own)
             slot_out = i + 1 < nl  # the next layer keeps this one's new outputs
             e_slot = n
+            a_slot = n
             n_ext = ghost_features(n, p.nall, comm_dict)
             # the neighbours' products once for all rows (the blocks share most of them)
             proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
@@ -163,8 +119,7 @@ class LowMemoryPass:
                     e2 = e_slot[c.e0 : c.e1].copy_(e2)
                 if slot_out and a2 is not ak:
                     if k == 0:
-                        if not reuse_a:
-                            a_slot = ws.slot(na, da)
+                        a_slot = ws.slot(na, da)
                         a_own = True
                     a2 = a_slot[c.a0 : c.a1].copy_(a2)
                 e_new.append(e2)
@@ -207,10 +162,22 @@ class LowMemoryPass:
                 torch.arange(a1 - a0, dtype=torch.long, device=cptr.device),
                 aptr[e0 : e1 + 1] - a0,
             )
-            eik = make_rows(p.a_eik.idx[a0:a1] - e0, ne, True)
+            eik = self._block_rows(p.a_eik, a0, a1, e0, e1)
             out.append(Chunk(c0, c1, e0, e1, a0, a1, center, nei, eij, eik, rows))
             c0 = c1
         return out
+
+    def _block_rows(self, rows: Rows, a0: int, a1: int, e0: int, e1: int) -> Rows:
+        """The block's part of ``rows`` (entries ``[a0, a1)``, all of them into the rows
+        ``[e0, e1)`` and every entry into those rows among them, as the ``ik`` edges of a
+        block's angles: so the ``a0`` entries before are those into the rows before ``e0``),
+        renumbered from 0: the inverse index is a slice of the whole one, no sort."""
+        perm = rows.perm
+        ptr = rows.ptr
+        idx = rows.idx[a0:a1] - e0
+        if perm is None or ptr is None:
+            return make_rows(idx, e1 - e0, True)
+        return Rows(idx, perm[a0:a1] - a0, ptr[e0 : e1 + 1] - a0)
 
     def _tail_grad(
         self,
@@ -325,8 +292,7 @@ class LowMemoryPass:
 
         A block's gradients of a layer's input edges and angles are written in the place of
         those inputs where they are the layer's alone (``kept.own_e`` / ``own_a``): nothing
-        kept is freed and nothing as large allocated while the pass goes down, and layer 1's
-        recomputed angles go into angles no longer read (:meth:`_layer1_angles`).
+        kept is freed and nothing as large allocated while the pass goes down.
         """
         ns, es, as_, pres = kept.ns, kept.es, kept.as_, kept.pres
         own_es, own_as = kept.own_e, kept.own_a
@@ -337,9 +303,6 @@ class LowMemoryPass:
         # gradients of the layer outputs e, a: one tensor per block (None: not read)
         ge: Optional[list[torch.Tensor]] = None  # noqa: UP045
         ga: Optional[list[torch.Tensor]] = None  # noqa: UP045
-        # the angles' slot whose gradients ``ga`` are in, and one no longer read
-        ga_slot: Optional[list[torch.Tensor]] = None  # noqa: UP045
-        spare: Optional[list[torch.Tensor]] = None  # noqa: UP045
         nlayers = len(self.layers)
         for k in range(nlayers):
             target = nlayers - 1 - k
@@ -355,11 +318,7 @@ class LowMemoryPass:
                 e = es.pop()
                 own_e = own_es.pop()
                 own_a = own_as.pop()
-                kept_a = as_.pop()
-                if kept_a is None:  # layer 1's, not kept (_recomputes_a1)
-                    kept_a = self._layer1_angles(p, chunks, spare)
-                    own_a = True
-                a = kept_a
+                a = as_.pop()
             e_slot = list(e)  # the blocks' inputs, for their gradients in place
             a_slot = list(a)
             n = n.detach().requires_grad_(True)
@@ -449,13 +408,6 @@ class LowMemoryPass:
             gn = g_n
             ge = ge_new.result()
             ga = ga_new.result()
-            # the incoming angle gradients are read: their slot is free for layer 1's angles
-            if ga_slot is not None:
-                spare = ga_slot
-            in_place: Optional[list[torch.Tensor]] = None  # noqa: UP045
-            if own_a and ga is not None:
-                in_place = a_slot
-            ga_slot = in_place
         # ge, ga: now those of layer 0's scalar inputs e_in [E, 1] and cos [A, 1]
         outs0: list[torch.Tensor] = [p.h2sw, p.sw, p.a_weight]
         gouts0: list[Optional[torch.Tensor]] = [gh, gs, gw]  # noqa: UP045

@@ -1,7 +1,6 @@
 """What a RepFlow layer does for the low-memory path (``docs/internals.md``, "Memory";
-:mod:`.low_memory` drives it): layer 1's angles alone, the neighbours' products for all rows,
-and the second pass of a layer that kept its pre-activations with the gradient of its edge
-update by hand.
+:mod:`.low_memory` drives it): the neighbours' products for all rows, and the second pass of
+a layer that kept its pre-activations with the gradient of its edge update by hand.
 
 :class:`LayerReplay` is a base of :class:`~.repflow.RepFlowLayer` and uses its weights and
 helpers (``_pair_linear``, ``_node_update``, ``_angle_fused``, ...); shapes as there.
@@ -17,27 +16,6 @@ from .graph import Rows, gather
 
 class LayerReplay:
     """Methods of :class:`~.repflow.RepFlowLayer` for the low-memory path (see the module)."""
-
-    def angle_update(
-        self,
-        n: torch.Tensor,
-        e: torch.Tensor,
-        a: torch.Tensor,
-        center: Rows,
-        a_eij: Rows,
-        a_eik: Rows,
-        a_weight: torch.Tensor,
-    ) -> torch.Tensor:
-        """Only the updated angles ``[A, a_dim]`` of :meth:`forward` at level 2 on the fused,
-        parallel-update path (its angle-update columns alone, the same function up to
-        rounding): the low-memory path recomputes layer 1's input with it."""
-        lin_a = self.angle_self_linear
-        assert lin_a is not None
-        ba = lin_a.bias
-        assert ba is not None
-        nc, ec = self._compressed(n, e)
-        _, a_new = self._angle_fused(lin_a.matrix, ba, 0, a, nc, ec, center, a_eij, a_eik, a_weight)
-        return a_new
 
     def neighbour_matrix(self, level: int) -> torch.Tensor:
         """``W_n [n_dim, k]``: the neighbour features' weights in the pair linears that
