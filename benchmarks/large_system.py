@@ -37,6 +37,25 @@ def water_box(reps: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.nd
     return big, np.tile(atype, len(shifts)), (cell * np.array(reps)[:, None]).reshape(9)
 
 
+def water_recipe_case(reps: tuple[int, int, int], threads: int) -> tuple[object, tuple, int]:
+    """``(model, args, natoms)``: the water recipe's float32 model (6 layers, DeePMD-kit's own
+    checkpoint ``tests/data/parity/water_recipe_f32``, converted; eval mode) and the arguments of
+    its ``forward_extended`` for the water frame replicated ``reps`` times, with the allocator
+    settings of the dpa3 command and pair_style dpa3 and ``threads`` torch threads."""
+    import dpa3.malloc
+    from dpa3.convert import load_deepmd_model
+    from dpa3.data.neighbor import build_neighbor_batch
+
+    dpa3.malloc.keep_freed_memory()
+    torch.set_num_threads(threads)
+    ckpt = ROOT / "tests" / "data" / "parity" / "water_recipe_f32" / "model.ckpt.pt"
+    model = load_deepmd_model(ckpt).eval()
+    coord, atype, box = water_box(reps)
+    nb = build_neighbor_batch(coord[None], box.reshape(1, 9), model.rcut, model.sel)
+    args = (nb.ext_coord, torch.tensor(atype)[None], nb.mapping, nb.nlist, False)
+    return model, args, len(atype)
+
+
 def small_model(precision: str):
     from dpa3.config import ModelConfig
     from dpa3.model import EnergyModel

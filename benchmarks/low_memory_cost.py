@@ -36,8 +36,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CKPT = ROOT / "tests" / "data" / "parity" / "water_recipe_f32" / "model.ckpt.pt"
 PHASES = ("stack_inputs", "coord_grad")
 
 
@@ -112,20 +110,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
-    from large_system import water_box
+    from large_system import water_recipe_case
 
-    import dpa3.malloc
-    from dpa3.convert import load_deepmd_model
-    from dpa3.data.neighbor import build_neighbor_batch
     from dpa3.model.descriptor import DescrptDPA3
     from dpa3.model.repflow import RepFlowLayer
 
-    dpa3.malloc.keep_freed_memory()  # as the dpa3 command and pair_style dpa3 do
-    torch.set_num_threads(args.threads)
-    model = load_deepmd_model(CKPT).eval()
-    coord, atype, box = water_box(tuple(args.reps))
-    nb = build_neighbor_batch(coord[None], box.reshape(1, 9), model.rcut, model.sel)
-    call = (nb.ext_coord, torch.tensor(atype)[None], nb.mapping, nb.nlist, False)
+    model, call, natoms = water_recipe_case(tuple(args.reps), args.threads)
     ph = Phases()
     for name in PHASES:
         ph.wrap(DescrptDPA3, name)
@@ -168,7 +158,6 @@ def main() -> None:
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
 
-    natoms = len(atype)
     std, low = med(times["standard"]), med(times["low-memory"])
     phase = {k: med([p.get(k, 0.0) for p in phase_runs]) for k in phase_runs[0]}
     # the profiled run's split of the second forward, scaled to the timed runs' median

@@ -24,11 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-CKPT = ROOT / "tests" / "data" / "parity" / "water_recipe_f32" / "model.ckpt.pt"
-
 
 def rss_kb() -> int:
     """The process's resident set, KB."""
@@ -61,21 +56,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from large_system import water_box
+    from large_system import water_recipe_case
 
-    import dpa3.malloc
-    from dpa3.convert import load_deepmd_model
-    from dpa3.data.neighbor import build_neighbor_batch
     from dpa3.model.descriptor import DescrptDPA3
 
-    dpa3.malloc.keep_freed_memory()  # as the dpa3 command and pair_style dpa3 do
-    torch.set_num_threads(args.threads)
-    model = load_deepmd_model(CKPT).eval()
+    model, call, natoms = water_recipe_case(tuple(args.reps), args.threads)
     model.graph_budget_bytes = 0
-    coord, atype, box = water_box(tuple(args.reps))
-    nb = build_neighbor_batch(coord[None], box.reshape(1, 9), model.rcut, model.sel)
-    call = (nb.ext_coord, torch.tensor(atype)[None], nb.mapping, nb.nlist, False)
-    natoms = len(atype)
     marks: dict[str, int] = {}
 
     def mark(cls: type, name: str) -> None:
