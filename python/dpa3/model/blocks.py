@@ -13,13 +13,13 @@ class Kept(NamedTuple):
 
     Per layer ``1 .. L-1``: ``ns`` its input nodes ``[Nn, n_dim]``; ``es`` its input edges and
     ``as_`` its input angles block by block (``[E_c, e_dim]`` / ``[A_c, a_dim]`` per block);
-    ``own_e`` / ``own_a`` whether those
-    are this layer's alone (the previous layer computed them; not the same tensors as its own
-    inputs, which a layer that does not update them passes on), so that the backward pass may
-    write their gradient in their place.  Per layer ``0 .. L-1``: ``pres`` the pre-activation of
-    the edge update's angle term ``x_ang [E_c, e_dim]`` block by block, or None.  ``n_last``
-    the last node features ``[Nn, n_dim]``.  Every block tensor is a view of one
-    :class:`Workspace` buffer (but inputs that layer 0 passes on unchanged).
+    ``own_e`` / ``own_a`` whether those are this layer's alone (the previous layer computed
+    them; not the same tensors as its own inputs, which a layer that does not update them
+    passes on), so that the backward pass may write their gradient in their place.  Per layer
+    ``0 .. L-1``: ``pres`` the pre-activation of the edge update's angle term ``x_ang [E_c,
+    e_dim]`` block by block, or None.  ``n_last`` the last node features ``[Nn, n_dim]``.
+    Every block tensor is a view of one :class:`Workspace` buffer (but inputs that layer 0
+    passes on unchanged).
     """
 
     ns: list[torch.Tensor]

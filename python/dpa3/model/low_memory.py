@@ -113,12 +113,12 @@ class LowMemoryPass:
                 if pre is not None:
                     pre[k] = x_slot[c.e0 : c.e1].copy_(pre[k])
                 if slot_out and e2 is not ek:
-                    if k == 0:
+                    if not e_own:  # the layer's first new block: its slot
                         e_slot = ws.slot(ne, de)
                         e_own = True
                     e2 = e_slot[c.e0 : c.e1].copy_(e2)
                 if slot_out and a2 is not ak:
-                    if k == 0:
+                    if not a_own:
                         a_slot = ws.slot(na, da)
                         a_own = True
                     a2 = a_slot[c.a0 : c.a1].copy_(a2)
@@ -319,8 +319,8 @@ class LowMemoryPass:
                 own_e = own_es.pop()
                 own_a = own_as.pop()
                 a = as_.pop()
-            e_slot = list(e)  # the blocks' inputs, for their gradients in place
-            a_slot = list(a)
+            e_place = list(e)  # the blocks' inputs, for their gradients in place
+            a_place = list(a)
             n = n.detach().requires_grad_(True)
             n_ext = ghost_features(n, p.nall, comm_dict)
             n_ext_d = n_ext.detach()
@@ -390,10 +390,10 @@ class LowMemoryPass:
                     add_rows(g_ext, c.rows, grads[1])
                     g_e = grads[2]
                     if own_e and g_e is not None:
-                        g_e = e_slot[j].copy_(g_e)
+                        g_e = e_place[j].copy_(g_e)
                     g_a = grads[3]
                     if own_a and g_a is not None:
-                        g_a = a_slot[j].copy_(g_a)
+                        g_a = a_place[j].copy_(g_a)
                     ge_new.put(g_e, e_leaf)
                     ga_new.put(g_a, a_leaf)
                     add_to(gh, c.e0, grads[4])
