@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from lammps_report import CKPT6, GIB, ROOT, cpu_model, loadavg, meminfo
-from lammps_runs import TCMALLOC, Side, deepmd_side, run_lammps
+from lammps_runs import Side, deepmd_side, run_lammps
 
 HERE = Path(__file__).resolve().parent
 
@@ -163,8 +163,6 @@ def main() -> None:
     sides = {"dpa3": Side("dpa3", ours, dpa3.lammps.plugin_path(), "dpa3")}
     if with_deepmd:
         sides["deepmd"] = deepmd_side(dp_venv)
-    if args.malloc == "tcmalloc" and not Path(TCMALLOC).exists():
-        raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     models = {"dpa3": work / "dpa3.pth", "deepmd": work / "deepmd.pth"}

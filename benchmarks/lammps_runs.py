@@ -117,7 +117,10 @@ def deepmd_side(venv: Path) -> Side:
 
 def run_env(threads: int, tcmalloc: bool = True) -> tuple[dict[str, str], dict[str, str]]:
     """Environment of a timed run (LAMMPS or ASE): the full one, and the variables set;
-    ``tcmalloc`` False: glibc's allocator (no preload)."""
+    ``tcmalloc`` False: glibc's allocator (no preload). Exits when tcmalloc is asked for and
+    not installed."""
+    if tcmalloc and not Path(TCMALLOC).exists():
+        raise SystemExit(f"{TCMALLOC} missing (apt-get install libtcmalloc-minimal4)")
     env = dict(os.environ)
     env.pop("LAMMPS_PLUGIN_PATH", None)
     env.pop("LD_PRELOAD", None)

@@ -319,8 +319,6 @@ class LowMemoryPass:
                 own_e = own_es.pop()
                 own_a = own_as.pop()
                 a = as_.pop()
-            e_place = list(e)  # the blocks' inputs, for their gradients in place
-            a_place = list(a)
             n = n.detach().requires_grad_(True)
             n_ext = ghost_features(n, p.nall, comm_dict)
             n_ext_d = n_ext.detach()
@@ -376,11 +374,8 @@ class LowMemoryPass:
                 grads = torch.autograd.grad(
                     outs, [nc, xc, e_leaf, a_leaf, hc, sc, wc, pc], gouts, allow_unused=True
                 )
-                # this block's kept inputs and incoming gradients are read: let them go
-                e[j] = nothing
-                a[j] = nothing
-                if pre is not None:
-                    pre[j] = nothing
+                # this block's incoming gradients are read: let them go (the kept inputs are
+                # views of the buffer; their gradients take their place below)
                 if ge is not None:
                     ge[j] = nothing
                 if ga is not None:
@@ -390,10 +385,10 @@ class LowMemoryPass:
                     add_rows(g_ext, c.rows, grads[1])
                     g_e = grads[2]
                     if own_e and g_e is not None:
-                        g_e = e_place[j].copy_(g_e)
+                        g_e = e[j].copy_(g_e)
                     g_a = grads[3]
                     if own_a and g_a is not None:
-                        g_a = a_place[j].copy_(g_a)
+                        g_a = a[j].copy_(g_a)
                     ge_new.put(g_e, e_leaf)
                     ga_new.put(g_a, a_leaf)
                     add_to(gh, c.e0, grads[4])
