@@ -9,7 +9,8 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 - ``allreduce_min(x, comm) -> Tensor``: element-wise minimum over the ranks of ``comm``;
 - the compute ops of the RepFlow layers, differentiable (``gather_rows``, ``scatter_rows``,
   ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order;
-  ``angle_block_replay``, angle_block's backward around messages computed before), each built
+  ``angle_block_replay`` and ``center_outer_replay``, their backward around outputs computed
+  before), each built
   on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
   ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``,
   ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
@@ -265,10 +266,20 @@ def edge_sum(
 
 
 def center_outer(
-    h: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, perm: torch.Tensor, ptr: torch.Tensor
+    h: torch.Tensor,
+    g: torch.Tensor,
+    idx: torch.Tensor,
+    perm: torch.Tensor,
+    ptr: torch.Tensor,
+    kept: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript needs typing.Optional here)
 ) -> torch.Tensor:
     """``T[i] = sum over edges q of centre i of h[q] (x) g[q]``: ``h [E, 3]``, ``g [E, d]`` ->
-    ``[N, 3, d]``."""
+    ``[N, 3, d]``.
+
+    With ``kept [N, 3, d]``, ``T`` computed before, ``dpa3::center_outer_replay``: returns it
+    (copied) with center_outer's backward (the low-memory path's second pass)."""
+    if kept is not None:
+        return torch.ops.dpa3.center_outer_replay(h, g, idx, perm, ptr, kept)
     return torch.ops.dpa3.center_outer(h, g, idx, perm, ptr)
 
 

@@ -276,8 +276,9 @@ def test_blocks_of_centres_cover_every_edge_and_angle_once():
 
 def test_kept_inputs_and_preactivations():
     """On the fused path the first pass keeps the pre-activation of the edge update's angle term
-    (``x_ang = Lin_ea2(red)``) of exactly the layers that update edges (levels 2 and 1: the last
-    layer keeps none), block by block, and the inputs of layers 1 .. L-1; all of them equal
+    (``x_ang = Lin_ea2(red)``) and the node update's outer sums of ``e`` and ``n_j`` of exactly
+    the layers that update edges (levels 2 and 1: the last layer keeps none), block by block,
+    and the inputs of layers 1 .. L-1; all of them equal
     what the layers compute on the whole graph.  The edges and angles a layer computed are its
     successor's own (the backward pass may write their gradients in their place); the angles
     that a level-1 layer passes on unchanged are not its successor's own, and they and every
@@ -293,10 +294,10 @@ def test_kept_inputs_and_preactivations():
     assert len(chunks) > 1
 
     def whole(layer: int, n, e, a, level: int):
-        keep: list[torch.Tensor] = []  # the layer appends x_ang (the first pass's way)
+        keep: list[torch.Tensor] = []  # the layer appends x_ang, T_e, T_n (the first pass's)
         out = desc.layers[layer](*_layer_args(p, n, e, a), True, level, keep)
-        assert len(keep) == 1
-        return out, keep[0]
+        assert len(keep) == 3
+        return out, keep
 
     with torch.no_grad():
         kept = desc.stack_inputs(p, chunks, None)
@@ -314,15 +315,20 @@ def test_kept_inputs_and_preactivations():
     assert torch.allclose(torch.cat(as_[0]), ref_a1, atol=1e-12)
     assert not torch.equal(torch.cat(as_[0]), a0)  # layer 0 did update the angles
     assert torch.allclose(torch.cat(as_[1]), ref_a2, atol=1e-12)
-    assert torch.allclose(torch.cat(pres[0]), x0, atol=1e-12)
-    assert torch.allclose(torch.cat(pres[2]), x2, atol=1e-12)
+    for layer, whole_keep in ((0, x0), (2, x2)):
+        assert all(len(blk) == 3 for blk in pres[layer])
+        for q in range(3):  # x_ang [E, e_dim], then the outer sums [N, 3, d] of e and n_j
+            got = torch.cat([blk[q] for blk in pres[layer]])
+            assert torch.allclose(got, whole_keep[q], atol=1e-12), (layer, q)
+    assert x0[1].shape[1:] == (3, e0.shape[1]) and x0[2].shape[1:] == (3, n0.shape[1])
     # layers 1, 2 read new edges and angles; layer 3 (after the level-1 layer 2) new edges
     # and layer 2's input angles, passed on
     assert kept.own_e == [True, True, True]
     assert kept.own_a == [True, True, False]
     assert all(x is y for x, y in zip(as_[2], as_[1], strict=True))
     base = es[0][0].untyped_storage().data_ptr()
-    for blocks in es + as_ + pres[:3]:
+    kept_blocks = [t for r in pres[:3] for blk in r for t in blk]
+    for blocks in [*es, *as_, kept_blocks]:
         assert all(t.untyped_storage().data_ptr() == base for t in blocks)
 
 
@@ -332,7 +338,8 @@ def test_kept_inputs_and_preactivations():
 )
 def test_edge_update_gradient_from_kept_preactivations(options):
     """``replay`` + ``edge_tail_grad`` (the edge update's backward from its pre-activations,
-    without the activations' and ``Lin_ea2``'s forward) give the gradient that autograd takes
+    without the activations' and ``Lin_ea2``'s forward, the node update's outer sums kept) give
+    the node output and the gradient that autograd takes
     through the layer's forward, for the edge output's gradient ``ge`` and the node output's
     ``gn``, to the node rows, the neighbour rows and the input edges; at level 2 and 1."""
     model = make_model(seed=3, nlayers=3, **options)
@@ -351,7 +358,8 @@ def test_edge_update_gradient_from_kept_preactivations(options):
         gn = torch.randn(n2.shape, generator=gen, dtype=n2.dtype)
         ge = torch.randn(e2.shape, generator=gen, dtype=e2.dtype)
         want = torch.autograd.grad([n2, e2], leaves[:3], [gn, ge])
-        x_ang = keep[0].detach()
+        kept = [t.detach() for t in keep]  # x_ang, T_e, T_n
+        x_ang = kept[0]
         nl, xl, el, al = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
         n3, red, _, x_self = layer.replay(
             nl,
@@ -366,8 +374,9 @@ def test_edge_update_gradient_from_kept_preactivations(options):
             p.a_eij,
             p.a_eik,
             level,
-            x_ang,
+            kept,
         )
+        assert torch.allclose(n3, n2, atol=1e-12)  # the kept outer sums in their place
         g_self, t_e, t_red = layer.edge_tail_grad(ge, x_self.detach(), x_ang, p.is_a)
         got = torch.autograd.grad([n3, x_self, red, el], [nl, xl, el], [gn, g_self, t_red, t_e])
         for name, w, g in zip("n n_ext e".split(), want, got, strict=True):
@@ -443,3 +452,47 @@ def test_workspace_sizes_are_steps_that_repeat():
     ws.slot(left, 1)  # the rounding's room
     with pytest.raises(AssertionError, match="capacity"):
         ws.slot(1, 1)
+
+
+def test_last_layer_runs_once_with_the_fitting_net_block_by_block(monkeypatch):
+    """The last layer runs once, block by block with its graph (not in the first pass, not
+    again), the fitting net on each block's rows; a virtual atom (type -1) has energy 0, and
+    everything equals the standard path."""
+    from dpa3.model.network import FittingNet
+    from dpa3.model.repflow import RepFlowLayer
+
+    model = make_model(seed=7, nlayers=3)
+    desc = model.descriptor
+    desc.chunk_angles = 400  # several blocks
+    coord, atype, box = alloy_frame()
+    atype = atype.copy()
+    atype[3] = -1
+    args = (torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None])
+    model.graph_budget_bytes = 1 << 60
+    std = model(*args)
+    last = desc.layers[-1]
+    runs: list[bool] = []  # grad mode of the last layer's calls
+    rows: list[int] = []  # rows of the fitting net's calls
+    forward, energies = RepFlowLayer.forward, FittingNet.atom_energies
+
+    def spy_forward(layer, *a, **k):
+        if layer is last:
+            runs.append(torch.is_grad_enabled())
+        return forward(layer, *a, **k)
+
+    def spy_energies(net, d):
+        rows.append(d.shape[0])
+        return energies(net, d)
+
+    monkeypatch.setattr(RepFlowLayer, "forward", spy_forward)
+    monkeypatch.setattr(FittingNet, "atom_energies", spy_energies)
+    model.graph_budget_bytes = 0
+    low = model(*args)
+    ext, ext_t, nlist, mapping, _ = _lower(model, (coord, atype, box))
+    nblocks = len(desc.chunks(desc.prepare(ext, ext_t, nlist, mapping, None)))
+    assert nblocks > 1
+    assert runs == [True] * nblocks
+    assert len(rows) == nblocks and sum(rows) == len(atype)
+    assert low["atom_energy"][0, 3].item() == 0.0
+    for k in (*KEYS, "atom_energy"):
+        assert (low[k] - std[k]).abs().max().item() < 1e-12, k

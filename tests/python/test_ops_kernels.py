@@ -1,7 +1,7 @@
 """The compute kernels of the op library against plain PyTorch formulas written here.
 
 ``dpa3::angle_block`` (the fused angle block, differentiable twice), ``dpa3::center_outer``
-(the per-centre outer-product sums of the symmetrisation, any derivative order) and
+(the per-centre outer-product sums of the symmetrisation, any derivative order; its replay) and
 ``dpa3::activation`` (against the model's PyTorch activations, differentiable twice).
 """
 
@@ -74,6 +74,27 @@ def test_center_outer_third_order_matches_reference() -> None:
     ours = loss(lambda a, b: torch.ops.dpa3.center_outer(a, b, idx, perm, ptr))
     ref = loss(lambda a, b: outer_reference(a, b, idx, n))
     assert torch.allclose(ours, ref, atol=1e-10)
+
+
+def test_center_outer_replay_has_center_outers_gradients() -> None:
+    """center_outer_replay around outer sums computed before: returns them (a copy), with
+    center_outer's first and second derivatives for h and g (the reference formula's); the
+    kept sums get none.  A kept tensor of another shape is refused."""
+    h, g, idx, perm, ptr, n = outer_case(seed=5)
+    ref = outer_reference(h, g, idx, n)
+    kept = ref.detach().clone().requires_grad_(True)
+    out = torch.ops.dpa3.center_outer_replay(h, g, idx, perm, ptr, kept)
+    assert torch.equal(out, kept) and out.data_ptr() != kept.data_ptr()
+    go = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(2))
+    ours = torch.autograd.grad(out, [h, g, kept], go, allow_unused=True, create_graph=True)
+    refs = torch.autograd.grad(ref, [h, g], go, create_graph=True)
+    assert torch.allclose(ours[0], refs[0], atol=1e-12)
+    assert torch.allclose(ours[1], refs[1], atol=1e-12)
+    assert ours[2] is None
+    second = torch.autograd.grad((ours[0] ** 2).sum(), g)[0]  # training's order
+    assert torch.allclose(second, torch.autograd.grad((refs[0] ** 2).sum(), g)[0], atol=1e-11)
+    with pytest.raises(RuntimeError, match="S must be"):
+        torch.ops.dpa3.center_outer_replay(h, g, idx, perm, ptr, kept[:, :, :-1])
 
 
 # --------------------------------------------------------------------------- angle_block

@@ -16,8 +16,10 @@ class Kept(NamedTuple):
     ``own_e`` / ``own_a`` whether those are this layer's alone (the previous layer computed
     them; not the same tensors as its own inputs, which a layer that does not update them
     passes on), so that the backward pass may write their gradient in their place.  Per layer
-    ``0 .. L-1``: ``pres`` the pre-activation of the edge update's angle term ``x_ang [E_c,
-    e_dim]`` block by block, or None.  ``n_last`` the last node features ``[Nn, n_dim]``.
+    ``0 .. L-1``: ``pres`` block by block ``[x_ang [E_c, e_dim], T_e [N_c, 3, e_dim], T_n [N_c,
+    3, n_dim]]``, the pre-activation of the edge update's angle term and the node update's
+    outer sums of the symmetrisation (``RepFlowLayer._sym``), or None (where the layer's
+    second pass runs its forward; always for the last layer, which runs once, there).
     Every block tensor is a view of one :class:`Workspace` buffer (but inputs that layer 0
     passes on unchanged).
     """
@@ -25,10 +27,9 @@ class Kept(NamedTuple):
     ns: list[torch.Tensor]
     es: list[list[torch.Tensor]]
     as_: list[list[torch.Tensor]]
-    pres: list[Optional[list[torch.Tensor]]]  # noqa: UP045
+    pres: list[Optional[list[list[torch.Tensor]]]]  # noqa: UP045
     own_e: list[bool]
     own_a: list[bool]
-    n_last: torch.Tensor
 
 
 def workspace_numel(n: int) -> int:

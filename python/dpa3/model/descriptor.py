@@ -233,9 +233,14 @@ class DescrptDPA3(LowMemoryPass, nn.Module):
 
     def output(self, n: torch.Tensor, p: Prepared, nf: int, nloc: int) -> torch.Tensor:
         """Descriptor ``[nf, nloc, dim_out]`` from the last node features ``n [Nn, n_dim]``."""
+        return self.output_rows(n, p.tebd).view(nf, nloc, self.dim_out)
+
+    def output_rows(self, n: torch.Tensor, tebd: torch.Tensor) -> torch.Tensor:
+        """Descriptor rows ``[m, dim_out]`` from the last node features ``n [m, n_dim]`` and the
+        same rows' type embedding ``tebd [m, *]``."""
         if self.concat_output_tebd:
-            n = torch.cat([n, p.tebd], dim=-1)
-        return n.view(nf, nloc, self.dim_out)
+            return torch.cat([n, tebd], dim=-1)
+        return n
 
     def forward(
         self,

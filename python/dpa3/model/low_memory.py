@@ -1,15 +1,16 @@
 """The low-memory evaluation path of the descriptor (``docs/internals.md``, "Memory").
 
-The layers run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping what the
-backward pass needs; the backward pass (:meth:`LowMemoryPass.coord_grad`) then runs each layer
-again with a graph, last first, block of centres by block (:meth:`LowMemoryPass.chunks`), and
-differentiates it at once, so only one block's graph exists at any time.
+The layers but the last run once without a graph (:meth:`LowMemoryPass.stack_inputs`), keeping
+what the backward pass needs; :meth:`LowMemoryPass.coord_grad` then runs the last layer with the
+fitting net and each layer below again, all with a graph, last first, block of centres by block
+(:meth:`LowMemoryPass.chunks`), and differentiates each block at once, so only one block's graph
+exists at any time.  The last layer runs once: the fitting net reads only its block's rows.
 
 Where a layer keeps the pre-activation of its edge update's angle term (``x_ang [E, e_dim]``,
-:meth:`RepFlowLayer.keeps_preactivations`), its second run skips the angle kernel's forward,
-``Lin_ea2``, the edge update's activations and residual sum (:meth:`RepFlowLayer.replay`): the
-edge update's gradient is taken by hand from the pre-activations
-(:meth:`RepFlowLayer.edge_tail_grad`).
+:meth:`RepFlowLayer.keeps_preactivations`) and its node update's outer sums (``[N, 3, d]``),
+its second run skips the angle kernel's forward, the outer sums, ``Lin_ea2``, the edge
+update's activations and residual sum (:meth:`RepFlowLayer.replay`): the edge update's
+gradient is taken by hand from the pre-activations (:meth:`RepFlowLayer.edge_tail_grad`).
 
 :class:`LowMemoryPass` is a base of :class:`~dpa3.model.descriptor.DescrptDPA3` and reads its
 ``layers``, ``act``, ``chunk_angles`` and embedding methods.
@@ -27,6 +28,15 @@ from .graph import Rows, make_rows
 from .prepared import Chunk, Prepared
 
 
+@torch.jit.interface
+class AtomFitting(torch.nn.Module):
+    """What the low-memory path calls of the fitting net (``FittingNet.atom_energies``)."""
+
+    def atom_energies(self, d: torch.Tensor) -> torch.Tensor:
+        """Atomic network energies ``[m]`` float64 of descriptor rows ``d [m, dim_out]``."""
+        pass  # noqa: PIE790 (TorchScript's interface declarations need it)
+
+
 class LowMemoryPass:
     """Methods of the low-memory path (a base class of ``DescrptDPA3``; see the module)."""
 
@@ -36,8 +46,9 @@ class LowMemoryPass:
         chunks: list[Chunk],
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
     ) -> Kept:
-        """Run the layers (call it under ``torch.no_grad()``), keeping what the backward needs
-        (:class:`Kept`; layer 0's inputs are recomputed from ``p``).  A layer returns the
+        """Run the layers but the last (call it under ``torch.no_grad()``), keeping what the
+        backward needs (:class:`Kept`; layer 0's inputs are recomputed from ``p``; the last
+        layer runs once, in :meth:`coord_grad`, from its inputs kept here).  A layer returns the
         outputs the next one does not read unchanged, so the lists share those tensors instead
         of holding copies.  Each layer runs block by block (``chunks``, :meth:`chunks`) after
         one exchange; what a block computes and a later layer keeps is copied into the layer's
@@ -46,86 +57,102 @@ class LowMemoryPass:
         ns: list[torch.Tensor] = []
         es: list[list[torch.Tensor]] = []
         as_: list[list[torch.Tensor]] = []
-        pres: list[Optional[list[torch.Tensor]]] = []  # noqa: UP045
+        pres: list[Optional[list[list[torch.Tensor]]]] = []  # noqa: UP045
         own_e: list[bool] = []
         own_a: list[bool] = []
         n = self.act(p.tebd)
         nl = len(self.layers)
-        ne, na = p.sw.shape[0], p.a_weight.shape[0]
-        de, da = self.layers[0].e_dim, self.layers[0].a_dim
-        # at most: every layer's input edges and angles and pre-activations
-        ws = Workspace(n, (nl - 1) * (ne * de + na * da) + nl * ne * de)
+        nn, ne, na = n.shape[0], p.sw.shape[0], p.a_weight.shape[0]
+        dn, de, da = n.shape[1], self.layers[0].e_dim, self.layers[0].a_dim
+        # at most: the input edges and angles of layers 1 .. L-1, the pre-activations and
+        # outer sums of layers 0 .. L-2
+        ws = Workspace(n, (nl - 1) * (2 * ne * de + na * da + 3 * nn * (de + dn)))
         e: list[torch.Tensor] = []  # layer 0's: block by block from the scalar inputs
         a: list[torch.Tensor] = []
         e_own = False  # whether e / a are the next layer's alone (in a slot of their own)
         a_own = False
         for i, layer in enumerate(self.layers):
-            level = self._level(i)
-            pre: Optional[list[torch.Tensor]] = None  # noqa: UP045
-            x_slot = n
-            if layer.keeps_preactivations(level, p.fused):
-                pre = []
-                x_slot = ws.slot(ne, de)
-            pres.append(pre)
             if i > 0:
                 ns.append(n)
                 es.append(e)
                 own_e.append(e_own)
                 as_.append(a)
                 own_a.append(a_own)
-            slot_out = i + 1 < nl  # the next layer keeps this one's new outputs
-            e_slot = n
-            a_slot = n
-            n_ext = ghost_features(n, p.nall, comm_dict)
-            # the neighbours' products once for all rows (the blocks share most of them)
-            proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
-            n_new = torch.empty_like(n)
-            e_new: list[torch.Tensor] = []
-            a_new: list[torch.Tensor] = []
-            e_own = False
-            a_own = False
-            for k, c in enumerate(chunks):
-                if i == 0:
-                    ek = self.initial_edges(p.e_in[c.e0 : c.e1])
-                    ak = self.initial_angles(p.cos[c.a0 : c.a1])
-                else:
-                    ek = e[k]
-                    ak = a[k]
-                n2, e2, a2 = layer(
-                    n[c.c0 : c.c1],
-                    rows_of(n_ext, c.rows),
-                    ek,
-                    ak,
-                    c.center,
-                    c.nei,
-                    p.h2sw[c.e0 : c.e1],
-                    p.sw[c.e0 : c.e1],
-                    p.a_weight[c.a0 : c.a1],
-                    p.is_a[c.e0 : c.e1],
-                    c.a_eij,
-                    c.a_eik,
-                    p.fused,
-                    level,
-                    pre,
-                    rows_of(proj, c.rows),
-                )
-                n_new[c.c0 : c.c1] = n2
-                if pre is not None:
-                    pre[k] = x_slot[c.e0 : c.e1].copy_(pre[k])
-                if slot_out and e2 is not ek:
-                    if not e_own:  # the layer's first new block: its slot
-                        e_slot = ws.slot(ne, de)
-                        e_own = True
-                    e2 = e_slot[c.e0 : c.e1].copy_(e2)
-                if slot_out and a2 is not ak:
-                    if not a_own:
-                        a_slot = ws.slot(na, da)
-                        a_own = True
-                    a2 = a_slot[c.a0 : c.a1].copy_(a2)
-                e_new.append(e2)
-                a_new.append(a2)
-            n, e, a = n_new, e_new, a_new
-        return Kept(ns, es, as_, pres, own_e, own_a, n)
+            if i == nl - 1:  # the last layer runs in coord_grad
+                pres.append(None)
+            else:
+                level = self._level(i)
+                pre: Optional[list[list[torch.Tensor]]] = None  # noqa: UP045
+                keep: Optional[list[torch.Tensor]] = None  # noqa: UP045
+                slots: list[torch.Tensor] = []  # x_ang [E, de], T_e [Nn, 3, de], T_n [Nn, 3, dn]
+                if layer.keeps_preactivations(level, p.fused):
+                    pre = []
+                    slots = [
+                        ws.slot(ne, de),
+                        ws.slot(3 * nn, de).view(nn, 3, de),
+                        ws.slot(3 * nn, dn).view(nn, 3, dn),
+                    ]
+                pres.append(pre)
+                e_slot = n
+                a_slot = n
+                n_ext = ghost_features(n, p.nall, comm_dict)
+                # the neighbours' products once for all rows (the blocks share most of them)
+                proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
+                n_new = torch.empty_like(n)
+                e_new: list[torch.Tensor] = []
+                a_new: list[torch.Tensor] = []
+                e_own = False
+                a_own = False
+                for k, c in enumerate(chunks):
+                    if i == 0:
+                        ek = self.initial_edges(p.e_in[c.e0 : c.e1])
+                        ak = self.initial_angles(p.cos[c.a0 : c.a1])
+                    else:
+                        ek = e[k]
+                        ak = a[k]
+                    if pre is not None:
+                        keep = []
+                    n2, e2, a2 = layer(
+                        n[c.c0 : c.c1],
+                        rows_of(n_ext, c.rows),
+                        ek,
+                        ak,
+                        c.center,
+                        c.nei,
+                        p.h2sw[c.e0 : c.e1],
+                        p.sw[c.e0 : c.e1],
+                        p.a_weight[c.a0 : c.a1],
+                        p.is_a[c.e0 : c.e1],
+                        c.a_eij,
+                        c.a_eik,
+                        p.fused,
+                        level,
+                        keep,
+                        rows_of(proj, c.rows),
+                    )
+                    n_new[c.c0 : c.c1] = n2
+                    if pre is not None and keep is not None:  # into the layer's slots
+                        pre.append(
+                            [
+                                slots[0][c.e0 : c.e1].copy_(keep[0]),
+                                slots[1][c.c0 : c.c1].copy_(keep[1]),
+                                slots[2][c.c0 : c.c1].copy_(keep[2]),
+                            ]
+                        )
+                    if e2 is not ek:
+                        if not e_own:  # the layer's first new block: its slot
+                            e_slot = ws.slot(ne, de)
+                            e_own = True
+                        e2 = e_slot[c.e0 : c.e1].copy_(e2)
+                    if a2 is not ak:
+                        if not a_own:
+                            a_slot = ws.slot(na, da)
+                            a_own = True
+                        a2 = a_slot[c.a0 : c.a1].copy_(a2)
+                    e_new.append(e2)
+                    a_new.append(a2)
+                n, e, a = n_new, e_new, a_new
+        return Kept(ns, es, as_, pres, own_e, own_a)
 
     def chunks(self, p: Prepared) -> list[Chunk]:
         """Blocks of whole centres with at most ``chunk_angles`` angles each (a centre with
@@ -207,16 +234,17 @@ class LowMemoryPass:
         a_weight: torch.Tensor,
         p: Prepared,
         c: Chunk,
-        x_ang: Optional[torch.Tensor],  # noqa: UP045
+        kept: Optional[list[torch.Tensor]],  # noqa: UP045
         proj: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``target`` on the block ``c`` with a graph: ``(n, e, a, e)`` of its forward, or
-        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where ``x_ang`` (kept) is
-        given; ``proj``: the block's rows of ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
+        ``(n, red, a, x_self)`` of its :meth:`RepFlowLayer.replay` where what the first pass
+        kept of the block is given (``[x_ang, T_e, T_n]``, :class:`Kept`); ``proj``: the
+        block's rows of ``n_ext W_n`` (:meth:`_neighbour_matrix`)."""
         out = (n, e, a, e)
         for i, layer in enumerate(self.layers):
             if i == target:
-                if x_ang is None:
+                if kept is None:
                     n2, e2, a2 = layer(
                         n,
                         x,
@@ -250,7 +278,7 @@ class LowMemoryPass:
                         c.a_eij,
                         c.a_eik,
                         self._level(i),
-                        x_ang,
+                        kept,
                         proj,
                     )
         return out
@@ -269,15 +297,20 @@ class LowMemoryPass:
         p: Prepared,
         chunks: list[Chunk],
         kept: Kept,
-        gn: torch.Tensor,
+        fitting: AtomFitting,
+        real: torch.Tensor,
         comm_dict: Optional[dict[str, torch.Tensor]],  # noqa: UP045
         retain_graph: bool = False,
-    ) -> Optional[torch.Tensor]:  # noqa: UP045
-        """``sum <gn, d n_L / d coord>``: the backward pass through the layers, one at a time.
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP045
+        """The fitting net's atomic energies ``E_i`` and ``sum_i dE_i / d coord``: the last
+        layer and the backward pass through the layers, one at a time.
 
-        Each layer is run again with a graph from its kept inputs (``kept``, :meth:`stack_inputs`,
-        emptied here as the pass goes down) and differentiated at once, block of centres by
-        block (:meth:`chunks`), so only one block's graph exists at any time.  A layer that
+        The last layer (its inputs kept by :meth:`stack_inputs`) runs once, block of centres
+        by block (:meth:`chunks`), with its graph and the ``fitting`` net on the block's
+        descriptor rows (``real [Nn]`` bool: False for virtual atoms, whose energy is 0), and
+        is differentiated at once.  Each layer below is run again with a graph from its kept
+        inputs (``kept``, emptied here as the pass goes down) and differentiated at once, block
+        by block, so only one block's graph exists at any time.  A layer that
         kept ``x_ang`` runs :meth:`RepFlowLayer.replay` instead of its forward, and its edge
         update's gradient is taken by hand (:meth:`RepFlowLayer.edge_tail_grad`) to the
         self-update's pre-activation, the input edges and the angles' messages, from where
@@ -285,10 +318,9 @@ class LowMemoryPass:
         once, outside the blocks; the gradient of the ghost features is summed over the blocks
         and sent home through its backward.  The geometric factors' gradients are summed over
         the layers and taken back to ``coord`` (the tensor ``p`` was prepared from) through the
-        graph of :meth:`prepare`, with those of layer 0's inputs.  ``gn [Nn, n_dim]`` is the
-        gradient of the output with respect to the last node features.  ``retain_graph``
-        keeps the graph of :meth:`prepare` (and of the geometric factors, which a committee
-        shares: ``EnergyModel.forward_prepared``).  Returns ``[nf, nall, 3]`` or None.
+        graph of :meth:`prepare`, with those of layer 0's inputs.  ``retain_graph`` keeps the
+        graph of :meth:`prepare` (and of the geometric factors, which a committee shares:
+        ``EnergyModel.forward_prepared``).  Returns ``(E [Nn] float64, [nf, nall, 3] or None)``.
 
         A block's gradients of a layer's input edges and angles are written in the place of
         those inputs where they are the layer's alone (``kept.own_e`` / ``own_a``): nothing
@@ -296,6 +328,8 @@ class LowMemoryPass:
         """
         ns, es, as_, pres = kept.ns, kept.es, kept.as_, kept.pres
         own_es, own_as = kept.own_e, kept.own_a
+        e_net = torch.zeros(real.shape[0], dtype=torch.float64, device=real.device)
+        gn = p.sw.new_empty(0)  # the gradient of a layer's node output (none for the last)
         gh = torch.zeros_like(p.h2sw)
         gs = torch.zeros_like(p.sw)
         gw = torch.zeros_like(p.a_weight)
@@ -348,12 +382,23 @@ class LowMemoryPass:
                 wc = p.a_weight[c.a0 : c.a1].detach().requires_grad_(True)
                 xc = rows_of(n_ext_d, c.rows).requires_grad_(True)
                 pc = rows_of(proj, c.rows).requires_grad_(True)
+                kept_c: Optional[list[torch.Tensor]] = None  # noqa: UP045
                 x_ang: Optional[torch.Tensor] = None  # noqa: UP045
                 if pre is not None:
-                    x_ang = pre[j]
-                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, x_ang, pc)
-                outs: list[torch.Tensor] = [n2]
-                gouts: list[Optional[torch.Tensor]] = [gn[c.c0 : c.c1]]  # noqa: UP045
+                    kept_c = pre[j]
+                    x_ang = kept_c[0]
+                n2, e2, a2, xs2 = self._rerun(target, nc, xc, ec, ac, hc, sc, wc, p, c, kept_c, pc)
+                outs: list[torch.Tensor] = []
+                gouts: list[Optional[torch.Tensor]] = []  # noqa: UP045
+                if k == 0:  # the last layer: the fitting net on the block's rows
+                    e_blk = fitting.atom_energies(self.output_rows(n2, p.tebd[c.c0 : c.c1]))
+                    e_blk = torch.where(real[c.c0 : c.c1], e_blk, torch.zeros_like(e_blk))
+                    e_net[c.c0 : c.c1] = e_blk.detach()
+                    outs.append(e_blk.sum())
+                    gouts.append(None)
+                else:
+                    outs.append(n2)
+                    gouts.append(gn[c.c0 : c.c1])
                 if ge is not None and x_ang is not None:
                     # e2 stands for the angles' messages, xs2 is x_self: the edge update by hand
                     g_self, t_e, t_red = self._tail_grad(
@@ -412,6 +457,7 @@ class LowMemoryPass:
         if ga is not None:
             outs0.append(p.cos)
             gouts0.append(torch.cat(ga))
-        return torch.autograd.grad(
+        grad = torch.autograd.grad(
             outs0, [coord], gouts0, retain_graph=retain_graph, allow_unused=True
         )[0]
+        return e_net, grad

@@ -174,7 +174,11 @@ class EnergyModel(nn.Module):
     def _fit(self, d: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
         """Atomic energies ``[nf, nloc]`` float64 from the descriptor ``d [nf, nloc, dim_out]``
         and the local types ``atype [nf, nloc]`` (virtual atoms, type < 0, give 0)."""
-        e_net = self.fitting(d.to(self.fitting_dtype)).squeeze(-1).to(torch.float64)
+        return self._with_bias(self.fitting.atom_energies(d), atype)
+
+    def _with_bias(self, e_net: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
+        """Atomic energies ``[nf, nloc]`` float64 from the fitting net's ``e_net [nf, nloc]``
+        float64: the type's bias added, 0 for virtual atoms (type < 0)."""
         e_atom = e_net + self.out_bias[atype.clamp(min=0)]
         return torch.where(atype >= 0, e_atom, torch.zeros_like(e_atom))
 
@@ -211,22 +215,20 @@ class EnergyModel(nn.Module):
         batch ``p`` prepared from ``coord``, keeping only each layer's inputs for the backward
         pass (``docs/internals.md``, "Memory"); ``retain_graph`` keeps the graph of ``p``.
 
-        First derivatives only (evaluation): the layers run without a graph, then
-        :meth:`DescrptDPA3.coord_grad` runs them again one at a time, last first, each
-        differentiated as soon as it is built.  Same function as :meth:`_atomic_energy` with
-        ``autograd.grad``, up to rounding.
+        First derivatives only (evaluation): the layers but the last run without a graph,
+        then :meth:`DescrptDPA3.coord_grad` runs the last one with the fitting net and the
+        others again, one at a time, last first, each differentiated as soon as it is built.
+        Same function as :meth:`_atomic_energy` with ``autograd.grad``, up to rounding.
         """
         desc = self.descriptor
         chunks = desc.chunks(p)
         with torch.no_grad():
             kept = desc.stack_inputs(p, chunks, comm_dict)
-        n_last = kept.n_last.detach().requires_grad_(True)
-        e_atom = self._fit(desc.output(n_last, p, nf, nloc), ext_atype[:, :nloc])
-        gn = torch.autograd.grad([e_atom.sum()], [n_last], allow_unused=True)[0]
-        if gn is None:
-            gn = torch.zeros_like(n_last)
-        grad = desc.coord_grad(coord, p, chunks, kept, gn, comm_dict, retain_graph)
-        return e_atom.detach(), grad
+        atype = ext_atype[:, :nloc]
+        e_net, grad = desc.coord_grad(
+            coord, p, chunks, kept, self.fitting, atype.reshape(-1) >= 0, comm_dict, retain_graph
+        )
+        return self._with_bias(e_net.view(nf, nloc), atype), grad
 
     @torch.jit.export
     def forward_lower(

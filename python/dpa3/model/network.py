@@ -181,6 +181,11 @@ class FittingNet(nn.Module):
         self.out = Linear(n_in, 1, bias=True, dtype=dtype, generator=generator)
         self.activation = activation
 
+    def atom_energies(self, d: torch.Tensor) -> torch.Tensor:
+        """Atomic network energies ``[...]`` float64 (no bias) of descriptor rows ``d [...,
+        dim_in]`` of any precision (evaluated in the fitting precision)."""
+        return self.forward(d.to(self.out.matrix.dtype)).squeeze(-1).to(torch.float64)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Atomic network energies ``[..., 1]``."""
         for k, layer in enumerate(self.layers):

@@ -151,13 +151,27 @@ class RepFlowLayer(LayerReplay, nn.Module):
         lin = self.edge_self_linear
         return self._pair_linear(lin.matrix, lin.bias, n, n_ext, e, center, nei, xn)
 
-    def _sym(self, g: torch.Tensor, h2sw: torch.Tensor, center: Rows, nnode: int) -> torch.Tensor:
-        """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (docs/dpa3-spec.md §2.4)."""
+    def _sym(
+        self,
+        g: torch.Tensor,
+        h2sw: torch.Tensor,
+        center: Rows,
+        nnode: int,
+        keep: list[torch.Tensor] | None = None,
+        kept: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (docs/dpa3-spec.md §2.4).
+
+        On the op library's path, ``keep`` gets the centres' outer sums ``T [Nn, 3, d]``
+        appended, and ``kept`` (such a ``T`` of the same inputs) is used in their place, with
+        their backward (the low-memory path's second pass, :meth:`replay`)."""
         d = g.shape[1]
         perm = center.perm
         ptr = center.ptr
         if perm is not None and ptr is not None:  # op library: no [E, 3, d] intermediate
-            tt = _ops.center_outer(h2sw, g, center.idx, perm, ptr)
+            tt = _ops.center_outer(h2sw, g, center.idx, perm, ptr, kept)
+            if keep is not None:
+                keep.append(tt)
         else:
             t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
             tt = scatter(t.reshape(t.shape[0], 3 * d), center, nnode).view(nnode, 3, d)
@@ -368,11 +382,24 @@ class RepFlowLayer(LayerReplay, nn.Module):
         sw: torch.Tensor,
         fused: bool = False,
         xn: torch.Tensor | None = None,
+        keep: list[torch.Tensor] | None = None,
+        kept: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """The updated node features ``[Nn, n_dim]``; ``keep``/``kept``: the outer sums of the
+        symmetrisation of ``e`` and ``n_j``, in that order (:meth:`_sym`)."""
         nnode = n.shape[0]
         u_self = self._act(self.node_self_mlp(n), fused)
+        kept_e: torch.Tensor | None = None
+        kept_n: torch.Tensor | None = None
+        if kept is not None:
+            kept_e = kept[0]
+            kept_n = kept[1]
         sym_in = torch.cat(
-            [self._sym(e, h2sw, center, nnode), self._sym(n_j, h2sw, center, nnode)], dim=-1
+            [
+                self._sym(e, h2sw, center, nnode, keep, kept_e),
+                self._sym(n_j, h2sw, center, nnode, keep, kept_n),
+            ],
+            dim=-1,
         )
         u_sym = self._act(self.node_sym_linear(sym_in), fused)
         q = self._act(
@@ -427,9 +454,11 @@ class RepFlowLayer(LayerReplay, nn.Module):
         asked for are returned unchanged (``e``, ``a``) and their work is skipped where the
         update order allows it (the parallel update: ``sequential_update`` computes all).
         ``keep`` (only where :meth:`keeps_preactivations`): the pre-activation of the edge
-        update's angle term, ``x_ang = Lin_ea2(red) [E, e_dim]``, is appended to it (the
-        low-memory path's first pass).  ``proj``: the rows of ``n_ext W_n``
-        (:meth:`neighbour_matrix` at ``level``), where the caller computed them for all rows.
+        update's angle term, ``x_ang = Lin_ea2(red) [E, e_dim]``, and the node update's outer
+        sums of ``e`` and ``n_j`` (``[Nn, 3, e_dim]``, ``[Nn, 3, n_dim]``, :meth:`_sym`) are
+        appended to it, in that order (the low-memory path's first pass).  ``proj``: the rows
+        of ``n_ext W_n`` (:meth:`neighbour_matrix` at ``level``), where the caller computed
+        them for all rows.
         """
         p_self, p_node = self._proj_parts(proj)
         n_j = gather(n_ext, nei)
@@ -499,6 +528,6 @@ class RepFlowLayer(LayerReplay, nn.Module):
             p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
             v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
             a_new = self._combine(a, [w_ang], self.a_residual)
-        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node)
+        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node, keep)
         e_new = self._combine(e, [v_self, v_ang], self.e_residual)
         return n_new, e_new, a_new

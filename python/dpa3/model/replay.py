@@ -85,16 +85,19 @@ class LayerReplay:
         a_eij: Rows,
         a_eik: Rows,
         level: int,
-        x_ang: torch.Tensor,
+        kept: list[torch.Tensor],
         proj: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The low-memory path's second pass of :meth:`forward` (``level`` >= 1,
-        :meth:`keeps_preactivations`) from the kept ``x_ang [E, e_dim]``: ``(n_new, red, a_new,
-        x_self)`` with their graph, where ``red [E, e_dim]`` stands for the angles' reduced
-        messages (values not computed: ``x_ang`` is returned in their place), ``a_new`` holds
-        no values either and ``x_self`` is the edge self-update's pre-activation.  The rest of
-        the edge update is not run: :meth:`edge_tail_grad` takes its gradient to ``x_self``,
-        ``e`` and ``red``; ``proj`` as in :meth:`forward`."""
+        :meth:`keeps_preactivations`) from what its first pass kept, ``kept = [x_ang [E, e_dim],
+        T_e [Nn, 3, e_dim], T_n [Nn, 3, n_dim]]``: ``(n_new, red, a_new, x_self)`` with their
+        graph, where ``red [E, e_dim]`` stands for the angles' reduced messages (values not
+        computed: ``x_ang`` is returned in their place), ``a_new`` holds no values either and
+        ``x_self`` is the edge self-update's pre-activation; the symmetrisation's outer sums
+        are the kept ``T`` with their backward (:meth:`_sym`).  The rest of the edge update is
+        not run: :meth:`edge_tail_grad` takes its gradient to ``x_self``, ``e`` and ``red``;
+        ``proj`` as in :meth:`forward`."""
+        x_ang = kept[0]
         p_self, p_node = self._proj_parts(proj)
         x_self = self._self_preactivation(n, n_ext, e, center, nei, p_self)
         n_j = gather(n_ext, nei)
@@ -103,5 +106,7 @@ class LayerReplay:
         red, a_out = self._angle_fused(
             w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, x_ang
         )
-        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, True, p_node)
+        n_new = self._node_update(
+            n, n_ext, n_j, e, center, nei, h2sw, sw, True, p_node, None, kept[1:]
+        )
         return n_new, red, a_out, x_self

@@ -6,6 +6,7 @@
    (as for gather_rows), h [E, k], g [E, d] and G [N, k, d]:
 
      center_outer(h, g)      = S[r, c, :] = sum_{e: idx[e] = r} h[e, c] g[e, :]  [N, k, d]
+     center_outer_replay(h, g, S): S as given (a copy), with center_outer's backward
      center_outer_h(h, G)    = Y[e, :]    = sum_c h[e, c] G[idx[e], c, :]         [E, d]
      center_outer_g(g, G)    = Z[e, c]    = g[e, :] . G[idx[e], c, :]             [E, k]
 
@@ -196,6 +197,30 @@ at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor 
   return OuterSum::apply(h, g, idx, perm, ptr);
 }
 
+// center_outer's backward around a result S computed before (the low-memory path's second
+// pass, which needs the graph, not the values): forward returns a copy of S, backward is
+// center_outer's.
+class OuterSumReplay : public torch::autograd::Function<OuterSumReplay> {
+ public:
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &h, const at::Tensor &g,
+                            const at::Tensor &idx, const at::Tensor &perm, const at::Tensor &ptr,
+                            const at::Tensor &S)
+  {
+    ctx->save_for_backward({h, g, idx, perm, ptr});
+    return S.detach().clone();
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list go)
+  {
+    auto s = ctx->get_saved_variables();
+    return {outer_g(s[1], go[0], s[2], s[3], s[4]),
+            outer_h(s[0], go[0], s[2], s[3], s[4]),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 class OuterH : public torch::autograd::Function<OuterH> {
  public:
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &h, const at::Tensor &G,
@@ -254,6 +279,23 @@ at::Tensor center_outer(const at::Tensor &h, const at::Tensor &g, const at::Tens
   return outer_sum(h, g, idx, perm, ptr);
 }
 
+at::Tensor center_outer_replay(const at::Tensor &h, const at::Tensor &g, const at::Tensor &idx,
+                               const at::Tensor &perm, const at::Tensor &ptr, const at::Tensor &S)
+{
+  const char *who = "dpa3::center_outer_replay";
+  TORCH_CHECK(h.dim() == 2 && g.dim() == 2 && h.size(0) == g.size(0), who,
+              ": h [E, k] and g [E, d] need one row per edge");
+  TORCH_CHECK(h.device() == g.device() && idx.device() == g.device() &&
+                  perm.device() == g.device() && ptr.device() == g.device(),
+              who, ": h, g, idx, perm and ptr must be on one device");
+  check_index(idx, perm, ptr, g.size(0), who);
+  TORCH_CHECK(S.dim() == 3 && S.size(0) == ptr.numel() - 1 && S.size(1) == h.size(1) &&
+                  S.size(2) == g.size(1) && S.scalar_type() == g.scalar_type() &&
+                  h.scalar_type() == g.scalar_type() && S.device() == g.device(),
+              who, ": S must be [N, k, d] of h's and g's dtype and device");
+  return OuterSumReplay::apply(h, g, idx, perm, ptr, S);
+}
+
 }    // namespace
 
 }    // namespace dpa3
@@ -261,9 +303,12 @@ at::Tensor center_outer(const at::Tensor &h, const at::Tensor &g, const at::Tens
 TORCH_LIBRARY_FRAGMENT(dpa3, m)
 {
   m.def("center_outer(Tensor h, Tensor g, Tensor idx, Tensor perm, Tensor ptr) -> Tensor");
+  m.def("center_outer_replay(Tensor h, Tensor g, Tensor idx, Tensor perm, Tensor ptr, "
+        "Tensor S) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
 {
   m.impl("center_outer", &dpa3::center_outer);
+  m.impl("center_outer_replay", &dpa3::center_outer_replay);
 }
