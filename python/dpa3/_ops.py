@@ -10,8 +10,8 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 - the compute ops of the RepFlow layers, differentiable (``gather_rows``, ``scatter_rows``,
   ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order;
   ``angle_block_replay`` and ``center_outer_replay``, their backward around outputs computed
-  before), each built
-  on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
+  before; ``angle_block_into``, angle_block's forward without derivatives into a given
+  tensor), each built on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
   ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``,
   ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
   CPU kernel (fused loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the
@@ -298,17 +298,27 @@ def angle_block(
     alpha: float,
     beta: torch.Tensor,
     red: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript needs typing.Optional here)
+    into: Optional[torch.Tensor] = None,  # noqa: UP045
 ) -> list[torch.Tensor]:
     """The fused angle block of a RepFlow layer (first and second derivatives):
     ``[edge messages [E, de], updated angles [A, a_dim]]`` (see ``RepFlowLayer._angle_fused``).
 
     With ``red [E, de]``, messages computed before, ``dpa3::angle_block_replay``: returns
     ``[red, an uninitialised angle output]`` at no cost, with angle_block's backward (first
-    derivatives; the low-memory path's second pass needs the graph, not the values)."""
+    derivatives; the low-memory path's second pass needs the graph, not the values), which
+    writes the gradient of ``a`` over the angle output's incoming gradient where that has
+    ``a``'s shape (the low-memory path does not read it again).  With ``into [A, a_dim]``
+    (no derivatives: under ``torch.no_grad()``), ``dpa3::angle_block_into``: the updated
+    angles are written into it (``[messages, into]``; the low-memory path's first pass)."""
     if red is not None:
         return torch.ops.dpa3.angle_block_replay(
-            a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red
+            a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red, True
         )
+    if into is not None:
+        red_new = torch.ops.dpa3.angle_block_into(
+            a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, into
+        )
+        return [red_new, into]
     return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
 
 

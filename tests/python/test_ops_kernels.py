@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -384,3 +385,66 @@ def test_activation_refuses_third_derivatives_and_unknown_codes() -> None:
         torch.autograd.grad(g.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="unknown activation code"):
         _ops.activation(x, 7, 0.0)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+@pytest.mark.parametrize("de,da", [(4, 3), (64, 32)])
+def test_angle_block_into_writes_the_angle_output_in_place(generic, de, da) -> None:
+    """angle_block_into (no derivatives) writes angle_block's angle output into the given
+    tensor (a view of a larger buffer, as the low-memory path's slots) and returns its
+    messages, with the fused kernel and the generic one; it refuses a graph, a tensor of
+    another shape and a layer without angle output."""
+    t, eij, eik, aptr, nptr, nedge = block_case(6, de, da)
+    args = (t["a"], t["wa"], t["pe"], t["vk"], t["w"], eik, aptr, nptr, de, 1, 0.5, 0.7, t["beta"])
+    ref_red, ref_a = block_reference(*args[:5], eij, eik, de, 1, 0.5, 0.7, t["beta"], nedge)
+    buf = torch.full((len(eij) + 2, da), float("nan"), dtype=t["a"].dtype)
+    into = buf[1:-1]
+    with torch.no_grad(), _ops.generic_kernels() if generic else contextlib.nullcontext():
+        red = torch.ops.dpa3.angle_block_into(*args, into)
+    assert torch.allclose(red, ref_red, atol=1e-12)
+    assert torch.allclose(into, ref_a, atol=1e-12)
+    assert buf[0].isnan().all() and buf[-1].isnan().all()  # nothing outside the slot
+    with pytest.raises(RuntimeError, match="no derivatives"):
+        torch.ops.dpa3.angle_block_into(*args, into)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="output tensor must be"):
+            torch.ops.dpa3.angle_block_into(*args, buf[:-1])
+        t0, _, eik0, aptr0, nptr0, _ = block_case(6, de, 0)
+        args0 = (t0["a"], t0["wa"], t0["pe"], t0["vk"], t0["w"], eik0, aptr0, nptr0, de, 1, 0.5)
+        with pytest.raises(RuntimeError, match="no angle output"):
+            torch.ops.dpa3.angle_block_into(*args0, 0.7, t0["beta"], into)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_angle_block_replay_writes_the_angle_gradient_over_the_incoming_one(generic) -> None:
+    """angle_block_replay's backward without a graph writes the gradient of ``a`` over the
+    incoming gradient of the angle output (same tensor, as the low-memory path's buffer
+    slots), equal to angle_block's gradient; every other gradient unchanged.  Not where that
+    gradient is ``a``'s own memory (a new tensor then)."""
+    de, da = 64, 32
+    t, eij, eik, aptr, nptr, nedge = block_case(8, de, da)
+    gen = torch.Generator().manual_seed(3)
+    g_red = torch.randn(nedge, de, dtype=t["a"].dtype, generator=gen)
+    g_a = torch.randn(len(eij), da, dtype=t["a"].dtype, generator=gen)
+    keys = ["a", "wa", "pe", "vk", "w", "beta"]
+    args = (t["a"], t["wa"], t["pe"], t["vk"], t["w"], eik, aptr, nptr, de, 1, 0.5, 0.7, t["beta"])
+    with _ops.generic_kernels() if generic else contextlib.nullcontext():
+        red, aout = torch.ops.dpa3.angle_block(*args)
+        want = torch.autograd.grad([red, aout], [t[k] for k in keys], [g_red, g_a])
+        buf = torch.cat([g_a.clone(), g_a.clone()])  # two slots of one buffer
+        incoming = buf[len(eij) :]
+        red2, aout2 = torch.ops.dpa3.angle_block_replay(*args, red.detach(), True)
+        got = torch.autograd.grad([red2, aout2], [t[k] for k in keys], [g_red, incoming])
+        assert got[0].is_set_to(incoming)  # written over the incoming gradient
+        assert torch.equal(buf[: len(eij)], g_a)  # the other slot untouched
+        for k, x, y in zip(keys, got, want, strict=True):
+            assert torch.allclose(x, y, atol=1e-11), k
+        # an incoming gradient in a's own memory: not overwritten (a new tensor)
+        a_buf = t["a"].detach().clone()
+        a_view = a_buf.view_as(a_buf).requires_grad_(True)
+        red3, aout3 = torch.ops.dpa3.angle_block_replay(a_view, *args[1:], red.detach(), True)
+        g3 = torch.autograd.grad([red3, aout3], [a_view], [g_red, a_buf])[0]
+        assert not g3.is_set_to(a_buf) and torch.equal(a_buf, t["a"])
+        red_again, aout_again = torch.ops.dpa3.angle_block(*args)
+        want3 = torch.autograd.grad([red_again, aout_again], [t["a"]], [g_red, t["a"].detach()])[0]
+        assert torch.allclose(g3, want3, atol=1e-11)

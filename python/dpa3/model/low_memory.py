@@ -103,6 +103,10 @@ class LowMemoryPass:
                 a_new: list[torch.Tensor] = []
                 e_own = False
                 a_own = False
+                writes_a = layer.writes_angles_into(level, p.fused)
+                if writes_a:  # the kernel writes the new angles into the layer's slot
+                    a_slot = ws.slot(na, da)
+                    a_own = True
                 for k, c in enumerate(chunks):
                     if i == 0:
                         ek = self.initial_edges(p.e_in[c.e0 : c.e1])
@@ -112,6 +116,9 @@ class LowMemoryPass:
                         ak = a[k]
                     if pre is not None:
                         keep = []
+                    a_into: Optional[torch.Tensor] = None  # noqa: UP045
+                    if writes_a:
+                        a_into = a_slot[c.a0 : c.a1]
                     n2, e2, a2 = layer(
                         n[c.c0 : c.c1],
                         rows_of(n_ext, c.rows),
@@ -129,6 +136,7 @@ class LowMemoryPass:
                         level,
                         keep,
                         rows_of(proj, c.rows),
+                        a_into,
                     )
                     n_new[c.c0 : c.c1] = n2
                     if pre is not None and keep is not None:  # into the layer's slots
@@ -144,7 +152,7 @@ class LowMemoryPass:
                             e_slot = ws.slot(ne, de)
                             e_own = True
                         e2 = e_slot[c.e0 : c.e1].copy_(e2)
-                    if a2 is not ak:
+                    if a2 is not ak and a_into is None:
                         if not a_own:
                             a_slot = ws.slot(na, da)
                             a_own = True
@@ -323,7 +331,9 @@ class LowMemoryPass:
         ``EnergyModel.forward_prepared``).  Returns ``(E [Nn] float64, [nf, nall, 3] or None)``.
 
         A block's gradients of a layer's input edges and angles are written in the place of
-        those inputs where they are the layer's alone (``kept.own_e`` / ``own_a``): nothing
+        those inputs where they are the layer's alone (``kept.own_e`` / ``own_a``), and the
+        replayed angle kernel writes the gradient of its input angles over the incoming
+        gradient of its output angles (``dpa3::angle_block_replay``'s in-place backward): nothing
         kept is freed and nothing as large allocated while the pass goes down.
         """
         ns, es, as_, pres = kept.ns, kept.es, kept.as_, kept.pres
@@ -413,9 +423,11 @@ class LowMemoryPass:
                 elif ge is not None:
                     outs.append(e2)
                     gouts.append(ge[j])
+                ga_in = nothing
                 if ga is not None:
+                    ga_in = ga[j]
                     outs.append(a2)
-                    gouts.append(ga[j])
+                    gouts.append(ga_in)
                 grads = torch.autograd.grad(
                     outs, [nc, xc, e_leaf, a_leaf, hc, sc, wc, pc], gouts, allow_unused=True
                 )
@@ -432,7 +444,8 @@ class LowMemoryPass:
                     if own_e and g_e is not None:
                         g_e = e[j].copy_(g_e)
                     g_a = grads[3]
-                    if own_a and g_a is not None:
+                    # (the replayed angle kernel wrote it over ga_in where it could: in place)
+                    if own_a and g_a is not None and not g_a.is_set_to(ga_in):
                         g_a = a[j].copy_(g_a)
                     ge_new.put(g_e, e_leaf)
                     ga_new.put(g_a, a_leaf)

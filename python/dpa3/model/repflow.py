@@ -271,6 +271,7 @@ class RepFlowLayer(LayerReplay, nn.Module):
         a_eik: Rows,
         a_weight: torch.Tensor,
         replayed: torch.Tensor | None = None,
+        a_into: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The angle block in one C++ pass: reduced edge messages ``[E, n_red]``, updated angles.
 
@@ -283,7 +284,9 @@ class RepFlowLayer(LayerReplay, nn.Module):
         ``replayed [E, n_red]``: any tensor of the messages' shape, returned (copied) in place
         of the messages, with the block's backward (the low-memory path's second pass,
         :meth:`replay`, which needs the graph and not the values; the angle output is then not
-        computed and must not be read either).
+        computed and must not be read either).  ``a_into [A, D - n_red]`` (without a graph):
+        the updated angles are written into it and it is returned (the low-memory path's first
+        pass, into its buffer).
         """
         ptr = a_eij.ptr
         nptr = center.ptr
@@ -294,7 +297,8 @@ class RepFlowLayer(LayerReplay, nn.Module):
         aw = a_weight.reshape(-1)
         act, thr = self.act_code, self.act.threshold
         out = _ops.angle_block(
-            a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta, replayed
+            a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta, replayed,
+            a_into,
         )
         return out[0], out[1]
 
@@ -440,6 +444,7 @@ class RepFlowLayer(LayerReplay, nn.Module):
         level: int = 2,
         keep: list[torch.Tensor] | None = None,
         proj: torch.Tensor | None = None,
+        a_into: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return updated ``(n, e, a)``.
 
@@ -458,7 +463,9 @@ class RepFlowLayer(LayerReplay, nn.Module):
         sums of ``e`` and ``n_j`` (``[Nn, 3, e_dim]``, ``[Nn, 3, n_dim]``, :meth:`_sym`) are
         appended to it, in that order (the low-memory path's first pass).  ``proj``: the rows
         of ``n_ext W_n`` (:meth:`neighbour_matrix` at ``level``), where the caller computed
-        them for all rows.
+        them for all rows.  ``a_into [A, a_dim]`` (without a graph, only where
+        :meth:`writes_angles_into`): the updated angles are written into it (and it is
+        returned), not into a new tensor (the low-memory path's buffer).
         """
         p_self, p_node = self._proj_parts(proj)
         n_j = gather(n_ext, nei)
@@ -512,7 +519,7 @@ class RepFlowLayer(LayerReplay, nn.Module):
         if fused:  # one kernel call for both levels (update columns only at level 2)
             w, b = self._angle_weights(level == 2)
             red, a_out = self._angle_fused(
-                w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight
+                w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, None, a_into
             )
             x_ang = self._angle_preactivation(red, e, is_a)
             v_ang = self._act(x_ang, fused)

@@ -47,6 +47,11 @@ class LayerReplay:
         :meth:`edge_tail_grad`): the fused, parallel-update layer that updates its edges."""
         return fused and self.update_angle and not self.sequential and level >= 1
 
+    def writes_angles_into(self, level: int, fused: bool) -> bool:
+        """Whether :meth:`forward` at ``level`` can write its updated angles into a given tensor
+        (``a_into``): where it keeps its pre-activations and updates its angles."""
+        return self.keeps_preactivations(level, fused) and level == 2
+
     def edge_tail_grad(
         self, ge: torch.Tensor, x_self: torch.Tensor, x_ang: torch.Tensor, is_a: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

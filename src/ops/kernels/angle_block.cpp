@@ -33,6 +33,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <torch/autograd.h>
@@ -169,11 +170,12 @@ template <typename T> DPA3_INLINE void backward_body(const Block<T> &b)
     small_gemm_mv(nt, width, da_in, a_t, da_in, int64_t(1), b.wa, width, T(0), b.buf, width);
     e = first_edge(b, e, qa);
     backward_rows(b, e, qa, qb);
-    // g_a = alpha g_aout + g_pre wa^T (the alpha term only with an angle output: da_in == da)
+    // g_a = alpha g_aout + g_pre wa^T (the alpha term only with an angle output: da_in == da);
+    // g_a may be written over g_aout (AngleArgs::into): the tile's rows were read above
     T *ga_t = b.ga + qa * da_in;
     T beta = 0;
     if (da > 0 && b.alpha != T(0)) {
-      std::copy(b.gaout + qa * da, b.gaout + qb * da, ga_t);
+      if (ga_t != b.gaout + qa * da) std::copy(b.gaout + qa * da, b.gaout + qb * da, ga_t);
       beta = b.alpha;
     }
     small_gemm_mv(nt, da_in, width, b.buf, width, int64_t(1), b.wat, da_in, beta, ga_t, da_in);
@@ -238,7 +240,7 @@ std::vector<at::Tensor> cpu::angle_block_fwd(const AngleArgs &in)
 {
   const int64_t width = in.wa.size(1), de = in.de, da = width - de, nedge = in.pe.size(0);
   at::Tensor red = at::empty({nedge, de}, in.a.options());    // zeroed block by block
-  at::Tensor aout = at::empty({in.a.size(0), da}, in.a.options());
+  at::Tensor aout = into_or_empty(in, in.a.size(0), da);
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "dpa3_angle_block_fwd", [&] {
     const int64_t *ap = in.aptr.data_ptr<int64_t>();
@@ -279,7 +281,7 @@ std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tens
   struct {
     at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
   } g;
-  g.ga = at::empty({nangle, da_in}, opt);
+  g.ga = into_or_empty(in, nangle, da_in);    // may be gaout itself: read tile by tile first
   g.gpe = at::empty({nedge, width}, opt);    // both zeroed block by block
   g.gvk = at::empty({nedge, width}, opt);
   g.gw = at::empty({nangle}, opt);
@@ -411,7 +413,10 @@ class AngleBlockBackward : public torch::autograd::Function<AngleBlockBackward> 
 };
 
 // The backward of angle_block (and of angle_block_replay, whose saved inputs are the same).
-variable_list angle_block_backward(AutogradContext *ctx, const variable_list &grads)
+// With `into` (first derivatives only, the replay's in-place case): the kernel straight, a's
+// gradient written into `into`.
+variable_list angle_block_backward(AutogradContext *ctx, const variable_list &grads,
+                                   const at::Tensor &into = at::Tensor())
 {
   auto s = ctx->get_saved_variables();
   const int64_t de = ctx->saved_data["de"].toInt();
@@ -428,10 +433,20 @@ variable_list angle_block_backward(AutogradContext *ctx, const variable_list &gr
   // gradient it is passed detached, so that second derivatives do not reach it either
   const at::Tensor w = grads[0].defined() ? s[4] : s[4].detach();
   const at::Tensor beta = grads[1].defined() ? s[8] : s[8].detach();
-  auto g =
-      AngleBlockBackward::apply(s[0], s[1], s[2], s[3], w, beta, gred, gaout, s[5], s[6], s[7], de,
-                                ctx->saved_data["act"].toInt(), ctx->saved_data["thr"].toDouble(),
-                                ctx->saved_data["alpha"].toDouble(), need_wa, need_beta);
+  const int64_t act = ctx->saved_data["act"].toInt();
+  const double thr = ctx->saved_data["thr"].toDouble(), alpha = ctx->saved_data["alpha"].toDouble();
+  variable_list g;
+  if (into.defined()) {
+    TORCH_CHECK(!c10::GradMode::is_enabled(), "dpa3::angle_block_replay: in place without a graph");
+    AngleArgs in = checked(s[0], s[1], s[2], s[3], w, s[5], s[6], s[7], de, act, thr, alpha, beta);
+    in.into = into;
+    g = prim::angle_block_bwd(in, gred, gaout, need_wa, need_beta);
+    g[4] = g[4].reshape(w.sizes());
+    if (need_beta) g[5] = g[5].reshape(beta.sizes());
+  } else {
+    g = AngleBlockBackward::apply(s[0], s[1], s[2], s[3], w, beta, gred, gaout, s[5], s[6], s[7],
+                                  de, act, thr, alpha, need_wa, need_beta);
+  }
   at::Tensor none;
   return {g[0], need_wa ? g[1] : none,  g[2], g[3], g[4], none, none, none, none, none, none,
           none, need_beta ? g[5] : none};
@@ -474,15 +489,20 @@ class AngleBlock : public torch::autograd::Function<AngleBlock> {
 // before (the low-memory path's second pass, which needs the graph but not the values).
 // Forward returns `red` as given and an uninitialised angle output (only its gradient is
 // read); backward is angle_block's (it recomputes the pre-activations from the inputs).
+// With `grad_in_place`, a backward without a graph writes a's gradient over the incoming
+// gradient of the angle output where that has a's shape (the caller must not read it again:
+// the low-memory path's buffer, CPU and generic kernels alike).
 class AngleBlockReplay : public torch::autograd::Function<AngleBlockReplay> {
  public:
   static variable_list forward(AutogradContext *ctx, const at::Tensor &a, const at::Tensor &wa,
                                const at::Tensor &pe, const at::Tensor &vk, const at::Tensor &w,
                                const at::Tensor &eik, const at::Tensor &aptr,
                                const at::Tensor &nptr, int64_t de, int64_t act, double thr,
-                               double alpha, const at::Tensor &beta, const at::Tensor &red)
+                               double alpha, const at::Tensor &beta, const at::Tensor &red,
+                               bool grad_in_place)
   {
     ctx->set_materialize_grads(false);
+    ctx->saved_data["in_place"] = grad_in_place;
     AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     TORCH_CHECK(red.dim() == 2 && red.size(0) == pe.size(0) && red.size(1) == de &&
                     red.scalar_type() == a.scalar_type() && red.device() == a.device(),
@@ -494,8 +514,18 @@ class AngleBlockReplay : public torch::autograd::Function<AngleBlockReplay> {
 
   static variable_list backward(AutogradContext *ctx, variable_list grads)
   {
-    auto g = angle_block_backward(ctx, grads);
+    at::Tensor into;
+    if (ctx->saved_data["in_place"].toBool() && !c10::GradMode::is_enabled() &&
+        grads[1].defined()) {
+      const at::Tensor a = ctx->get_saved_variables()[0];
+      const at::Tensor &g = grads[1];
+      if (g.sizes() == a.sizes() && g.is_contiguous() && g.scalar_type() == a.scalar_type() &&
+          g.device() == a.device() && at::get_overlap_status(g, a) == at::MemOverlapStatus::No)
+        into = g;
+    }
+    auto g = angle_block_backward(ctx, grads, into);
     g.push_back(at::Tensor());    // red: no gradient
+    g.push_back(at::Tensor());    // grad_in_place
     return g;
   }
 };
@@ -514,9 +544,31 @@ std::vector<at::Tensor> angle_block_replay(const at::Tensor &a, const at::Tensor
                                            const at::Tensor &w, const at::Tensor &eik,
                                            const at::Tensor &aptr, const at::Tensor &nptr,
                                            int64_t de, int64_t act, double thr, double alpha,
-                                           const at::Tensor &beta, const at::Tensor &red)
+                                           const at::Tensor &beta, const at::Tensor &red,
+                                           bool grad_in_place)
 {
-  return AngleBlockReplay::apply(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red);
+  return AngleBlockReplay::apply(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta, red,
+                                 grad_in_place);
+}
+
+// dpa3::angle_block_into: angle_block's forward without derivatives, the angle output written
+// into `aout` [A, D - de] (the low-memory path's first pass writes it into its buffer); returns
+// the edge messages.
+at::Tensor angle_block_into(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
+                            const at::Tensor &vk, const at::Tensor &w, const at::Tensor &eik,
+                            const at::Tensor &aptr, const at::Tensor &nptr, int64_t de, int64_t act,
+                            double thr, double alpha, const at::Tensor &beta,
+                            const at::Tensor &aout)
+{
+  bool grads = false;
+  for (const auto *t : {&a, &wa, &pe, &vk, &w, &beta}) grads = grads || t->requires_grad();
+  TORCH_CHECK(!(grads && c10::GradMode::is_enabled()),
+              "dpa3::angle_block_into has no derivatives: call it without gradients "
+              "(torch.no_grad()) or use dpa3::angle_block");
+  AngleArgs in = checked(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+  TORCH_CHECK(de < wa.size(1), "dpa3::angle_block_into: no angle output (de == wa's width)");
+  in.into = aout;
+  return prim::angle_block_fwd(in)[0];
 }
 
 }    // namespace
@@ -530,11 +582,15 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
         "-> Tensor[]");
   m.def("angle_block_replay(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
         "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
-        "Tensor red) -> Tensor[]");
+        "Tensor red, bool grad_in_place=False) -> Tensor[]");
+  m.def("angle_block_into(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
+        "Tensor(a!) aout) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dpa3, CompositeImplicitAutograd, m)
 {
   m.impl("angle_block", &dpa3::angle_block);
   m.impl("angle_block_replay", &dpa3::angle_block_replay);
+  m.impl("angle_block_into", &dpa3::angle_block_into);
 }

@@ -114,6 +114,7 @@ std::vector<at::Tensor> generic::angle_block_fwd(const AngleArgs &in)
                              .index_add_(0, eij, in.w.unsqueeze(1) * y.narrow(1, 0, de));
   at::Tensor aout = da > 0 ? in.alpha * in.a + in.beta * y.narrow(1, de, da)
                            : at::empty({in.a.size(0), 0}, y.options());
+  if (in.into.defined()) aout = into_or_empty(in, in.a.size(0), da).copy_(aout);
   return {red, aout};
 }
 
@@ -141,6 +142,8 @@ std::vector<at::Tensor> generic::angle_block_bwd(const AngleArgs &in, const at::
   const at::Tensor gwa = need_wa ? in.a.t().mm(gpre) : at::empty({0}, opt);
   // beta has da entries (none when da == 0); empty when not asked for, as on the CPU
   const at::Tensor gbeta = need_beta ? (gaout * y.narrow(1, de, da)).sum(0) : at::empty({0}, opt);
+  // last: `into` may be gaout itself
+  if (in.into.defined()) ga = into_or_empty(in, nangle, in.a.size(1)).copy_(ga);
   return {ga, gwa, gpe, gvk, gw, gbeta};
 }
 

@@ -43,18 +43,28 @@ enum Act : int64_t { ACT_SILU = 0, ACT_SILUT = 1, ACT_TANH = 2 };
 //   outer_sum(h [E, k], g [E, d], idx [E], perm, ptr [N + 1]) -> [N, k, d]
 //   outer_h(h [E, k], G [N, k, d], idx [E])                 -> [E, d]
 //   outer_g(g [E, d], G [N, k, d], idx [E])                 -> [E, k]
-//   angle_block_fwd(...) -> {red [E, de], aout [A, D - de]}  (see angle_block.cpp)
-//   angle_block_bwd(...) -> {ga, gwa, gpe, gvk, gw, gbeta}   (gwa/gbeta empty unless asked)
+//   angle_block_fwd(...) -> {red [E, de], aout [A, D - de]}  (see angle_block.cpp; aout: in.into
+//     where defined)
+//   angle_block_bwd(...) -> {ga, gwa, gpe, gvk, gw, gbeta}   (gwa/gbeta empty unless asked; ga:
+//     in.into where defined)
 //   angle_block_bwd2(..., gred, gaout, gg, ...) -> {da, dwa, dpe, dvk, dw, dbeta, dgred, dgaout}
 //     the gradients of <gg, angle_block_bwd(...)> w.r.t. its inputs (angle_block_grad2.cpp;
 //     dwa/dbeta empty unless asked)
 //   activation(x, act, thr) -> act(x); activation_bwd(g, x, act, thr) -> g act'(x)  (any shape)
 //   activation_bwd2(gg, g, x, act, thr) -> {gg act'(x), gg g act''(x)}  (activation.cpp)
+// `into`, where defined: the tensor the forward writes its angle output into ([A, D - de]), or
+// the backward its gradient of `a` ([A, da_in]; it may be the incoming gaout itself, whose rows
+// are read before they are overwritten); undefined: a new one.
 struct AngleArgs {
   at::Tensor a, wa, pe, vk, w, eik, aptr, nptr, beta;
   int64_t de, act;
   double thr, alpha;
+  at::Tensor into;
 };
+
+// in.into where defined (checked: [rows, cols], contiguous, of a's dtype and device), else a
+// new uninitialised [rows, cols] tensor like a (primitives.cpp)
+at::Tensor into_or_empty(const AngleArgs &in, int64_t rows, int64_t cols);
 
 // Incoming gradients of the outputs of angle_block_bwd (shapes: ga [A, da_in], gwa [da_in, D],
 // gpe and gvk [E, D], gw [A], gbeta [D - de]); undefined ones count as zero.

@@ -32,6 +32,11 @@ at::Tensor opt_or_undefined(const std::optional<at::Tensor> &t)
   return t.has_value() ? *t : at::Tensor();
 }
 
+std::optional<at::Tensor> optional_of(const at::Tensor &t)
+{
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
 int64_t rows_of(const at::Tensor &ptr) { return ptr.numel() - 1; }
 
 AngleArgs angle_args(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe,
@@ -95,9 +100,11 @@ template <bool Cpu> struct Kernels {
                                            const at::Tensor &w, const at::Tensor &eik,
                                            const at::Tensor &aptr, const at::Tensor &nptr,
                                            int64_t de, int64_t act, double thr, double alpha,
-                                           const at::Tensor &beta)
+                                           const at::Tensor &beta,
+                                           const std::optional<at::Tensor> &into)
   {
-    const AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    in.into = opt_or_undefined(into);
     return fused() ? cpu::angle_block_fwd(in) : generic::angle_block_fwd(in);
   }
 
@@ -106,9 +113,11 @@ template <bool Cpu> struct Kernels {
             const at::Tensor &w, const at::Tensor &eik, const at::Tensor &aptr,
             const at::Tensor &nptr, int64_t de, int64_t act, double thr, double alpha,
             const at::Tensor &beta, const std::optional<at::Tensor> &gred,
-            const std::optional<at::Tensor> &gaout, bool need_wa, bool need_beta)
+            const std::optional<at::Tensor> &gaout, bool need_wa, bool need_beta,
+            const std::optional<at::Tensor> &into)
   {
-    const AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
+    in.into = opt_or_undefined(into);
     const at::Tensor gr = opt_or_undefined(gred), ga = opt_or_undefined(gaout);
     return fused() ? cpu::angle_block_bwd(in, gr, ga, need_wa, need_beta)
                    : generic::angle_block_bwd(in, gr, ga, need_wa, need_beta);
@@ -157,6 +166,17 @@ template <class Sig> c10::TypedOperatorHandle<Sig> op(const char *name)
 bool set_generic_kernels_op(bool on) { return set_generic_kernels(on); }
 
 }    // namespace
+
+at::Tensor into_or_empty(const AngleArgs &in, int64_t rows, int64_t cols)
+{
+  if (!in.into.defined()) return at::empty({rows, cols}, in.a.options());
+  const at::Tensor &t = in.into;
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols && t.is_contiguous() &&
+                  t.scalar_type() == in.a.scalar_type() && t.device() == in.a.device(),
+              "dpa3::angle_block: the output tensor must be a contiguous [", rows, ", ", cols,
+              "] of a's dtype and device (got ", t.sizes(), ")");
+  return t;
+}
 
 bool generic_kernels() { return g_generic.load(std::memory_order_relaxed); }
 
@@ -224,11 +244,12 @@ std::vector<at::Tensor> prim::angle_block_fwd(const AngleArgs &in)
   using Sig = std::vector<at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &,
                                       const at::Tensor &, const at::Tensor &, const at::Tensor &,
                                       const at::Tensor &, const at::Tensor &, int64_t, int64_t,
-                                      double, double, const at::Tensor &);
+                                      double, double, const at::Tensor &,
+                                      const std::optional<at::Tensor> &);
   static const auto h = op<Sig>("dpa3::_angle_block_fwd");
   at::AutoDispatchBelowADInplaceOrView guard;
   return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
-                in.alpha, in.beta);
+                in.alpha, in.beta, optional_of(in.into));
 }
 
 std::vector<at::Tensor> prim::angle_block_bwd(const AngleArgs &in, const at::Tensor &gred,
@@ -238,15 +259,12 @@ std::vector<at::Tensor> prim::angle_block_bwd(const AngleArgs &in, const at::Ten
       const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
       const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t,
       int64_t, double, double, const at::Tensor &, const std::optional<at::Tensor> &,
-      const std::optional<at::Tensor> &, bool, bool);
+      const std::optional<at::Tensor> &, bool, bool, const std::optional<at::Tensor> &);
   static const auto h = op<Sig>("dpa3::_angle_block_bwd");
   at::AutoDispatchBelowADInplaceOrView guard;
-  const std::optional<at::Tensor> gr = gred.defined() ? std::optional<at::Tensor>(gred)
-                                                      : std::nullopt;
-  const std::optional<at::Tensor> ga = gaout.defined() ? std::optional<at::Tensor>(gaout)
-                                                       : std::nullopt;
   return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
-                in.alpha, in.beta, gr, ga, need_wa, need_beta);
+                in.alpha, in.beta, optional_of(gred), optional_of(gaout), need_wa, need_beta,
+                optional_of(in.into));
 }
 
 std::vector<at::Tensor> prim::angle_block_bwd2(const AngleArgs &in, const at::Tensor &gred,
@@ -261,9 +279,7 @@ std::vector<at::Tensor> prim::angle_block_bwd2(const AngleArgs &in, const at::Te
       OptT, OptT, OptT, OptT, OptT, bool, bool);
   static const auto h = op<Sig>("dpa3::_angle_block_bwd2");
   at::AutoDispatchBelowADInplaceOrView guard;
-  auto o = [](const at::Tensor &t) {
-    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-  };
+  const auto o = optional_of;
   return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
                 in.alpha, in.beta, gred, gaout, o(gg.ga), o(gg.gwa), o(gg.gpe), o(gg.gvk), o(gg.gw),
                 o(gg.gbeta), need_wa, need_beta);
@@ -307,11 +323,12 @@ TORCH_LIBRARY_FRAGMENT(dpa3, m)
   m.def("_outer_h(Tensor h, Tensor G, Tensor idx) -> Tensor");
   m.def("_outer_g(Tensor g, Tensor G, Tensor idx) -> Tensor");
   m.def("_angle_block_fwd(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
-        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta) "
-        "-> Tensor[]");
+        "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
+        "Tensor(a!)? into=None) -> Tensor[]");
   m.def("_angle_block_bwd(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
         "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
-        "Tensor? gred, Tensor? gaout, bool need_wa, bool need_beta) -> Tensor[]");
+        "Tensor? gred, Tensor? gaout, bool need_wa, bool need_beta, Tensor(b!)? into=None) "
+        "-> Tensor[]");
   // the gradients of <gg, _angle_block_bwd(...)> (second derivatives of angle_block)
   m.def("_angle_block_bwd2(Tensor a, Tensor wa, Tensor pe, Tensor vk, Tensor w, Tensor eik, "
         "Tensor aptr, Tensor nptr, int de, int act, float thr, float alpha, Tensor beta, "
