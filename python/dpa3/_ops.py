@@ -11,9 +11,9 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   ``edge_sum``, ``center_outer``; ``angle_block`` and ``activation`` to second order;
   ``angle_block_replay`` and ``center_outer_replay``, their backward around outputs computed
   before; ``angle_block_into``, angle_block's forward without derivatives into a given
-  tensor), each built on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``, ``_outer_sum``,
-  ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``, ``_angle_block_bwd2``,
-  ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
+  tensor), each built on primitive operators (``_gather``, ``_segment_sum``, ``_edge_sum``,
+  ``_outer_sum``, ``_outer_h``, ``_outer_g``, ``_angle_block_fwd``, ``_angle_block_bwd``,
+  ``_angle_block_bwd2``, ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
   CPU kernel (fused loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the
   rest);
 - ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU
@@ -277,7 +277,7 @@ def center_outer(
     ``[N, 3, d]``.
 
     With ``kept [N, 3, d]``, ``T`` computed before, ``dpa3::center_outer_replay``: returns it
-    (copied) with center_outer's backward (the low-memory path's second pass)."""
+    (a view) with center_outer's backward (the low-memory path's second pass)."""
     if kept is not None:
         return torch.ops.dpa3.center_outer_replay(h, g, idx, perm, ptr, kept)
     return torch.ops.dpa3.center_outer(h, g, idx, perm, ptr)

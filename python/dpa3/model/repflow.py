@@ -281,7 +281,7 @@ class RepFlowLayer(LayerReplay, nn.Module):
         ``a W_a`` is formed block by block inside the kernel, so no ``[A, D]`` tensor is
         materialised, in the backward and double backward either.
 
-        ``replayed [E, n_red]``: any tensor of the messages' shape, returned (copied) in place
+        ``replayed [E, n_red]``: any tensor of the messages' shape, returned (a view) in place
         of the messages, with the block's backward (the low-memory path's second pass,
         :meth:`replay`, which needs the graph and not the values; the angle output is then not
         computed and must not be read either).  ``a_into [A, D - n_red]`` (without a graph):

@@ -509,7 +509,8 @@ class AngleBlockReplay : public torch::autograd::Function<AngleBlockReplay> {
                 "dpa3::angle_block_replay: red must be [E, de] of a's dtype and device");
     save_inputs(ctx, a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     const int64_t da = wa.size(1) - de;
-    return {red.detach().clone(), at::empty({a.size(0), da}, a.options())};
+    // red itself (autograd returns an unmodified input as a view of it: no copy)
+    return {red, at::empty({a.size(0), da}, a.options())};
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads)

@@ -6,7 +6,7 @@
    (as for gather_rows), h [E, k], g [E, d] and G [N, k, d]:
 
      center_outer(h, g)      = S[r, c, :] = sum_{e: idx[e] = r} h[e, c] g[e, :]  [N, k, d]
-     center_outer_replay(h, g, S): S as given (a copy), with center_outer's backward
+     center_outer_replay(h, g, S): S as given (a view), with center_outer's backward
      center_outer_h(h, G)    = Y[e, :]    = sum_c h[e, c] G[idx[e], c, :]         [E, d]
      center_outer_g(g, G)    = Z[e, c]    = g[e, :] . G[idx[e], c, :]             [E, k]
 
@@ -198,7 +198,7 @@ at::Tensor outer_sum(const at::Tensor &h, const at::Tensor &g, const at::Tensor 
 }
 
 // center_outer's backward around a result S computed before (the low-memory path's second
-// pass, which needs the graph, not the values): forward returns a copy of S, backward is
+// pass, which needs the graph, not the values): forward returns S (a view), backward is
 // center_outer's.
 class OuterSumReplay : public torch::autograd::Function<OuterSumReplay> {
  public:
@@ -207,7 +207,7 @@ class OuterSumReplay : public torch::autograd::Function<OuterSumReplay> {
                             const at::Tensor &S)
   {
     ctx->save_for_backward({h, g, idx, perm, ptr});
-    return S.detach().clone();
+    return S;    // autograd returns an unmodified input as a view of it: no copy
   }
   static variable_list backward(AutogradContext *ctx, variable_list go)
   {
