@@ -297,7 +297,20 @@ class RepFlowLayer(LayerReplay, nn.Module):
         aw = a_weight.reshape(-1)
         act, thr = self.act_code, self.act.threshold
         out = _ops.angle_block(
-            a, wa, per_edge, vk, aw, a_eik.idx, ptr, nptr, n_red, act, thr, alpha, beta, replayed,
+            a,
+            wa,
+            per_edge,
+            vk,
+            aw,
+            a_eik.idx,
+            ptr,
+            nptr,
+            n_red,
+            act,
+            thr,
+            alpha,
+            beta,
+            replayed,
             a_into,
         )
         return out[0], out[1]

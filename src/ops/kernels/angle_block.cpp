@@ -282,7 +282,7 @@ std::vector<at::Tensor> cpu::angle_block_bwd(const AngleArgs &in, const at::Tens
     at::Tensor ga, gwa, gpe, gvk, gw, gbeta;
   } g;
   g.ga = into_or_empty(in, nangle, da_in);    // may be gaout itself: read tile by tile first
-  g.gpe = at::empty({nedge, width}, opt);    // both zeroed block by block
+  g.gpe = at::empty({nedge, width}, opt);     // both zeroed block by block
   g.gvk = at::empty({nedge, width}, opt);
   g.gw = at::empty({nangle}, opt);
   // per-thread partial sums of the weight gradients (summed in a fixed order below)

@@ -95,13 +95,11 @@ template <bool Cpu> struct Kernels {
     return fused() ? cpu::outer_g(g, G, idx) : generic::outer_g(g, G, idx);
   }
 
-  static std::vector<at::Tensor> angle_fwd(const at::Tensor &a, const at::Tensor &wa,
-                                           const at::Tensor &pe, const at::Tensor &vk,
-                                           const at::Tensor &w, const at::Tensor &eik,
-                                           const at::Tensor &aptr, const at::Tensor &nptr,
-                                           int64_t de, int64_t act, double thr, double alpha,
-                                           const at::Tensor &beta,
-                                           const std::optional<at::Tensor> &into)
+  static std::vector<at::Tensor>
+  angle_fwd(const at::Tensor &a, const at::Tensor &wa, const at::Tensor &pe, const at::Tensor &vk,
+            const at::Tensor &w, const at::Tensor &eik, const at::Tensor &aptr,
+            const at::Tensor &nptr, int64_t de, int64_t act, double thr, double alpha,
+            const at::Tensor &beta, const std::optional<at::Tensor> &into)
   {
     AngleArgs in = angle_args(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta);
     in.into = opt_or_undefined(into);
@@ -241,11 +239,10 @@ at::Tensor prim::outer_g(const at::Tensor &g, const at::Tensor &G, const at::Ten
 
 std::vector<at::Tensor> prim::angle_block_fwd(const AngleArgs &in)
 {
-  using Sig = std::vector<at::Tensor>(const at::Tensor &, const at::Tensor &, const at::Tensor &,
-                                      const at::Tensor &, const at::Tensor &, const at::Tensor &,
-                                      const at::Tensor &, const at::Tensor &, int64_t, int64_t,
-                                      double, double, const at::Tensor &,
-                                      const std::optional<at::Tensor> &);
+  using Sig = std::vector<at::Tensor>(
+      const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+      const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t,
+      int64_t, double, double, const at::Tensor &, const std::optional<at::Tensor> &);
   static const auto h = op<Sig>("dpa3::_angle_block_fwd");
   at::AutoDispatchBelowADInplaceOrView guard;
   return h.call(in.a, in.wa, in.pe, in.vk, in.w, in.eik, in.aptr, in.nptr, in.de, in.act, in.thr,
