@@ -58,7 +58,7 @@ class EnergyModel(nn.Module):
         self.n_dim = cfg.descriptor.repflow.n_dim
         self.e_dim = cfg.descriptor.repflow.e_dim
         self.a_dim = cfg.descriptor.repflow.a_dim
-        self.fitting_dtype = to_dtype(cfg.fitting.precision)
+        fitting_dtype = to_dtype(cfg.fitting.precision)
         self.descriptor = DescrptDPA3(cfg.descriptor, ntypes, gen)
         # what a prepared graph depends on besides its inputs (:meth:`get_graph_spec`)
         rf = cfg.descriptor.repflow
@@ -87,7 +87,7 @@ class EnergyModel(nn.Module):
             cfg.fitting.neuron,
             Activation(cfg.fitting.activation, cfg.fitting.activation_threshold),
             cfg.fitting.resnet_dt,
-            self.fitting_dtype,
+            fitting_dtype,
             fgen,
         )
         # ``trainable: false`` freezes a block (DeePMD-kit sets ``requires_grad`` the same way)
