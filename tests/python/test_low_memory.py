@@ -11,6 +11,7 @@ path follows the budget (on every rank alike).
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -294,10 +295,14 @@ def test_kept_inputs_and_preactivations():
     assert len(chunks) > 1
 
     def whole(layer: int, n, e, a, level: int):
-        keep: list[torch.Tensor] = []  # the layer appends x_ang, T_e, T_n (the first pass's)
+        # the layer writes x_ang, T_e, T_n and its new edges into these (the first pass's)
+        nn, ne, dn, de = n.shape[0], e.shape[0], n.shape[1], e.shape[1]
+        keep = [e.new_full((ne, de), math.nan), e.new_full((nn, 3, de), math.nan)]
+        keep += [e.new_full((nn, 3, dn), math.nan), e.new_full((ne, de), math.nan)]
         out = desc.layers[layer](*_layer_args(p, n, e, a), True, level, keep)
-        assert len(keep) == 3
-        return out, keep
+        assert out[1] is keep[3]
+        assert not any(t.isnan().any() for t in keep)
+        return out, keep[:3]
 
     with torch.no_grad():
         kept = desc.stack_inputs(p, chunks, None)
@@ -353,12 +358,18 @@ def test_edge_update_gradient_from_kept_preactivations(options):
     for level in (2, 1):
         layer = desc.layers[level - 1]
         leaves = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
-        keep: list[torch.Tensor] = []
-        n2, e2, _ = layer(*_layer_args(p, *leaves[1:], n=leaves[0]), True, level, keep)
+        n2, e2, _ = layer(*_layer_args(p, *leaves[1:], n=leaves[0]), True, level)
         gn = torch.randn(n2.shape, generator=gen, dtype=n2.dtype)
         ge = torch.randn(e2.shape, generator=gen, dtype=e2.dtype)
         want = torch.autograd.grad([n2, e2], leaves[:3], [gn, ge])
-        kept = [t.detach() for t in keep]  # x_ang, T_e, T_n
+        # what the first pass keeps: x_ang, T_e, T_n (and the new edges), written by the layer
+        nn, ne, dn, de = n.shape[0], e.shape[0], n.shape[1], e.shape[1]
+        keep = [e.new_empty(ne, de), e.new_empty(nn, 3, de), e.new_empty(nn, 3, dn)]
+        keep.append(e.new_empty(ne, de))
+        with torch.no_grad():
+            _, e_first, _ = layer(*_layer_args(p, n, e, a), True, level, keep)
+        assert e_first is keep[3] and torch.allclose(e_first, e2, atol=1e-12)
+        kept = keep[:3]
         x_ang = kept[0]
         nl, xl, el, al = [t.detach().clone().requires_grad_(True) for t in (n, n, e, a)]
         n3, red, _, x_self = layer.replay(

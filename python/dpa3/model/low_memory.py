@@ -85,6 +85,10 @@ class LowMemoryPass:
                 pre: Optional[list[list[torch.Tensor]]] = None  # noqa: UP045
                 keep: Optional[list[torch.Tensor]] = None  # noqa: UP045
                 slots: list[torch.Tensor] = []  # x_ang [E, de], T_e [Nn, 3, de], T_n [Nn, 3, dn]
+                e_slot = n
+                a_slot = n
+                e_own = False
+                a_own = False
                 if layer.keeps_preactivations(level, p.fused):
                     pre = []
                     slots = [
@@ -92,17 +96,15 @@ class LowMemoryPass:
                         ws.slot(3 * nn, de).view(nn, 3, de),
                         ws.slot(3 * nn, dn).view(nn, 3, dn),
                     ]
+                    e_slot = ws.slot(ne, de)  # the layer writes its new edges into it
+                    e_own = True
                 pres.append(pre)
-                e_slot = n
-                a_slot = n
                 n_ext = ghost_features(n, p.nall, comm_dict)
                 # the neighbours' products once for all rows (the blocks share most of them)
                 proj = torch.matmul(n_ext, layer.neighbour_matrix(level))
                 n_new = torch.empty_like(n)
                 e_new: list[torch.Tensor] = []
                 a_new: list[torch.Tensor] = []
-                e_own = False
-                a_own = False
                 writes_a = layer.writes_angles_into(level, p.fused)
                 if writes_a:  # the kernel writes the new angles into the layer's slot
                     a_slot = ws.slot(na, da)
@@ -114,8 +116,13 @@ class LowMemoryPass:
                     else:
                         ek = e[k]
                         ak = a[k]
-                    if pre is not None:
-                        keep = []
+                    if pre is not None:  # the layer writes into its slots
+                        keep = [
+                            slots[0][c.e0 : c.e1],
+                            slots[1][c.c0 : c.c1],
+                            slots[2][c.c0 : c.c1],
+                            e_slot[c.e0 : c.e1],
+                        ]
                     a_into: Optional[torch.Tensor] = None  # noqa: UP045
                     if writes_a:
                         a_into = a_slot[c.a0 : c.a1]
@@ -139,15 +146,9 @@ class LowMemoryPass:
                         a_into,
                     )
                     n_new[c.c0 : c.c1] = n2
-                    if pre is not None and keep is not None:  # into the layer's slots
-                        pre.append(
-                            [
-                                slots[0][c.e0 : c.e1].copy_(keep[0]),
-                                slots[1][c.c0 : c.c1].copy_(keep[1]),
-                                slots[2][c.c0 : c.c1].copy_(keep[2]),
-                            ]
-                        )
-                    if e2 is not ek:
+                    if pre is not None and keep is not None:  # written into the slots
+                        pre.append(keep[:3])
+                    elif e2 is not ek:
                         if not e_own:  # the layer's first new block: its slot
                             e_slot = ws.slot(ne, de)
                             e_own = True

@@ -102,8 +102,10 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Affine map (no activation, no residual)."""
-        y = torch.matmul(x, self.matrix)
         b = self.bias
+        if b is not None and x.dim() == 2:  # the bias in the product: one pass less
+            return torch.addmm(b, x, self.matrix)
+        y = torch.matmul(x, self.matrix)
         if b is not None:
             y = y + b
         return y

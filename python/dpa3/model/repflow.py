@@ -99,14 +99,30 @@ class RepFlowLayer(LayerReplay, nn.Module):
         return self.act(x)
 
     def _combine(
-        self, x: torch.Tensor, updates: list[torch.Tensor], rho: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        updates: list[torch.Tensor],
+        rho: torch.Tensor | None,
+        into: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Residual update of ``x`` by ``updates`` in the configured ``update_style``."""
+        """Residual update of ``x`` by ``updates`` in the configured ``update_style``;
+        ``into`` (without a graph, ``x``'s shape): the result is written into it and it is
+        returned (the low-memory path's buffer)."""
+        if into is not None:  # alpha x + sum_k beta_k u_k, in place
+            alpha, betas = self._update_coefficients(rho, len(updates), x.shape[-1], x)
+            if alpha == 1.0:
+                torch.addcmul(x, updates[0], betas[0], out=into)
+            else:
+                torch.mul(x, alpha, out=into)
+                into.addcmul_(updates[0], betas[0])
+            for k in range(1, len(updates)):
+                into.addcmul_(updates[k], betas[k])
+            return into
         if self.update_style == "res_residual":
             assert rho is not None
             out = x
             for k, u in enumerate(updates):
-                out = out + rho[k] * u
+                out = torch.addcmul(out, rho[k], u)
             return out
         total = updates[0]
         for u in updates[1:]:
@@ -157,21 +173,22 @@ class RepFlowLayer(LayerReplay, nn.Module):
         h2sw: torch.Tensor,
         center: Rows,
         nnode: int,
-        keep: list[torch.Tensor] | None = None,
+        keep: torch.Tensor | None = None,
         kept: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Symmetrisation ``G(g)`` flattened to ``[Nn, axis * d]`` (docs/dpa3-spec.md §2.4).
 
-        On the op library's path, ``keep`` gets the centres' outer sums ``T [Nn, 3, d]``
-        appended, and ``kept`` (such a ``T`` of the same inputs) is used in their place, with
-        their backward (the low-memory path's second pass, :meth:`replay`)."""
+        On the op library's path, the centres' outer sums ``T [Nn, 3, d]`` are copied into
+        ``keep`` (the low-memory path's first pass), and ``kept`` (such a ``T`` of the same
+        inputs) is used in their place, with their backward (its second pass,
+        :meth:`replay`)."""
         d = g.shape[1]
         perm = center.perm
         ptr = center.ptr
         if perm is not None and ptr is not None:  # op library: no [E, 3, d] intermediate
             tt = _ops.center_outer(h2sw, g, center.idx, perm, ptr, kept)
             if keep is not None:
-                keep.append(tt)
+                keep.copy_(tt)
         else:
             t = h2sw.unsqueeze(-1) * g.unsqueeze(1)  # [E, 3, d]
             tt = scatter(t.reshape(t.shape[0], 3 * d), center, nnode).view(nnode, 3, d)
@@ -230,14 +247,21 @@ class RepFlowLayer(LayerReplay, nn.Module):
         return n, e
 
     def _angle_preactivation(
-        self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor
+        self,
+        red: torch.Tensor,
+        e: torch.Tensor,
+        is_a: torch.Tensor,
+        into: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``Lin_ea2(P) [E, e_dim]`` from the reduced messages ``red [E, e_dim]``
-        (docs/dpa3-spec.md §2.3.6)."""
+        (docs/dpa3-spec.md §2.3.6); ``into`` (without a graph): written into it."""
         lin2 = self.edge_angle_linear2
         assert lin2 is not None
         if not self.smooth_edge_update:
             red = torch.where(is_a.unsqueeze(-1), red, e)
+        b = lin2.bias
+        if into is not None and b is not None:
+            return torch.addmm(b, red, lin2.matrix, out=into)
         return lin2(red)
 
     def _finish_edges(
@@ -403,7 +427,8 @@ class RepFlowLayer(LayerReplay, nn.Module):
         kept: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The updated node features ``[Nn, n_dim]``; ``keep``/``kept``: the outer sums of the
-        symmetrisation of ``e`` and ``n_j``, in that order (:meth:`_sym`)."""
+        symmetrisation of ``e`` and ``n_j``, in that order (:meth:`_sym`: where to copy them,
+        what to use in their place)."""
         nnode = n.shape[0]
         u_self = self._act(self.node_self_mlp(n), fused)
         kept_e: torch.Tensor | None = None
@@ -411,10 +436,15 @@ class RepFlowLayer(LayerReplay, nn.Module):
         if kept is not None:
             kept_e = kept[0]
             kept_n = kept[1]
+        keep_e: torch.Tensor | None = None
+        keep_n: torch.Tensor | None = None
+        if keep is not None:
+            keep_e = keep[0]
+            keep_n = keep[1]
         sym_in = torch.cat(
             [
-                self._sym(e, h2sw, center, nnode, keep, kept_e),
-                self._sym(n_j, h2sw, center, nnode, keep, kept_n),
+                self._sym(e, h2sw, center, nnode, keep_e, kept_e),
+                self._sym(n_j, h2sw, center, nnode, keep_n, kept_n),
             ],
             dim=-1,
         )
@@ -471,10 +501,11 @@ class RepFlowLayer(LayerReplay, nn.Module):
         (the last layers of a stack: the descriptor reads only node features).  Outputs not
         asked for are returned unchanged (``e``, ``a``) and their work is skipped where the
         update order allows it (the parallel update: ``sequential_update`` computes all).
-        ``keep`` (only where :meth:`keeps_preactivations`): the pre-activation of the edge
-        update's angle term, ``x_ang = Lin_ea2(red) [E, e_dim]``, and the node update's outer
-        sums of ``e`` and ``n_j`` (``[Nn, 3, e_dim]``, ``[Nn, 3, n_dim]``, :meth:`_sym`) are
-        appended to it, in that order (the low-memory path's first pass).  ``proj``: the rows
+        ``keep`` (without a graph, only where :meth:`keeps_preactivations`; the low-memory
+        path's first pass): four tensors into which the layer writes the pre-activation of the
+        edge update's angle term, ``x_ang = Lin_ea2(red) [E, e_dim]``, the node update's outer
+        sums of ``e`` and ``n_j`` (``[Nn, 3, e_dim]``, ``[Nn, 3, n_dim]``, :meth:`_sym`) and
+        the updated edges ``[E, e_dim]`` (returned: the last of them).  ``proj``: the rows
         of ``n_ext W_n`` (:meth:`neighbour_matrix` at ``level``), where the caller computed
         them for all rows.  ``a_into [A, a_dim]`` (without a graph, only where
         :meth:`writes_angles_into`): the updated angles are written into it (and it is
@@ -534,10 +565,8 @@ class RepFlowLayer(LayerReplay, nn.Module):
             red, a_out = self._angle_fused(
                 w, b, self.e_dim, a, nc, ec, center, a_eij, a_eik, a_weight, None, a_into
             )
-            x_ang = self._angle_preactivation(red, e, is_a)
+            x_ang = self._angle_preactivation(red, e, is_a, None if keep is None else keep[0])
             v_ang = self._act(x_ang, fused)
-            if keep is not None:
-                keep.append(x_ang)
             a_new = a_out if level == 2 else a
         elif level == 1:
             w, b = self._angle_weights(False)
@@ -548,6 +577,11 @@ class RepFlowLayer(LayerReplay, nn.Module):
             p, w_ang = self._angle_both(a, nc, ec, center, a_eij, a_eik)
             v_ang = self._reduce_to_edges(p, e, a_weight, is_a, a_eij)
             a_new = self._combine(a, [w_ang], self.a_residual)
-        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node, keep)
-        e_new = self._combine(e, [v_self, v_ang], self.e_residual)
+        keep_t: list[torch.Tensor] | None = None
+        e_into: torch.Tensor | None = None
+        if keep is not None:
+            keep_t = keep[1:3]
+            e_into = keep[3]
+        n_new = self._node_update(n, n_ext, n_j, e, center, nei, h2sw, sw, fused, p_node, keep_t)
+        e_new = self._combine(e, [v_self, v_ang], self.e_residual, e_into)
         return n_new, e_new, a_new

@@ -69,7 +69,7 @@ class LayerReplay:
         lin2 = self.edge_angle_linear2
         assert lin2 is not None
         g_red = torch.matmul(g_ang, lin2.matrix.t())
-        g_e = ge * alpha
+        g_e = ge if alpha == 1.0 else ge * alpha  # (res_residual: alpha 1, no copy)
         if not self.smooth_edge_update:
             mask = is_a.unsqueeze(-1)
             g_e = g_e + torch.where(mask, torch.zeros_like(g_red), g_red)
