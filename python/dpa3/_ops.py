@@ -16,6 +16,9 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
   ``_angle_block_bwd2``, ``_activation``, ``_activation_bwd``, ``_activation_bwd2``) that have a
   CPU kernel (fused loops) and a CUDA kernel (hand-written CSR scatter-sums, ATen calls for the
   rest);
+- ``workspace(like, numel) -> Tensor``: an uninitialised ``[numel]`` tensor of ``like``'s dtype
+  and device for the low-memory path's buffer; on the CPU a mapping outside malloc that, when
+  freed, the next request of the same size gets back (``src/ops/kernels/workspace.cpp``);
 - ``set_generic_kernels(on) -> bool``: run the device-generic ATen implementations on the CPU
   too (see :func:`generic_kernels`);
 - ``exchange_mode(comm, device) -> str``: how ``border_exchange`` moves features on ``device``
@@ -28,7 +31,8 @@ The library registers, in the ``torch.ops.dpa3`` namespace:
 This module is the only place in the package that names ``torch.ops.dpa3``: it loads the library
 and defines one TorchScript-able function per op that the model calls (:func:`gather_rows`,
 :func:`scatter_rows`, :func:`edge_sum`, :func:`center_outer`, :func:`angle_block`,
-:func:`activation`, :func:`activation_grad`, :func:`border_exchange`, :func:`allreduce_min`);
+:func:`activation`, :func:`activation_grad`, :func:`workspace`, :func:`border_exchange`,
+:func:`allreduce_min`);
 scripted models inline them, so a frozen model calls the registered ops directly.
 :data:`COMM_KEYS` defines the exchange schedule (``comm_dict``) keys and their order.
 :func:`register_flop_formulas` (explicit, idempotent) tells ``torch.utils.flop_counter`` how many
@@ -320,6 +324,12 @@ def angle_block(
         )
         return [red_new, into]
     return torch.ops.dpa3.angle_block(a, wa, pe, vk, w, eik, aptr, nptr, de, act, thr, alpha, beta)
+
+
+def workspace(like: torch.Tensor, numel: int) -> torch.Tensor:
+    """An uninitialised ``[numel]`` tensor of ``like``'s dtype and device; on the CPU its own
+    mapping, reused by the next request of the same size once freed (see the module)."""
+    return torch.ops.dpa3.workspace(like, numel)
 
 
 def activation(x: torch.Tensor, act: int, thr: float) -> torch.Tensor:

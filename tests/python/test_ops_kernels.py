@@ -448,3 +448,37 @@ def test_angle_block_replay_writes_the_angle_gradient_over_the_incoming_one(gene
         red_again, aout_again = torch.ops.dpa3.angle_block(*args)
         want3 = torch.autograd.grad([red_again, aout_again], [t["a"]], [g_red, t["a"].detach()])[0]
         assert torch.allclose(g3, want3, atol=1e-11)
+
+
+# --------------------------------------------------------------------------- workspace
+def test_workspace_hands_a_freed_buffer_back_and_never_one_in_use() -> None:
+    """``dpa3::workspace`` (the low-memory path's buffer): the requested size and dtype; while a
+    buffer is alive a second request gets other memory (no two evaluations share one); once
+    freed, the next request of the same size gets the same memory back with what was written
+    there (the pages stay resident: what the next MD step needs), one of another size does not;
+    usable from TorchScript."""
+    like = torch.zeros(1, dtype=torch.float32)
+    n = 1_000_003  # not a page multiple
+    a = _ops.workspace(like, n)
+    assert a.shape == (n,) and a.dtype == torch.float32 and a.device.type == "cpu"
+    a.fill_(3.0)
+    first = a.data_ptr()
+    b = _ops.workspace(like, n)
+    assert b.data_ptr() != first
+    b.fill_(-1.0)
+    assert bool((a == 3.0).all())  # the live buffer is untouched by the other one
+    del a, b  # the first one freed goes to the pool, the second is unmapped
+    c = _ops.workspace(like, n)
+    assert c.data_ptr() == first and bool((c == 3.0).all())
+    c[0] = 7.0
+    del c
+    again = torch.jit.script(_ops.workspace)(like, n)
+    assert again.data_ptr() == first and float(again[0]) == 7.0
+    del again
+    other = _ops.workspace(like.double(), 2 * n)  # another size: a new mapping
+    assert other.dtype == torch.float64 and other.shape == (2 * n,)
+    other.fill_(1.0)
+    assert float(other.sum()) == 2 * n
+    assert _ops.workspace(like, 0).shape == (0,)
+    with pytest.raises(RuntimeError, match="numel must be >= 0"):
+        _ops.workspace(like, -1)

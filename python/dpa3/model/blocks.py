@@ -7,6 +7,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .. import _ops
+
 
 class Kept(NamedTuple):
     """What the low-memory path's first pass keeps for its backward pass (``stack_inputs``).
@@ -47,10 +49,14 @@ class Workspace:
     """One buffer for everything the first pass keeps, handed out in slots (views): the
     block tensors of a layer are written into its slot as the blocks compute them, so the
     kept data is not scattered between the blocks' temporaries across the heap (which made
-    the resident memory of long runs grow, ``benchmarks/results_memory.md``)."""
+    the resident memory of long runs grow, ``benchmarks/results_memory.md``).  ``pooled`` (the
+    op library is loaded): the buffer is ``dpa3::workspace``'s, on the CPU a mapping outside
+    malloc that the next evaluation of the same size gets back, whatever malloc did in between
+    (``src/ops/kernels/workspace.cpp``)."""
 
-    def __init__(self, like: torch.Tensor, numel: int) -> None:
-        self.buf = like.new_empty(workspace_numel(numel))
+    def __init__(self, like: torch.Tensor, numel: int, pooled: bool = False) -> None:
+        size = workspace_numel(numel)
+        self.buf = _ops.workspace(like, size) if pooled else like.new_empty(size)
         self.off = 0
 
     def slot(self, rows: int, width: int) -> torch.Tensor:

@@ -66,7 +66,7 @@ class LowMemoryPass:
         dn, de, da = n.shape[1], self.layers[0].e_dim, self.layers[0].a_dim
         # at most: the input edges and angles of layers 1 .. L-1, the pre-activations and
         # outer sums of layers 0 .. L-2
-        ws = Workspace(n, (nl - 1) * (2 * ne * de + na * da + 3 * nn * (de + dn)))
+        ws = Workspace(n, (nl - 1) * (2 * ne * de + na * da + 3 * nn * (de + dn)), p.fused)
         e: list[torch.Tensor] = []  # layer 0's: block by block from the scalar inputs
         a: list[torch.Tensor] = []
         e_own = False  # whether e / a are the next layer's alone (in a slot of their own)
