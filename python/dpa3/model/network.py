@@ -100,9 +100,14 @@ class Linear(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Affine map (no activation, no residual)."""
+    def forward(self, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Affine map (no activation, no residual); ``into`` (2-D ``x``, without a graph): the
+        result is written into it and it is returned."""
         b = self.bias
+        if into is not None:
+            if b is None:
+                return torch.mm(x, self.matrix, out=into)
+            return torch.addmm(b, x, self.matrix, out=into)
         if b is not None and x.dim() == 2:  # the bias in the product: one pass less
             return torch.addmm(b, x, self.matrix)
         y = torch.matmul(x, self.matrix)

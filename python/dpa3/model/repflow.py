@@ -259,12 +259,7 @@ class RepFlowLayer(LayerReplay, nn.Module):
         assert lin2 is not None
         if not self.smooth_edge_update:
             red = torch.where(is_a.unsqueeze(-1), red, e)
-        if into is None:
-            return lin2(red)
-        b = lin2.bias
-        if b is None:
-            return torch.mm(red, lin2.matrix, out=into)
-        return torch.addmm(b, red, lin2.matrix, out=into)
+        return lin2(red, into)
 
     def _finish_edges(
         self, red: torch.Tensor, e: torch.Tensor, is_a: torch.Tensor, fused: bool = False
